@@ -1,0 +1,31 @@
+"""Command line of the `dask-operator` process.
+
+Every subcommand is a small function that parses its own flags; `main` only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from dask_operator import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dask-operator",
+        description="A level-triggered Kubernetes operator for Dask (kubernetes.dask.org/v1).",
+    )
+    parser.add_argument("--version", action="version", version=f"dask-operator {__version__}")
+    parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(args.handler(args))

@@ -1,0 +1,24 @@
+"""Test-suite wiring: layer markers follow the directory a test lives in.
+
+test/unit -> unit, test/integration -> integration, test/e2e -> e2e, test/bench -> bench.
+Benchmarks are deselected by the default command (`-m "not bench"` in setup.cfg).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+_LAYERS = ("unit", "integration", "e2e", "bench")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for layer in _LAYERS:
+            if layer in parts:
+                item.add_marker(getattr(pytest.mark, layer))
+
+# Fixtures shared by the integration and e2e layers: the control plane, a namespace per test.
+pytest_plugins = ["support.fixtures"]

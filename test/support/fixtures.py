@@ -1,0 +1,1 @@
+"""Session and per-test fixtures; the control-plane issue fills these in."""
