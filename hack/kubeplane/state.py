@@ -1,0 +1,237 @@
+"""The state directory of one plane, its ports and network index, and process identity.
+
+Invariant: state.json is the only record of what a plane owns. A process is ours only if its PID *and*
+its /proc start time match what state.json recorded, so a recycled PID is never signalled. Each live
+plane holds a distinct network index `i` (bridge dkbr<i>, 10.244.<i>.0/24, services 10.96.<i>.0/24),
+allocated under a lock by scanning existing state dirs and bridges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_ROOT = Path("/dev/shm")
+STATE_PREFIX = "dask-operator-kube-"
+LOCK_FILE = STATE_ROOT / "dask-operator-kube.lock"
+MAX_INDEX = 255
+
+
+def default_state_dir(name: str) -> Path:
+    """`$LOCALKUBE_STATE` if set, else /dev/shm/dask-operator-kube-<name>."""
+    env = os.environ.get("LOCALKUBE_STATE")
+    return Path(env) if env else STATE_ROOT / f"{STATE_PREFIX}{name}"
+
+
+@dataclass(frozen=True)
+class Network:
+    """Addresses derived from a plane's index; the process node builds its bridge from these."""
+
+    index: int
+
+    @property
+    def bridge(self) -> str:
+        return f"dkbr{self.index}"
+
+    @property
+    def bridge_ip(self) -> str:
+        return f"10.244.{self.index}.1"
+
+    @property
+    def pod_cidr(self) -> str:
+        return f"10.244.{self.index}.0/24"
+
+    @property
+    def service_cidr(self) -> str:
+        return f"10.96.{self.index}.0/24"
+
+    @property
+    def first_service_ip(self) -> str:
+        return f"10.96.{self.index}.1"
+
+    @property
+    def node_name(self) -> str:
+        return f"localkube-{self.index}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "bridge": self.bridge,
+            "bridge_ip": self.bridge_ip,
+            "pod_cidr": self.pod_cidr,
+            "service_cidr": self.service_cidr,
+            "node_name": self.node_name,
+        }
+
+
+@dataclass
+class ProcessRecord:
+    """One process we started: enough to find it again, and to know it is still the same one."""
+
+    pid: int
+    start_time: int  # field 22 of /proc/<pid>/stat (clock ticks since boot)
+    argv: list[str]
+    log: str
+
+
+@dataclass
+class PlaneState:
+    name: str
+    state_dir: str
+    bin_dir: str
+    index: int
+    ports: dict[str, int]
+    processes: dict[str, ProcessRecord] = field(default_factory=dict)
+    node: dict[str, Any] = field(default_factory=dict)  # node options (simulated, gpus); empty = no node
+    created: float = 0.0
+
+    @property
+    def network(self) -> Network:
+        return Network(self.index)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.state_dir)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["network"] = self.network.as_dict()
+        data["kubeconfig"] = str(self.root / "admin.kubeconfig")
+        data["server"] = f"https://127.0.0.1:{self.ports['apiserver']}"
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PlaneState:
+        procs = {k: ProcessRecord(**v) for k, v in data.get("processes", {}).items()}
+        return cls(
+            name=data["name"],
+            state_dir=data["state_dir"],
+            bin_dir=data["bin_dir"],
+            index=int(data["index"]),
+            ports={k: int(v) for k, v in data["ports"].items()},
+            processes=procs,
+            node=dict(data.get("node", {})),
+            created=float(data.get("created", 0.0)),
+        )
+
+    def save(self) -> None:
+        path = self.root / "state.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp.replace(path)  # atomic: a crash never leaves a half-written state file
+
+    @classmethod
+    def load(cls, state_dir: Path) -> PlaneState:
+        return cls.from_json(json.loads((state_dir / "state.json").read_text()))
+
+
+# --- process identity -------------------------------------------------------------------------------
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time of a live (non-zombie) process, or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # state (field 3): a zombie is dead for our purposes
+        return None
+    return int(fields[19])  # field 22
+
+
+def is_same_process(rec: ProcessRecord) -> bool:
+    return proc_start_time(rec.pid) == rec.start_time
+
+
+# --- ports --------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def allocate_ports(names: list[str], taken: set[int], fixed: dict[str, int]) -> dict[str, int]:
+    """Distinct free loopback ports; `taken` holds ports other planes recorded (they may be down)."""
+    ports: dict[str, int] = {}
+    for name in names:
+        if name in fixed:
+            ports[name] = fixed[name]
+            continue
+        while True:
+            p = free_port()
+            if p not in taken and p not in ports.values() and p not in fixed.values():
+                ports[name] = p
+                break
+    return ports
+
+
+# --- other planes and the network index -----------------------------------------------------------
+
+
+def known_state_dirs(extra: Path | None = None) -> list[Path]:
+    dirs = set(STATE_ROOT.glob(f"{STATE_PREFIX}*"))
+    if extra is not None and extra.parent.is_dir():
+        dirs.update(p for p in extra.parent.iterdir() if (p / "state.json").is_file())
+    return sorted(d for d in dirs if (d / "state.json").is_file())
+
+
+def other_planes(state_dir: Path) -> list[PlaneState]:
+    planes = []
+    for d in known_state_dirs(state_dir):
+        if d.resolve() == state_dir.resolve():
+            continue
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            planes.append(PlaneState.load(d))
+    return planes
+
+
+def allocate_index(state_dir: Path) -> tuple[int, set[int]]:
+    """The lowest network index used by no other state dir and no existing dkbr<i> bridge.
+
+    Returns it with the set of ports the other planes recorded. Call under `registry_lock()`.
+    """
+    others = other_planes(state_dir)
+    used = {p.index for p in others}
+    net = Path("/sys/class/net")
+    if net.is_dir():
+        for link in net.glob("dkbr*"):
+            with contextlib.suppress(ValueError):
+                used.add(int(link.name[4:]))
+    ports = {port for p in others for port in p.ports.values()}
+    for i in range(MAX_INDEX + 1):
+        if i not in used:
+            return i, ports
+    raise RuntimeError(f"all {MAX_INDEX + 1} network indexes are in use; run `localkube down` on old planes")
+
+
+@contextlib.contextmanager
+def registry_lock() -> Iterator[None]:
+    """Serialises index and port allocation between concurrent `up` calls."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_FILE, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
