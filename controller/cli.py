@@ -18,7 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="A level-triggered Kubernetes operator for Dask (kubernetes.dask.org/v1).",
     )
     parser.add_argument("--version", action="version", version=f"dask-operator {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from dask_operator.controller.run import add_run_parser
+
+    add_run_parser(subparsers)
     return parser
 
 

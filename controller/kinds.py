@@ -1,0 +1,20 @@
+"""The kubernetes.dask.org/v1 kinds as runtime Kinds, so the cache and client can address them.
+
+Invariant: one Kind per CRD, built from the api package's names; constructing it registers it for lookup.
+"""
+
+from __future__ import annotations
+
+from dask_operator.api.v1.group import GROUP, VERSION
+from dask_operator.api.v1.names import DASK_AUTOSCALER, DASK_CLUSTER, DASK_JOB, DASK_WORKER_GROUP, KindNames
+from dask_operator.controller.runtime.kinds import Kind
+
+
+def _kind(names: KindNames) -> Kind:
+    return Kind(GROUP, VERSION, names.kind, names.plural)
+
+
+DASK_CLUSTER_KIND = _kind(DASK_CLUSTER)
+DASK_WORKER_GROUP_KIND = _kind(DASK_WORKER_GROUP)
+DASK_JOB_KIND = _kind(DASK_JOB)
+DASK_AUTOSCALER_KIND = _kind(DASK_AUTOSCALER)

@@ -1,0 +1,133 @@
+"""Predicates: which watch events may enqueue a reconcile (c-r's predicate package).
+
+Invariant: a predicate only filters; it never changes what is enqueued, and an event passes a watch only if
+every predicate of that watch (and every controller-wide filter) lets it through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CreateEvent:
+    obj: Obj
+    is_in_initial_list: bool = False
+
+
+@dataclass(frozen=True)
+class UpdateEvent:
+    old: Obj
+    new: Obj
+
+
+@dataclass(frozen=True)
+class DeleteEvent:
+    obj: Obj
+    delete_state_unknown: bool = False  # synthesised by a relist; obj is the last known state
+
+
+class Predicate:
+    """Lets everything through; subclasses override the event types they filter."""
+
+    def create(self, event: CreateEvent) -> bool:
+        return True
+
+    def update(self, event: UpdateEvent) -> bool:
+        return True
+
+    def delete(self, event: DeleteEvent) -> bool:
+        return True
+
+
+class Funcs(Predicate):
+    def __init__(
+        self,
+        create: Callable[[CreateEvent], bool] | None = None,
+        update: Callable[[UpdateEvent], bool] | None = None,
+        delete: Callable[[DeleteEvent], bool] | None = None,
+    ) -> None:
+        self._create, self._update, self._delete = create, update, delete
+
+    def create(self, event: CreateEvent) -> bool:
+        return self._create(event) if self._create else True
+
+    def update(self, event: UpdateEvent) -> bool:
+        return self._update(event) if self._update else True
+
+    def delete(self, event: DeleteEvent) -> bool:
+        return self._delete(event) if self._delete else True
+
+
+def _meta(obj: Obj) -> dict[str, Any]:
+    return obj.get("metadata") or {}
+
+
+class GenerationChanged(Predicate):
+    """Updates pass only when metadata.generation changed: spec edits and the start of deletion, not status."""
+
+    def update(self, event: UpdateEvent) -> bool:
+        return _meta(event.old).get("generation") != _meta(event.new).get("generation")
+
+
+class ResourceVersionChanged(Predicate):
+    """Drops resync updates (same resourceVersion)."""
+
+    def update(self, event: UpdateEvent) -> bool:
+        return _meta(event.old).get("resourceVersion") != _meta(event.new).get("resourceVersion")
+
+
+class LabelsChanged(Predicate):
+    def update(self, event: UpdateEvent) -> bool:
+        return _meta(event.old).get("labels") != _meta(event.new).get("labels")
+
+
+class AnnotationsChanged(Predicate):
+    def update(self, event: UpdateEvent) -> bool:
+        return _meta(event.old).get("annotations") != _meta(event.new).get("annotations")
+
+
+class And(Predicate):
+    def __init__(self, *predicates: Predicate) -> None:
+        self.predicates = predicates
+
+    def create(self, event: CreateEvent) -> bool:
+        return all(p.create(event) for p in self.predicates)
+
+    def update(self, event: UpdateEvent) -> bool:
+        return all(p.update(event) for p in self.predicates)
+
+    def delete(self, event: DeleteEvent) -> bool:
+        return all(p.delete(event) for p in self.predicates)
+
+
+class Or(Predicate):
+    def __init__(self, *predicates: Predicate) -> None:
+        self.predicates = predicates
+
+    def create(self, event: CreateEvent) -> bool:
+        return any(p.create(event) for p in self.predicates)
+
+    def update(self, event: UpdateEvent) -> bool:
+        return any(p.update(event) for p in self.predicates)
+
+    def delete(self, event: DeleteEvent) -> bool:
+        return any(p.delete(event) for p in self.predicates)
+
+
+class Not(Predicate):
+    def __init__(self, predicate: Predicate) -> None:
+        self.predicate = predicate
+
+    def create(self, event: CreateEvent) -> bool:
+        return not self.predicate.create(event)
+
+    def update(self, event: UpdateEvent) -> bool:
+        return not self.predicate.update(event)
+
+    def delete(self, event: DeleteEvent) -> bool:
+        return not self.predicate.delete(event)

@@ -1,0 +1,155 @@
+"""`localkube up|down|status|logs`: the command line over kubeplane.plane.
+
+Invariant: every failure a user can cause or meet ends with one clear message on stderr and a non-zero
+exit status (1 for a situation to fix, 2 for bad usage), never a traceback or a hang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from kubeplane.components import tail
+from kubeplane.plane import Plane, PlaneError, UpOptions
+from kubeplane.state import default_state_dir
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir).absolute() if args.state_dir else default_state_dir(args.name)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    plane = Plane.up(
+        UpOptions(
+            name=args.name,
+            state_dir=_state_dir(args),
+            bin_dir=Path(args.bin_dir) if args.bin_dir else None,
+            node=not args.no_node,
+            simulated_node=args.simulated_node,
+            gpus=args.gpus,
+            force=args.force,
+            apiserver_port=args.apiserver_port,
+            timeout=args.timeout,
+        ),
+        say=_say,
+    )
+    _say(f"localkube: up in {time.monotonic() - t0:.1f} s")
+    print(f"export KUBECONFIG={plane.kubeconfig}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    if not state_dir.exists():
+        _say(f"localkube: no plane {args.name!r} ({state_dir} does not exist); nothing to do")
+        return 0
+    if not (state_dir / "state.json").is_file():
+        shutil.rmtree(state_dir)  # up died before recording anything: no process can be ours
+        _say(f"localkube: removed {state_dir} (it held no state.json)")
+        return 0
+    elapsed = Plane.load(state_dir).down(say=_say)
+    _say(f"localkube: down in {elapsed:.1f} s; removed {state_dir}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    plane = Plane.load(_state_dir(args))
+    st = plane.state
+    report = plane.status()
+    if args.json:
+        status = {c: asdict(s) for c, s in report.items()}
+        print(json.dumps({"state": st.to_json(), "status": status}, indent=2))
+    else:
+        net = st.network
+        print(f"plane {st.name!r} ({st.phase}) in {st.root}")
+        print(f"  server     {plane.server}")
+        print(
+            f"  network    index {net.index}, bridge {net.bridge} {net.bridge_ip}, services {net.service_cidr}"
+        )
+        for component, s in report.items():
+            state = "healthy" if s.healthy else "running" if s.running else "NOT RUNNING"
+            print(f"  {component:<24} pid {s.pid:<8} {state:<12} rss {s.rss_kib // 1024} MiB")
+        print(f"export KUBECONFIG={plane.kubeconfig}")
+    return 0 if all(s.healthy for s in report.values()) else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    logs = _state_dir(args) / "logs"
+    if not logs.is_dir():
+        raise PlaneError(f"no logs at {logs}")
+    if args.component:
+        path = logs / f"{args.component}.log"
+        if not path.is_file():
+            known = ", ".join(p.stem for p in sorted(logs.glob("*.log")))
+            raise PlaneError(f"no log for {args.component!r}; known: {known}")
+        if args.lines:
+            print(tail(path, args.lines))
+        else:
+            sys.stdout.write(path.read_text(errors="replace"))
+        return 0
+    for path in sorted(logs.glob("*.log")):
+        print(f"==> {path} <==")
+        print(tail(path, args.lines or 20))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="localkube", description="A local Kubernetes control plane, no Docker.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--name", default="default", help="plane name (default: %(default)s)")
+    common.add_argument(
+        "--state-dir",
+        help="state directory (default: $LOCALKUBE_STATE or /dev/shm/dask-operator-kube-<name>)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", parents=[common], help="start a plane and print the KUBECONFIG export")
+    up.add_argument("--bin-dir", help="binaries (default: $DASK_OPERATOR_BIN or the build script's cache)")
+    up.add_argument("--no-node", action="store_true", help="do not start the process node")
+    up.add_argument(
+        "--simulated-node", action="store_true", help="node reports pods Running without processes"
+    )
+    up.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu capacity the node advertises")
+    up.add_argument("--force", action="store_true", help="take down a stale plane of the same name first")
+    up.add_argument("--apiserver-port", type=int, help="fixed API server port (default: a free one)")
+    up.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds each component may take to be healthy"
+    )
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser(
+        "down", parents=[common], help="stop everything the plane recorded, remove its state"
+    )
+    down.set_defaults(func=cmd_down)
+
+    status = sub.add_parser("status", parents=[common], help="processes, health and memory of a plane")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    logs = sub.add_parser("logs", parents=[common], help="a component's log (all tails without one)")
+    logs.add_argument("component", nargs="?", help="etcd, kube-apiserver, kube-controller-manager, node")
+    logs.add_argument("-n", "--lines", type=int, default=0, help="last N lines only")
+    logs.set_defaults(func=cmd_logs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PlaneError as e:
+        _say(f"localkube: error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        _say("localkube: interrupted; processes started so far were stopped")
+        return 130

@@ -1,0 +1,81 @@
+"""Command line of the process node; `hack/localkube up` starts it, SIGTERM stops it cleanly.
+
+Invariant: the process exits 0 after SIGTERM or SIGINT only once every pod process, netns, veth,
+ClusterIP address and the bridge it created are gone; it logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .context import NodeConfig
+from .node import ProcessNode
+
+
+def parse_args(argv: list[str]) -> NodeConfig:
+    p = argparse.ArgumentParser(prog="python -m kubeplane.node", description=__doc__)
+    p.add_argument("--state-dir", required=True, type=Path)
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--node-name", required=True)
+    p.add_argument("--bridge", required=True)
+    p.add_argument("--pod-cidr", required=True)
+    p.add_argument("--service-cidr", required=True)
+    p.add_argument("--kubelet-port", required=True, type=int)
+    p.add_argument("--kubelet-cert", required=True)
+    p.add_argument("--kubelet-key", required=True)
+    p.add_argument("--client-ca", required=True)
+    p.add_argument("--simulated", action="store_true", help="run no process: every pod is simulated")
+    p.add_argument("--gpus", type=int, default=0, help="advertise this many nvidia.com/gpu")
+    p.add_argument("--cluster-domain", default="cluster.local")
+    p.add_argument("-v", "--verbose", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if a.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
+    )
+    return NodeConfig(
+        state_dir=a.state_dir,
+        kubeconfig=a.kubeconfig,
+        node_name=a.node_name,
+        bridge=a.bridge,
+        pod_cidr=a.pod_cidr,
+        service_cidr=a.service_cidr,
+        kubelet_port=a.kubelet_port,
+        kubelet_cert=a.kubelet_cert,
+        kubelet_key=a.kubelet_key,
+        client_ca=a.client_ca,
+        simulated=a.simulated,
+        gpus=a.gpus,
+        cluster_domain=a.cluster_domain,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    node = ProcessNode(cfg)
+    log = logging.getLogger("kubeplane.node")
+    try:
+        node.start()
+        while not stop.wait(1.0):
+            pass
+        log.info("stopping: terminating pods and removing the network")
+    except Exception:
+        log.exception("node failed")
+        node.stop()
+        return 1
+    node.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,517 @@
+"""DaskCluster and DaskWorkerGroup end to end: real Dask schedulers and workers on the process node, the
+operator as a real `dask-operator run` subprocess, a Dask client computing through the scheduler Service.
+
+Every test gets its own namespace and its own operator (watching only that namespace), so a test that
+kills or stops the operator affects nobody else. Waits have deadlines; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+import yaml
+from support.wait import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Functions shipped to the scheduler by value: the scheduler cannot import this test module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(240)
+
+
+# -- fixtures -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plane(kube_plane: Any) -> Any:
+    if not kube_plane.has_node:
+        pytest.skip("needs the process node of the local control plane (real Dask pods)")
+    kube_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
+    for crd in ("daskclusters", "daskworkergroups"):
+        kube_plane.kubectl(
+            "wait", "--for=condition=Established", f"crd/{crd}.kubernetes.dask.org", "--timeout=60s"
+        )
+    return kube_plane
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """`dask-operator run --namespace <ns>` as a subprocess, logging to a file the test prints on failure."""
+
+    def __init__(self, plane: Any, namespace: str, log: Path, env: dict[str, str] | None = None) -> None:
+        self.plane, self.namespace, self.log_path = plane, namespace, log
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        port = _free_port()
+        cmd = [
+            sys.executable, "-m", "dask_operator.controller", "run",
+            f"--kubeconfig={self.plane.kubeconfig}", f"--namespace={self.namespace}",
+            "--metrics-bind-address=0", f"--health-probe-bind-address=127.0.0.1:{port}",
+            "--concurrency=4", "--scale-down-force-timeout=60", "--log-format=console",
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        log.close()
+
+        def ready() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, f"operator exited:\n{self.tail()}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(ready, timeout=60, interval=0.2, message="operator /readyz")
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@pytest.fixture
+def dask_operator(
+    plane: Any, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(plane, namespace, tmp_path / "operator.log").start()
+    yield op
+    op.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is None or report.failed:
+        print(f"--- operator log tail ---\n{op.tail()}")
+
+
+# -- manifests and observation helpers -------------------------------------------------------------------
+
+WORKER_ARGS = [
+    "dask",
+    "worker",
+    "--name",
+    "$(DASK_WORKER_NAME)",
+    "--nthreads",
+    "1",
+    "--no-nanny",
+    "--no-dashboard",
+]
+
+
+def worker_spec(args: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "containers": [{"name": "worker", "image": "ghcr.io/dask/dask:latest", "args": args or WORKER_ARGS}]
+    }
+
+
+def cluster_manifest(
+    name: str, replicas: int, worker_args: list[str] | None = None, **meta: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskCluster",
+        "metadata": {"name": name, **meta},
+        "spec": {
+            "scheduler": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "scheduler",
+                            "image": "ghcr.io/dask/dask:latest",
+                            "args": ["dask", "scheduler", "--host", "0.0.0.0"],
+                            "ports": [
+                                {"name": "tcp-comm", "containerPort": 8786},
+                                {"name": "http-dashboard", "containerPort": 8787},
+                            ],
+                            "readinessProbe": {
+                                "httpGet": {"port": "http-dashboard", "path": "/health"},
+                                "periodSeconds": 1,
+                            },
+                        }
+                    ]
+                },
+                "service": {
+                    "type": "ClusterIP",
+                    "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
+                    "ports": [
+                        {"name": "tcp-comm", "port": 8786, "targetPort": "tcp-comm"},
+                        {"name": "http-dashboard", "port": 8787, "targetPort": "http-dashboard"},
+                    ],
+                },
+            },
+            "worker": {"replicas": replicas, "spec": worker_spec(worker_args)},
+        },
+    }
+
+
+def group_manifest(name: str, cluster: str, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskWorkerGroup",
+        "metadata": {"name": name},
+        "spec": {"cluster": cluster, "worker": {"replicas": replicas, "spec": worker_spec()}},
+    }
+
+
+def apply(plane: Any, namespace: str, obj: dict[str, Any]) -> None:
+    plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+
+
+def get(plane: Any, namespace: str, *what: str) -> Any:
+    out = plane.kubectl("get", "-n", namespace, *what, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def pods(plane: Any, namespace: str, selector: str) -> list[dict[str, Any]]:
+    listed = get(plane, namespace, "pods", "-l", selector)
+    return [p for p in (listed or {}).get("items", []) if not p["metadata"].get("deletionTimestamp")]
+
+
+def worker_pods(plane: Any, namespace: str, group: str) -> list[dict[str, Any]]:
+    return pods(plane, namespace, f"dask.org/component=worker,dask.org/workergroup-name={group}")
+
+
+def phase(plane: Any, namespace: str, cluster: str) -> str | None:
+    obj = get(plane, namespace, "daskcluster", cluster)
+    return (obj or {}).get("status", {}).get("phase")
+
+
+def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    return next((c for c in (obj or {}).get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def scheduler_address(plane: Any, namespace: str, cluster: str) -> str:
+    service = get(plane, namespace, "service", f"{cluster}-scheduler")
+    return f"tcp://{service['spec']['clusterIP']}:8786"
+
+
+@contextmanager
+def dask_client(plane: Any, namespace: str, cluster: str) -> Iterator[Any]:
+    from distributed import Client
+
+    with Client(scheduler_address(plane, namespace, cluster), timeout=30) as client:
+        yield client
+
+
+def wait_running(plane: Any, namespace: str, cluster: str, timeout: float = 90) -> None:
+    wait_for(lambda: phase(plane, namespace, cluster) == "Running", timeout=timeout, interval=0.5,
+             message=f"DaskCluster {cluster} Running")  # fmt: skip
+
+
+def wait_workers(client: Any, names: set[str] | int, timeout: float = 90) -> set[str]:
+    """Until the scheduler's workers are exactly `names` (or that many); returns their names."""
+
+    def connected() -> set[str] | None:
+        current = {str(w["name"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+        ok = current == names if isinstance(names, set) else len(current) == names
+        return current if ok else None
+
+    return wait_for(connected, timeout=timeout, interval=0.5, message=f"scheduler workers == {names}")
+
+
+def pod_names(items: list[dict[str, Any]]) -> set[str]:
+    return {p["metadata"]["name"] for p in items}
+
+
+# -- the user stories -----------------------------------------------------------------------------------------
+
+
+def test_apply_compute_persist_and_scale_down_without_losing_data(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    apply(plane, namespace, cluster_manifest("demo", 3))
+    wait_running(plane, namespace, "demo")
+    wait_for(
+        lambda: len(worker_pods(plane, namespace, "demo-default")) == 3, timeout=60, message="3 worker pods"
+    )
+    with dask_client(plane, namespace, "demo") as client:
+        names = wait_workers(client, pod_names(worker_pods(plane, namespace, "demo-default")))
+        squares = client.map(operator.mul, range(100), range(100))
+        assert client.submit(sum, squares).result(timeout=60) == 328350
+
+        # persist blocks on every worker, then scale the cluster to 1 the way a user does
+        addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        blocks = [
+            client.submit(list, range(i * 1000, (i + 1) * 1000), workers=[addresses[i % 3]], pure=False)
+            for i in range(30)
+        ]
+        client.wait(blocks, timeout=60)
+        assert len({a for who in client.who_has(blocks).values() for a in who}) == 3
+        keys = [b.key for b in blocks]
+
+        plane.kubectl("scale", "-n", namespace, "daskcluster/demo", "--replicas=1")
+        wait_for(
+            lambda: len(worker_pods(plane, namespace, "demo-default")) == 1,
+            timeout=90,
+            message="1 worker pod",
+        )
+        (survivor,) = wait_workers(client, 1)
+        assert survivor in names
+
+        # all data is still there, on the remaining worker, computed exactly once, and nothing failed
+        who_has = client.who_has(blocks)
+        assert all(len(holders) == 1 for holders in who_has.values()), who_has
+        assert client.gather(blocks) == [list(range(i * 1000, (i + 1) * 1000)) for i in range(30)]
+        computed, erred = client.run_on_scheduler(_transitions, keys)
+        assert computed == {k: 1 for k in keys}, computed
+        assert erred == 0
+    group = get(plane, namespace, "daskworkergroup", "demo-default")
+    assert group["status"]["replicas"] == 1 and group["spec"]["worker"]["replicas"] == 1
+    cluster = get(plane, namespace, "daskcluster", "demo")
+    assert cluster["status"]["replicas"] == 1 and cluster["status"]["observedGeneration"] >= 2
+
+
+def _transitions(keys: list[str], dask_scheduler: Any = None) -> tuple[dict[str, int], int]:
+    """On the scheduler: how often each key was computed (processing -> memory) and how many tasks erred."""
+    wanted = set(keys)
+    computed = dict.fromkeys(keys, 0)
+    erred = 0
+    for entry in dask_scheduler.transition_log:
+        key, start, finish = entry[0], entry[1], entry[2]
+        if key in wanted and start == "processing" and finish == "memory":
+            computed[key] += 1
+        if finish == "erred":
+            erred += 1
+    return computed, erred
+
+
+def test_two_worker_groups_scale_independently(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    apply(plane, namespace, cluster_manifest("pair", 1))
+    apply(plane, namespace, group_manifest("pair-extra", "pair", 2))
+    wait_for(
+        lambda: len(worker_pods(plane, namespace, "pair-extra")) == 2, timeout=60, message="extra workers"
+    )
+    wait_running(plane, namespace, "pair")
+    default_before = pod_names(worker_pods(plane, namespace, "pair-default"))
+    extra_before = pod_names(worker_pods(plane, namespace, "pair-extra"))
+    assert len(default_before) == 1
+    extra = get(plane, namespace, "daskworkergroup", "pair-extra")
+    (owner,) = extra["metadata"]["ownerReferences"]  # adopted by the cluster
+    assert owner["kind"] == "DaskCluster" and owner["controller"] and owner["blockOwnerDeletion"]
+
+    with dask_client(plane, namespace, "pair") as client:
+        wait_workers(client, default_before | extra_before)
+        plane.kubectl("scale", "-n", namespace, "daskworkergroup/pair-extra", "--replicas=1")
+        wait_workers(client, 2)
+        after = pod_names(worker_pods(plane, namespace, "pair-extra"))
+        assert len(after) == 1 and after < extra_before
+        assert pod_names(worker_pods(plane, namespace, "pair-default")) == default_before
+
+        plane.kubectl("scale", "-n", namespace, "daskcluster/pair", "--replicas=0")
+        wait_for(
+            lambda: not worker_pods(plane, namespace, "pair-default"),
+            timeout=60,
+            message="default group empty",
+        )
+        assert pod_names(worker_pods(plane, namespace, "pair-extra")) == after
+        wait_workers(client, after)
+
+
+def test_lost_scheduler_pod_worker_pod_and_service_come_back(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    apply(plane, namespace, cluster_manifest("heal", 1))
+    wait_running(plane, namespace, "heal")
+    wait_for(
+        lambda: len(worker_pods(plane, namespace, "heal-default")) == 1, timeout=60, message="worker pod"
+    )
+
+    service = get(plane, namespace, "service", "heal-scheduler")
+    plane.kubectl("delete", "-n", namespace, "service", "heal-scheduler", "--wait=false")
+    wait_for(
+        lambda: (
+            (get(plane, namespace, "service", "heal-scheduler") or {}).get("metadata", {}).get("uid")
+            not in (None, service["metadata"]["uid"])
+        ),
+        timeout=30,
+        message="a new scheduler Service",
+    )
+
+    (worker,) = worker_pods(plane, namespace, "heal-default")
+    plane.kubectl("delete", "-n", namespace, "pod", worker["metadata"]["name"], "--wait=false")
+    wait_for(
+        lambda: [
+            p
+            for p in worker_pods(plane, namespace, "heal-default")
+            if p["metadata"]["uid"] != worker["metadata"]["uid"]
+        ],
+        timeout=60,
+        message="a replacement worker pod",
+    )
+
+    (scheduler,) = pods(plane, namespace, "dask.org/component=scheduler")
+    plane.kubectl("delete", "-n", namespace, "pod", scheduler["metadata"]["name"], "--wait=false")
+
+    def new_ready_scheduler() -> bool:
+        found = pods(plane, namespace, "dask.org/component=scheduler")
+        return any(
+            p["metadata"]["uid"] != scheduler["metadata"]["uid"]
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+            for p in found
+        )
+
+    wait_for(new_ready_scheduler, timeout=90, interval=0.5, message="a new Ready scheduler pod")
+    wait_running(plane, namespace, "heal")
+    with dask_client(plane, namespace, "heal") as client:
+        wait_workers(client, 1)
+        assert client.submit(operator.add, 40, 2).result(timeout=60) == 42
+
+
+def test_operator_killed_mid_scale_up_converges_to_exactly_the_target(
+    plane: Any, namespace: str, tmp_path: Path
+) -> None:
+    # Small batches with a delay make the scale-up take several rounds, so the kill lands in the middle.
+    env = {
+        "DASK_KUBERNETES__CONTROLLER__WORKER_ALLOCATION__BATCH_SIZE": "2",
+        "DASK_KUBERNETES__CONTROLLER__WORKER_ALLOCATION__DELAY": "2",
+    }
+    op = OperatorProcess(plane, namespace, tmp_path / "operator.log", env).start()
+    try:
+        apply(plane, namespace, cluster_manifest("grow", 2))
+        wait_for(
+            lambda: len(worker_pods(plane, namespace, "grow-default")) == 2, timeout=60, message="2 workers"
+        )
+        plane.kubectl("scale", "-n", namespace, "daskcluster/grow", "--replicas=8")
+        wait_for(
+            lambda: len(worker_pods(plane, namespace, "grow-default")) > 2,
+            timeout=30,
+            message="scale-up began",
+        )
+        op.kill()
+        assert len(worker_pods(plane, namespace, "grow-default")) < 8, (
+            "the kill came too late to test anything"
+        )
+        op = OperatorProcess(plane, namespace, tmp_path / "operator.log", env).start()
+        wait_for(
+            lambda: len(worker_pods(plane, namespace, "grow-default")) == 8, timeout=90, message="8 workers"
+        )
+        group = get(plane, namespace, "daskworkergroup", "grow-default")
+        wait_for(
+            lambda: (
+                (get(plane, namespace, "daskworkergroup", "grow-default") or {})
+                .get("status", {})
+                .get("replicas")
+                == 8
+            ),
+            timeout=30,
+            message="status.replicas == 8",
+        )
+        every = pods(plane, namespace, "dask.org/component=worker")
+        assert len(every) == 8 and len(pod_names(every)) == 8
+        for pod in every:  # no orphans: each worker pod is controlled by the group
+            (ref,) = [r for r in pod["metadata"]["ownerReferences"] if r.get("controller")]
+            assert ref["uid"] == group["metadata"]["uid"]
+        wait_running(plane, namespace, "grow")
+        with dask_client(plane, namespace, "grow") as client:
+            wait_workers(client, pod_names(every), timeout=120)
+    finally:
+        op.stop()
+
+
+def test_rapid_replica_changes_end_with_the_last_value(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    apply(plane, namespace, cluster_manifest("rapid", 1))
+    wait_running(plane, namespace, "rapid")
+    for replicas in (5, 2, 4):
+        plane.kubectl("scale", "-n", namespace, "daskcluster/rapid", f"--replicas={replicas}")
+    wait_for(
+        lambda: len(worker_pods(plane, namespace, "rapid-default")) == 4, timeout=90, message="4 workers"
+    )
+    with dask_client(plane, namespace, "rapid") as client:
+        wait_workers(client, pod_names(worker_pods(plane, namespace, "rapid-default")), timeout=120)
+        assert len(worker_pods(plane, namespace, "rapid-default")) == 4
+
+
+def test_deleting_a_cluster_removes_everything_even_with_the_operator_stopped(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    apply(plane, namespace, cluster_manifest("gone", 1))
+    apply(plane, namespace, group_manifest("gone-extra", "gone", 1))
+    wait_for(
+        lambda: len(pods(plane, namespace, "dask.org/component=worker")) == 2, timeout=60, message="workers"
+    )
+    wait_for(
+        lambda: (
+            (get(plane, namespace, "daskworkergroup", "gone-extra") or {})
+            .get("metadata", {})
+            .get("ownerReferences")
+        ),
+        timeout=30,
+        message="extra group adopted",
+    )
+    cluster = get(plane, namespace, "daskcluster", "gone")
+    assert not cluster["metadata"].get("finalizers")
+    dask_operator.stop()
+    plane.kubectl("delete", "-n", namespace, "daskcluster", "gone", "--timeout=30s")
+
+    def nothing_left() -> bool:
+        left = [
+            get(plane, namespace, "daskworkergroups")["items"],
+            get(plane, namespace, "services")["items"],
+            get(plane, namespace, "pods")["items"],
+        ]
+        return not any(left)
+
+    wait_for(nothing_left, timeout=90, interval=0.5, message="garbage collection of every child")
+
+
+def test_failing_worker_command_is_reported_and_other_clusters_still_served(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    apply(
+        plane, namespace, cluster_manifest("broken", 1, worker_args=["python", "-c", "raise SystemExit(3)"])
+    )
+    apply(plane, namespace, cluster_manifest("fine", 1))
+
+    def degraded() -> dict[str, Any] | None:
+        cond = condition(get(plane, namespace, "daskcluster", "broken"), "Degraded")
+        return cond if cond.get("status") == "True" else None
+
+    cond = wait_for(degraded, timeout=90, interval=0.5, message="Degraded condition on the broken cluster")
+    assert cond["reason"] == "WorkerFailing"
+    assert "code 3" in cond["message"] or "CrashLoopBackOff" in cond["message"]
+    events = get(plane, namespace, "events", "--field-selector", "involvedObject.name=broken-default")
+    assert any(e["reason"] == "WorkerFailing" and e["type"] == "Warning" for e in events["items"])
+
+    wait_running(plane, namespace, "fine")
+    with dask_client(plane, namespace, "fine") as client:
+        wait_workers(client, 1)
+        assert client.submit(operator.mul, 6, 7).result(timeout=60) == 42
+    group = condition(get(plane, namespace, "daskworkergroup", "broken-default"), "Degraded")
+    assert group.get("reason") == "WorkerFailing"

@@ -1,0 +1,275 @@
+"""DaskCluster desired state: children, metadata precedence, scheduler replacement, status, idleness."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from dask_operator.controller.cluster import (
+    PROPAGATED_REPLICAS_ANNOTATION,
+    ClusterObservation,
+    default_group_replicas,
+    desired_default_group,
+    desired_scheduler_pod,
+    desired_scheduler_service,
+    idle_decision,
+    plan_cluster,
+)
+from dask_operator.controller.metadata import TEMPLATE_HASH_LABEL
+from dask_operator.controller.scheduler import HTTP_ROUTES_ENV
+
+NOW = 1_700_000_000.0
+
+
+def make_cluster(name: str = "c", replicas: int = 3, **extra: Any) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskCluster",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": "cluster-uid",
+            "generation": 2,
+            "labels": {"team": "a", "shared": "top"},
+            "annotations": {
+                "note": "x",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                "kopf.zalando.org/last-handled-configuration": "{}",
+            },
+        },
+        "spec": {
+            "idleTimeout": 0,
+            "scheduler": {
+                "metadata": {"labels": {"shared": "scheduler", "dask.org/component": "bogus"}},
+                "spec": {
+                    "containers": [{"name": "scheduler", "image": "dask", "args": ["dask", "scheduler"]}]
+                },
+                "service": {
+                    "type": "ClusterIP",
+                    "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
+                    "ports": [
+                        {"name": "tcp-comm", "port": 8786, "targetPort": "tcp-comm"},
+                        {"name": "http-dashboard", "port": 8787, "targetPort": "http-dashboard"},
+                    ],
+                },
+            },
+            "worker": {
+                "replicas": replicas,
+                "metadata": {"labels": {"worker-sublabel": "w", "dask.org/component": "superworker"}},
+                "spec": {"containers": [{"name": "worker", "image": "dask"}]},
+            },
+        },
+    }
+    cluster["spec"].update(extra)
+    return cluster
+
+
+def ready_pod(obj: dict[str, Any], uid: str = "pod-uid") -> dict[str, Any]:
+    pod = copy.deepcopy(obj)
+    pod["metadata"]["uid"] = uid
+    pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    return pod
+
+
+def test_scheduler_pod_metadata_precedence_and_owner() -> None:
+    pod = desired_scheduler_pod(make_cluster())
+    meta = pod["metadata"]
+    assert meta["name"] == "c-scheduler"
+    assert meta["labels"]["team"] == "a"
+    assert meta["labels"]["shared"] == "scheduler"  # sub-metadata beats top-level
+    assert meta["labels"]["dask.org/component"] == "scheduler"  # reserved labels always win
+    assert meta["labels"]["dask.org/cluster-name"] == "c"
+    assert meta["labels"]["sidecar.istio.io/inject"] == "false"
+    assert meta["annotations"] == {"note": "x"}  # kubectl/kopf bookkeeping filtered
+    (ref,) = meta["ownerReferences"]
+    assert ref["uid"] == "cluster-uid" and ref["controller"] and ref["blockOwnerDeletion"]
+
+
+def test_scheduler_pod_gets_http_api_route_unless_user_set_routes() -> None:
+    env = desired_scheduler_pod(make_cluster())["spec"]["containers"][0]["env"]
+    routes = [e["value"] for e in env if e["name"] == HTTP_ROUTES_ENV]
+    assert len(routes) == 1 and "distributed.http.scheduler.api" in routes[0]
+    cluster = make_cluster()
+    cluster["spec"]["scheduler"]["spec"]["containers"][0]["env"] = [{"name": HTTP_ROUTES_ENV, "value": "[]"}]
+    env = desired_scheduler_pod(cluster)["spec"]["containers"][0]["env"]
+    assert env == [{"name": HTTP_ROUTES_ENV, "value": "[]"}]
+
+
+def test_service_is_the_users_spec_verbatim_without_istio_label() -> None:
+    cluster = make_cluster()
+    service = desired_scheduler_service(cluster)
+    assert service["metadata"]["name"] == "c-scheduler"
+    assert service["spec"] == cluster["spec"]["scheduler"]["service"]
+    assert "sidecar.istio.io/inject" not in service["metadata"]["labels"]
+    assert service["metadata"]["labels"]["dask.org/component"] == "scheduler"
+
+
+def test_default_group_carries_worker_spec_and_labels_but_not_replicas() -> None:
+    group = desired_default_group(make_cluster())
+    assert group["metadata"]["name"] == "c-default"
+    assert group["metadata"]["labels"]["dask.org/component"] == "workergroup"
+    assert group["metadata"]["labels"]["worker-sublabel"] == "w"
+    assert group["metadata"]["labels"]["team"] == "a"
+    assert group["spec"]["cluster"] == "c"
+    assert "replicas" not in group["spec"]["worker"]
+    assert group["spec"]["worker"]["spec"] == make_cluster()["spec"]["worker"]["spec"]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "expected"),
+    [(None, 3), ("1", 3), ("3", None)],
+)
+def test_replicas_propagate_only_when_the_cluster_value_changed(
+    annotation: str | None, expected: int | None
+) -> None:
+    group = desired_default_group(make_cluster())
+    group["spec"]["worker"]["replicas"] = 7  # e.g. scaled directly or by the autoscaler
+    if annotation is not None:
+        group["metadata"]["annotations"][PROPAGATED_REPLICAS_ANNOTATION] = annotation
+    intent = default_group_replicas(make_cluster(replicas=3), group)
+    if expected is None:
+        assert intent is None
+    else:
+        assert intent is not None and intent["spec"] == {"worker": {"replicas": expected}}
+    created = default_group_replicas(make_cluster(), None)  # right after the apply that creates the group
+    assert created is not None and created["spec"] == {"worker": {"replicas": 3}}
+
+
+def test_new_cluster_plans_all_children_and_status_created() -> None:
+    plan = plan_cluster(ClusterObservation(make_cluster()), NOW)
+    assert [o["kind"] for o in plan.applies] == ["Service", "DaskWorkerGroup"]
+    assert [p["metadata"]["name"] for p in plan.create_pods] == ["c-scheduler"]
+    assert plan.status is not None and plan.status["phase"] == "Created"
+    assert plan.status["observedGeneration"] == 2
+    assert plan.status["selector"] == (
+        "dask.org/cluster-name=c,dask.org/component=worker,dask.org/workergroup-name=c-default"
+    )
+
+
+def test_running_needs_service_and_ready_scheduler() -> None:
+    cluster = make_cluster(replicas=0)
+    service = desired_scheduler_service(cluster)
+    pod = ready_pod(desired_scheduler_pod(cluster))
+    group = desired_default_group(cluster)
+    group["spec"]["worker"]["replicas"] = 0
+    plan = plan_cluster(ClusterObservation(cluster, [pod], service, [group]), NOW)
+    assert plan.create_pods == () and plan.delete_pods == ()
+    assert plan.status is not None and plan.status["phase"] == "Running"
+    conds = {c["type"]: c for c in plan.status["conditions"]}
+    assert conds["Ready"]["status"] == "True"
+    assert plan.status["schedulerAddress"] == "tcp://c-scheduler.ns.svc.cluster.local:8786"
+    not_ready = copy.deepcopy(pod)
+    not_ready["status"]["conditions"][0]["status"] = "False"
+    assert plan_cluster(ClusterObservation(cluster, [not_ready], service), NOW).status["phase"] == "Pending"  # type: ignore[index]
+
+
+def test_load_balancer_is_pending_until_it_has_an_ingress() -> None:
+    cluster = make_cluster()
+    cluster["spec"]["scheduler"]["service"]["type"] = "LoadBalancer"
+    service = desired_scheduler_service(cluster)
+    pod = ready_pod(desired_scheduler_pod(cluster))
+    assert plan_cluster(ClusterObservation(cluster, [pod], service), NOW).status["phase"] == "Pending"  # type: ignore[index]
+    service["status"] = {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}
+    assert plan_cluster(ClusterObservation(cluster, [pod], service), NOW).status["phase"] == "Running"  # type: ignore[index]
+
+
+def test_changed_scheduler_template_replaces_the_pod_with_an_event() -> None:
+    old = make_cluster()
+    pod = ready_pod(desired_scheduler_pod(old), uid="old-uid")
+    new = make_cluster()
+    new["spec"]["scheduler"]["spec"]["containers"][0]["image"] = "dask:2"
+    plan = plan_cluster(ClusterObservation(new, [pod], desired_scheduler_service(new)), NOW)
+    assert [(d.name, d.uid) for d in plan.delete_pods] == [("c-scheduler", "old-uid")]
+    assert plan.create_pods == ()  # the fixed name is free only once the old pod is gone
+    assert [e.reason for e in plan.events] == ["SchedulerReplaced"]
+    # once the old pod is gone, the new one is created
+    plan = plan_cluster(ClusterObservation(new, [], desired_scheduler_service(new)), NOW)
+    (created,) = plan.create_pods
+    assert (
+        created["metadata"]["labels"][TEMPLATE_HASH_LABEL] != pod["metadata"]["labels"][TEMPLATE_HASH_LABEL]
+    )
+
+
+def test_label_change_does_not_restart_the_scheduler() -> None:
+    cluster = make_cluster()
+    pod = ready_pod(desired_scheduler_pod(cluster))
+    cluster["metadata"]["labels"]["new"] = "label"
+    plan = plan_cluster(ClusterObservation(cluster, [pod], desired_scheduler_service(cluster)), NOW)
+    assert plan.delete_pods == () and plan.create_pods == ()
+
+
+def test_terminating_scheduler_pod_blocks_recreation_until_gone() -> None:
+    cluster = make_cluster()
+    pod = ready_pod(desired_scheduler_pod(cluster))
+    pod["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+    plan = plan_cluster(ClusterObservation(cluster, [pod], desired_scheduler_service(cluster)), NOW)
+    assert plan.create_pods == () and plan.delete_pods == ()
+
+
+def test_deleted_service_and_default_group_are_planned_again() -> None:
+    cluster = make_cluster()
+    pod = ready_pod(desired_scheduler_pod(cluster))
+    plan = plan_cluster(ClusterObservation(cluster, [pod], None, []), NOW)
+    assert {o["kind"] for o in plan.applies} == {"Service", "DaskWorkerGroup"}
+    assert plan.status is not None and plan.status["phase"] == "Pending"
+
+
+@pytest.mark.parametrize("name", ["Upper", "has.dot", "1starts-with-digit", "x" * 54, "ends-"])
+def test_invalid_name_gets_error_phase_and_no_children(name: str) -> None:
+    plan = plan_cluster(ClusterObservation(make_cluster(name=name)), NOW)
+    assert plan.applies == () and plan.create_pods == ()
+    assert plan.status is not None and plan.status["phase"] == "Error"
+    assert [e.reason for e in plan.events] == ["InvalidName"]
+    # once recorded, the same state emits no further event
+    cluster = make_cluster(name=name)
+    cluster["status"] = plan.status
+    assert plan_cluster(ClusterObservation(cluster), NOW + 60).events == ()
+
+
+def test_events_only_on_state_changes() -> None:
+    cluster = make_cluster(replicas=0)
+    service = desired_scheduler_service(cluster)
+    pod = ready_pod(desired_scheduler_pod(cluster))
+    group = desired_default_group(cluster)
+    group["spec"]["worker"]["replicas"] = 0
+    first = plan_cluster(ClusterObservation(cluster, [pod], service, [group]), NOW)
+    assert [e.reason for e in first.events] == ["ClusterReady"]
+    cluster["status"] = first.status
+    again = plan_cluster(ClusterObservation(cluster, [pod], service, [group]), NOW + 30)
+    assert again.events == ()
+    assert again.status == first.status  # lastTransitionTime kept: no write either
+
+
+def test_group_degraded_condition_surfaces_on_the_cluster() -> None:
+    cluster = make_cluster()
+    group = desired_default_group(cluster)
+    group["status"] = {
+        "conditions": [
+            {"type": "Degraded", "status": "True", "reason": "WorkerFailing", "message": "exit code 3"},
+        ]
+    }
+    plan = plan_cluster(ClusterObservation(cluster, [], None, [group]), NOW)
+    degraded = next(c for c in plan.status["conditions"] if c["type"] == "Degraded")  # type: ignore[index]
+    assert degraded["status"] == "True" and degraded["reason"] == "WorkerFailing"
+    assert "c-default" in degraded["message"]
+    assert any(e.type == "Warning" and e.reason == "WorkerFailing" for e in plan.events)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "idle_since", "reachable", "delete"),
+    [
+        (0, NOW - 10_000, True, False),  # disabled
+        (60, None, True, False),  # busy
+        (60, NOW - 10_000, False, False),  # unreachable is never idle
+        (60, NOW - 30, True, False),
+        (60, NOW - 61, True, True),
+    ],
+)
+def test_idle_timeout(timeout: int, idle_since: float | None, reachable: bool, delete: bool) -> None:
+    decision = idle_decision(make_cluster(idleTimeout=timeout), idle_since, reachable, NOW)
+    assert decision.delete is delete
+    assert (decision.event is not None) is delete
+    if timeout and not delete:
+        assert decision.requeue_after is not None and decision.requeue_after <= 5

@@ -1,0 +1,344 @@
+"""DaskWorkerGroup desired state as tables: observed pods and scheduler -> plan."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from dask_operator.controller.metadata import TEMPLATE_HASH_LABEL
+from dask_operator.controller.plans import rfc3339
+from dask_operator.controller.scheduler import DaskWorker
+from dask_operator.controller.workergroup import (
+    GroupObservation,
+    GroupPlan,
+    GroupSettings,
+    SchedulerView,
+    plan_group,
+    retired_deletions,
+    worker_name,
+)
+
+NOW = 1_700_000_000.0
+
+
+def make_cluster() -> dict[str, Any]:
+    return {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskCluster",
+        "metadata": {
+            "name": "c",
+            "namespace": "ns",
+            "uid": "cluster-uid",
+            "labels": {"team": "a", "k": "cluster"},
+        },
+        "spec": {
+            "scheduler": {
+                "spec": {"containers": [{"name": "scheduler"}]},
+                "service": {"ports": [{"name": "tcp-comm", "port": 8786}]},
+            },
+            "worker": {"replicas": 1, "spec": {"containers": [{"name": "worker"}]}},
+        },
+    }
+
+
+def make_group(replicas: int = 3, image: str = "dask:1", name: str = "c-default") -> dict[str, Any]:
+    return {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskWorkerGroup",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"{name}-uid",
+            "generation": 1,
+            "labels": {"k": "group"},
+            "ownerReferences": [
+                {"kind": "DaskCluster", "uid": "cluster-uid", "name": "c", "controller": True},
+            ],
+        },
+        "spec": {
+            "cluster": "c",
+            "worker": {
+                "replicas": replicas,
+                "metadata": {"labels": {"dask.org/component": "superworker", "sub": "s"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "worker",
+                            "image": image,
+                            "args": ["dask", "worker", "--name", "$(DASK_WORKER_NAME)"],
+                        },
+                        {
+                            "name": "sidecar",
+                            "image": "x",
+                            "env": [{"name": "DASK_WORKER_NAME", "value": "mine"}],
+                        },
+                    ]
+                },
+            },
+        },
+    }
+
+
+def plan(group: dict[str, Any], pods: list[dict[str, Any]] = (), **kw: Any) -> GroupPlan:  # type: ignore[assignment]
+    settings = kw.pop("settings", GroupSettings())
+    now = kw.pop("now", NOW)
+    return plan_group(
+        GroupObservation(group, kw.pop("cluster", make_cluster()), list(pods), **kw), now, settings
+    )
+
+
+def running(pod: dict[str, Any], n: int, ready: bool = True) -> dict[str, Any]:
+    """A pod as the cache shows it once it runs; `n` orders creation (higher is newer)."""
+    pod = copy.deepcopy(pod)
+    pod["metadata"]["uid"] = f"uid-{pod['metadata']['name']}"
+    pod["metadata"]["creationTimestamp"] = rfc3339(NOW - 1000 + n)
+    pod["status"] = {
+        "phase": "Running",
+        "podIP": f"10.0.0.{n}",
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        "containerStatuses": [
+            {"name": "worker", "ready": ready, "restartCount": 0, "state": {"running": {}}}
+        ],
+    }
+    return pod
+
+
+def pending(pod: dict[str, Any], n: int) -> dict[str, Any]:
+    pod = running(pod, n, ready=False)
+    pod["status"] = {"phase": "Pending"}
+    return pod
+
+
+def workers_of(pods: list[dict[str, Any]]) -> tuple[DaskWorker, ...]:
+    return tuple(DaskWorker(p["metadata"]["name"], f"tcp://{p['status']['podIP']}:4000") for p in pods)
+
+
+def scaled_to(replicas: int) -> list[dict[str, Any]]:
+    """The running pods of a group that reached `replicas` workers."""
+    group = make_group(replicas)
+    return [running(p, i) for i, p in enumerate(plan(group).create_pods)]
+
+
+def test_scale_up_creates_deterministic_names_and_injects_env() -> None:
+    first = plan(make_group(3))
+    again = plan(make_group(3))
+    names = [p["metadata"]["name"] for p in first.create_pods]
+    assert names == [p["metadata"]["name"] for p in again.create_pods]
+    assert len(set(names)) == 3 and all(n.startswith("c-default-worker-") and len(n) == 27 for n in names)
+    pod = first.create_pods[0]
+    env = {c["name"]: {e["name"]: e["value"] for e in c["env"]} for c in pod["spec"]["containers"]}
+    assert env["worker"] == {
+        "DASK_SCHEDULER_ADDRESS": "tcp://c-scheduler.ns.svc.cluster.local:8786",
+        "DASK_WORKER_NAME": pod["metadata"]["name"],
+    }
+    assert env["sidecar"]["DASK_WORKER_NAME"] == "mine"  # the user's value wins, no duplicate
+    assert [e["name"] for e in pod["spec"]["containers"][1]["env"]].count("DASK_WORKER_NAME") == 1
+
+
+def test_worker_labels_follow_the_reference_precedence() -> None:
+    labels = plan(make_group(1)).create_pods[0]["metadata"]["labels"]
+    assert labels["dask.org/cluster-name"] == "c"
+    assert labels["dask.org/workergroup-name"] == "c-default"
+    assert labels["dask.org/component"] == "worker"
+    assert labels["sidecar.istio.io/inject"] == "false"
+    assert labels["sub"] == "s"
+    assert labels["k"] == "group"  # the group's label, not overridden by the cluster's
+    assert labels["team"] == "a"  # cluster labels fill what is missing
+
+
+def test_names_taken_by_terminating_or_expected_pods_are_skipped() -> None:
+    group = make_group(1)
+    first = plan(group).create_pods[0]["metadata"]["name"]
+    gone = running(plan(group).create_pods[0], 1)
+    gone["metadata"]["deletionTimestamp"] = rfc3339(NOW)
+    second = plan(group, [gone]).create_pods[0]["metadata"]["name"]
+    assert second != first
+    # created but not yet seen by the cache: counted, never created twice
+    assert plan(group, expected_present=frozenset({first})).create_pods == ()
+
+
+def test_restart_mid_scale_up_creates_only_the_missing_workers() -> None:
+    group = make_group(8)
+    full = [p["metadata"]["name"] for p in plan(group).create_pods]
+    pods = [running(p, i) for i, p in enumerate(plan(make_group(2)).create_pods)]
+    rest = [p["metadata"]["name"] for p in plan(group, pods).create_pods]
+    assert sorted([p["metadata"]["name"] for p in pods] + rest) == sorted(full)
+
+
+def test_batch_size_limits_creations_per_round() -> None:
+    result = plan(make_group(5), settings=GroupSettings(batch_size=2, batch_delay=3))
+    assert len(result.create_pods) == 2 and result.requeue_after == 3
+
+
+def test_scale_down_removes_unstarted_pods_first_without_the_scheduler() -> None:
+    group = make_group(3)
+    pods = [running(p, i) for i, p in enumerate(plan(group).create_pods)]
+    extra = plan(make_group(4), pods).create_pods[0]
+    result = plan(group, [*pods, pending(extra, 9)])
+    assert [d.name for d in result.delete_pods] == [extra["metadata"]["name"]]
+    assert not result.needs_scheduler and result.retire is None
+
+
+def test_scale_down_of_running_workers_asks_the_scheduler_then_retires_newest() -> None:
+    pods = scaled_to(3)
+    group = make_group(1)
+    first = plan(group, pods)
+    assert first.needs_scheduler and first.delete_pods == ()
+    view = SchedulerView((*workers_of(pods), DaskWorker("other-group-worker", "tcp://10.9.9.9:1")))
+    result = plan(group, pods, scheduler=view)
+    assert result.retire is not None
+    assert [w.name for w in result.retire.workers] == [
+        pods[2]["metadata"]["name"],
+        pods[1]["metadata"]["name"],
+    ]
+    assert result.delete_pods == ()
+    # only what the scheduler retired is deleted
+    deletions = retired_deletions(result.retire, {pods[2]["metadata"]["name"]})
+    assert [(d.name, d.uid) for d in deletions] == [(pods[2]["metadata"]["name"], pods[2]["metadata"]["uid"])]
+
+
+def test_scale_down_deletes_never_joined_workers_before_retiring_any() -> None:
+    pods = scaled_to(3)
+    view = SchedulerView((*workers_of(pods[:2]), DaskWorker("other", "tcp://10.9.9.9:1")))
+    result = plan(make_group(2), pods, scheduler=view)
+    assert [d.name for d in result.delete_pods] == [pods[2]["metadata"]["name"]]
+    assert result.retire is None
+
+
+def test_worker_found_by_pod_ip_when_named_differently() -> None:
+    pods = scaled_to(2)
+    view = SchedulerView(
+        (DaskWorker("custom-name", "tcp://10.0.0.1:4000"), DaskWorker("x", "tcp://10.0.0.0:4000"))
+    )
+    result = plan(make_group(1), pods, scheduler=view)
+    assert result.retire is not None and [w.name for w in result.retire.workers] == ["custom-name"]
+
+
+def test_scale_to_zero_does_not_try_to_move_data_nowhere() -> None:
+    pods = scaled_to(2)
+    result = plan(make_group(0), pods, scheduler=SchedulerView(workers_of(pods)))
+    assert result.retire is None
+    assert sorted(d.name for d in result.delete_pods) == sorted(p["metadata"]["name"] for p in pods)
+
+
+def test_unreachable_scheduler_waits_with_condition_then_forces() -> None:
+    pods = scaled_to(3)
+    group = make_group(1)
+    down = SchedulerView(None, "connection refused")
+    waiting = plan(group, pods, scheduler=down, settings=GroupSettings(force_timeout=60))
+    assert waiting.delete_pods == () and waiting.retire is None
+    assert waiting.requeue_after is not None and 0 < waiting.requeue_after <= 30
+    degraded = next(c for c in waiting.status["conditions"] if c["type"] == "Degraded")  # type: ignore[index]
+    assert degraded["reason"] == "SchedulerUnreachable" and degraded["status"] == "True"
+    assert [e.reason for e in waiting.events] == ["SchedulerUnreachable"]
+
+    group["status"] = waiting.status
+    still = plan(group, pods, scheduler=down, settings=GroupSettings(force_timeout=60), now=NOW + 30)
+    assert still.delete_pods == () and still.events == ()
+    forced = plan(group, pods, scheduler=down, settings=GroupSettings(force_timeout=60), now=NOW + 61)
+    assert len(forced.delete_pods) == 2
+    assert [e.reason for e in forced.events if e.type == "Warning"] == ["ScaleDownForced"]
+
+
+def test_rolling_update_surges_one_then_retires_one_old_worker() -> None:
+    old_pods = scaled_to(2)
+    new_group = make_group(2, image="dask:2")
+    step1 = plan(new_group, old_pods)
+    assert len(step1.create_pods) == 1 and step1.delete_pods == () and step1.retire is None
+    progressing = next(c for c in step1.status["conditions"] if c["type"] == "Progressing")  # type: ignore[index]
+    assert progressing["reason"] == "RollingUpdate"
+    surge = running(step1.create_pods[0], 10, ready=False)
+    # surge pod not ready yet: wait
+    assert plan(new_group, [*old_pods, surge]).create_pods == ()
+    assert not plan(new_group, [*old_pods, surge]).needs_scheduler
+    surge = running(step1.create_pods[0], 10)
+    step2 = plan(new_group, [*old_pods, surge], scheduler=SchedulerView(workers_of([*old_pods, surge])))
+    assert step2.retire is not None and [w.name for w in step2.retire.workers] == [
+        old_pods[1]["metadata"]["name"]
+    ]
+    assert step2.status["updatedReplicas"] == 1  # type: ignore[index]
+
+
+def test_rolling_update_replaces_unstarted_old_pods_at_once() -> None:
+    group = make_group(2)
+    old = [pending(p, i) for i, p in enumerate(plan(group).create_pods)]
+    result = plan(make_group(2, image="dask:2"), old)
+    assert sorted(d.name for d in result.delete_pods) == sorted(p["metadata"]["name"] for p in old)
+
+
+def test_finished_pods_are_replaced() -> None:
+    pods = scaled_to(2)
+    pods[0]["status"]["phase"] = "Failed"
+    result = plan(make_group(2), pods)
+    assert [d.name for d in result.delete_pods] == [pods[0]["metadata"]["name"]]
+    assert len(result.create_pods) == 1
+
+
+def test_crash_looping_worker_degrades_the_group_with_the_reason() -> None:
+    pods = scaled_to(1)
+    pods[0]["status"]["containerStatuses"] = [
+        {
+            "name": "worker",
+            "ready": False,
+            "restartCount": 4,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 3}},
+        }
+    ]
+    result = plan(make_group(1), pods)
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")  # type: ignore[index]
+    assert degraded["status"] == "True" and degraded["reason"] == "WorkerFailing"
+    assert "CrashLoopBackOff" in degraded["message"] and "exit code 3" in degraded["message"]
+
+
+def test_steady_state_plans_nothing_and_reports_ready() -> None:
+    pods = scaled_to(3)
+    result = plan(make_group(3), pods)
+    assert (result.create_pods, result.delete_pods, result.retire, result.adopt) == ((), (), None, None)
+    assert result.status["replicas"] == 3 and result.status["readyReplicas"] == 3  # type: ignore[index]
+    ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")  # type: ignore[index]
+    assert ready["status"] == "True"
+
+
+def test_group_without_cluster_waits_and_group_without_owner_is_adopted() -> None:
+    result = plan(make_group(2), cluster=None)
+    assert result.create_pods == () and result.adopt is None
+    assert {c["type"]: c["reason"] for c in result.status["conditions"]}["Progressing"] == "WaitingForCluster"  # type: ignore[index]
+    orphan = make_group(2, name="c-extra")
+    orphan["metadata"]["ownerReferences"] = []
+    adopt = plan(orphan).adopt
+    assert adopt is not None
+    (ref,) = adopt["metadata"]["ownerReferences"]
+    assert ref["uid"] == "cluster-uid" and ref["controller"] and ref["blockOwnerDeletion"]
+
+
+@pytest.mark.parametrize("sequence", [[1, 5, 2, 4], [3, 0, 2], [2, 8]])
+def test_any_sequence_of_replica_changes_converges_to_the_last(sequence: list[int]) -> None:
+    pods: list[dict[str, Any]] = []
+    n = 0
+    for replicas in sequence:
+        for _ in range(10):
+            group = make_group(replicas)
+            result = plan(group, pods)
+            if result.needs_scheduler:
+                result = plan(group, pods, scheduler=SchedulerView(workers_of(pods)))
+            gone = {d.uid for d in result.delete_pods}
+            if result.retire is not None:
+                gone |= {
+                    d.uid for d in retired_deletions(result.retire, {w.name for w in result.retire.workers})
+                }
+            pods = [p for p in pods if p["metadata"]["uid"] not in gone]
+            for created in result.create_pods:
+                n += 1
+                pods.append(running(created, n))
+        assert len(pods) == replicas
+    assert len({p["metadata"]["name"] for p in pods}) == len(pods)
+
+
+def test_worker_name_depends_on_uid_template_and_ordinal_only() -> None:
+    group = make_group(1)
+    assert worker_name(group, "h", 0) == worker_name(copy.deepcopy(group), "h", 0)
+    assert len({worker_name(group, "h", 0), worker_name(group, "h", 1), worker_name(group, "g", 0)}) == 3
+    assert plan(make_group(1)).create_pods[0]["metadata"]["labels"][TEMPLATE_HASH_LABEL]
