@@ -72,7 +72,7 @@ class StatusWriter:
         meta = obj["metadata"]
         with self._lock:
             entry = self._written.get(f"{meta['namespace']}/{meta['name']}")
-        if entry is not None and entry[:2] == (meta.get("uid"), meta.get("resourceVersion")):
+        if entry is not None and entry[0] == meta.get("uid") and _older(meta.get("resourceVersion"), entry[1]):
             return entry[2]
         return dict(obj.get("status") or {})
 
@@ -80,7 +80,7 @@ class StatusWriter:
         if self.observed(obj) == status:
             return False
         meta = obj["metadata"]
-        self.applier.apply_status(
+        written = self.applier.apply_status(
             {
                 "apiVersion": obj["apiVersion"],
                 "kind": obj["kind"],
@@ -92,7 +92,7 @@ class StatusWriter:
         with self._lock:
             self._written[f"{meta['namespace']}/{meta['name']}"] = (
                 meta["uid"],
-                str(meta.get("resourceVersion")),
+                str((written or obj)["metadata"].get("resourceVersion")),
                 status,
             )
         return True
@@ -100,6 +100,15 @@ class StatusWriter:
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._written.pop(f"{namespace}/{name}", None)
+
+
+def _older(cached: str | None, written: str) -> bool:
+    """Whether the cached object predates our status write. resourceVersions are etcd revisions; compared
+    as numbers only to recognise a cache that has not caught up yet (anything unparsable: not older)."""
+    try:
+        return int(cached or "") < int(written)
+    except ValueError:
+        return False
 
 
 def record_events(recorder: Any, obj: Mapping[str, Any], events: Iterable[EventSpec], enabled: bool) -> None:

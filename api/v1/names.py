@@ -109,7 +109,7 @@ def cluster_name_problems(name: str) -> list[str]:
     if len(name) > MAX_CLUSTER_NAME_LENGTH:
         problems.append(
             f"is {len(name)} characters long; at most {MAX_CLUSTER_NAME_LENGTH} are allowed so that "
-            f"'{name[:8]}...{SCHEDULER_SUFFIX}' fits in {MAX_RESOURCE_NAME_LENGTH}"
+            f"'<name>{SCHEDULER_SUFFIX}' fits in {MAX_RESOURCE_NAME_LENGTH}"
         )
     if not _DNS1035_LABEL.match(name):
         problems.append(

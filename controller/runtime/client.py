@@ -284,7 +284,7 @@ class Client:
         label_selector: str | None = None,
         field_selector: str | None = None,
         read_timeout: float | None = None,
-    ) -> Iterator[Obj]:
+    ) -> WatchStream:
         """Open a watch now (raising ApiError/ConnectionFailure) and return its raw events.
 
         The HTTP read timeout defaults to timeoutSeconds + 30 s, so a silent (black-holed) connection is
@@ -303,32 +303,7 @@ class Client:
         read = read_timeout if read_timeout is not None else timeout_seconds + 30.0
         path = kind.collection_path(namespace)
         response = self._send("GET", path, params, None, {}, read, stream=True)
-        return self._watch_events(response, path)
-
-    def _watch_events(self, response: urllib3.BaseHTTPResponse, path: str) -> Iterator[Obj]:
-        buffer = b""
-        finished = False
-        try:
-            for chunk in response.stream(65536, decode_content=True):
-                buffer += chunk
-                while True:
-                    line, newline, rest = buffer.partition(b"\n")
-                    if not newline:
-                        break
-                    buffer = rest
-                    if line.strip():
-                        yield json.loads(line)
-            if buffer.strip():
-                yield json.loads(buffer)
-            finished = True
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise ConnectionFailure("WATCH", path, error, sent=True) from error
-        finally:
-            if finished:
-                response.release_conn()
-            else:
-                response.close()
-                response.release_conn()
+        return WatchStream(response, path)
 
     def create(self, obj: Obj, *, subresource: str | None = None) -> Obj:
         kind = kind_of(obj)
@@ -528,6 +503,48 @@ class Client:
                 observers = list(self._observers)
             for observer in observers:
                 observer(record)
+
+
+class WatchStream:
+    """The raw events of one open watch; iterate once. `close()` may be called from any thread."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse, path: str) -> None:
+        self._response = response
+        self._path = path
+        self._closed = False
+
+    def __iter__(self) -> Iterator[Obj]:
+        response = self._response
+        buffer = b""
+        finished = False
+        try:
+            for chunk in response.stream(65536, decode_content=True):
+                buffer += chunk
+                while True:
+                    line, newline, rest = buffer.partition(b"\n")
+                    if not newline:
+                        break
+                    buffer = rest
+                    if line.strip():
+                        yield json.loads(line)
+            if buffer.strip():
+                yield json.loads(buffer)
+            finished = True
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+            if not self._closed:
+                raise ConnectionFailure("WATCH", self._path, error, sent=True) from error
+        finally:
+            if not finished:
+                response.close()
+            response.release_conn()
+
+    def close(self) -> None:
+        """Abandon the stream now: shuts the socket down so a reader blocked on it returns."""
+        self._closed = True
+        shutdown = getattr(self._response, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        self._response.close()
 
 
 def _transient(error: BaseException, idempotent: bool) -> bool:

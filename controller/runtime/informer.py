@@ -197,6 +197,7 @@ class Informer:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self.reflector.abort()
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:

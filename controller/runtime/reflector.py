@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import structlog
 
 from dask_operator.controller.runtime.backoff import Backoff
-from dask_operator.controller.runtime.client import ApiError, Client, ConnectionFailure
+from dask_operator.controller.runtime.client import ApiError, Client, ConnectionFailure, WatchStream
 from dask_operator.controller.runtime.kinds import Kind
 
 Obj = dict[str, Any]
@@ -76,10 +76,19 @@ class Reflector:
         self.lists = 0  # counters for tests and health checks
         self.watches = 0
         self._log = log.bind(kind=kind.kind, namespace=namespace or "")
+        self._stream: WatchStream | None = None
+        self._stopped = False
 
     @property
     def last_sync_resource_version(self) -> str:
         return self._last_rv
+
+    def abort(self) -> None:
+        """Stop now: close the open watch, so run() returns without waiting for the server."""
+        self._stopped = True
+        stream = self._stream
+        if stream is not None:
+            stream.close()
 
     def run(self, stop: threading.Event) -> None:
         """List-and-watch until stop is set; never raises."""
@@ -121,17 +130,22 @@ class Reflector:
                 if error.expired:
                     raise Expired(str(error)) from error
                 raise
+            self._stream = events
+            if self._stopped:
+                events.close()
             started = self._clock()
-            count = self._consume(events, stop)
+            try:
+                count = self._consume(events, stop)
+            finally:
+                self._stream = None
             if count == 0 and self._clock() - started < 1.0 and not stop.is_set():
                 raise VeryShortWatch(f"watch of {self.kind.plural} closed within 1 s with no events")
 
-    def _consume(self, events: Any, stop: threading.Event) -> int:
+    def _consume(self, events: WatchStream, stop: threading.Event) -> int:
         count = 0
         try:
             for event in events:
                 if stop.is_set():
-                    events.close()
                     break
                 count += 1
                 kind = event.get("type")

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from kubeplane.pki import PkiPaths
+from kubeplane.pki import FRONT_PROXY_USER, PkiPaths
 from kubeplane.state import PlaneState, ProcessRecord, is_same_process, proc_start_time
 
 ETCD = "etcd"
@@ -109,6 +109,15 @@ def apiserver_argv(st: PlaneState) -> list[str]:
         f"--kubelet-client-certificate={pki.kubelet_client_crt}",
         f"--kubelet-client-key={pki.kubelet_client_key}",
         "--kubelet-preferred-address-types=InternalIP",
+        # Request-header authentication for aggregated APIs; without it every delegating component
+        # (KCM included) logs a missing CA bundle every few seconds.
+        f"--requestheader-client-ca-file={pki.ca_crt}",
+        f"--requestheader-allowed-names={FRONT_PROXY_USER}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.front_proxy_crt}",
+        f"--proxy-client-key-file={pki.front_proxy_key}",
         f"--cert-dir={pki.root / 'apiserver-generated'}",
         "--profiling=false",
         "--v=1",

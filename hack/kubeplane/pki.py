@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = dt.timedelta(days=365)
 ADMIN_USER = "kubernetes-admin"
+FRONT_PROXY_USER = "front-proxy-client"  # the only name trusted to assert request headers
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,14 @@ class PkiPaths:
     @property
     def kubelet_client_key(self) -> Path:
         return self.root / "apiserver-kubelet-client.key"
+
+    @property
+    def front_proxy_crt(self) -> Path:
+        return self.root / "front-proxy-client.crt"
+
+    @property
+    def front_proxy_key(self) -> Path:
+        return self.root / "front-proxy-client.key"
 
     @property
     def kubelet_crt(self) -> Path:
@@ -173,6 +182,7 @@ def generate(pki: PkiPaths, *, first_service_ip: str, node_ip: str, node_name: s
         _name("kube-apiserver-kubelet-client", ("system:masters",)),
         client=True,
     )
+    leaf(pki.front_proxy_crt, pki.front_proxy_key, _name(FRONT_PROXY_USER), client=True)
     leaf(
         pki.kubelet_crt,
         pki.kubelet_key,

@@ -92,7 +92,13 @@ def writes(totals: dict[str, float]) -> float:
 
 def test_many_clusters_converge(kube_plane: Any, namespace: str, tmp_path: Path) -> None:
     kube_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
-    kube_plane.kubectl("wait", "--for=condition=Established", "crd/daskclusters.kubernetes.dask.org")
+    wait_for(
+        lambda: "Established" in kube_plane.kubectl(
+            "get", "crd/daskclusters.kubernetes.dask.org", "-o", "jsonpath={.status.conditions[*].type}", check=False
+        ).stdout,
+        timeout=60,
+        message="CRDs established",
+    )
     metrics_port, health_port = _free_port(), _free_port()
     log = (tmp_path / "operator.log").open("wb")
     proc = subprocess.Popen(

@@ -195,7 +195,20 @@ def test_exit_codes_restart_backoff_and_logs(kp: Any, namespace: str) -> None:
           restartPolicy: Never
           containers:
           - {name: c, image: busybox, command: ["sh", "-c", "echo one; sleep 1; echo two; exit 1"]}
-        ---
+        """,
+    )
+    wait_for(lambda: phase(kp, ns, "once") == "Running", timeout=30, interval=0.2, message="once running")
+    # -f follows the running container and ends when it exits.
+    followed = kp.kubectl("logs", "-f", "-n", ns, "once", timeout=30).stdout
+    assert followed.split() == ["one", "two"]
+    wait_for(lambda: phase(kp, ns, "once") == "Failed", timeout=30, interval=0.2, message="once Failed")
+    term = get(kp, ns, "pod", "once")["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (term["exitCode"], term["reason"]) == (1, "Error")
+
+    apply(
+        kp,
+        ns,
+        """
         apiVersion: v1
         kind: Pod
         metadata:
@@ -207,14 +220,6 @@ def test_exit_codes_restart_backoff_and_logs(kp: Any, namespace: str) -> None:
           - {name: c, image: busybox, command: ["sh", "-c", "echo run $(date +%s%N); exit 1"]}
         """,
     )
-    wait_for(lambda: phase(kp, ns, "once") == "Running", timeout=30, interval=0.2, message="once running")
-    # -f follows the running container and ends when it exits.
-    followed = kp.kubectl("logs", "-f", "-n", ns, "once", timeout=30).stdout
-    assert followed.split() == ["one", "two"]
-    wait_for(lambda: phase(kp, ns, "once") == "Failed", timeout=30, interval=0.2, message="once Failed")
-    term = get(kp, ns, "pod", "once")["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert (term["exitCode"], term["reason"]) == (1, "Error")
-
     seen: set[str] = set()
 
     def restarted_thrice() -> bool:
@@ -299,7 +304,7 @@ def test_bad_pods_get_reasons_and_the_node_keeps_running(kp: Any, namespace: str
           containers:
           - name: c
             image: busybox
-            command: ["sh", "-c", "echo $(A) $POD $CM; sleep 600"]
+            command: ["sh", "-c", 'echo "$A" "$POD" "$CM"; sleep 600']
             env:
             - {name: A, value: "x-$(POD)"}
             - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}

@@ -18,6 +18,7 @@ import yaml
 from support.wait import wait_for
 
 from dask_operator.api import v1
+from dask_operator.api.v1 import k8s_schemas
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "manifests" / "crd"
@@ -209,7 +210,7 @@ INVALID: list[tuple[str, Callable[[], Obj], Callable[[Obj], None], tuple[str, ..
         "cluster-negative-replicas",
         cluster,
         setting("spec.worker.replicas", -1),
-        ("spec.worker.replicas", ">= 0"),
+        ("spec.worker.replicas", "greater than or equal to 0"),
     ),
     (
         "cluster-string-replicas",
@@ -217,7 +218,12 @@ INVALID: list[tuple[str, Callable[[], Obj], Callable[[Obj], None], tuple[str, ..
         setting("spec.worker.replicas", "two"),
         ("spec.worker.replicas", "integer"),
     ),
-    ("cluster-negative-idle-timeout", cluster, setting("spec.idleTimeout", -5), ("spec.idleTimeout", ">= 0")),
+    (
+        "cluster-negative-idle-timeout",
+        cluster,
+        setting("spec.idleTimeout", -5),
+        ("spec.idleTimeout", "greater than or equal to 0"),
+    ),
     # DaskCluster: embedded PodSpec validated against Kubernetes 1.37
     (
         "cluster-empty-containers",
@@ -344,7 +350,7 @@ INVALID: list[tuple[str, Callable[[], Obj], Callable[[Obj], None], tuple[str, ..
         "group-negative-replicas",
         worker_group,
         setting("spec.worker.replicas", -1),
-        ("spec.worker.replicas", ">= 0"),
+        ("spec.worker.replicas", "greater than or equal to 0"),
     ),
     ("group-name-64-chars", worker_group, renaming("g" * 64), ("metadata.name", "at most 63")),
     # DaskJob
@@ -370,7 +376,7 @@ INVALID: list[tuple[str, Callable[[], Obj], Callable[[Obj], None], tuple[str, ..
         "job-negative-replicas",
         job,
         setting("spec.cluster.spec.worker.replicas", -2),
-        ("spec.cluster.spec.worker.replicas", ">= 0"),
+        ("spec.cluster.spec.worker.replicas", "greater than or equal to 0"),
     ),
     # DaskAutoscaler
     ("autoscaler-no-cluster", autoscaler, deleting("spec.cluster"), ("spec.cluster: Required value",)),
@@ -383,7 +389,12 @@ INVALID: list[tuple[str, Callable[[], Obj], Callable[[Obj], None], tuple[str, ..
         setting("spec.minimum", 11),
         ("spec.minimum", "less than or equal to spec.maximum"),
     ),
-    ("autoscaler-negative-minimum", autoscaler, setting("spec.minimum", -1), ("spec.minimum", ">= 0")),
+    (
+        "autoscaler-negative-minimum",
+        autoscaler,
+        setting("spec.minimum", -1),
+        ("spec.minimum", "greater than or equal to 0"),
+    ),
     ("autoscaler-string-maximum", autoscaler, setting("spec.maximum", "ten"), ("spec.maximum", "integer")),
     (
         "autoscaler-cluster-not-a-name",
@@ -728,7 +739,7 @@ def modern_cluster() -> Obj:
 
 def defaults_cluster() -> Obj:
     """Everything the CRD defaults is left out."""
-    manifest = cluster("defaulted")
+    manifest = cluster(unique("defaulted"))
     del manifest["spec"]["worker"]["replicas"]
     manifest["spec"]["worker"]["spec"]["containers"][0]["ports"] = [{"containerPort": 8788}]
     manifest["spec"]["scheduler"]["spec"]["initContainers"] = [
@@ -739,7 +750,7 @@ def defaults_cluster() -> Obj:
 
 
 def defaults_job() -> Obj:
-    manifest = job("defaulted-job")
+    manifest = job(unique("defaulted-job"))
     del manifest["spec"]["cluster"]["spec"]["worker"]["replicas"]
     manifest["spec"]["job"]["metadata"] = {"labels": {"role": "runner"}}
     manifest["spec"]["cluster"]["metadata"] = {"labels": {"team": "data"}, "annotations": {"a": "b"}}
@@ -747,7 +758,7 @@ def defaults_job() -> Obj:
 
 
 def defaults_worker_group() -> Obj:
-    manifest = worker_group("defaulted-group")
+    manifest = worker_group(unique("defaulted-group"))
     del manifest["spec"]["worker"]["replicas"]
     return manifest
 
@@ -810,7 +821,7 @@ def test_valid_manifest_round_trips_unpruned(kubectl: Kubectl, make: Callable[[]
 def test_defaults_are_applied(kubectl: Kubectl) -> None:
     sent = defaults_cluster()
     kubectl.create(sent)
-    spec = kubectl.get("daskcluster", "defaulted")["spec"]
+    spec = kubectl.get("daskcluster", sent["metadata"]["name"])["spec"]
     assert spec["worker"]["replicas"] == 1
     assert spec["idleTimeout"] == 0
     assert spec["worker"]["spec"]["containers"][0]["ports"][0]["protocol"] == "TCP"
@@ -1012,3 +1023,15 @@ def test_crds_also_apply_client_side(dask_crds: Any) -> None:
     # Each CRD stays under the 256 KiB annotation client-side apply stores, so plain `kubectl apply` works.
     result = dask_crds.kubectl("apply", "--dry-run=server", "-k", str(CRD_DIR))
     assert result.returncode == 0
+
+
+def test_committed_kubernetes_schemas_are_what_this_server_serves(kube_plane: Any) -> None:
+    """api/v1/k8s_1_37_schemas.json is hack/fetch-k8s-openapi's output for this API server's release."""
+    version = json.loads(kube_plane.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    committed = json.loads((REPO / "api" / "v1" / k8s_schemas.SCHEMA_FILE).read_text())
+    if not version.startswith("v1.37."):
+        pytest.skip(
+            f"the committed schemas are for {committed['kubernetesVersion']}; this server is {version}"
+        )
+    served = json.loads(kube_plane.kubectl("get", "--raw", "/openapi/v3/api/v1").stdout)
+    assert k8s_schemas.trim_openapi_document(served, version) == committed

@@ -303,13 +303,14 @@ def test_refused_connections_back_off_and_rewatch_from_the_same_rv(
     sync(informer)
     wait_for(lambda: log.watches(), timeout=5)
     rv = informer.reflector.last_sync_resource_version
+    time.sleep(1.2)  # a watch that dies within 1 s with no events counts as very short (item 16)
     proxy.refuse()
-    time.sleep(6.5)
+    time.sleep(3.6)
     failures = [r for r in log.watches() if r.code == "<error>"]
-    assert 3 <= len(failures) <= 5  # 0.8-1.6, 1.6-3.2, 3.2-6.4 s apart: not a hot loop
+    assert 2 <= len(failures) <= 4  # 0.8-1.6 then 1.6-3.2 s apart: not a hot loop
     gaps = [b.started - a.started for a, b in itertools.pairwise(failures)]
-    assert all(gap >= 0.8 for gap in gaps)
-    assert gaps[-1] >= 1.6
+    assert gaps[0] >= 0.8
+    assert len(gaps) < 2 or gaps[1] >= 1.6
     proxy.pass_through()
     wait_for(lambda: log.watches()[-1].code == "200", timeout=15)
     assert log.watches()[-1].params["resourceVersion"] == rv
@@ -325,10 +326,9 @@ def test_429_on_watch_backs_off_without_relisting(running: Any, namespace: str) 
         else None
     )
     proxy.drop()
-    time.sleep(3.5)
+    wait_for(lambda: len([r for r in log.watches() if r.code == "429"]) >= 2, timeout=10)
     proxy.injector = None
     throttled = [r for r in log.watches() if r.code == "429"]
-    assert 2 <= len(throttled) <= 4
     assert all(b.started - a.started >= 0.8 for a, b in itertools.pairwise(throttled))
     wait_for(lambda: log.watches()[-1].code == "200", timeout=10)
     assert len(log.lists()) == 1
@@ -353,8 +353,8 @@ def test_very_short_empty_watch_is_an_error_and_relists(running: Any, namespace:
     proxy.drop()
     wait_for(lambda: len(log.lists()) >= 2, timeout=10)
     proxy.injector = None
-    empty = [r for r in log.watches() if r.code == "200"][-1]
     relist = log.lists()[1]
+    empty = [r for r in log.watches() if r.code == "200" and r.started < relist.started][-1]
     assert relist.started - empty.started >= 0.8  # after a backoff
     assert relist.params.get("resourceVersion") == informer.replaced_at[0] or relist.params.get(
         "resourceVersion"

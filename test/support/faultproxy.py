@@ -41,6 +41,8 @@ def _reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv() on it; close() alone would not
+    with contextlib.suppress(OSError):
         sock.close()
 
 

@@ -387,7 +387,7 @@ def test_work_pool_collapses_a_key_and_never_runs_it_twice_at_once() -> None:
     assert runs == ["first", "again4"]
 
 
-def test_proxy_round_robins_ready_backends_and_drops_without_backends() -> None:
+def test_proxy_round_robins_ready_backends_and_refuses_without_backends() -> None:
     async def scenario() -> list[bytes]:
         async def backend(tag: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.read(1)
@@ -411,13 +411,15 @@ def test_proxy_round_robins_ready_backends_and_drops_without_backends() -> None:
             got.append(await r.read())
             w.close()
         await proxy.update({front: ()})
-        r, w = await asyncio.open_connection(*front)
-        got.append(await r.read())
-        w.close()
+        try:
+            await asyncio.open_connection(*front)
+            got.append(b"connected")
+        except ConnectionRefusedError:
+            got.append(b"refused")
         await proxy.close()
         s1.close()
         s2.close()
         return got
 
     got = asyncio.run(scenario())
-    assert sorted(got[:2]) == [b"A", b"B"] and got[2] == b""
+    assert sorted(got[:2]) == [b"A", b"B"] and got[2] == b"refused"

@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 Handler = Callable[[str, JSON], None]  # (event type ADDED|MODIFIED|DELETED, object)
 
 
+def _slim(obj: JSON) -> JSON:
+    """Drops managedFields: the node never reads them, and at thousands of pods they dominate memory."""
+    obj.get("metadata", {}).pop("managedFields", None)
+    return obj
+
+
 def object_key(obj: JSON) -> str:
     meta = obj.get("metadata", {})
     ns = meta.get("namespace")
@@ -63,7 +69,7 @@ class Informer:
     def _relist(self) -> str:
         listed = self.client.request("GET", self.path, query=dict(self.query, limit=None), timeout=60)
         rv = str(listed["metadata"]["resourceVersion"])
-        fresh = {object_key(o): o for o in listed.get("items", [])}
+        fresh = {object_key(o): _slim(o) for o in listed.get("items", [])}
         for key in [k for k in self.store if k not in fresh]:
             self._deliver("DELETED", self.store.pop(key))
         for key, obj in fresh.items():
@@ -88,7 +94,7 @@ class Informer:
                 ):
                     if self._stop.is_set():
                         return
-                    kind, obj = event.get("type"), event.get("object", {})
+                    kind, obj = event.get("type"), _slim(event.get("object", {}))
                     if kind == "ERROR":
                         if obj.get("code") == 410:
                             rv = None  # expired: relist

@@ -6,16 +6,20 @@ error instead of hanging a thread; a non-2xx answer is always raised as `ApiErro
 
 from __future__ import annotations
 
+import atexit
+import base64
 import json
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import urllib3
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
+import yaml
 
 JSON = dict[str, Any]
 
@@ -43,18 +47,40 @@ class Connection:
     verify: bool
 
 
+def _material(section: dict[str, Any], key: str, workdir: list[Path]) -> str | None:
+    """A kubeconfig file reference, or its inline `-data` written to a private file."""
+    if section.get(f"{key}-data"):
+        if not workdir:
+            workdir.append(Path(tempfile.mkdtemp(prefix="kubeplane-node-")))
+            atexit.register(shutil.rmtree, workdir[0], True)
+        path = workdir[0] / key
+        path.write_bytes(base64.b64decode(section[f"{key}-data"]))
+        path.chmod(0o600)
+        return str(path)
+    return str(section[key]) if section.get(key) else None
+
+
 def load_connection(kubeconfig: str) -> Connection:
-    """Reads a kubeconfig with the official loader (it materialises inline certificate data as files)."""
-    cfg = k8s_client.Configuration()
-    k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    token = cfg.api_key.get("authorization") if cfg.api_key else None
+    """Reads the current context of a kubeconfig (certificates, or a bearer token).
+
+    Parsed here rather than with the `kubernetes` package: importing that costs the node ~40 MiB.
+    """
+    cfg = yaml.safe_load(Path(kubeconfig).read_text())
+    ctx_name = cfg.get("current-context") or cfg["contexts"][0]["name"]
+    ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
+    cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
+    user: dict[str, Any] = next(
+        (u["user"] for u in cfg.get("users") or [] if u["name"] == ctx.get("user")), {}
+    )
+    workdir: list[Path] = []  # created only if the kubeconfig holds inline data
+    token = user.get("token")
     return Connection(
-        server=cfg.host.rstrip("/"),
-        ca_file=cfg.ssl_ca_cert,
-        cert_file=cfg.cert_file,
-        key_file=cfg.key_file,
-        token=token,
-        verify=bool(cfg.verify_ssl),
+        server=str(cluster["server"]).rstrip("/"),
+        ca_file=_material(cluster, "certificate-authority", workdir),
+        cert_file=_material(user, "client-certificate", workdir),
+        key_file=_material(user, "client-key", workdir),
+        token=f"Bearer {token}" if token else None,
+        verify=not cluster.get("insecure-skip-tls-verify", False),
     )
 
 

@@ -34,7 +34,7 @@ def container_logs(pod_dir: Path, container: str) -> list[Path]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: LogServer  # type: ignore[assignment]
+    server: LogServer
     protocol_version = "HTTP/1.0"  # body ends when the connection closes: natural for `follow`
 
     def log_message(self, format: str, *args: object) -> None:

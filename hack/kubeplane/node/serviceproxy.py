@@ -1,9 +1,10 @@
 """Userspace TCP proxy for ClusterIPs (kube-proxy's old "userspace" mode), on an asyncio loop.
 
-Invariant: one listener per (ClusterIP, port) that has a route; each new connection goes to the next
-ready backend in round-robin order, or is closed at once when there is none. Routes are replaced as a
-whole, so a connection never sees a half-updated table. Listeners use IP_FREEBIND, so they can bind
-before the address is on the bridge.
+Invariant: one listener per (ClusterIP, port) with at least one ready backend, and none otherwise, so a
+client of a Service without endpoints gets "connection refused" (as with kube-proxy's REJECT rule) and
+retries, instead of a connection that closes mid-handshake. Each new connection goes to the next
+backend in round-robin order; if no backend answers it is reset. Routes are replaced as a whole.
+Listeners use IP_FREEBIND, so they can bind before the address is on the bridge.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import struct
 
 from .servicetable import Backend, Frontend
 
@@ -46,11 +48,11 @@ class ServiceProxy:
 
     async def update(self, backends: dict[Frontend, tuple[Backend, ...]]) -> None:
         """Call on the proxy's loop. Opens and closes listeners to match the new routes."""
-        self.backends = dict(backends)
-        for front in [f for f in self._servers if f not in backends]:
+        self.backends = {f: b for f, b in backends.items() if b}
+        for front in [f for f in self._servers if f not in self.backends]:
             server = self._servers.pop(front)
             server.close()
-        for front in backends:
+        for front in self.backends:
             if front in self._servers:
                 continue
             try:
@@ -86,6 +88,9 @@ class ServiceProxy:
                 except (OSError, TimeoutError) as e:
                     log.debug("proxy %s:%s -> %s:%s failed: %s", *front, host, port, e)
         if upstream is None:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:  # linger 0: the client sees a reset, like a rejected connection
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.close()
             return
         up_reader, up_writer = upstream
