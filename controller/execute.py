@@ -72,7 +72,11 @@ class StatusWriter:
         meta = obj["metadata"]
         with self._lock:
             entry = self._written.get(f"{meta['namespace']}/{meta['name']}")
-        if entry is not None and entry[0] == meta.get("uid") and _older(meta.get("resourceVersion"), entry[1]):
+        if (
+            entry is not None
+            and entry[0] == meta.get("uid")
+            and _older(meta.get("resourceVersion"), entry[1])
+        ):
             return entry[2]
         return dict(obj.get("status") or {})
 

@@ -212,8 +212,13 @@ class EventSpec:
     message: str
 
 
-def condition_events(previous: Iterable[Mapping[str, Any]] | None, current: Iterable[Obj]) -> list[EventSpec]:
-    """Events for condition changes a user must know about; nothing when nothing changed."""
+def condition_events(
+    previous: Iterable[Mapping[str, Any]] | None, current: Iterable[Obj], ready_events: bool = True
+) -> list[EventSpec]:
+    """Events for condition changes a user must know about; nothing when nothing changed.
+
+    Degraded -> Warning (and Normal when it clears); becoming Ready -> Normal, if `ready_events`.
+    """
     before = {c.get("type"): c for c in previous or []}
     events = []
     for cond in current:
@@ -224,6 +229,6 @@ def condition_events(previous: Iterable[Mapping[str, Any]] | None, current: Iter
             events.append(EventSpec("Warning", cond["reason"], cond["message"]))
         elif cond["type"] == "Degraded" and old.get("status") == "True":
             events.append(EventSpec("Normal", "Recovered", f"No longer degraded ({old.get('reason')})."))
-        elif cond["type"] == "Ready" and cond["status"] == "True":
+        elif cond["type"] == "Ready" and cond["status"] == "True" and ready_events:
             events.append(EventSpec("Normal", cond["reason"], cond["message"]))
     return events

@@ -264,7 +264,9 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
             Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
         ]
         status = _status(group, live, None, cond, previous, now)
-        return GroupPlan(status=status, events=tuple(condition_events(previous, status["conditions"])))
+        return GroupPlan(
+            status=status, events=tuple(condition_events(previous, status["conditions"], ready_events=False))
+        )
 
     cluster = obs.cluster
     template = worker_template(group, cluster, settings.cluster_domain)
@@ -388,7 +390,8 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
         degraded,
     ]
     status = _status(group, live, want, conditions, previous, now)
-    events += condition_events(previous, status["conditions"])
+    # A group's readiness is reported by its cluster's Ready Event; a group only warns.
+    events += condition_events(previous, status["conditions"], ready_events=False)
     return GroupPlan(
         adopt=adoption(group, cluster) if not is_controlled_by(group, cluster["metadata"]["uid"]) else None,
         create_pods=tuple(creates),

@@ -156,10 +156,20 @@ def generate(pki: PkiPaths, *, first_service_ip: str, node_ip: str, node_name: s
     _write_key(pki.ca_key, ca_key)
     _write_cert(pki.ca_crt, _sign(ca_name, ca_key, ca_name, ca_key, is_ca=True))
 
-    def leaf(crt: Path, key_path: Path, subject: x509.Name, **kw: object) -> None:
+    def leaf(
+        crt: Path,
+        key_path: Path,
+        subject: x509.Name,
+        *,
+        server: bool = False,
+        client: bool = False,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+    ) -> None:
         key = _key()
         _write_key(key_path, key)
-        _write_cert(crt, _sign(subject, key, ca_name, ca_key, **kw))  # type: ignore[arg-type]
+        cert = _sign(subject, key, ca_name, ca_key, server=server, client=client, dns=dns, ips=ips)
+        _write_cert(crt, cert)
 
     leaf(
         pki.apiserver_crt,

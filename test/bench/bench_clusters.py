@@ -90,12 +90,61 @@ def writes(totals: dict[str, float]) -> float:
     return sum(v for k, v in totals.items() if k not in ("GET", "LIST", "WATCH"))
 
 
+def _ts(value: str | None) -> float:
+    from datetime import UTC, datetime
+
+    return datetime.strptime(value or "", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def timeline(kube_plane: Any, namespace: str) -> dict[str, list[float]]:
+    """Where the time went, per cluster (second precision): operator (cluster -> scheduler pod created),
+    node (pod created -> Ready), operator again (scheduler Ready -> cluster Ready)."""
+    clusters = json.loads(kube_plane.kubectl("get", "-n", namespace, "daskclusters", "-o", "json").stdout)[
+        "items"
+    ]
+    pods = json.loads(kube_plane.kubectl("get", "-n", namespace, "pods", "-o", "json", timeout=120).stdout)[
+        "items"
+    ]
+    by_name = {p["metadata"]["name"]: p for p in pods}
+
+    def ready_at(obj: dict[str, Any]) -> float:
+        cond = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+        return _ts(cond["lastTransitionTime"])
+
+    spans: dict[str, list[float]] = {
+        "cluster_to_scheduler_pod": [],
+        "pod_to_ready": [],
+        "ready_to_cluster_ready": [],
+    }
+    for c in clusters:
+        pod = by_name.get(f"{c['metadata']['name']}-scheduler")
+        if pod is None:
+            continue
+        created = _ts(pod["metadata"]["creationTimestamp"])
+        spans["cluster_to_scheduler_pod"].append(created - _ts(c["metadata"]["creationTimestamp"]))
+        spans["pod_to_ready"].append(ready_at(pod) - created)
+        spans["ready_to_cluster_ready"].append(ready_at(c) - ready_at(pod))
+
+    def p50_max(values: list[float]) -> list[float]:
+        values = sorted(values)
+        return [values[len(values) // 2], values[-1]] if values else []
+
+    return {k: p50_max(v) for k, v in spans.items()}
+
+
 def test_many_clusters_converge(kube_plane: Any, namespace: str, tmp_path: Path) -> None:
     kube_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
     wait_for(
-        lambda: "Established" in kube_plane.kubectl(
-            "get", "crd/daskclusters.kubernetes.dask.org", "-o", "jsonpath={.status.conditions[*].type}", check=False
-        ).stdout,
+        lambda: (
+            "Established"
+            in kube_plane.kubectl(
+                "get",
+                "crd/daskclusters.kubernetes.dask.org",
+                "-o",
+                "jsonpath={.status.conditions[*].type}",
+                check=False,
+            ).stdout
+        ),
         timeout=60,
         message="CRDs established",
     )
@@ -162,6 +211,7 @@ def test_many_clusters_converge(kube_plane: Any, namespace: str, tmp_path: Path)
         quiet_writes = writes(after) - writes(settled_totals)
         used = {k: settled_totals.get(k, 0) - before.get(k, 0) for k in settled_totals}
         rss = rss_mib(proc.pid)
+        latencies = timeline(kube_plane, namespace)
         report = {
             "clusters": CLUSTERS,
             "workers_per_cluster": WORKERS,
@@ -172,6 +222,7 @@ def test_many_clusters_converge(kube_plane: Any, namespace: str, tmp_path: Path)
             "minimum_writes_per_cluster": MINIMUM_WRITES,
             f"writes_in_{int(QUIET_SECONDS)}s_once_converged": quiet_writes,
             "operator_rss_mib": round(rss, 1),
+            "latency_seconds_p50_max": latencies,
         }
         print("\nBENCH " + json.dumps(report, indent=2))
         assert quiet_writes == 0

@@ -42,7 +42,9 @@ def plane(kube_plane: Any) -> Any:
         pytest.skip("needs the process node of the local control plane (real Dask pods)")
     kube_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
     for crd in ("daskclusters", "daskworkergroups"):
-        wait_for(lambda crd=crd: crd_established(kube_plane, crd), timeout=60, message=f"CRD {crd} Established")
+        wait_for(
+            lambda crd=crd: crd_established(kube_plane, crd), timeout=60, message=f"CRD {crd} Established"
+        )
     return kube_plane
 
 
@@ -523,3 +525,76 @@ def test_failing_worker_command_is_reported_and_other_clusters_still_served(
         assert client.submit(operator.mul, 6, 7).result(timeout=60) == 42
     group = condition(get(plane, namespace, "daskworkergroup", "broken-default"), "Degraded")
     assert group.get("reason") == "WorkerFailing"
+
+
+def test_template_changes_roll_workers_gracefully_and_replace_the_scheduler(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    from distributed import wait
+
+    apply(plane, namespace, cluster_manifest("roll", 2))
+    wait_running(plane, namespace, "roll")
+    wait_for(lambda: len(worker_pods(plane, namespace, "roll-default")) == 2, timeout=60, message="2 workers")
+    old = pod_names(worker_pods(plane, namespace, "roll-default"))
+    with dask_client(plane, namespace, "roll") as client:
+        wait_workers(client, old)
+        blocks = [client.submit(list, range(i * 100, (i + 1) * 100), pure=False) for i in range(10)]
+        wait(blocks, timeout=60)
+        keys = [b.key for b in blocks]
+
+        changed = cluster_manifest("roll", 2)
+        changed["spec"]["worker"]["spec"]["containers"][0]["env"] = [{"name": "ROLLED", "value": "1"}]
+        apply(plane, namespace, changed)
+
+        def rolled() -> set[str] | None:
+            group = get(plane, namespace, "daskworkergroup", "roll-default") or {}
+            status = group.get("status", {})
+            current = pod_names(worker_pods(plane, namespace, "roll-default"))
+            done = (
+                status.get("updatedReplicas") == 2 and status.get("readyReplicas") == 2 and not current & old
+            )
+            return current if done and len(current) == 2 else None
+
+        new = wait_for(rolled, timeout=120, interval=0.5, message="workers rolled to the new template")
+        wait_workers(client, new)
+        assert client.gather(blocks) == [list(range(i * 100, (i + 1) * 100)) for i in range(10)]
+        computed, erred = client.run_on_scheduler(_transitions, keys)
+        assert computed == {k: 1 for k in keys} and erred == 0
+        env = worker_pods(plane, namespace, "roll-default")[0]["spec"]["containers"][0]["env"]
+        assert {"name": "ROLLED", "value": "1"} in env
+
+    (scheduler,) = pods(plane, namespace, "dask.org/component=scheduler")
+    changed["spec"]["scheduler"]["spec"]["containers"][0]["env"] = [{"name": "CHANGED", "value": "1"}]
+    apply(plane, namespace, changed)
+
+    def replaced() -> bool:
+        found = pods(plane, namespace, "dask.org/component=scheduler")
+        return any(
+            p["metadata"]["uid"] != scheduler["metadata"]["uid"]
+            and {"name": "CHANGED", "value": "1"} in p["spec"]["containers"][0].get("env", [])
+            for p in found
+        )
+
+    wait_for(replaced, timeout=90, interval=0.5, message="scheduler pod replaced")
+    events = get(plane, namespace, "events", "--field-selector", "involvedObject.name=roll")
+    assert any(e["reason"] == "SchedulerReplaced" for e in events["items"])
+    wait_running(plane, namespace, "roll")
+    with dask_client(plane, namespace, "roll") as client:
+        wait_workers(client, 2, timeout=150)
+        assert client.submit(operator.add, 1, 1).result(timeout=60) == 2
+
+
+def test_idle_cluster_is_deleted_after_its_idle_timeout(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    manifest = cluster_manifest("sleepy", 0)
+    manifest["spec"]["idleTimeout"] = 5
+    apply(plane, namespace, manifest)
+    wait_running(plane, namespace, "sleepy")
+    wait_for(
+        lambda: get(plane, namespace, "daskcluster", "sleepy") is None,
+        timeout=60,
+        message="idle cluster deleted",
+    )
+    events = get(plane, namespace, "events", "--field-selector", "involvedObject.name=sleepy")
+    assert any(e["reason"] == "IdleTimeout" for e in events["items"])
