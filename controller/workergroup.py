@@ -279,6 +279,7 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     creates: list[Obj] = []
     deletions = [_deletion(p, "pod finished; replacing it") for p in finished]
     victims: list[Obj] = []  # pods to remove gracefully, in order of preference
+    rolling = False  # victims are old-template pods being replaced, not a scale-down
     notes: list[str] = []
     requeue: float | None = None
     progressing = Condition(CONDITION_PROGRESSING, False, "Stable", f"{replicas} workers match the spec.")
@@ -309,6 +310,7 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
             notes.append("roll: surge 1")
         else:
             victims = _newest_first(outdated)[:1]
+            rolling = True
             notes.append("roll: retire 1")
     elif surplus > 0:
         progressing = Condition(
@@ -375,8 +377,13 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
             never = [p for p, w in joined if w is None]
             deletions += [_deletion(p, "scale-down, never joined the scheduler") for p in never]
             to_retire = [(p, w) for p, w in joined if w is not None]
-            if to_retire and len(to_retire) >= len(workers):
-                # No worker would remain to take their data: retiring cannot succeed; just remove them.
+            others = [p for p in live if p not in victims]
+            if rolling and any(joined_worker(p, workers) is None for p in current):
+                # The replacement must have joined the scheduler before an old worker's data can move to it;
+                # joining is not a Kubernetes event, so look again shortly.
+                requeue = 1.0 if requeue is None else min(requeue, 1.0)
+            elif to_retire and len(to_retire) >= len(workers) and not others:
+                # Scaling to zero: no worker remains (or is coming) to take the data, so retiring cannot succeed.
                 deletions += [_deletion(p, "scale-down, last workers") for p, _ in to_retire]
             elif to_retire:
                 retire = Retirement(

@@ -8,6 +8,7 @@ failures are raised to the caller so the work queue's backoff applies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import threading
@@ -542,9 +543,10 @@ class WatchStream:
         """Abandon the stream now: shuts the socket down so a reader blocked on it returns."""
         self._closed = True
         shutdown = getattr(self._response, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
-        self._response.close()
+        with contextlib.suppress(OSError, urllib3.exceptions.HTTPError):
+            if shutdown is not None:
+                shutdown()
+            self._response.close()
 
 
 def _transient(error: BaseException, idempotent: bool) -> bool:

@@ -148,6 +148,10 @@ class FaultProxy:
             for sock in socks:
                 self._conns.discard(sock)
         for sock in socks:
+            # shutdown first: close() alone leaves a recv() blocked in the other pump asleep, and the
+            # connection half-dead (the peer would never see it end)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
 

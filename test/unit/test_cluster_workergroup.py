@@ -216,6 +216,15 @@ def test_worker_found_by_pod_ip_when_named_differently() -> None:
     assert result.retire is not None and [w.name for w in result.retire.workers] == ["custom-name"]
 
 
+def test_only_joined_worker_is_retired_not_dropped_while_another_pod_of_the_group_remains() -> None:
+    older, newer = scaled_to(2)  # the older one is restarting and has not (re)joined the scheduler
+    result = plan(make_group(1), [older, newer], scheduler=SchedulerView(workers_of([newer])))
+    assert result.delete_pods == ()
+    assert result.retire is not None and [w.name for w in result.retire.workers] == [
+        newer["metadata"]["name"]
+    ]
+
+
 def test_scale_to_zero_does_not_try_to_move_data_nowhere() -> None:
     pods = scaled_to(2)
     result = plan(make_group(0), pods, scheduler=SchedulerView(workers_of(pods)))
@@ -254,6 +263,9 @@ def test_rolling_update_surges_one_then_retires_one_old_worker() -> None:
     assert plan(new_group, [*old_pods, surge]).create_pods == ()
     assert not plan(new_group, [*old_pods, surge]).needs_scheduler
     surge = running(step1.create_pods[0], 10)
+    # a Ready pod whose worker has not joined the scheduler yet cannot take the old worker's data
+    waiting = plan(new_group, [*old_pods, surge], scheduler=SchedulerView(workers_of(old_pods)))
+    assert waiting.retire is None and waiting.delete_pods == () and waiting.requeue_after == 1.0
     step2 = plan(new_group, [*old_pods, surge], scheduler=SchedulerView(workers_of([*old_pods, surge])))
     assert step2.retire is not None and [w.name for w in step2.retire.workers] == [
         old_pods[1]["metadata"]["name"]
