@@ -25,7 +25,8 @@ from dask_operator.controller import operator_metrics
 from dask_operator.controller.cluster import ClusterObservation, ClusterPlan, idle_decision, plan_cluster
 from dask_operator.controller.execute import StatusWriter, create_pods, delete_pods, record_events
 from dask_operator.controller.expectations import Expectations
-from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
+from dask_operator.controller.indexes import groups_of_cluster
+from dask_operator.controller.kinds import DASK_CLUSTER_KIND
 from dask_operator.controller.metadata import is_terminating
 from dask_operator.controller.plans import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Obj
 from dask_operator.controller.runtime.client import ApiError
@@ -76,11 +77,7 @@ class DaskClusterReconciler:
             for p in self.cache.by_label(POD, LABEL_CLUSTER_NAME, name, namespace)
             if p["metadata"].get("labels", {}).get(LABEL_COMPONENT) == COMPONENT_WORKER
         ]
-        groups = [
-            g
-            for g in self.cache.list(DASK_WORKER_GROUP_KIND, namespace)
-            if g.get("spec", {}).get("cluster") == name
-        ]
+        groups = groups_of_cluster(self.cache, namespace, name)
         _, gone = self.expectations.pending(uid, (), [p["metadata"]["uid"] for p in scheduler_pods], now)
         observed = {**cluster, "status": self.status.observed(cluster)}
         return ClusterObservation(

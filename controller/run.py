@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from dask_operator.controller import indexes
 from dask_operator.controller.cluster_reconciler import DaskClusterReconciler
 from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
 from dask_operator.controller.runtime.builder import ControllerBuilder
@@ -84,8 +85,7 @@ def groups_of_cluster(manager: Manager) -> Any:
         meta = cluster["metadata"]
         return [
             Request(meta["namespace"], g["metadata"]["name"])
-            for g in manager.cache.list(DASK_WORKER_GROUP_KIND, meta["namespace"])
-            if g.get("spec", {}).get("cluster") == meta["name"]
+            for g in indexes.groups_of_cluster(manager.cache, meta["namespace"], meta["name"])
         ]
 
     return mapper
@@ -98,6 +98,7 @@ def cluster_of_group(group: Obj) -> Iterable[Request]:
 
 def build(manager: Manager, settings: OperatorSettings, concurrency: int) -> None:
     """Register both controllers with the manager."""
+    indexes.register(manager.cache)
     reconcile_timeout = settings.retire_timeout + 60.0
     (
         ControllerBuilder(manager)
