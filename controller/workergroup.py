@@ -232,184 +232,250 @@ def _is_started(pod: Mapping[str, Any]) -> bool:
 
 
 def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = GroupSettings()) -> GroupPlan:
+    """Observed group, pods and (if asked) scheduler -> the writes that move the group toward its spec."""
     group = obs.group
-    gmeta = group["metadata"]
-    replicas = int(group["spec"]["worker"].get("replicas", 1))
     previous = obs.previous_conditions
     if previous is None:
         previous = group.get("status", {}).get("conditions")
-
-    present = [p for p in obs.pods if p["metadata"].get("uid") not in obs.expected_gone]
-    taken = {p["metadata"]["name"] for p in obs.pods} | set(obs.expected_present)
-    observed_names = {p["metadata"]["name"] for p in obs.pods}
-    unobserved = sorted(obs.expected_present - observed_names)
-    live = [p for p in present if not is_terminating(p)]
-    finished = [p for p in live if is_pod_finished(p)]
-    live = [p for p in live if not is_pod_finished(p)]
-
+    pods = _PodSets.of(obs)
     if obs.cluster is None:
-        cond = [
-            Condition(
-                CONDITION_READY,
-                False,
-                "ClusterNotFound",
-                f"DaskCluster {group['spec']['cluster']} does not exist.",
-            ),
-            Condition(
-                CONDITION_PROGRESSING,
-                True,
-                "WaitingForCluster",
-                f"Waiting for DaskCluster {group['spec']['cluster']} to be created in namespace {gmeta['namespace']}.",
-            ),
-            Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
-        ]
-        status = _status(group, live, None, cond, previous, now)
-        return GroupPlan(
-            status=status, events=tuple(condition_events(previous, status["conditions"], ready_events=False))
-        )
+        return _waiting_for_cluster(group, pods, previous, now)
 
     cluster = obs.cluster
     template = worker_template(group, cluster, settings.cluster_domain)
-    want = str(template["metadata"]["labels"][TEMPLATE_HASH_LABEL])
-    current = [p for p in live if _pod_hash(p) == want]
-    outdated = [p for p in live if _pod_hash(p) != want]
-    total = len(live) + len(unobserved)
-    surplus = total - replicas
+    draft = _Draft(group, template, pods, int(group["spec"]["worker"].get("replicas", 1)))
+    draft.deletions += [_deletion(p, "pod finished; replacing it") for p in pods.finished]
+    if draft.surplus < 0:
+        _scale_up(draft, settings)
+    elif draft.outdated and draft.surplus <= 1:
+        _roll_one(draft)
+    elif draft.surplus > 0:
+        _choose_scale_down(draft)
 
-    creates: list[Obj] = []
-    deletions = [_deletion(p, "pod finished; replacing it") for p in finished]
-    victims: list[Obj] = []  # pods to remove gracefully, in order of preference
-    rolling = False  # victims are old-template pods being replaced, not a scale-down
-    notes: list[str] = []
-    requeue: float | None = None
-    progressing = Condition(CONDITION_PROGRESSING, False, "Stable", f"{replicas} workers match the spec.")
-
-    if surplus < 0:
-        count = -surplus if settings.batch_size is None else min(-surplus, settings.batch_size)
-        creates = [worker_pod(template, n) for n in new_worker_names(group, want, taken, count)]
-        if count < -surplus:
-            requeue = max(settings.batch_delay, 0.5)
-        progressing = Condition(
-            CONDITION_PROGRESSING, True, "ScalingUp", f"Creating workers: {total} of {replicas} exist."
-        )
-        notes.append(f"create {count}")
-    elif outdated and surplus <= 1:
-        progressing = Condition(
-            CONDITION_PROGRESSING,
-            True,
-            "RollingUpdate",
-            f"Replacing workers built from an old template: {len(current)} of {replicas} updated.",
-        )
-        unstarted_outdated = [p for p in outdated if not _is_started(p)]
-        if unstarted_outdated:
-            deletions += [_deletion(p, "old template, never started") for p in unstarted_outdated]
-        elif unobserved or any(not is_pod_ready(p) for p in current):
-            pass  # the surge pod must be ready before an old one goes
-        elif surplus <= 0:
-            creates = [worker_pod(template, n) for n in new_worker_names(group, want, taken, 1)]
-            notes.append("roll: surge 1")
-        else:
-            victims = _newest_first(outdated)[:1]
-            rolling = True
-            notes.append("roll: retire 1")
-    elif surplus > 0:
-        progressing = Condition(
-            CONDITION_PROGRESSING,
-            True,
-            "ScalingDown",
-            f"Removing workers: {total} of {replicas} wanted exist.",
-        )
-        if unobserved:
-            requeue = 1.0  # wait for the cache to show the pods just created before choosing any to remove
-        else:
-            unstarted = [p for p in live if not _is_started(p)]
-            ordered_unstarted = _newest_first([p for p in unstarted if p in outdated]) + _newest_first(
-                [p for p in unstarted if p in current]
-            )
-            first = ordered_unstarted[:surplus]
-            deletions += [_deletion(p, "scale-down, never started") for p in first]
-            rest = [p for p in live if p not in unstarted]
-            victims = (
-                _newest_first([p for p in rest if p in outdated])
-                + _newest_first([p for p in rest if p in current])
-            )[: surplus - len(first)]
-
-    retire: Retirement | None = None
-    needs_scheduler = False
-    degraded = _failure_condition(live, now)
-    recovery = recovery_deadline(live, now)
+    degraded = _failure_condition(pods.live, now)
+    recovery = recovery_deadline(pods.live, now)
     if recovery is not None and degraded.status:
-        requeue = recovery if requeue is None else min(requeue, recovery)
-    events: list[EventSpec] = []
-    if victims:
-        if obs.scheduler is None:
-            needs_scheduler = True
-        elif obs.scheduler.workers is None:
-            since = _unreachable_since(previous, now)
-            waited = now - since
-            if waited >= settings.force_timeout:
-                deletions += [_deletion(p, "scale-down forced: scheduler unreachable") for p in victims]
-                events.append(
-                    EventSpec(
-                        "Warning",
-                        "ScaleDownForced",
-                        f"The scheduler has been unreachable for {int(waited)} s (limit {int(settings.force_timeout)} s, "
-                        f"annotation {FORCE_SCALE_DOWN_ANNOTATION} on the DaskCluster): deleting "
-                        f"{', '.join(p['metadata']['name'] for p in victims)} without retiring them; data they held "
-                        "in memory is lost.",
-                    )
-                )
-            else:
-                degraded = Condition(
-                    CONDITION_DEGRADED,
-                    True,
-                    "SchedulerUnreachable",
-                    f"Cannot reach the scheduler to retire workers gracefully ({obs.scheduler.error}); retrying, and "
-                    f"forcing the scale-down after {int(settings.force_timeout)} s.",
-                )
-                progressing = Condition(
-                    CONDITION_PROGRESSING, True, "WaitingForScheduler", "Scale-down waits for the scheduler."
-                )
-                requeue = min(settings.force_timeout - waited, min(30.0, max(2.0, waited / 2)))
-        else:
-            workers = obs.scheduler.workers
-            joined = [(p, joined_worker(p, workers)) for p in victims]
-            never = [p for p, w in joined if w is None]
-            deletions += [_deletion(p, "scale-down, never joined the scheduler") for p in never]
-            to_retire = [(p, w) for p, w in joined if w is not None]
-            others = [p for p in live if p not in victims]
-            if rolling and any(joined_worker(p, workers) is None for p in current):
-                # The replacement must have joined the scheduler before an old worker's data can move to it;
-                # joining is not a Kubernetes event, so look again shortly.
-                requeue = 1.0 if requeue is None else min(requeue, 1.0)
-            elif to_retire and len(to_retire) >= len(workers) and not others:
-                # Scaling to zero: no worker remains (or is coming) to take the data, so retiring cannot succeed.
-                deletions += [_deletion(p, "scale-down, last workers") for p, _ in to_retire]
-            elif to_retire:
-                retire = Retirement(
-                    workers=tuple(w for _, w in to_retire if w is not None),
-                    pods=tuple(_deletion(p, "retired by the scheduler") for p, _ in to_retire),
-                )
+        draft.wake_in(recovery)
+    if draft.victims:
+        degraded = _remove_victims(draft, obs.scheduler, previous, now, settings) or degraded
 
     conditions = [
-        _ready_condition(live, current, replicas, unobserved),
-        progressing,
+        _ready_condition(pods.live, draft.current, draft.replicas, pods.unobserved),
+        draft.progressing,
         degraded,
     ]
-    status = _status(group, live, want, conditions, previous, now)
+    status = _status(group, pods.live, draft.want, conditions, previous, now)
     # A group's readiness is reported by its cluster's Ready Event; a group only warns.
-    events += condition_events(previous, status["conditions"], ready_events=False)
+    events = draft.events + condition_events(previous, status["conditions"], ready_events=False)
     return GroupPlan(
         adopt=adoption(group, cluster) if not is_controlled_by(group, cluster["metadata"]["uid"]) else None,
-        create_pods=tuple(creates),
-        delete_pods=tuple(deletions),
-        retire=retire,
-        needs_scheduler=needs_scheduler,
+        create_pods=tuple(draft.creates),
+        delete_pods=tuple(draft.deletions),
+        retire=draft.retire,
+        needs_scheduler=draft.needs_scheduler,
         status=status,
         events=tuple(events),
-        requeue_after=requeue,
-        notes=tuple(notes),
+        requeue_after=draft.requeue,
+        notes=tuple(draft.notes),
     )
+
+
+@dataclass(frozen=True)
+class _PodSets:
+    """The group's pods as the plan sees them."""
+
+    live: list[Obj]  # not terminating, not finished, not deleted by us
+    finished: list[Obj]  # Succeeded/Failed: replaced
+    unobserved: list[str]  # names we created that the cache does not show yet (count as live)
+    taken: set[str]  # names no new pod may use
+
+    @classmethod
+    def of(cls, obs: GroupObservation) -> _PodSets:
+        present = [p for p in obs.pods if p["metadata"].get("uid") not in obs.expected_gone]
+        running = [p for p in present if not is_terminating(p)]
+        observed_names = {p["metadata"]["name"] for p in obs.pods}
+        return cls(
+            live=[p for p in running if not is_pod_finished(p)],
+            finished=[p for p in running if is_pod_finished(p)],
+            unobserved=sorted(obs.expected_present - observed_names),
+            taken=observed_names | set(obs.expected_present),
+        )
+
+
+class _Draft:
+    """The plan under construction (mutable only inside plan_group and its steps)."""
+
+    def __init__(self, group: Obj, template: Obj, pods: _PodSets, replicas: int) -> None:
+        self.group, self.template, self.pods, self.replicas = group, template, pods, replicas
+        self.want = str(template["metadata"]["labels"][TEMPLATE_HASH_LABEL])
+        self.current = [p for p in pods.live if _pod_hash(p) == self.want]
+        self.outdated = [p for p in pods.live if _pod_hash(p) != self.want]
+        self.total = len(pods.live) + len(pods.unobserved)
+        self.surplus = self.total - replicas
+        self.creates: list[Obj] = []
+        self.deletions: list[PodDeletion] = []
+        self.victims: list[Obj] = []  # pods to remove gracefully, in order of preference
+        self.rolling = False  # the victims are old-template pods being replaced, not a scale-down
+        self.retire: Retirement | None = None
+        self.needs_scheduler = False
+        self.events: list[EventSpec] = []
+        self.notes: list[str] = []
+        self.requeue: float | None = None
+        self.progressing = Condition(
+            CONDITION_PROGRESSING, False, "Stable", f"{replicas} workers match the spec."
+        )
+
+    def wake_in(self, seconds: float) -> None:
+        self.requeue = seconds if self.requeue is None else min(self.requeue, seconds)
+
+    def create(self, count: int) -> None:
+        names = new_worker_names(self.group, self.want, self.pods.taken, count)
+        self.creates += [worker_pod(self.template, n) for n in names]
+
+
+def _waiting_for_cluster(
+    group: Obj, pods: _PodSets, previous: Sequence[Mapping[str, Any]] | None, now: float
+) -> GroupPlan:
+    cluster, namespace = group["spec"]["cluster"], group["metadata"]["namespace"]
+    conditions = [
+        Condition(CONDITION_READY, False, "ClusterNotFound", f"DaskCluster {cluster} does not exist."),
+        Condition(
+            CONDITION_PROGRESSING,
+            True,
+            "WaitingForCluster",
+            f"Waiting for DaskCluster {cluster} to be created in namespace {namespace}.",
+        ),
+        Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
+    ]
+    status = _status(group, pods.live, None, conditions, previous, now)
+    events = condition_events(previous, status["conditions"], ready_events=False)
+    return GroupPlan(status=status, events=tuple(events))
+
+
+def _scale_up(draft: _Draft, settings: GroupSettings) -> None:
+    """Create the missing workers, at most `batch_size` per round."""
+    missing = -draft.surplus
+    count = missing if settings.batch_size is None else min(missing, settings.batch_size)
+    draft.create(count)
+    if count < missing:
+        draft.wake_in(max(settings.batch_delay, 0.5))
+    draft.progressing = Condition(
+        CONDITION_PROGRESSING,
+        True,
+        "ScalingUp",
+        f"Creating workers: {draft.total} of {draft.replicas} exist.",
+    )
+    draft.notes.append(f"create {count}")
+
+
+def _roll_one(draft: _Draft) -> None:
+    """One step of a rolling update (max surge 1, max unavailable 0): old pods that never started go at once;
+    otherwise add one new worker, and once every new worker is ready retire one old worker."""
+    draft.progressing = Condition(
+        CONDITION_PROGRESSING,
+        True,
+        "RollingUpdate",
+        f"Replacing workers built from an old template: {len(draft.current)} of {draft.replicas} updated.",
+    )
+    unstarted = [p for p in draft.outdated if not _is_started(p)]
+    if unstarted:
+        draft.deletions += [_deletion(p, "old template, never started") for p in unstarted]
+    elif draft.pods.unobserved or any(not is_pod_ready(p) for p in draft.current):
+        pass  # the surge pod must be ready before an old one goes
+    elif draft.surplus <= 0:
+        draft.create(1)
+        draft.notes.append("roll: surge 1")
+    else:
+        draft.victims = _newest_first(draft.outdated)[:1]
+        draft.rolling = True
+        draft.notes.append("roll: retire 1")
+
+
+def _choose_scale_down(draft: _Draft) -> None:
+    """Pods that never started go first; then the newest, old-template ones before current ones."""
+    draft.progressing = Condition(
+        CONDITION_PROGRESSING,
+        True,
+        "ScalingDown",
+        f"Removing workers: {draft.total} of {draft.replicas} wanted exist.",
+    )
+    if draft.pods.unobserved:
+        draft.wake_in(1.0)  # wait for the cache to show the pods just created before choosing any to remove
+        return
+    live, surplus = draft.pods.live, draft.surplus
+    unstarted = [p for p in live if not _is_started(p)]
+    first = (
+        _newest_first([p for p in unstarted if p in draft.outdated])
+        + _newest_first([p for p in unstarted if p in draft.current])
+    )[:surplus]
+    draft.deletions += [_deletion(p, "scale-down, never started") for p in first]
+    rest = [p for p in live if p not in unstarted]
+    draft.victims = (
+        _newest_first([p for p in rest if p in draft.outdated])
+        + _newest_first([p for p in rest if p in draft.current])
+    )[: surplus - len(first)]
+
+
+def _remove_victims(
+    draft: _Draft,
+    scheduler: SchedulerView | None,
+    previous: Sequence[Mapping[str, Any]] | None,
+    now: float,
+    settings: GroupSettings,
+) -> Condition | None:
+    """Never-joined victims are deleted; joined ones are retired through the scheduler. Without the scheduler's
+    worker list, ask for it; with the scheduler unreachable, wait (Degraded, returned) until the force timeout."""
+    victims = draft.victims
+    if scheduler is None:
+        draft.needs_scheduler = True
+        return None
+    if scheduler.workers is None:
+        waited = now - _unreachable_since(previous, now)
+        if waited < settings.force_timeout:
+            draft.progressing = Condition(
+                CONDITION_PROGRESSING, True, "WaitingForScheduler", "Scale-down waits for the scheduler."
+            )
+            draft.wake_in(min(settings.force_timeout - waited, min(30.0, max(2.0, waited / 2))))
+            return Condition(
+                CONDITION_DEGRADED,
+                True,
+                "SchedulerUnreachable",
+                f"Cannot reach the scheduler to retire workers gracefully ({scheduler.error}); retrying, and "
+                f"forcing the scale-down after {int(settings.force_timeout)} s.",
+            )
+        draft.deletions += [_deletion(p, "scale-down forced: scheduler unreachable") for p in victims]
+        draft.events.append(
+            EventSpec(
+                "Warning",
+                "ScaleDownForced",
+                f"The scheduler has been unreachable for {int(waited)} s (limit {int(settings.force_timeout)} s, "
+                f"annotation {FORCE_SCALE_DOWN_ANNOTATION} on the DaskCluster): deleting "
+                f"{', '.join(p['metadata']['name'] for p in victims)} without retiring them; data they held "
+                "in memory is lost.",
+            )
+        )
+        return None
+
+    workers = scheduler.workers
+    joined = [(p, joined_worker(p, workers)) for p in victims]
+    draft.deletions += [
+        _deletion(p, "scale-down, never joined the scheduler") for p, w in joined if w is None
+    ]
+    to_retire = [(p, w) for p, w in joined if w is not None]
+    others = [p for p in draft.pods.live if p not in victims]
+    if draft.rolling and any(joined_worker(p, workers) is None for p in draft.current):
+        # The replacement must have joined the scheduler before an old worker's data can move to it;
+        # joining is not a Kubernetes event, so look again shortly.
+        draft.wake_in(1.0)
+    elif to_retire and len(to_retire) >= len(workers) and not others:
+        # Scaling to zero: no worker remains (or is coming) to take the data, so retiring cannot succeed.
+        draft.deletions += [_deletion(p, "scale-down, last workers") for p, _ in to_retire]
+    elif to_retire:
+        draft.retire = Retirement(
+            workers=tuple(w for _, w in to_retire),
+            pods=tuple(_deletion(p, "retired by the scheduler") for p, _ in to_retire),
+        )
+    return None
 
 
 def _unreachable_since(previous: Sequence[Mapping[str, Any]] | None, now: float) -> float:

@@ -182,6 +182,18 @@ class Client:
         defaults.update(options)
         return Client(self.configuration, **defaults)
 
+    def _auth_headers(self) -> dict[str, str]:
+        """Bearer tokens from the kubeconfig or the in-cluster service account (re-read on rotation).
+
+        The generated Configuration keys the token by its security scheme name ("BearerToken"), not by
+        header; auth_settings() maps schemes to headers and runs the refresh hook of in-cluster configs.
+        """
+        headers: dict[str, str] = {}
+        for setting in self.configuration.auth_settings().values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[str(setting["key"]).title()] = str(setting["value"])
+        return headers
+
     def _make_pool(self) -> urllib3.PoolManager:
         cfg = self.configuration
         kwargs: dict[str, Any] = {
@@ -453,9 +465,7 @@ class Client:
             connect = min(connect, remaining)
         url = self.base_url + path + (f"?{urlencode(params)}" if params else "")
         headers = {"Accept": JSON, "User-Agent": self.user_agent, **headers}
-        token = self.configuration.get_api_key_with_prefix("authorization")
-        if token:
-            headers["Authorization"] = token
+        headers.update(self._auth_headers())
         started = time.monotonic()
         try:
             response = self._pool.request(

@@ -146,7 +146,8 @@ def test_status_goes_only_through_the_status_subresource(
             c["type"] == "Established" and c["status"] == "True"
             for c in (server.get(CUSTOM_RESOURCE_DEFINITION, None, "widgets.runtime.test.dask.org") or {})
             .get("status", {})
-            .get("conditions", [])
+            .get("conditions")
+            or []
         ),
         timeout=20,
     )
