@@ -598,3 +598,51 @@ def test_idle_cluster_is_deleted_after_its_idle_timeout(
     )
     events = get(plane, namespace, "events", "--field-selector", "involvedObject.name=sleepy")
     assert any(e["reason"] == "IdleTimeout" for e in events["items"])
+
+
+def test_scale_down_with_an_unreachable_scheduler_waits_then_forces_with_a_warning(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    # A "scheduler" that serves HTTP 404s and no Dask comm port: workers never join, retirement cannot happen.
+    manifest = cluster_manifest("mute", 2, annotations={"kubernetes.dask.org/scale-down-force-timeout": "6"})
+    container = manifest["spec"]["scheduler"]["spec"]["containers"][0]
+    container["args"] = ["python", "-m", "http.server", "8787"]
+    del container["readinessProbe"]
+    apply(plane, namespace, manifest)
+    wait_for(
+        lambda: (
+            len(
+                [
+                    p
+                    for p in worker_pods(plane, namespace, "mute-default")
+                    if p["status"].get("phase") == "Running"
+                ]
+            )
+            == 2
+        ),
+        timeout=60,
+        message="2 running worker pods",
+    )
+    plane.kubectl("scale", "-n", namespace, "daskcluster/mute", "--replicas=1")
+
+    def waiting() -> dict[str, Any] | None:
+        cond = condition(get(plane, namespace, "daskworkergroup", "mute-default"), "Degraded")
+        return cond if cond.get("reason") == "SchedulerUnreachable" else None
+
+    wait_for(waiting, timeout=30, interval=0.3, message="Degraded=SchedulerUnreachable while waiting")
+    assert len(worker_pods(plane, namespace, "mute-default")) == 2
+    wait_for(
+        lambda: len(worker_pods(plane, namespace, "mute-default")) == 1,
+        timeout=60,
+        message="forced scale-down",
+    )
+    events = get(plane, namespace, "events", "--field-selector", "involvedObject.name=mute-default")
+    assert any(e["reason"] == "ScaleDownForced" and e["type"] == "Warning" for e in events["items"])
+    wait_for(
+        lambda: (
+            condition(get(plane, namespace, "daskworkergroup", "mute-default"), "Degraded").get("status")
+            == "False"
+        ),
+        timeout=30,
+        message="Degraded cleared once the scale-down is done",
+    )
