@@ -9,29 +9,35 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from dask_operator.controller.kinds import DASK_WORKER_GROUP_KIND
+from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_WORKER_GROUP_KIND
 
 Obj = dict[str, Any]
 
-# DaskWorkerGroups by the cluster they name in spec.cluster (adopted or not yet).
+# DaskWorkerGroups and DaskAutoscalers by the cluster they name in spec.cluster (adopted or not yet).
 GROUP_CLUSTER_INDEX = "spec.cluster"
+AUTOSCALER_CLUSTER_INDEX = "spec.cluster"
 
 
-def _group_cluster(group: Obj) -> Iterable[str]:
-    cluster = (group.get("spec") or {}).get("cluster")
+def _spec_cluster(obj: Obj) -> Iterable[str]:
+    cluster = (obj.get("spec") or {}).get("cluster")
     return (cluster,) if cluster else ()
 
 
 def register(cache: Any) -> None:
-    cache.add_index(DASK_WORKER_GROUP_KIND, GROUP_CLUSTER_INDEX, _group_cluster)
+    cache.add_index(DASK_WORKER_GROUP_KIND, GROUP_CLUSTER_INDEX, _spec_cluster)
+    cache.add_index(DASK_AUTOSCALER_KIND, AUTOSCALER_CLUSTER_INDEX, _spec_cluster)
+
+
+def _naming(cache: Any, kind: Any, index: str, namespace: str, cluster: str) -> list[Obj]:
+    try:
+        return list(cache.by_index(kind, index, cluster, namespace))
+    except KeyError:  # index not registered (e.g. a reconciler used on its own)
+        return [o for o in cache.list(kind, namespace) if (o.get("spec") or {}).get("cluster") == cluster]
 
 
 def groups_of_cluster(cache: Any, namespace: str, cluster: str) -> list[Obj]:
-    try:
-        return list(cache.by_index(DASK_WORKER_GROUP_KIND, GROUP_CLUSTER_INDEX, cluster, namespace))
-    except KeyError:  # index not registered (e.g. a reconciler used on its own)
-        return [
-            g
-            for g in cache.list(DASK_WORKER_GROUP_KIND, namespace)
-            if (g.get("spec") or {}).get("cluster") == cluster
-        ]
+    return _naming(cache, DASK_WORKER_GROUP_KIND, GROUP_CLUSTER_INDEX, namespace, cluster)
+
+
+def autoscalers_of_cluster(cache: Any, namespace: str, cluster: str) -> list[Obj]:
+    return _naming(cache, DASK_AUTOSCALER_KIND, AUTOSCALER_CLUSTER_INDEX, namespace, cluster)

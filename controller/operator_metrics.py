@@ -48,6 +48,36 @@ CLUSTER_RUNNING = Gauge(
     ["namespace", "cluster"],
     registry=REGISTRY,
 )
+JOBS_FINISHED = Counter(
+    "dask_operator_jobs_finished_total",
+    "DaskJobs that reached a terminal jobStatus, by result: Successful or Failed",
+    ["namespace", "result"],
+    registry=REGISTRY,
+)
+AUTOSCALER_TARGET = Gauge(
+    "dask_operator_autoscaler_scheduler_target",
+    "Workers the scheduler last asked for (adaptive_target), before the autoscaler's bounds",
+    ["namespace", "autoscaler"],
+    registry=REGISTRY,
+)
+AUTOSCALER_DESIRED = Gauge(
+    "dask_operator_autoscaler_desired_workers",
+    "Workers the DaskAutoscaler last requested of its cluster's default worker group",
+    ["namespace", "autoscaler"],
+    registry=REGISTRY,
+)
+AUTOSCALER_SCALINGS = Counter(
+    "dask_operator_autoscaler_scalings_total",
+    "Changes the DaskAutoscalers made to default worker groups, by direction: up or down",
+    ["namespace", "direction"],
+    registry=REGISTRY,
+)
+
+
+def forget_autoscaler(namespace: str, autoscaler: str) -> None:
+    for gauge in (AUTOSCALER_TARGET, AUTOSCALER_DESIRED):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, autoscaler)
 
 
 def forget_group(namespace: str, cluster: str, group: str) -> None:

@@ -16,6 +16,7 @@ FIELD_MANAGER = "dask-operator"
 STATUS_FIELD_MANAGER = "dask-operator-status"
 REPLICAS_FIELD_MANAGER = "dask-operator-replicas"
 ADOPTION_FIELD_MANAGER = "dask-operator-adoption"
+AUTOSCALER_FIELD_MANAGER = "dask-operator-autoscaler"  # default groups' replicas, the cooldown annotation
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""`dask-operator run`: the operator process, wiring the DaskCluster and DaskWorkerGroup reconcilers.
+"""`dask-operator run`: the operator process, wiring the reconcilers of all four kinds.
 
-Invariant: one manager (one shared cache) runs both controllers; everything a reconciler needs comes from
+Invariant: one manager (one shared cache) runs the four controllers; everything a reconciler needs comes from
 `OperatorSettings`, built here once from flags and the reference operator's Dask config keys.
 """
 
@@ -12,8 +12,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from dask_operator.controller import indexes
+from dask_operator.controller.autoscaler_reconciler import DaskAutoscalerReconciler
 from dask_operator.controller.cluster_reconciler import DaskClusterReconciler
-from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
+from dask_operator.controller.job_reconciler import DaskJobReconciler
+from dask_operator.controller.kinds import (
+    DASK_AUTOSCALER_KIND,
+    DASK_CLUSTER_KIND,
+    DASK_JOB_KIND,
+    DASK_WORKER_GROUP_KIND,
+)
 from dask_operator.controller.runtime.builder import ControllerBuilder
 from dask_operator.controller.runtime.client import Client
 from dask_operator.controller.runtime.kinds import POD, SERVICE
@@ -36,7 +43,8 @@ def add_run_parser(subparsers: Any) -> None:
     run = subparsers.add_parser(
         "run",
         help="run the operator",
-        description="Run the operator: reconcile DaskClusters and DaskWorkerGroups until SIGTERM.",
+        description="Run the operator: reconcile DaskClusters, DaskWorkerGroups, DaskJobs and DaskAutoscalers "
+        "until SIGTERM.",
     )
     run.add_argument(
         "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else $KUBECONFIG)"
@@ -91,13 +99,26 @@ def groups_of_cluster(manager: Manager) -> Any:
     return mapper
 
 
+def autoscalers_of_cluster(manager: Manager) -> Any:
+    """Map a DaskCluster to the DaskAutoscalers that name it in spec.cluster."""
+
+    def mapper(cluster: Obj) -> Iterable[Request]:
+        meta = cluster["metadata"]
+        return [
+            Request(meta["namespace"], a["metadata"]["name"])
+            for a in indexes.autoscalers_of_cluster(manager.cache, meta["namespace"], meta["name"])
+        ]
+
+    return mapper
+
+
 def cluster_of_group(group: Obj) -> Iterable[Request]:
     cluster = group.get("spec", {}).get("cluster")
     return [Request(group["metadata"]["namespace"], cluster)] if cluster else []
 
 
 def build(manager: Manager, settings: OperatorSettings, concurrency: int) -> None:
-    """Register both controllers with the manager."""
+    """Register the four controllers with the manager."""
     indexes.register(manager.cache)
     reconcile_timeout = settings.retire_timeout + 60.0
     (
@@ -123,6 +144,25 @@ def build(manager: Manager, settings: OperatorSettings, concurrency: int) -> Non
         )
         .with_options(max_concurrent_reconciles=concurrency, reconcile_timeout=reconcile_timeout)
         .complete(DaskWorkerGroupReconciler(manager, settings))
+    )
+    (
+        ControllerBuilder(manager)
+        .named("daskjob")
+        .for_(DASK_JOB_KIND)
+        .owns(POD)
+        # the job's cluster matters when it appears, goes or starts terminating, not on each status change
+        .owns(DASK_CLUSTER_KIND, predicates=[GenerationChanged()])
+        .with_options(max_concurrent_reconciles=concurrency)
+        .complete(DaskJobReconciler(manager, settings))
+    )
+    (
+        ControllerBuilder(manager)
+        .named("daskautoscaler")
+        .for_(DASK_AUTOSCALER_KIND)
+        # a cluster appearing lets a waiting autoscaler adopt it; the rest is polled every few seconds
+        .watches(DASK_CLUSTER_KIND, autoscalers_of_cluster(manager), predicates=[GenerationChanged()])
+        .with_options(max_concurrent_reconciles=concurrency, reconcile_timeout=60.0)
+        .complete(DaskAutoscalerReconciler(manager, settings))
     )
 
 

@@ -21,5 +21,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(getattr(pytest.mark, layer))
 
 
-# Fixtures shared by the integration and e2e layers: the control plane, a namespace per test.
-pytest_plugins = ["support.fixtures"]
+# Fixtures shared by the integration and e2e layers: the control plane, a namespace per test; for e2e,
+# the CRDs installed (`plane`) and an operator subprocess per test (`dask_operator`), in support.operator.
+pytest_plugins = ["support.fixtures", "support.operator"]

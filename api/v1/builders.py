@@ -14,6 +14,7 @@ from dask_operator.api.v1.defaults import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_IMAGE,
     DEFAULT_PORT_PROTOCOL,
+    DEFAULT_SCHEDULER_COMMAND,
     DEFAULT_SERVICE_TYPE,
     DEFAULT_WORKER_COMMAND,
 )
@@ -42,6 +43,11 @@ def _env_list(env: EnvArg) -> list[dict[str, Any]] | None:
     return [dict(item) for item in env]
 
 
+def _command(command: str | Sequence[str]) -> list[str]:
+    """A command given as one string is split on spaces, as the reference does."""
+    return command.split(" ") if isinstance(command, str) else list(command)
+
+
 def _port(name: str, number: int) -> dict[str, Any]:
     return {"name": name, "containerPort": number, "protocol": DEFAULT_PORT_PROTOCOL}
 
@@ -62,9 +68,8 @@ def make_worker_spec(
     The worker is started with `--name $(DASK_WORKER_NAME)` so that the Dask worker name equals the
     name the operator gave it, which is how scale-down finds the pod of a retired worker.
     """
-    command = worker_command.split(" ") if isinstance(worker_command, str) else list(worker_command)
     args = [
-        *command,
+        *_command(worker_command),
         "--name",
         "$(DASK_WORKER_NAME)",
         "--dashboard",
@@ -95,9 +100,14 @@ def make_scheduler_spec(
     image: str = DEFAULT_IMAGE,
     scheduler_service_type: str = DEFAULT_SERVICE_TYPE,
     jupyter: bool = False,
+    scheduler_command: str | Sequence[str] = DEFAULT_SCHEDULER_COMMAND,
 ) -> dict[str, Any]:
-    """`spec.scheduler` of a DaskCluster: `{spec, service}` with the comm and dashboard ports."""
-    args = ["dask-scheduler", "--host", "0.0.0.0"]
+    """`spec.scheduler` of a DaskCluster: `{spec, service}` with the comm and dashboard ports.
+
+    `scheduler_command` is our addition (last, so positional calls are unaffected): the reference always runs
+    `dask-scheduler`, which distributed >= 2026.6 no longer installs; pass "dask scheduler" for those images.
+    """
+    args = [*_command(scheduler_command), "--host", "0.0.0.0"]
     if jupyter:
         args.append("--jupyter")
     return {
@@ -152,6 +162,7 @@ def make_cluster_spec(
     scheduler_service_type: str = DEFAULT_SERVICE_TYPE,
     idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
     jupyter: bool = False,
+    scheduler_command: str | Sequence[str] = DEFAULT_SCHEDULER_COMMAND,
 ) -> dict[str, Any]:
     """A whole DaskCluster manifest named `name` (no namespace: the caller's context decides).
 
@@ -177,6 +188,7 @@ def make_cluster_spec(
                 image=image,
                 scheduler_service_type=scheduler_service_type,
                 jupyter=jupyter,
+                scheduler_command=scheduler_command,
             ),
         },
     }

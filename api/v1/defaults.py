@@ -22,6 +22,8 @@ DEFAULT_IMAGE_PULL_SECRET_NAME = ""
 
 DEFAULT_IMAGE = "ghcr.io/dask/dask:latest"
 DEFAULT_WORKER_COMMAND = "dask-worker"
+# The reference hard-codes this; distributed 2026.6 removed the `dask-scheduler` script (`dask scheduler` remains).
+DEFAULT_SCHEDULER_COMMAND = "dask-scheduler"
 DEFAULT_SERVICE_TYPE = "ClusterIP"
 
 # Pod spec lists whose items are containers carrying `ports`.

@@ -259,17 +259,24 @@ def test_runtime_event_to_reconcile_latency(kube_plane: Any, namespace: str) -> 
         )
     cache.start()
     controller.start()
-    rate, seconds = 100, 10
-    interval = 1.0 / rate
-    next_at = time.perf_counter()
-    for n in range(rate * seconds):
-        name = names[n % len(names)]
-        with lock:
-            updated_at[f"{name}/{n + 1}"] = time.perf_counter()
-        client.patch_merge(CONFIGMAP, namespace, name, {"data": {"n": str(n + 1)}})
-        next_at += interval
-        time.sleep(max(0.0, next_at - time.perf_counter()))
-    achieved = rate * seconds / (time.perf_counter() - (next_at - rate * seconds * interval))
+    rate, seconds, writers = 100, 10, 4
+    total = rate * seconds
+    t0 = time.perf_counter() + 0.2
+
+    def write(offset: int) -> None:
+        for n in range(offset, total, writers):  # update n is due at t0 + n / rate
+            time.sleep(max(0.0, t0 + n / rate - time.perf_counter()))
+            name = names[n % len(names)]
+            with lock:
+                updated_at[f"{name}/{n + 1}"] = time.perf_counter()
+            client.patch_merge(CONFIGMAP, namespace, name, {"data": {"n": str(n + 1)}})
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    achieved = total / (time.perf_counter() - t0)
     time.sleep(1)
     controller.stop(5)
     cache.stop()
@@ -277,8 +284,8 @@ def test_runtime_event_to_reconcile_latency(kube_plane: Any, namespace: str) -> 
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
     print(
-        f"\n[bench] event-to-reconcile latency at ~{min(achieved, rate):.0f} updates/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-        f" ({len(latencies)} of {rate * seconds} updates observed individually; the rest coalesced)"
+        f"\n[bench] event-to-reconcile latency at {achieved:.0f} updates/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        f" ({len(latencies)} of {total} updates seen individually; the rest were coalesced by the queue)"
     )
 
 

@@ -3,255 +3,38 @@ operator as a real `dask-operator run` subprocess, a Dask client computing throu
 
 Every test gets its own namespace and its own operator (watching only that namespace), so a test that
 kills or stops the operator affects nobody else. Waits have deadlines; nothing sleeps to synchronise.
+The operator process, the `plane` and `dask_operator` fixtures and the helpers live in support/operator.py.
 """
 
 from __future__ import annotations
 
-import json
 import operator
-import os
-import signal
-import socket
-import subprocess
 import sys
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import pytest
-import yaml
+from support.operator import (
+    OperatorProcess,
+    apply,
+    cluster_manifest,
+    condition,
+    dask_client,
+    get,
+    group_manifest,
+    pod_names,
+    pods,
+    wait_running,
+    wait_workers,
+    worker_pods,
+)
 from support.wait import wait_for
-
-REPO = Path(__file__).resolve().parents[2]
 
 # Functions shipped to the scheduler by value: the scheduler cannot import this test module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.timeout(240)
-
-
-# -- fixtures -----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def plane(kube_plane: Any) -> Any:
-    if kube_plane.backend == "local" and not kube_plane.has_node:
-        pytest.skip("needs the process node of the local control plane (real Dask pods)")
-    kube_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
-    for crd in ("daskclusters", "daskworkergroups"):
-        wait_for(
-            lambda crd=crd: crd_established(kube_plane, crd), timeout=60, message=f"CRD {crd} Established"
-        )
-    return kube_plane
-
-
-def crd_established(kube_plane: Any, plural: str) -> bool:
-    out = kube_plane.kubectl("get", f"crd/{plural}.kubernetes.dask.org", "-o", "json", check=False)
-    if out.returncode != 0:
-        return False
-    conditions = json.loads(out.stdout).get("status", {}).get("conditions") or []
-    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class OperatorProcess:
-    """`dask-operator run --namespace <ns>` as a subprocess, logging to a file the test prints on failure."""
-
-    def __init__(self, plane: Any, namespace: str, log: Path, env: dict[str, str] | None = None) -> None:
-        self.plane, self.namespace, self.log_path = plane, namespace, log
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> OperatorProcess:
-        port = _free_port()
-        cmd = [
-            sys.executable, "-m", "dask_operator.controller", "run",
-            f"--kubeconfig={self.plane.kubeconfig}", f"--namespace={self.namespace}",
-            "--metrics-bind-address=0", f"--health-probe-bind-address=127.0.0.1:{port}",
-            "--concurrency=4", "--scale-down-force-timeout=60", "--log-format=console",
-        ]  # fmt: skip
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        log.close()
-
-        def ready() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, f"operator exited:\n{self.tail()}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_for(ready, timeout=60, interval=0.2, message="operator /readyz")
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)  # graceful shutdown is the runtime's to test; here only stop acting
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-@pytest.fixture
-def dask_operator(
-    plane: Any, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(plane, namespace, tmp_path / "operator.log").start()
-    yield op
-    op.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is None or report.failed:
-        print(f"--- operator log tail ---\n{op.tail()}")
-
-
-# -- manifests and observation helpers -------------------------------------------------------------------
-
-WORKER_ARGS = [
-    "dask",
-    "worker",
-    "--name",
-    "$(DASK_WORKER_NAME)",
-    "--nthreads",
-    "1",
-    "--no-nanny",
-    "--no-dashboard",
-]
-
-
-def worker_spec(args: list[str] | None = None) -> dict[str, Any]:
-    return {
-        "containers": [{"name": "worker", "image": "ghcr.io/dask/dask:latest", "args": args or WORKER_ARGS}]
-    }
-
-
-def cluster_manifest(
-    name: str, replicas: int, worker_args: list[str] | None = None, **meta: Any
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubernetes.dask.org/v1",
-        "kind": "DaskCluster",
-        "metadata": {"name": name, **meta},
-        "spec": {
-            "scheduler": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "scheduler",
-                            "image": "ghcr.io/dask/dask:latest",
-                            "args": ["dask", "scheduler", "--host", "0.0.0.0"],
-                            "ports": [
-                                {"name": "tcp-comm", "containerPort": 8786},
-                                {"name": "http-dashboard", "containerPort": 8787},
-                            ],
-                            "readinessProbe": {
-                                "httpGet": {"port": "http-dashboard", "path": "/health"},
-                                "periodSeconds": 1,
-                            },
-                        }
-                    ]
-                },
-                "service": {
-                    "type": "ClusterIP",
-                    "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
-                    "ports": [
-                        {"name": "tcp-comm", "port": 8786, "targetPort": "tcp-comm"},
-                        {"name": "http-dashboard", "port": 8787, "targetPort": "http-dashboard"},
-                    ],
-                },
-            },
-            "worker": {"replicas": replicas, "spec": worker_spec(worker_args)},
-        },
-    }
-
-
-def group_manifest(name: str, cluster: str, replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubernetes.dask.org/v1",
-        "kind": "DaskWorkerGroup",
-        "metadata": {"name": name},
-        "spec": {"cluster": cluster, "worker": {"replicas": replicas, "spec": worker_spec()}},
-    }
-
-
-def apply(plane: Any, namespace: str, obj: dict[str, Any]) -> None:
-    plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
-
-
-def get(plane: Any, namespace: str, *what: str) -> Any:
-    out = plane.kubectl("get", "-n", namespace, *what, "-o", "json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else None
-
-
-def pods(plane: Any, namespace: str, selector: str) -> list[dict[str, Any]]:
-    listed = get(plane, namespace, "pods", "-l", selector)
-    return [p for p in (listed or {}).get("items", []) if not p["metadata"].get("deletionTimestamp")]
-
-
-def worker_pods(plane: Any, namespace: str, group: str) -> list[dict[str, Any]]:
-    return pods(plane, namespace, f"dask.org/component=worker,dask.org/workergroup-name={group}")
-
-
-def phase(plane: Any, namespace: str, cluster: str) -> str | None:
-    obj = get(plane, namespace, "daskcluster", cluster)
-    return (obj or {}).get("status", {}).get("phase")
-
-
-def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
-    return next((c for c in (obj or {}).get("status", {}).get("conditions", []) if c["type"] == kind), {})
-
-
-def scheduler_address(plane: Any, namespace: str, cluster: str) -> str:
-    service = get(plane, namespace, "service", f"{cluster}-scheduler")
-    return f"tcp://{service['spec']['clusterIP']}:8786"
-
-
-@contextmanager
-def dask_client(plane: Any, namespace: str, cluster: str) -> Iterator[Any]:
-    from distributed import Client
-
-    with Client(scheduler_address(plane, namespace, cluster), timeout=30) as client:
-        yield client
-
-
-def wait_running(plane: Any, namespace: str, cluster: str, timeout: float = 90) -> None:
-    wait_for(lambda: phase(plane, namespace, cluster) == "Running", timeout=timeout, interval=0.5,
-             message=f"DaskCluster {cluster} Running")  # fmt: skip
-
-
-def wait_workers(client: Any, names: set[str] | int, timeout: float = 90) -> set[str]:
-    """Until the scheduler's workers are exactly `names` (or that many); returns their names."""
-
-    def connected() -> set[str] | None:
-        current = {str(w["name"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()}
-        ok = current == names if isinstance(names, set) else len(current) == names
-        return current if ok else None
-
-    return wait_for(connected, timeout=timeout, interval=0.5, message=f"scheduler workers == {names}")
-
-
-def pod_names(items: list[dict[str, Any]]) -> set[str]:
-    return {p["metadata"]["name"] for p in items}
 
 
 # -- the user stories -----------------------------------------------------------------------------------------

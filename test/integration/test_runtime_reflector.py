@@ -325,6 +325,7 @@ def test_429_on_watch_backs_off_without_relisting(running: Any, namespace: str) 
         if watch_of(r)
         else None
     )
+    time.sleep(1.2)  # older than a very short watch (item 16), so the drop is an ordinary close
     proxy.drop()
     wait_for(lambda: len([r for r in log.watches() if r.code == "429"]) >= 2, timeout=10)
     proxy.injector = None

@@ -97,8 +97,9 @@ class MirrorReconciler:
         desired = desired_mirror(secret)
         existing = cache.get(CONFIGMAP, request.namespace, desired["metadata"]["name"])
         slow = float((secret["metadata"].get("annotations") or {}).get(SLOW_ANNOTATION, 0))
-        if slow:
-            # two writes with a pause in between: a kill in the pause leaves a half-done reconcile
+        if slow and existing is None:
+            # creation takes two writes with a pause in between: a kill in the pause leaves a half-done
+            # mirror, which the next reconcile (level-triggered) completes
             half = dict(desired, data={"state": "half"})
             if self.manager.applier.apply(half, FIELD_MANAGER) is not None:
                 self.actions.write("half", request.name)

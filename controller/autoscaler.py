@@ -1,0 +1,273 @@
+"""Desired state of a DaskAutoscaler: the replicas of its cluster's default worker group, and its status.
+
+Invariant: pure functions of the observed objects, the scheduler's adaptive target and `now`. Only
+`<cluster>-default`'s `spec.worker.replicas` is ever written (checklist 7D-46), and only when the scheduler
+pod is Ready and answered (7D-47). The scheduler's target is clamped to [minimum, maximum]; scale-up takes
+one step, scale-down at most max(1, floor(r / 4)) workers per step (7D-44); after a change nothing changes
+for COOLDOWN_SECONDS, a deadline kept in the `kubernetes.dask.org/cooldown-until` annotation (7D-45).
+
+The cluster reconciler copies a DaskCluster's `spec.worker.replicas` onto its default group only when that
+value changes (annotation `kubernetes.dask.org/propagated-replicas`), so it never undoes these writes; a
+`kubectl scale` of the cluster still wins until the next tick, as in the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dask_operator.api.v1.group import API_VERSION
+from dask_operator.api.v1.names import (
+    ANNOTATION_COOLDOWN_UNTIL,
+    COMPONENT_SCHEDULER,
+    DASK_AUTOSCALER,
+    DASK_WORKER_GROUP,
+    LABEL_COMPONENT,
+    default_worker_group_name,
+)
+from dask_operator.api.v1.types import CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY
+from dask_operator.controller.metadata import (
+    Condition,
+    EventSpec,
+    condition_events,
+    is_controlled_by,
+    is_pod_ready,
+    is_terminating,
+    merge_conditions,
+    owner_reference,
+)
+from dask_operator.controller.plans import Obj, rfc3339
+
+POLL_SECONDS = 5.0  # how often an active autoscaler asks the scheduler (the reference's timer)
+COOLDOWN_SECONDS = 15.0  # no change for this long after a change
+SCALE_DOWN_FRACTION = 0.25  # at most this fraction of the workers (but at least one) go per step
+
+
+def bounded_target(current: int, target: int, minimum: int, maximum: int) -> int:
+    """The replicas to request: `target` clamped to [minimum, maximum]; a scale-down is damped to at most
+    max(1, floor(current * 0.25)) workers, a scale-up is not (checklist 7D-43, 7D-44)."""
+    desired = min(maximum, max(minimum, target))
+    if desired < current:
+        step = max(1, math.floor(current * SCALE_DOWN_FRACTION))
+        desired = max(current - step, desired)
+    return desired
+
+
+def cooldown_until(autoscaler: Mapping[str, Any]) -> float | None:
+    """The annotation's deadline (epoch seconds); None when absent or unreadable."""
+    value = (autoscaler.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_COOLDOWN_UNTIL)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class SchedulerTarget:
+    """The scheduler's adaptive target, or why it could not be had (`workers` None)."""
+
+    workers: int | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class AutoscalerObservation:
+    autoscaler: Obj
+    cluster: Obj | None = None
+    scheduler_pods: Sequence[Obj] = ()  # the cluster's scheduler pods
+    service: Obj | None = None  # the cluster's scheduler Service
+    default_group: Obj | None = None
+    scheduler: SchedulerTarget | None = None  # None: not asked (yet)
+    cooldown_until: float | None = None  # a deadline written but not yet in the cache (later one wins)
+
+
+@dataclass(frozen=True)
+class AutoscalerPlan:
+    adopt: Obj | None = None  # by ADOPTION_FIELD_MANAGER
+    replicas_apply: Obj | None = None  # the default group's replicas, by AUTOSCALER_FIELD_MANAGER
+    cooldown_apply: Obj | None = None  # the cooldown annotation, by AUTOSCALER_FIELD_MANAGER
+    needs_scheduler: bool = False  # ask the scheduler for its adaptive target and plan again
+    status: Obj | None = None
+    events: tuple[EventSpec, ...] = ()
+    requeue_after: float | None = POLL_SECONDS
+    scaled: tuple[int, int] | None = None  # (from, to), for metrics and logs
+
+
+def adoption(autoscaler: Mapping[str, Any], cluster: Mapping[str, Any]) -> Obj | None:
+    """An owner reference to the cluster so the autoscaler is deleted with it (7D-42), unless it (or
+    another controller) already owns it."""
+    if any(r.get("controller") for r in autoscaler["metadata"].get("ownerReferences") or []):
+        return None
+    return {
+        "apiVersion": autoscaler.get("apiVersion", API_VERSION),
+        "kind": autoscaler.get("kind", DASK_AUTOSCALER.kind),
+        "metadata": {
+            "name": autoscaler["metadata"]["name"],
+            "namespace": autoscaler["metadata"]["namespace"],
+            "ownerReferences": [owner_reference(cluster)],
+        },
+    }
+
+
+def replicas_intent(group: Mapping[str, Any], replicas: int) -> Obj:
+    meta = group["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": DASK_WORKER_GROUP.kind,
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"worker": {"replicas": replicas}},
+    }
+
+
+def cooldown_intent(autoscaler: Mapping[str, Any], until: float) -> Obj:
+    meta = autoscaler["metadata"]
+    return {
+        "apiVersion": autoscaler.get("apiVersion", API_VERSION),
+        "kind": autoscaler.get("kind", DASK_AUTOSCALER.kind),
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "annotations": {ANNOTATION_COOLDOWN_UNTIL: repr(float(until))},
+        },
+    }
+
+
+def plan_autoscaler(obs: AutoscalerObservation, now: float) -> AutoscalerPlan:
+    autoscaler = obs.autoscaler
+    meta = autoscaler["metadata"]
+    spec = autoscaler["spec"]
+    cluster_name, namespace = spec["cluster"], meta["namespace"]
+    minimum, maximum = int(spec["minimum"]), int(spec["maximum"])
+    previous: Obj = dict(autoscaler.get("status") or {})
+    cluster = obs.cluster
+
+    if cluster is None or is_terminating(cluster):
+        ready = Condition(
+            CONDITION_READY,
+            False,
+            "ClusterNotFound",
+            f"DaskCluster {cluster_name} does not exist in namespace {namespace}; waiting for it.",
+        )
+        return _plan(obs, previous, now, ready, _stable(), adopt=None)
+
+    adopt = (
+        adoption(autoscaler, cluster)
+        if not is_controlled_by(autoscaler, cluster["metadata"]["uid"])
+        else None
+    )
+    group = obs.default_group
+    live = [p for p in obs.scheduler_pods if not is_terminating(p)]
+    group_name = default_worker_group_name(cluster_name)
+    if group is None:
+        ready = Condition(CONDITION_READY, False, "WorkerGroupNotFound", f"{group_name} does not exist yet.")
+        return _plan(obs, previous, now, ready, _stable(), adopt=adopt)
+    if len(live) != 1 or not is_pod_ready(live[0]) or obs.service is None:
+        # Several scheduler pods (a replacement under way) or none ready: the answer would be about the wrong one.
+        ready = Condition(
+            CONDITION_READY, False, "SchedulerNotReady", "The scheduler is not ready; not autoscaling."
+        )
+        return _plan(obs, previous, now, ready, _stable(), adopt=adopt)
+    if obs.scheduler is None:
+        return AutoscalerPlan(adopt=adopt, needs_scheduler=True)
+    if obs.scheduler.workers is None:
+        ready = Condition(CONDITION_READY, False, "SchedulerUnreachable", "The scheduler did not answer.")
+        degraded = Condition(
+            CONDITION_DEGRADED,
+            True,
+            "SchedulerUnreachable",
+            f"Cannot get the adaptive target from the scheduler of {cluster_name} ({obs.scheduler.error}); "
+            "not autoscaling until it answers.",
+        )
+        return _plan(obs, previous, now, ready, _stable(), adopt=adopt, degraded=degraded)
+
+    current = int(group.get("spec", {}).get("worker", {}).get("replicas", 1))
+    target = obs.scheduler.workers
+    desired = bounded_target(current, target, minimum, maximum)
+    ready = Condition(
+        CONDITION_READY,
+        True,
+        "Autoscaling",
+        f"Scaling {group_name} between {minimum} and {maximum} workers.",
+    )
+    until = max(cooldown_until(autoscaler) or 0.0, obs.cooldown_until or 0.0)
+    if now < until:
+        progressing = Condition(
+            CONDITION_PROGRESSING,
+            True,
+            "CoolingDown",
+            f"Last scaled to {previous.get('desiredWorkers', current)} workers; the next change may happen "
+            f"after {rfc3339(until)}.",
+        )
+        return _plan(obs, previous, now, ready, progressing, adopt=adopt, wake=until - now)
+    if desired == current:
+        return _plan(obs, previous, now, ready, _stable(), adopt=adopt, desired=desired)
+
+    until = now + COOLDOWN_SECONDS
+    progressing = Condition(
+        CONDITION_PROGRESSING,
+        True,
+        "CoolingDown",
+        f"Last scaled to {desired} workers; the next change may happen after {rfc3339(until)}.",
+    )
+    event = EventSpec(
+        "Normal",
+        "ScaledUp" if desired > current else "ScaledDown",
+        f"Scaled {group_name} from {current} to {desired} workers (the scheduler asks for {target}; "
+        f"bounds {minimum}..{maximum}).",
+    )
+    plan = _plan(
+        obs, previous, now, ready, progressing, adopt=adopt, desired=desired, scaled_at=now, extra=[event]
+    )
+    return AutoscalerPlan(
+        adopt=plan.adopt,
+        replicas_apply=replicas_intent(group, desired),
+        cooldown_apply=cooldown_intent(autoscaler, until),
+        status=plan.status,
+        events=plan.events,
+        requeue_after=min(POLL_SECONDS, COOLDOWN_SECONDS),
+        scaled=(current, desired),
+    )
+
+
+def _stable() -> Condition:
+    return Condition(CONDITION_PROGRESSING, False, "Stable", "")
+
+
+def _plan(
+    obs: AutoscalerObservation,
+    previous: Obj,
+    now: float,
+    ready: Condition,
+    progressing: Condition,
+    *,
+    adopt: Obj | None,
+    degraded: Condition | None = None,
+    desired: int | None = None,
+    scaled_at: float | None = None,
+    wake: float | None = None,
+    extra: Sequence[EventSpec] = (),
+) -> AutoscalerPlan:
+    meta = obs.autoscaler["metadata"]
+    conditions = [ready, progressing, degraded or Condition(CONDITION_DEGRADED, False, "AsExpected", "")]
+    status: Obj = {"observedGeneration": meta.get("generation", 0)}
+    if desired is not None:
+        status["desiredWorkers"] = desired
+    elif "desiredWorkers" in previous:
+        status["desiredWorkers"] = previous["desiredWorkers"]
+    if scaled_at is not None:
+        status["lastScaleTime"] = rfc3339(scaled_at)
+    elif previous.get("lastScaleTime"):
+        status["lastScaleTime"] = previous["lastScaleTime"]
+    status["conditions"] = merge_conditions(
+        previous.get("conditions"), conditions, rfc3339(now), meta.get("generation")
+    )
+    events = [*extra, *condition_events(previous.get("conditions"), status["conditions"], ready_events=False)]
+    requeue = POLL_SECONDS if wake is None else max(0.5, min(POLL_SECONDS, wake))
+    return AutoscalerPlan(adopt=adopt, status=status, events=tuple(events), requeue_after=requeue)
+
+
+def scheduler_pods_of(pods: Sequence[Obj]) -> list[Obj]:
+    """The scheduler pods among a cluster's pods."""
+    return [p for p in pods if p["metadata"].get("labels", {}).get(LABEL_COMPONENT) == COMPONENT_SCHEDULER]

@@ -1,0 +1,412 @@
+"""Desired state of a DaskJob: its DaskCluster, its runner Pod, and the job status they add up to.
+
+Invariant: pure functions of the observed objects and `now`. jobStatus only moves forward
+(JobCreated -> ClusterCreated -> Running -> Successful | Failed) and a terminal status is final: from then on
+a plan never creates anything, it only deletes the job's own cluster (UID precondition) until it is gone.
+The terminal state is derived from the runner pod's phase, not from the cluster, so a cluster already deleted
+can never block completion (the reference's #975). Every write a plan asks for is idempotent.
+
+Deliberate choices:
+* The cluster and the runner are created once from the job's spec (like a Job's pods), never re-applied:
+  `kubectl scale daskcluster <job>` on a job's cluster is respected, as in the reference.
+* `spec.cluster.spec.idleTimeout` is NOT copied to the job's cluster (compat, checklist 7E-60): the cluster
+  lives exactly as long as the runner, and an idle timeout would delete it under a runner that is between
+  computations, failing the job. `spec.cluster.metadata` is honoured (our CRD keeps it; the reference's
+  schema pruned it).
+* A runner pod that disappears after it started fails the job (reason RunnerLost) instead of being re-run.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dask_operator.api.v1.group import API_VERSION
+from dask_operator.api.v1.names import (
+    COMPONENT_JOB_RUNNER,
+    DASK_CLUSTER,
+    DASK_JOB,
+    DEFAULT_CLUSTER_DOMAIN,
+    ISTIO_SIDECAR_INJECT_VALUE,
+    LABEL_CLUSTER_NAME,
+    LABEL_COMPONENT,
+    LABEL_ISTIO_SIDECAR_INJECT,
+    job_cluster_name,
+    job_runner_pod_name,
+)
+from dask_operator.api.v1.types import (
+    CONDITION_COMPLETE,
+    CONDITION_DEGRADED,
+    CONDITION_FAILED,
+    CONDITION_PROGRESSING,
+    CONDITION_READY,
+    JOB_STATUS_CLUSTER_CREATED,
+    JOB_STATUS_FAILED,
+    JOB_STATUS_JOB_CREATED,
+    JOB_STATUS_RUNNING,
+    JOB_STATUS_SUCCESSFUL,
+    JOB_TERMINAL_STATUSES,
+)
+from dask_operator.controller.cluster import cluster_scheduler_address
+from dask_operator.controller.metadata import (
+    Condition,
+    EventSpec,
+    child_metadata,
+    condition_events,
+    is_controlled_by,
+    is_terminating,
+    merge_conditions,
+    owner_reference,
+    pod_failure,
+    with_env_defaults,
+)
+from dask_operator.controller.plans import Obj, parse_rfc3339, rfc3339
+from dask_operator.controller.workergroup import SCHEDULER_ADDRESS_ENV
+
+# How soon to look again while waiting for an object this job does not own to go away.
+WAIT_SECONDS = 2.0
+
+_RANK = {
+    None: 0,
+    JOB_STATUS_JOB_CREATED: 1,
+    JOB_STATUS_CLUSTER_CREATED: 2,
+    JOB_STATUS_RUNNING: 3,
+    JOB_STATUS_SUCCESSFUL: 4,
+    JOB_STATUS_FAILED: 4,
+}
+
+
+# -- children ------------------------------------------------------------------------------------------
+
+
+def desired_job_cluster(job: Mapping[str, Any]) -> Obj:
+    """DaskCluster `<job>`: `spec.cluster.spec`'s scheduler and worker (no idleTimeout), owned by the job.
+
+    Labels: the job's, then `spec.cluster.metadata.labels`, then `dask.org/cluster-name`; annotations: the
+    job's (minus kubectl/kopf bookkeeping), then `spec.cluster.metadata.annotations` (checklist 7E-50).
+    """
+    meta = job["metadata"]
+    name = job_cluster_name(meta["name"])
+    cluster = job["spec"]["cluster"]
+    labels, annotations = child_metadata(job, cluster.get("metadata"), {LABEL_CLUSTER_NAME: name})
+    spec = cluster["spec"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": DASK_CLUSTER.kind,
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {"scheduler": copy.deepcopy(spec["scheduler"]), "worker": copy.deepcopy(spec["worker"])},
+    }
+
+
+def desired_runner_pod(job: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Obj:
+    """Pod `<job>-runner` from `spec.job.spec`; each container gets DASK_SCHEDULER_ADDRESS unless it sets it
+    (init containers do not: the scheduler is not up before the runner starts) (checklist 7E-51)."""
+    meta = job["metadata"]
+    name = meta["name"]
+    runner = job["spec"]["job"]
+    labels, annotations = child_metadata(
+        job,
+        runner.get("metadata"),
+        {
+            LABEL_CLUSTER_NAME: job_cluster_name(name),
+            LABEL_COMPONENT: COMPONENT_JOB_RUNNER,
+            LABEL_ISTIO_SIDECAR_INJECT: ISTIO_SIDECAR_INJECT_VALUE,
+        },
+    )
+    spec = copy.deepcopy(runner["spec"])
+    address = cluster_scheduler_address(desired_job_cluster(job), cluster_domain)
+    spec["containers"] = with_env_defaults(spec.get("containers") or [], {SCHEDULER_ADDRESS_ENV: address})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": job_runner_pod_name(name),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": spec,
+    }
+
+
+def cluster_adoption(cluster: Mapping[str, Any], job: Mapping[str, Any]) -> Obj:
+    """The owner reference that makes the job own an existing cluster nobody controls (7E-58)."""
+    meta = cluster["metadata"]
+    return {
+        "apiVersion": cluster.get("apiVersion", API_VERSION),
+        "kind": cluster.get("kind", DASK_CLUSTER.kind),
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "ownerReferences": [owner_reference(job)],
+        },
+    }
+
+
+# -- the plan --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterDeletion:
+    """Delete the job's DaskCluster, but only if it is still the same object (UID precondition)."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """What the cache shows about one DaskJob: the job (its status as last written), the DaskCluster and the
+    Pod that carry the job's names (whoever owns them)."""
+
+    job: Obj
+    cluster: Obj | None = None
+    runner: Obj | None = None
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    create_cluster: Obj | None = None
+    adopt_cluster: Obj | None = None  # applied by ADOPTION_FIELD_MANAGER
+    create_runner: Obj | None = None
+    status: Obj | None = None  # written before the deletion below
+    delete_cluster: ClusterDeletion | None = None
+    events: tuple[EventSpec, ...] = ()
+    requeue_after: float | None = None
+
+
+def _controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return next((r for r in obj["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+
+
+def _runner_times(pod: Mapping[str, Any], now: float) -> tuple[str, str]:
+    """(started, finished) of the runner's containers, from the pod's container states; `now` when the pod
+    does not say (so an operator that was down during the job still records when it really ran)."""
+    starts: list[float] = []
+    ends: list[float] = []
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        for key in ("running", "terminated"):
+            started = parse_rfc3339((state.get(key) or {}).get("startedAt"))
+            if started is not None:
+                starts.append(started)
+        finished = parse_rfc3339((state.get("terminated") or {}).get("finishedAt"))
+        if finished is not None:
+            ends.append(finished)
+    return rfc3339(min(starts) if starts else now), rfc3339(max(ends) if ends else now)
+
+
+def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> JobPlan:
+    job = obs.job
+    meta = job["metadata"]
+    uid = meta["uid"]
+    previous: Obj = dict(job.get("status") or {})
+    before = previous.get("jobStatus")
+
+    if before is None:
+        # First sight: record JobCreated before creating anything (the reference's sequence, 7E-50).
+        status = _status(job, previous, JOB_STATUS_JOB_CREATED, now, _conditions(JOB_STATUS_JOB_CREATED))
+        return JobPlan(status=status, events=tuple(_transition_events(job, before, status)))
+
+    cluster, runner = obs.cluster, obs.runner
+    own_cluster = cluster is not None and is_controlled_by(cluster, uid)
+    own_runner = runner is not None and is_controlled_by(runner, uid)
+    plan: dict[str, Any] = {}
+    degraded: str | None = None
+
+    phase = (runner or {}).get("status", {}).get("phase") if own_runner else None
+    if before in JOB_TERMINAL_STATUSES:
+        after = before
+    elif phase in ("Succeeded", "Failed"):
+        after = JOB_STATUS_SUCCESSFUL if phase == "Succeeded" else JOB_STATUS_FAILED
+    elif before == JOB_STATUS_RUNNING and runner is None:
+        after = JOB_STATUS_FAILED  # the runner was deleted while it ran: nothing can report its outcome
+    else:
+        after, waiting, degraded = _advance(job, obs, own_cluster, own_runner, plan, cluster_domain)
+        if waiting:
+            plan["requeue_after"] = WAIT_SECONDS
+        after = after if _RANK[after] >= _RANK[before] else before
+
+    terminal = after in JOB_TERMINAL_STATUSES
+    if terminal and own_cluster and cluster is not None and not is_terminating(cluster):
+        cm = cluster["metadata"]
+        plan["delete_cluster"] = ClusterDeletion(cm["namespace"], cm["name"], cm["uid"])
+
+    if before in JOB_TERMINAL_STATUSES and previous.get("conditions"):
+        # Final: what the job ended with stays, even once the runner pod is deleted.
+        status = {**previous, "observedGeneration": meta.get("generation", 0)}
+        return JobPlan(status=status, **plan)
+    status = _status(job, previous, after, now, _conditions(after, obs, degraded))
+    if after == JOB_STATUS_RUNNING and not previous.get("startTime") and runner is not None:
+        status["startTime"] = _runner_times(runner, now)[0]
+    if terminal and before not in JOB_TERMINAL_STATUSES:
+        started, finished = _runner_times(runner, now) if runner is not None else (rfc3339(now),) * 2
+        status.setdefault("startTime", started)
+        status["endTime"] = finished
+    events = _transition_events(job, before, status)
+    events += condition_events(previous.get("conditions"), status["conditions"], ready_events=False)
+    return JobPlan(status=status, events=tuple(events), **plan)
+
+
+def _advance(
+    job: Obj,
+    obs: JobObservation,
+    own_cluster: bool,
+    own_runner: bool,
+    plan: dict[str, Any],
+    cluster_domain: str,
+) -> tuple[str, bool, str | None]:
+    """A job that has not finished: make sure its cluster and runner exist. Returns (jobStatus, waiting for
+    something to go away, why the job is stuck or None)."""
+    uid = job["metadata"]["uid"]
+    cluster, runner = obs.cluster, obs.runner
+    waiting = False
+    degraded = None
+
+    cluster_ready = False
+    if cluster is None:
+        plan["create_cluster"] = desired_job_cluster(job)
+        cluster_ready = True  # created in this plan, before the runner
+    elif is_terminating(cluster):
+        waiting = True  # a predecessor (or a cluster deleted by hand) must go before ours can be made
+    elif own_cluster:
+        cluster_ready = True
+    else:
+        ref = _controller_ref(cluster)
+        if ref is None:
+            plan["adopt_cluster"] = cluster_adoption(cluster, job)
+            cluster_ready = True
+        elif ref.get("kind") == DASK_JOB.kind and ref.get("uid") != uid:
+            waiting = True  # left by a deleted DaskJob of the same name; the garbage collector removes it
+        else:
+            cluster_ready = True  # someone else's DaskCluster of this name: used, never deleted by the job
+
+    if runner is None:
+        if cluster_ready:
+            plan["create_runner"] = desired_runner_pod(job, cluster_domain)
+        return JOB_STATUS_CLUSTER_CREATED if cluster_ready else JOB_STATUS_JOB_CREATED, waiting, degraded
+    if not own_runner:
+        waiting = True
+        if not is_terminating(runner):
+            degraded = (
+                f"Pod {runner['metadata']['name']} exists and does not belong to this DaskJob; delete it so "
+                "that the job's runner can be created."
+            )
+        return JOB_STATUS_JOB_CREATED, waiting, degraded
+    if runner.get("status", {}).get("phase") == "Running":
+        return JOB_STATUS_RUNNING, waiting, degraded
+    return JOB_STATUS_CLUSTER_CREATED, waiting, degraded
+
+
+def _status(job: Obj, previous: Obj, job_status: str, now: float, conditions: Sequence[Condition]) -> Obj:
+    meta = job["metadata"]
+    status: Obj = {"observedGeneration": meta.get("generation", 0), "jobStatus": job_status}
+    if job_status != JOB_STATUS_JOB_CREATED or previous.get("clusterName"):
+        status["clusterName"] = job_cluster_name(meta["name"])
+        status["jobRunnerPodName"] = job_runner_pod_name(meta["name"])
+    for key in ("startTime", "endTime"):
+        if previous.get(key):
+            status[key] = previous[key]
+    status["conditions"] = merge_conditions(
+        previous.get("conditions"), conditions, rfc3339(now), meta.get("generation")
+    )
+    return status
+
+
+def _conditions(
+    job_status: str, obs: JobObservation | None = None, degraded: str | None = None
+) -> list[Condition]:
+    runner = obs.runner if obs is not None else None
+    pod = runner["metadata"]["name"] if runner is not None else "the runner pod"
+    failure = pod_failure(runner) if runner is not None else None
+    not_done = [
+        Condition(CONDITION_COMPLETE, False, "NotFinished", ""),
+        Condition(CONDITION_FAILED, False, "NotFinished", ""),
+    ]
+    if job_status == JOB_STATUS_SUCCESSFUL:
+        return [
+            Condition(CONDITION_READY, False, "Completed", "The job has finished."),
+            Condition(CONDITION_PROGRESSING, False, "Completed", "The job has finished."),
+            Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
+            Condition(CONDITION_COMPLETE, True, "RunnerSucceeded", f"{pod} succeeded."),
+            Condition(CONDITION_FAILED, False, "RunnerSucceeded", ""),
+        ]
+    if job_status == JOB_STATUS_FAILED:
+        why = failure or f"{pod} is gone: it was deleted while the job ran."
+        return [
+            Condition(CONDITION_READY, False, "Failed", "The job has finished."),
+            Condition(CONDITION_PROGRESSING, False, "Failed", "The job has finished."),
+            Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
+            Condition(CONDITION_COMPLETE, False, "RunnerFailed", ""),
+            Condition(
+                CONDITION_FAILED, True, "RunnerFailed" if runner is not None else "RunnerLost", why + "."
+            ),
+        ]
+    if degraded is not None:
+        degraded_condition = Condition(CONDITION_DEGRADED, True, "RunnerNameTaken", degraded)
+    elif failure is not None:
+        # restartPolicy OnFailure: the kubelet restarts the runner in place and the pod never fails.
+        degraded_condition = Condition(
+            CONDITION_DEGRADED,
+            True,
+            "RunnerFailing",
+            f"{failure}. With restartPolicy OnFailure the job never ends; fix the runner, or use "
+            "restartPolicy Never to let the job fail.",
+        )
+    else:
+        degraded_condition = Condition(CONDITION_DEGRADED, False, "AsExpected", "")
+    if job_status == JOB_STATUS_RUNNING:
+        ready = Condition(CONDITION_READY, True, "RunnerRunning", f"{pod} is running.")
+        progressing = Condition(CONDITION_PROGRESSING, True, "Running", f"{pod} is running.")
+    elif job_status == JOB_STATUS_CLUSTER_CREATED:
+        ready = Condition(CONDITION_READY, False, "RunnerStarting", f"{pod} is starting.")
+        progressing = Condition(CONDITION_PROGRESSING, True, "RunnerStarting", f"{pod} is starting.")
+    else:
+        ready = Condition(CONDITION_READY, False, "Creating", "Creating the cluster and the runner pod.")
+        progressing = Condition(
+            CONDITION_PROGRESSING, True, "Creating", "Creating the cluster and the runner pod."
+        )
+    return [ready, progressing, degraded_condition, *not_done]
+
+
+def _transition_events(job: Obj, before: str | None, status: Obj) -> list[EventSpec]:
+    """One Event per jobStatus transition (none when it did not change)."""
+    after = status["jobStatus"]
+    if after == before:
+        return []
+    name = job["metadata"]["name"]
+    cluster, runner = job_cluster_name(name), job_runner_pod_name(name)
+    events = []
+    if after == JOB_STATUS_JOB_CREATED:
+        events.append(EventSpec("Normal", "JobCreated", f"Creating DaskCluster {cluster} and pod {runner}."))
+    if _RANK[before] < _RANK[JOB_STATUS_CLUSTER_CREATED] <= _RANK[after]:
+        events.append(EventSpec("Normal", "ClusterCreated", f"DaskCluster {cluster} and pod {runner} exist."))
+    if _RANK[before] < _RANK[JOB_STATUS_RUNNING] and after == JOB_STATUS_RUNNING:
+        events.append(EventSpec("Normal", "Started", f"The runner pod {runner} is running."))
+    if after == JOB_STATUS_SUCCESSFUL:
+        events.append(
+            EventSpec(
+                "Normal", "Completed", f"The runner pod {runner} succeeded; deleting DaskCluster {cluster}."
+            )
+        )
+    if after == JOB_STATUS_FAILED:
+        failed: Obj = next((c for c in status["conditions"] if c["type"] == CONDITION_FAILED), {})
+        events.append(
+            EventSpec(
+                "Warning",
+                "Failed",
+                f"The job failed: {failed.get('message', '')} Deleting DaskCluster {cluster}; the runner pod "
+                "is kept for its logs.",
+            )
+        )
+    return events

@@ -1,0 +1,112 @@
+"""DaskJob end to end: a runner pod that computes on the job's own Dask cluster, and one that fails.
+
+Real scheduler, worker and runner processes on the process node; the operator is a `dask-operator run`
+subprocess per test (support/operator.py). Waits have deadlines; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from support.operator import OperatorProcess, apply, cluster_manifest, condition, get
+from support.wait import wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+# The runner finds the scheduler through DASK_SCHEDULER_ADDRESS, injected by the operator; it starts in
+# parallel with the cluster, so it waits for a worker (generously: two cores shared with other tests).
+COMPUTE = """
+from dask.distributed import Client
+with Client(timeout=120) as client:
+    client.wait_for_workers(1, timeout=120)
+    total = client.submit(sum, client.map(lambda x: x * x, range(10))).result(timeout=60)
+    assert total == 285, total
+    print("job result", total, flush=True)
+"""
+
+
+def job_manifest(name: str, args: list[str], restart_policy: str = "Never") -> dict[str, Any]:
+    cluster = cluster_manifest(name, 1)
+    return {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskJob",
+        "metadata": {"name": name, "labels": {"team": "e2e"}},
+        "spec": {
+            "job": {
+                "metadata": {"labels": {"role": "runner"}},
+                "spec": {
+                    "restartPolicy": restart_policy,
+                    "containers": [{"name": "job", "image": "ghcr.io/dask/dask:latest", "args": args}],
+                },
+            },
+            "cluster": {"spec": cluster["spec"]},
+        },
+    }
+
+
+def job_status(plane: Any, namespace: str, name: str) -> dict[str, Any]:
+    return dict((get(plane, namespace, "daskjob", name) or {}).get("status") or {})
+
+
+def finished(plane: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    status = job_status(plane, namespace, name)
+    return status if status.get("jobStatus") in ("Successful", "Failed") else None
+
+
+def test_job_computes_on_its_cluster_then_the_cluster_is_deleted(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    apply(plane, namespace, job_manifest("compute", ["python", "-c", COMPUTE]))
+
+    def cluster_made() -> dict[str, Any] | None:
+        return get(plane, namespace, "daskcluster", "compute")
+
+    cluster = wait_for(cluster_made, timeout=60, message="DaskCluster compute created")
+    (owner,) = cluster["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("DaskJob", "compute", True)
+    assert cluster["metadata"]["labels"]["dask.org/cluster-name"] == "compute"
+    assert cluster["metadata"]["labels"]["team"] == "e2e"
+
+    status = wait_for(lambda: finished(plane, namespace, "compute"), timeout=180, interval=0.5,
+                      message="job finished")  # fmt: skip
+    runner = get(plane, namespace, "pod", "compute-runner")
+    assert status["jobStatus"] == "Successful", (status, runner and runner.get("status"))
+    assert (status["clusterName"], status["jobRunnerPodName"]) == ("compute", "compute-runner")
+    assert TIME.match(status["startTime"]) and TIME.match(status["endTime"]), status
+    assert status["startTime"] <= status["endTime"]
+    assert condition({"status": status}, "Complete")["status"] == "True"
+
+    # the runner pod stays (Completed, with its logs); the cluster and everything under it goes
+    assert runner is not None and runner["status"]["phase"] == "Succeeded"
+    labels = runner["metadata"]["labels"]
+    assert labels["dask.org/component"] == "job-runner" and labels["role"] == "runner"
+    env = {e["name"]: e.get("value") for e in runner["spec"]["containers"][0]["env"]}
+    assert env["DASK_SCHEDULER_ADDRESS"] == f"tcp://compute-scheduler.{namespace}.svc.cluster.local:8786"
+    logs = plane.kubectl("logs", "-n", namespace, "compute-runner", check=False).stdout
+    assert "job result 285" in logs or not logs, logs  # logs are best effort on the process node
+    wait_for(lambda: cluster_made() is None, timeout=60, message="the job's DaskCluster deleted")
+    events = get(plane, namespace, "events", "--field-selector", "involvedObject.name=compute")
+    reasons = {e["reason"] for e in events["items"] if e["involvedObject"]["kind"] == "DaskJob"}
+    assert {"ClusterCreated", "Completed"} <= reasons, reasons
+    assert get(plane, namespace, "daskjob", "compute") is not None
+
+
+def test_failing_runner_fails_the_job(plane: Any, namespace: str, dask_operator: OperatorProcess) -> None:
+    apply(plane, namespace, job_manifest("broken", ["python", "-c", "import sys; sys.exit(1)"]))
+    status = wait_for(lambda: finished(plane, namespace, "broken"), timeout=120, interval=0.5,
+                      message="job finished")  # fmt: skip
+    assert status["jobStatus"] == "Failed", status
+    assert TIME.match(status.get("endTime") or ""), status
+    failed = condition({"status": status}, "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "RunnerFailed", failed
+    wait_for(
+        lambda: get(plane, namespace, "daskcluster", "broken") is None,
+        timeout=60,
+        message="the failed job's DaskCluster deleted",
+    )
+    runner = get(plane, namespace, "pod", "broken-runner")
+    assert runner is not None and runner["status"]["phase"] == "Failed"

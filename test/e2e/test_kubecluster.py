@@ -1,0 +1,163 @@
+"""The Python client end to end: `KubeCluster` against a real API server, a real operator subprocess and
+real Dask schedulers and workers on the process node (reached through the scheduler Service's ClusterIP).
+
+Each test has its own namespace and operator. Waits have deadlines; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from typing import Any
+
+import pytest
+from support.operator import OperatorProcess
+from support.wait import wait_for
+
+from dask_operator import KubeCluster, SchedulerStartupError, discover
+from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
+from dask_operator.controller.runtime.client import Client as RestClient
+from dask_operator.controller.runtime.kinds import POD
+
+pytestmark = pytest.mark.timeout(240)
+
+# Generous: two cores shared with other test runs; a scheduler takes a few seconds to import and start.
+START_TIMEOUT = 120
+
+
+@pytest.fixture
+def api(plane: Any) -> RestClient:
+    return RestClient.from_kubeconfig(str(plane.kubeconfig))
+
+
+def worker_names(cluster: KubeCluster) -> set[str]:
+    return {str(w["name"]) for w in cluster.scheduler_info["workers"].values()}
+
+
+def wait_workers(client: Any, count: int, timeout: float = 120) -> set[str]:
+    """Until the scheduler has exactly `count` workers; returns their names (the worker pods' names)."""
+
+    def connected() -> set[str] | None:
+        names = {str(w["name"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+        return names if len(names) == count else None
+
+    return wait_for(connected, timeout=timeout, interval=0.5, message=f"{count} workers connected")
+
+
+def test_create_compute_scale_adapt_groups_logs_attach_and_close(
+    plane: Any,
+    namespace: str,
+    dask_operator: OperatorProcess,
+    api: RestClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from distributed import Client
+
+    cluster = KubeCluster(
+        name="kc",
+        namespace=namespace,
+        n_workers=2,
+        resource_timeout=START_TIMEOUT,
+        kube_client=api,
+        quiet=True,
+    )
+    try:
+        obj = api.get(DASK_CLUSTER_KIND, namespace, "kc")
+        assert obj is not None and obj["status"]["phase"] == "Running"
+        container = obj["spec"]["worker"]["spec"]["containers"][0]
+        assert container["args"][:4] == ["dask", "worker", "--name", "$(DASK_WORKER_NAME)"]
+        assert cluster.scheduler_address.startswith("tcp://") and cluster.scheduler_address.endswith(":8786")
+        assert cluster.dashboard_link.endswith(":8787/status")
+        assert "kc" in cluster._repr_html_() and namespace in cluster._repr_html_()
+
+        with Client(cluster, timeout=60) as client:
+            first = wait_workers(client, 2)
+            squares = client.map(operator.mul, range(100), range(100))
+            assert client.submit(sum, squares).result(timeout=60) == 328350
+
+            # adapt creates the DaskAutoscaler (bounds equal to the next scale, so an autoscaler acting on it
+            # meanwhile agrees with it); scale turns adaptivity off again by deleting it
+            cluster.adapt(minimum=3, maximum=3)
+            autoscaler = api.get(DASK_AUTOSCALER_KIND, namespace, "kc")
+            assert autoscaler is not None
+            assert autoscaler["spec"] == {"cluster": "kc", "minimum": 3, "maximum": 3}
+            assert autoscaler["metadata"]["labels"]["dask.org/cluster-name"] == "kc"
+            cluster.scale(3)
+            assert api.get(DASK_AUTOSCALER_KIND, namespace, "kc") is None
+            group = api.get(DASK_WORKER_GROUP_KIND, namespace, "kc-default")
+            assert group is not None and group["spec"]["worker"]["replicas"] == 3
+            assert first < wait_workers(client, 3)
+
+            cluster.add_worker_group("extra", n_workers=1)
+            extra = api.get(DASK_WORKER_GROUP_KIND, namespace, "kc-extra")
+            assert extra is not None and extra["spec"]["cluster"] == "kc"
+            names = wait_workers(client, 4)
+            assert any(name.startswith("kc-extra-worker-") for name in names)
+
+            logs = cluster.get_logs()
+            scheduler_logs = [text for pod, text in logs.items() if pod == "kc-scheduler"]
+            worker_logs = {pod: text for pod, text in logs.items() if pod.startswith("kc-default-worker-")}
+            assert scheduler_logs and "Scheduler at" in scheduler_logs[0], logs
+            assert len(worker_logs) == 3 and all("Start worker" in text for text in worker_logs.values()), (
+                logs
+            )
+
+            cluster.delete_worker_group("extra")
+            wait_workers(client, 3)
+
+            # from_name attaches without owning: closing it leaves the cluster running
+            attached = KubeCluster.from_name("kc", namespace=namespace, kube_client=api, quiet=True)
+            assert attached.scheduler_address == cluster.scheduler_address
+            assert not attached.shutdown_on_close
+            attached.close()
+            assert api.get(DASK_CLUSTER_KIND, namespace, "kc") is not None
+            assert client.submit(operator.add, 1, 2).result(timeout=60) == 3
+
+        monkeypatch.setenv("KUBECONFIG", str(plane.kubeconfig))  # discover() uses the default credentials
+        assert ("kc", KubeCluster) in asyncio.run(_discovered())
+    finally:
+        cluster.close(timeout=60)
+    assert api.get(DASK_CLUSTER_KIND, namespace, "kc") is None
+
+
+async def _discovered() -> list[tuple[str, type]]:
+    return [item async for item in discover()]
+
+
+def test_without_an_operator_start_up_times_out_and_deletes_the_cluster(
+    plane: Any, namespace: str, api: RestClient
+) -> None:
+    with pytest.raises(TimeoutError, match="is the Dask Operator running"):
+        KubeCluster(name="orphan", namespace=namespace, resource_timeout=3, kube_client=api, quiet=True)
+    assert api.get(DASK_CLUSTER_KIND, namespace, "orphan") is None
+
+
+def test_from_name_of_a_missing_cluster_fails_without_creating_it(
+    plane: Any, namespace: str, api: RestClient
+) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        KubeCluster.from_name("nosuch", namespace=namespace, kube_client=api, quiet=True)
+    assert api.get(DASK_CLUSTER_KIND, namespace, "nosuch") is None
+
+
+def test_crash_looping_scheduler_raises_with_its_logs_and_deletes_the_cluster(
+    plane: Any, namespace: str, dask_operator: OperatorProcess, api: RestClient
+) -> None:
+    crash = "import sys; print('scheduler-boom', flush=True); sys.exit(3)"
+    with pytest.raises(SchedulerStartupError, match="Scheduler failed to start") as raised:
+        KubeCluster(
+            name="crashy",
+            namespace=namespace,
+            scheduler_command=["python", "-c", crash],
+            resource_timeout=30,
+            kube_client=api,
+            quiet=True,
+        )
+    assert "scheduler-boom" in str(raised.value)
+    assert api.get(DASK_CLUSTER_KIND, namespace, "crashy") is None
+    wait_for(
+        lambda: not api.list(POD, namespace, label_selector="dask.org/cluster-name=crashy")[0],
+        timeout=60,
+        interval=0.5,
+        message="the crashing cluster's pods garbage-collected",
+    )

@@ -1,0 +1,285 @@
+"""DaskAutoscaler desired state as tables: bounds, damping, cooldown, and when nothing may change."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from dask_operator.controller.autoscaler import (
+    COOLDOWN_SECONDS,
+    POLL_SECONDS,
+    AutoscalerObservation,
+    AutoscalerPlan,
+    SchedulerTarget,
+    bounded_target,
+    cooldown_until,
+    plan_autoscaler,
+)
+from dask_operator.controller.plans import rfc3339
+
+NOW = 1_700_000_000.0
+
+
+def make_autoscaler(
+    minimum: int = 1, maximum: int = 10, cooldown: float | None = None, status: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskAutoscaler",
+        "metadata": {"name": "a", "namespace": "ns", "uid": "a-uid", "generation": 1},
+        "spec": {"cluster": "c", "minimum": minimum, "maximum": maximum},
+    }
+    if cooldown is not None:
+        obj["metadata"]["annotations"] = {"kubernetes.dask.org/cooldown-until": repr(cooldown)}
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+CLUSTER = {
+    "apiVersion": "kubernetes.dask.org/v1",
+    "kind": "DaskCluster",
+    "metadata": {"name": "c", "namespace": "ns", "uid": "c-uid"},
+}
+SERVICE = {"metadata": {"name": "c-scheduler", "namespace": "ns"}, "spec": {"clusterIP": "10.0.0.1"}}
+
+
+def scheduler_pod(ready: bool = True, name: str = "c-scheduler", terminating: bool = False) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "metadata": {"name": name, "labels": {"dask.org/component": "scheduler"}},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": str(ready)}]},
+    }
+    if terminating:
+        pod["metadata"]["deletionTimestamp"] = "2023-11-14T22:00:00Z"
+    return pod
+
+
+def group(replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskWorkerGroup",
+        "metadata": {"name": "c-default", "namespace": "ns", "uid": "g-uid"},
+        "spec": {"cluster": "c", "worker": {"replicas": replicas, "spec": {}}},
+    }
+
+
+def observe(
+    current: int = 2,
+    target: int | None = 2,
+    autoscaler: dict[str, Any] | None = None,
+    error: str = "",
+    **changes: Any,
+) -> AutoscalerObservation:
+    obs = AutoscalerObservation(
+        autoscaler=autoscaler or make_autoscaler(),
+        cluster=CLUSTER,
+        scheduler_pods=[scheduler_pod()],
+        service=SERVICE,
+        default_group=group(current),
+        scheduler=SchedulerTarget(target, error),
+    )
+    return dataclasses.replace(obs, **changes)
+
+
+def condition(p: AutoscalerPlan, kind: str) -> dict[str, Any]:
+    assert p.status is not None
+    return next(c for c in p.status["conditions"] if c["type"] == kind)
+
+
+def replicas(p: AutoscalerPlan) -> int | None:
+    return None if p.replicas_apply is None else int(p.replicas_apply["spec"]["worker"]["replicas"])
+
+
+# -- the arithmetic -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "minimum", "maximum", "expected"),
+    [
+        (1, 5, 1, 10, 5),  # scale-up in one step
+        (1, 50, 1, 10, 10),  # clamped to maximum
+        (0, 0, 1, 10, 1),  # clamped to minimum
+        (3, 3, 1, 10, 3),
+        (3, 0, 0, 10, 2),  # scale-down of 1 (floor(0.75) -> at least 1)
+        (20, 0, 1, 30, 15),  # floor(20/4) = 5
+        (8, 7, 1, 10, 7),  # within one step
+        (8, 50, 1, 4, 6),  # maximum lowered below current: damped too (8 -> 6 -> 5 -> 4)
+        (1, 0, 0, 5, 0),  # minimum 0: may reach zero
+        (4, 4, 5, 10, 5),  # minimum raised above current: straight up
+    ],
+)
+def test_bounded_target(current: int, target: int, minimum: int, maximum: int, expected: int) -> None:
+    assert bounded_target(current, target, minimum, maximum) == expected
+
+
+def test_scale_down_sequence_from_twenty() -> None:
+    seen, r = [20], 20
+    while r > 1:
+        r = bounded_target(r, 0, 1, 100)
+        seen.append(r)
+    assert seen == [20, 15, 12, 9, 7, 6, 5, 4, 3, 2, 1]  # checklist 7D-44
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), ("1700000015.5", 1700000015.5), ("soon", None)]
+)
+def test_cooldown_annotation(value: str | None, expected: float | None) -> None:
+    obj = make_autoscaler()
+    if value is not None:
+        obj["metadata"]["annotations"] = {"kubernetes.dask.org/cooldown-until": value}
+    assert cooldown_until(obj) == expected
+
+
+# -- the plan --------------------------------------------------------------------------------------------------
+
+
+def test_scale_up_writes_only_the_default_groups_replicas_and_starts_a_cooldown() -> None:
+    p = plan_autoscaler(observe(current=1, target=7, autoscaler=make_autoscaler(1, 5)), NOW)
+    assert p.replicas_apply == {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskWorkerGroup",
+        "metadata": {"name": "c-default", "namespace": "ns"},
+        "spec": {"worker": {"replicas": 5}},
+    }
+    assert p.cooldown_apply is not None
+    annotations = p.cooldown_apply["metadata"]["annotations"]
+    assert float(annotations["kubernetes.dask.org/cooldown-until"]) == NOW + COOLDOWN_SECONDS
+    assert p.scaled == (1, 5)
+    assert p.status is not None
+    assert p.status["desiredWorkers"] == 5 and p.status["lastScaleTime"] == rfc3339(NOW)
+    assert [(e.reason, e.message) for e in p.events] == [
+        ("ScaledUp", "Scaled c-default from 1 to 5 workers (the scheduler asks for 7; bounds 1..5).")
+    ]
+    assert condition(p, "Ready")["status"] == "True"
+    assert condition(p, "Progressing")["reason"] == "CoolingDown"
+    assert p.requeue_after == POLL_SECONDS
+
+
+def test_scale_down_is_damped() -> None:
+    p = plan_autoscaler(observe(current=8, target=1), NOW)
+    assert replicas(p) == 6 and p.scaled == (8, 6)
+    assert [e.reason for e in p.events] == ["ScaledDown"]
+
+
+def test_no_change_writes_nothing_but_status() -> None:
+    p = plan_autoscaler(observe(current=3, target=3), NOW)
+    assert (p.replicas_apply, p.cooldown_apply, p.scaled) == (None, None, None)
+    assert p.status is not None and p.status["desiredWorkers"] == 3 and "lastScaleTime" not in p.status
+    assert condition(p, "Progressing")["reason"] == "Stable"
+    assert p.requeue_after == POLL_SECONDS
+    assert p.events == ()
+
+
+@pytest.mark.parametrize("remembered", [False, True])
+def test_cooldown_blocks_changes_and_wakes_when_it_ends(remembered: bool) -> None:
+    until = NOW + 3.0
+    if remembered:  # written by this operator, not yet in the cache
+        obs = observe(current=1, target=9, cooldown_until=until)
+    else:
+        obs = observe(current=1, target=9, autoscaler=make_autoscaler(cooldown=until))
+    p = plan_autoscaler(obs, NOW)
+    assert (p.replicas_apply, p.cooldown_apply) == (None, None)
+    assert p.requeue_after == pytest.approx(3.0)
+    assert condition(p, "Progressing")["reason"] == "CoolingDown"
+    # once it has passed, the change happens
+    assert replicas(plan_autoscaler(obs, until + 0.1)) == 9
+
+
+def test_an_expired_cooldown_does_not_block() -> None:
+    p = plan_autoscaler(observe(current=1, target=4, autoscaler=make_autoscaler(cooldown=NOW - 1)), NOW)
+    assert replicas(p) == 4
+
+
+def test_bounds_edited_take_effect_on_the_next_tick() -> None:
+    p = plan_autoscaler(observe(current=5, target=5, autoscaler=make_autoscaler(1, 4)), NOW)
+    assert replicas(p) == 4
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"cluster": None}, "ClusterNotFound"),
+        (
+            {"cluster": {**CLUSTER, "metadata": {**CLUSTER["metadata"], "deletionTimestamp": "x"}}},
+            "ClusterNotFound",
+        ),
+        ({"default_group": None}, "WorkerGroupNotFound"),
+        ({"scheduler_pods": []}, "SchedulerNotReady"),
+        ({"scheduler_pods": [scheduler_pod(ready=False)]}, "SchedulerNotReady"),
+        ({"scheduler_pods": [scheduler_pod(), scheduler_pod(name="c-scheduler-2")]}, "SchedulerNotReady"),
+        ({"service": None}, "SchedulerNotReady"),
+    ],
+)
+def test_no_change_without_a_usable_scheduler(changes: dict[str, Any], reason: str) -> None:
+    p = plan_autoscaler(observe(current=1, target=9, **changes), NOW)
+    assert (p.replicas_apply, p.cooldown_apply, p.needs_scheduler) == (None, None, False)
+    assert condition(p, "Ready") | {"lastTransitionTime": None} == condition(p, "Ready") | {
+        "lastTransitionTime": None,
+        "status": "False",
+        "reason": reason,
+    }
+    assert condition(p, "Degraded")["status"] == "False"
+    assert p.requeue_after == POLL_SECONDS
+
+
+def test_a_terminating_old_scheduler_next_to_the_ready_one_is_ignored() -> None:
+    obs = observe(
+        current=1, target=2, scheduler_pods=[scheduler_pod(name="old", terminating=True), scheduler_pod()]
+    )
+    assert replicas(plan_autoscaler(obs, NOW)) == 2
+
+
+def test_the_scheduler_is_asked_only_once_it_is_ready() -> None:
+    p = plan_autoscaler(observe(scheduler=None), NOW)
+    assert p.needs_scheduler and p.status is None and p.replicas_apply is None
+
+
+def test_unreachable_scheduler_changes_nothing_and_is_degraded_with_a_warning() -> None:
+    p = plan_autoscaler(observe(current=1, target=None, error="connection refused"), NOW)
+    assert (p.replicas_apply, p.cooldown_apply) == (None, None)
+    degraded = condition(p, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "SchedulerUnreachable")
+    assert "connection refused" in degraded["message"]
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "SchedulerUnreachable")]
+    # keeps what it last requested
+    previous = {"desiredWorkers": 4, "lastScaleTime": "2023-11-14T22:00:00Z"}
+    p = plan_autoscaler(observe(target=None, autoscaler=make_autoscaler(status=previous)), NOW)
+    assert p.status is not None
+    assert (p.status["desiredWorkers"], p.status["lastScaleTime"]) == (4, "2023-11-14T22:00:00Z")
+
+
+def test_adopted_by_its_cluster_once() -> None:
+    p = plan_autoscaler(observe(), NOW)
+    assert p.adopt is not None
+    (ref,) = p.adopt["metadata"]["ownerReferences"]
+    assert (ref["kind"], ref["name"], ref["uid"], ref["controller"], ref["blockOwnerDeletion"]) == (
+        "DaskCluster",
+        "c",
+        "c-uid",
+        True,
+        True,
+    )
+    adopted = make_autoscaler()
+    adopted["metadata"]["ownerReferences"] = [ref]
+    assert plan_autoscaler(observe(autoscaler=adopted), NOW).adopt is None
+    # also while the scheduler is not ready yet, but never without a cluster
+    assert plan_autoscaler(observe(scheduler_pods=[]), NOW).adopt is not None
+    assert plan_autoscaler(observe(cluster=None), NOW).adopt is None
+
+
+def test_steady_state_status_is_stable() -> None:
+    first = plan_autoscaler(observe(current=1, target=5), NOW)
+    assert first.status is not None
+    cooled = make_autoscaler(cooldown=NOW + COOLDOWN_SECONDS, status=first.status)
+    during = plan_autoscaler(observe(current=5, target=1, autoscaler=cooled), NOW + 5)
+    assert during.status == first.status and during.events == ()
+    after = plan_autoscaler(observe(current=5, target=5, autoscaler=cooled), NOW + 20)
+    assert after.status is not None and after.status["desiredWorkers"] == 5
+    assert after.status["lastScaleTime"] == rfc3339(NOW)
+    again = plan_autoscaler(
+        observe(current=5, target=5, autoscaler=make_autoscaler(cooldown=NOW + 15, status=after.status)),
+        NOW + 30,
+    )
+    assert again.status == after.status and again.events == ()
