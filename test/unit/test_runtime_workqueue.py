@@ -255,3 +255,20 @@ def test_depth_and_unfinished_work_metrics() -> None:  # item 53
     retries = metrics.sample_value("workqueue_retries_total", labels)
     queue.add_after("d", 0.01)
     assert metrics.sample_value("workqueue_retries_total", labels) == retries + 1
+
+
+def test_reflector_backoff_grows_jittered_to_the_cap_and_resets_after_two_minutes() -> None:  # items 14, 15
+    import random
+
+    from dask_operator.controller.runtime.backoff import Backoff
+
+    now = [0.0]
+    backoff = Backoff(clock=lambda: now[0], rng=random.Random(7))
+    delays = []
+    for _ in range(8):
+        delays.append(backoff.next())
+        now[0] += 1
+    bases = [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
+    assert all(base <= delay <= min(2 * base, 30.0) for base, delay in zip(bases, delays, strict=True))
+    now[0] += 121  # healthy for more than two minutes
+    assert 0.8 <= backoff.next() <= 1.6
