@@ -9,18 +9,13 @@ not Dask.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from support.operator import OperatorProcess
 from support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,48 +115,21 @@ def token_kubeconfig(kube_plane: Any, namespace: str, service_account: str, path
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def run_operator(tmp_path: Path) -> Iterator[Any]:
-    procs: list[subprocess.Popen[bytes]] = []
-    log = tmp_path / "operator.log"
+def run_operator(installed: Any, tmp_path: Path) -> Iterator[Any]:
+    """Start `dask-operator run` on given credentials and scope; returns its log path."""
+    started: list[OperatorProcess] = []
 
-    def start(kubeconfig: Path, *args: str) -> Path:
-        port = free_port()
-        cmd = [
-            sys.executable, "-m", "dask_operator.controller", "run", f"--kubeconfig={kubeconfig}",
-            "--metrics-bind-address=0", f"--health-probe-bind-address=127.0.0.1:{port}",
-            "--log-format=console", *args,
-        ]  # fmt: skip
-        with log.open("ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-        procs.append(proc)
-
-        def ready() -> bool:
-            assert proc.poll() is None, f"operator exited:\n{log.read_text(errors='replace')[-4000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_for(ready, timeout=60, interval=0.2, message="operator /readyz")
-        return log
+    def start(kubeconfig: Path, namespace: str | None, *args: str) -> Path:
+        op = OperatorProcess(
+            installed, namespace, tmp_path / "operator.log", kubeconfig=kubeconfig, extra_args=args
+        )
+        started.append(op.start())
+        return op.log_path
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    for op in started:
+        op.stop()
 
 
 def simulated_cluster(name: str) -> dict[str, Any]:
@@ -228,7 +196,7 @@ def test_cluster_rbac_is_all_the_operator_needs(
 ) -> None:
     kubeconfig = token_kubeconfig(installed, OPERATOR_NAMESPACE, "dask-operator", tmp_path / "sa.kubeconfig")
     log = run_operator(
-        kubeconfig, "--all-namespaces", "--leader-elect", f"--leader-election-namespace={OPERATOR_NAMESPACE}"
+        kubeconfig, None, "--leader-elect", f"--leader-election-namespace={OPERATOR_NAMESPACE}"
     )
     installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(simulated_cluster("rbac")))
     wait_for(
@@ -259,9 +227,7 @@ def test_namespaced_rbac_is_enough_for_a_single_namespace_install(
     assert can_list_everywhere.stdout.strip() == "no"
 
     kubeconfig = token_kubeconfig(installed, namespace, account, tmp_path / "ns.kubeconfig")
-    log = run_operator(
-        kubeconfig, f"--namespace={namespace}", "--leader-elect", f"--leader-election-namespace={namespace}"
-    )
+    log = run_operator(kubeconfig, namespace, "--leader-elect", f"--leader-election-namespace={namespace}")
     installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(simulated_cluster("solo")))
     wait_for(
         lambda: converged(installed, namespace, "solo"), timeout=90, message="cluster Running with 2 workers"

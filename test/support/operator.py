@@ -62,18 +62,31 @@ def free_port() -> int:
 class OperatorProcess:
     """`dask-operator run --namespace <ns>` as a subprocess, logging to a file the test prints on failure."""
 
-    def __init__(self, plane: Any, namespace: str, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        plane: Any,
+        namespace: str | None,
+        log: Path,
+        env: dict[str, str] | None = None,
+        *,
+        kubeconfig: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        """namespace=None watches all namespaces; kubeconfig defaults to the plane's admin credentials."""
         self.plane, self.namespace, self.log_path = plane, namespace, log
+        self.kubeconfig = kubeconfig or plane.kubeconfig
+        self.extra_args = extra_args
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
         port = free_port()
+        scope = f"--namespace={self.namespace}" if self.namespace else "--all-namespaces"
         cmd = [
             sys.executable, "-m", "dask_operator.controller", "run",
-            f"--kubeconfig={self.plane.kubeconfig}", f"--namespace={self.namespace}",
+            f"--kubeconfig={self.kubeconfig}", scope,
             "--metrics-bind-address=0", f"--health-probe-bind-address=127.0.0.1:{port}",
-            "--concurrency=4", "--scale-down-force-timeout=60", "--log-format=console",
+            "--concurrency=4", "--scale-down-force-timeout=60", "--log-format=console", *self.extra_args,
         ]  # fmt: skip
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
