@@ -6,6 +6,7 @@ per test (support/operator.py). Waits have deadlines; nothing sleeps to synchron
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -38,6 +39,18 @@ def default_replicas(plane: Any, namespace: str, cluster: str) -> int | None:
     return None if group is None else int(group["spec"]["worker"]["replicas"])
 
 
+def scalings(plane: Any, namespace: str, reason: str) -> list[tuple[int, int]]:
+    """(from, to) of the autoscaler's scaling Events of this reason, oldest first."""
+    events = get(plane, namespace, "events", "--field-selector", "involvedObject.name=elastic")
+    found = [
+        (e.get("firstTimestamp") or "", e["message"])
+        for e in (events or {}).get("items", [])
+        if e["reason"] == reason and e["involvedObject"]["kind"] == "DaskAutoscaler"
+    ]
+    steps = [re.search(r"from (\d+) to (\d+) workers", message) for _, message in sorted(found)]
+    return [(int(m[1]), int(m[2])) for m in steps if m]
+
+
 def test_autoscaler_follows_the_scheduler_within_its_bounds_and_goes_with_its_cluster(
     plane: Any, namespace: str, dask_operator: OperatorProcess
 ) -> None:
@@ -68,23 +81,20 @@ def test_autoscaler_follows_the_scheduler_within_its_bounds_and_goes_with_its_cl
         assert autoscaler["status"]["lastScaleTime"]
         cooldown = float(autoscaler["metadata"]["annotations"]["kubernetes.dask.org/cooldown-until"])
         assert cooldown > time.time() - 60
-        events = get(plane, namespace, "events", "--field-selector", "involvedObject.name=elastic")
-        assert any(e["reason"] == "ScaledUp" for e in events["items"])
+        assert wait_for(lambda: scalings(plane, namespace, "ScaledUp"), timeout=30, message="ScaledUp event")
         client.gather(futures, errors="skip")
         del futures
 
         # Idle again: back toward the minimum, one damped step at a time (3 -> 2, then 2 -> 1 after 15 s).
-        seen: set[int] = set()
-
-        def scaled_down() -> bool:
+        def scaled_down() -> list[tuple[int, int]]:
             replicas = default_replicas(plane, namespace, "elastic")
-            if replicas is not None:
-                seen.add(replicas)
             assert replicas is None or replicas <= 3, replicas  # clamped: never above the maximum
-            return replicas is not None and replicas < 3
+            return scalings(plane, namespace, "ScaledDown")
 
-        wait_for(scaled_down, timeout=90, interval=0.5, message="scaled down")
-        assert default_replicas(plane, namespace, "elastic") == 2, seen
+        steps = wait_for(scaled_down, timeout=90, interval=0.5, message="scaled down")
+        assert steps[0] == (3, 2), steps  # damped: max(1, floor(3 / 4)) = 1 worker per step
+        assert all(before - after == 1 for before, after in steps), steps
+        assert scalings(plane, namespace, "ScaledUp")[-1][1] == 3
 
     plane.kubectl("delete", "-n", namespace, "daskcluster", "elastic", "--wait=false")
     wait_for(
