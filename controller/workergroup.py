@@ -246,7 +246,7 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     draft = _Draft(group, template, pods, int(group["spec"]["worker"].get("replicas", 1)))
     draft.deletions += [_deletion(p, "pod finished; replacing it") for p in pods.finished]
     if draft.surplus < 0:
-        _scale_up(draft, settings)
+        _scale_up(draft, settings, now)
     elif draft.outdated and draft.surplus <= 1:
         _roll_one(draft)
     elif draft.surplus > 0:
@@ -352,9 +352,26 @@ def _waiting_for_cluster(
     return GroupPlan(status=status, events=tuple(events))
 
 
-def _scale_up(draft: _Draft, settings: GroupSettings) -> None:
-    """Create the missing workers, at most `batch_size` per round."""
+def _scale_up(draft: _Draft, settings: GroupSettings, now: float) -> None:
+    """Create the missing workers, at most `batch_size` per round and rounds `batch_delay` apart.
+
+    The last round's time is read from the cluster (the newest pod's creationTimestamp; a round not yet in
+    the cache counts as just now), not remembered, so pod events arriving between rounds and an operator
+    restart both keep the pace.
+    """
     missing = -draft.surplus
+    if settings.batch_size is not None and settings.batch_delay > 0:
+        wait = _until_next_round(draft.pods, settings.batch_delay, now)
+        if wait > 0:
+            draft.wake_in(wait)
+            draft.progressing = Condition(
+                CONDITION_PROGRESSING,
+                True,
+                "ScalingUp",
+                f"Creating workers in rounds of {settings.batch_size}: {draft.total} of {draft.replicas} exist.",
+            )
+            draft.notes.append(f"next round in {wait:.1f} s")
+            return
     count = missing if settings.batch_size is None else min(missing, settings.batch_size)
     draft.create(count)
     if count < missing:
@@ -366,6 +383,15 @@ def _scale_up(draft: _Draft, settings: GroupSettings) -> None:
         f"Creating workers: {draft.total} of {draft.replicas} exist.",
     )
     draft.notes.append(f"create {count}")
+
+
+def _until_next_round(pods: _PodSets, delay: float, now: float) -> float:
+    """Seconds until the next creation round may start (0: now)."""
+    if pods.unobserved:
+        return delay
+    created = [parse_rfc3339(p["metadata"].get("creationTimestamp")) for p in pods.live]
+    latest = max((t for t in created if t is not None), default=None)
+    return 0.0 if latest is None else max(0.0, latest + delay - now)
 
 
 def _roll_one(draft: _Draft) -> None:

@@ -172,6 +172,26 @@ def test_batch_size_limits_creations_per_round() -> None:
     assert len(result.create_pods) == 2 and result.requeue_after == 3
 
 
+def test_batch_rounds_keep_their_pace_when_pod_events_wake_the_group_early() -> None:
+    """Pod events re-trigger a reconcile right after a round; the next round waits for the delay anyway."""
+    settings = GroupSettings(batch_size=2, batch_delay=6)
+    first = [running(p, 0) for p in plan(make_group(2)).create_pods]  # created at NOW - 1000
+    round1 = plan(make_group(8), first, settings=settings)
+    assert len(round1.create_pods) == 2
+    fresh = [running(p, 1000) for p in round1.create_pods]  # the cache now shows them, created at NOW
+    early = plan(make_group(8), first + fresh, settings=settings, now=NOW + 2)
+    assert early.create_pods == () and early.requeue_after == pytest.approx(4)
+    on_time = plan(make_group(8), first + fresh, settings=settings, now=NOW + 6)
+    assert len(on_time.create_pods) == 2
+    in_flight = plan(
+        make_group(8),
+        first,
+        settings=settings,
+        expected_present=frozenset(p["metadata"]["name"] for p in round1.create_pods),
+    )
+    assert in_flight.create_pods == () and in_flight.requeue_after == 6
+
+
 def test_scale_down_removes_unstarted_pods_first_without_the_scheduler() -> None:
     group = make_group(3)
     pods = [running(p, i) for i, p in enumerate(plan(group).create_pods)]
