@@ -28,10 +28,11 @@ from dask_operator.controller.autoscaler import (
     plan_autoscaler,
     scheduler_pods_of,
 )
-from dask_operator.controller.execute import StatusWriter, record_events
+from dask_operator.controller.execute import record_events
 from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
 from dask_operator.controller.metadata import is_terminating
 from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, AUTOSCALER_FIELD_MANAGER, Obj
+from dask_operator.controller.reconciler import DaskReconciler
 from dask_operator.controller.runtime.kinds import POD, SERVICE
 from dask_operator.controller.runtime.reconcile import Request, Result
 from dask_operator.controller.scheduler import SchedulerClient, SchedulerUnreachable, scheduler_endpoint
@@ -40,17 +41,11 @@ from dask_operator.controller.settings import OperatorSettings
 log = structlog.get_logger("dask_operator.controller.autoscaler")
 
 
-class DaskAutoscalerReconciler:
+class DaskAutoscalerReconciler(DaskReconciler):
     def __init__(
         self, manager: Any, settings: OperatorSettings, clock: Callable[[], float] = time.time
     ) -> None:
-        self.client = manager.client
-        self.cache = manager.cache
-        self.applier = manager.applier
-        self.recorder = manager.recorder
-        self.settings = settings
-        self.clock = clock
-        self.status = StatusWriter(manager.applier)
+        super().__init__(manager, settings, clock)
         self._cooldowns: dict[tuple[str, str], tuple[str, float]] = {}  # (ns, name) -> (uid, until)
         self._lock = threading.Lock()
 

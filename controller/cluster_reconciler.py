@@ -23,12 +23,13 @@ from dask_operator.api.v1.names import (
 from dask_operator.api.v1.types import PHASE_RUNNING
 from dask_operator.controller import operator_metrics
 from dask_operator.controller.cluster import ClusterObservation, ClusterPlan, idle_decision, plan_cluster
-from dask_operator.controller.execute import StatusWriter, create_pods, delete_pods, record_events
+from dask_operator.controller.execute import create_pods, delete_pods, record_events
 from dask_operator.controller.expectations import Expectations
 from dask_operator.controller.indexes import groups_of_cluster
 from dask_operator.controller.kinds import DASK_CLUSTER_KIND
 from dask_operator.controller.metadata import is_terminating
 from dask_operator.controller.plans import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Obj
+from dask_operator.controller.reconciler import DaskReconciler
 from dask_operator.controller.runtime.client import ApiError
 from dask_operator.controller.runtime.kinds import POD, SERVICE
 from dask_operator.controller.runtime.reconcile import Request, Result
@@ -38,18 +39,12 @@ from dask_operator.controller.settings import OperatorSettings
 log = structlog.get_logger("dask_operator.controller.cluster")
 
 
-class DaskClusterReconciler:
+class DaskClusterReconciler(DaskReconciler):
     def __init__(
         self, manager: Any, settings: OperatorSettings, clock: Callable[[], float] = time.time
     ) -> None:
-        self.client = manager.client
-        self.cache = manager.cache
-        self.applier = manager.applier
-        self.recorder = manager.recorder
-        self.settings = settings
-        self.clock = clock
+        super().__init__(manager, settings, clock)
         self.expectations = Expectations()
-        self.status = StatusWriter(manager.applier)
 
     def reconcile(self, request: Request) -> Result:
         cluster = self.cache.get(DASK_CLUSTER_KIND, request.namespace, request.name)

@@ -7,40 +7,25 @@ reconcile (no #975 dead end). Deletes only the DaskCluster this job controls, by
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
-
 import structlog
 
 from dask_operator.api.v1.names import job_cluster_name, job_runner_pod_name
 from dask_operator.api.v1.types import JOB_STATUS_FAILED, JOB_STATUS_SUCCESSFUL
 from dask_operator.controller import operator_metrics
-from dask_operator.controller.execute import StatusWriter, record_events
+from dask_operator.controller.execute import record_events
 from dask_operator.controller.job import JobObservation, JobPlan, plan_job
 from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_JOB_KIND
 from dask_operator.controller.metadata import is_terminating
 from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Obj
+from dask_operator.controller.reconciler import DaskReconciler
 from dask_operator.controller.runtime.client import ApiError
 from dask_operator.controller.runtime.kinds import POD
 from dask_operator.controller.runtime.reconcile import Request, Result
-from dask_operator.controller.settings import OperatorSettings
 
 log = structlog.get_logger("dask_operator.controller.job")
 
 
-class DaskJobReconciler:
-    def __init__(
-        self, manager: Any, settings: OperatorSettings, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.client = manager.client
-        self.cache = manager.cache
-        self.applier = manager.applier
-        self.recorder = manager.recorder
-        self.settings = settings
-        self.clock = clock
-        self.status = StatusWriter(manager.applier)
-
+class DaskJobReconciler(DaskReconciler):
     def reconcile(self, request: Request) -> Result:
         job = self.cache.get(DASK_JOB_KIND, request.namespace, request.name)
         if job is None or is_terminating(job):

@@ -17,11 +17,12 @@ import structlog
 
 from dask_operator.api.v1.names import scheduler_service_name
 from dask_operator.controller import operator_metrics
-from dask_operator.controller.execute import StatusWriter, create_pods, delete_pods, record_events
+from dask_operator.controller.execute import create_pods, delete_pods, record_events
 from dask_operator.controller.expectations import Expectations
 from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
 from dask_operator.controller.metadata import is_terminating
 from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Obj
+from dask_operator.controller.reconciler import DaskReconciler
 from dask_operator.controller.runtime.kinds import POD, SERVICE
 from dask_operator.controller.runtime.reconcile import Request, Result, remaining_time
 from dask_operator.controller.scheduler import SchedulerClient, SchedulerUnreachable, scheduler_endpoint
@@ -41,18 +42,12 @@ log = structlog.get_logger("dask_operator.controller.workergroup")
 RETRY_RETIREMENT_SECONDS = 5.0
 
 
-class DaskWorkerGroupReconciler:
+class DaskWorkerGroupReconciler(DaskReconciler):
     def __init__(
         self, manager: Any, settings: OperatorSettings, clock: Callable[[], float] = time.time
     ) -> None:
-        self.client = manager.client
-        self.cache = manager.cache
-        self.applier = manager.applier
-        self.recorder = manager.recorder
-        self.settings = settings
-        self.clock = clock
+        super().__init__(manager, settings, clock)
         self.expectations = Expectations()
-        self.status = StatusWriter(manager.applier)
         self._cluster_of: dict[tuple[str, str], str] = {}  # for removing metrics of deleted groups
 
     def reconcile(self, request: Request) -> Result:
