@@ -1,0 +1,382 @@
+"""Benchmark: this operator side by side with the kopf-based reference (dask-kubernetes) on one workload.
+
+Each operator runs alone (one after the other, never both: they reconcile the same kinds), in its own
+namespace, talking to the API server only through its own HTTP-mode fault proxy, so every request it makes
+is seen and counted by method. Workload: N DaskClusters x 2 workers with simulated pods (the process node
+reports them Running+Ready without a process). Printed per operator: seconds until every cluster is Running
+and every worker pod Ready, requests per cluster by method during convergence, requests and writes during a
+quiet period once converged, Events created per cluster, RSS; and the ratios ours / reference.
+
+The reference lives in its own virtualenv outside the repo (created on first use, then reused):
+~/.cache/dask-operator/kopf-venv, `pip install dask-kubernetes`; override with DASK_KUBERNETES_VENV.
+
+    python -m pytest test/bench/bench_vs_kopf.py -m bench -s -q     (BENCH_CLUSTERS=50 BENCH_QUIET_SECONDS=60)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support.wait import wait_for
+
+pytestmark = pytest.mark.timeout(3 * 3600)
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTERS = int(os.environ.get("BENCH_CLUSTERS", "50"))
+WORKERS = 2
+QUIET_SECONDS = float(os.environ.get("BENCH_QUIET_SECONDS", "60"))
+SIMULATED = {"localkube/simulated": "true"}
+VENV = Path(
+    os.environ.get("DASK_KUBERNETES_VENV", str(Path.home() / ".cache" / "dask-operator" / "kopf-venv"))
+)
+REFERENCE_MODULE = "dask_kubernetes.operator.controller"
+PHASE_GRACE = 30.0
+TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "900"))
+REFERENCE_NO_STATUS = ("daskclusters", "daskworkergroups")
+WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+# -- the reference operator's virtualenv --------------------------------------------------------------------
+
+
+def reference_venv() -> Path:
+    """The cached venv with dask-kubernetes; created when missing or left half-built. Skips on failure."""
+    marker = VENV / ".installed"
+    if marker.exists() and (VENV / "bin" / "kopf").exists():
+        return VENV
+    shutil.rmtree(VENV, ignore_errors=True)
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    steps = (
+        ["python3", "-m", "venv", str(VENV)],
+        [str(VENV / "bin" / "pip"), "install", "--quiet", "dask-kubernetes"],
+    )
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            shutil.rmtree(VENV, ignore_errors=True)
+            pytest.skip(f"reference operator not installable: {' '.join(cmd)} exited {proc.returncode}: "
+                        f"{(proc.stderr or proc.stdout)[-1500:]}")  # fmt: skip
+    check = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", f"import {REFERENCE_MODULE}"], capture_output=True, text=True
+    )
+    if check.returncode != 0:
+        pytest.skip(f"reference operator does not import ({REFERENCE_MODULE}): {check.stderr[-1500:]}")
+    marker.write_text("ok\n")
+    return VENV
+
+
+def reference_versions(venv: Path) -> str:
+    code = "import importlib.metadata as m; print(*(f'{p}=={m.version(p)}' for p in ('dask-kubernetes', 'kopf', 'kr8s')))"
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True)
+    return proc.stdout.strip() or proc.stderr.strip()[-200:]
+
+
+# -- workload and observation ------------------------------------------------------------------------------
+
+
+def manifest(name: str) -> dict[str, Any]:
+    container = {"name": "c", "image": "ghcr.io/dask/dask:latest", "args": ["dask", "scheduler"]}
+    return {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "scheduler": {
+                "metadata": {"annotations": SIMULATED},
+                "spec": {"containers": [container]},
+                "service": {
+                    "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
+                    "ports": [{"name": "tcp-comm", "port": 8786}, {"name": "http-dashboard", "port": 8787}],
+                },
+            },
+            "worker": {
+                "replicas": WORKERS,
+                "metadata": {"annotations": SIMULATED},
+                "spec": {"containers": [{**container, "args": ["dask", "worker"]}]},
+            },
+        },
+    }
+
+
+def proxy_kubeconfig(url: str, path: Path) -> Path:
+    """No credentials: the HTTP-mode proxy authenticates upstream with the admin certificate."""
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "proxy", "cluster": {"server": url}}],
+        "users": [{"name": "proxy", "user": {}}],
+        "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}],
+        "current-context": "proxy",
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def verb(method: str, target: str) -> str:
+    """HTTP method, with GET split into WATCH, LIST (a collection) and GET (one object)."""
+    if method != "GET":
+        return method
+    path, _, query = target.partition("?")
+    if "watch=true" in query or "watch=1" in query:
+        return "WATCH"
+    parts = [p for p in path.split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]  # /api/v1/... or /apis/<group>/<version>/...
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]
+    return "LIST" if len(rest) == 1 else "GET"
+
+
+def tally(requests: list[Any]) -> Counter[str]:
+    return Counter(verb(r.method, r.target) for r in requests)
+
+
+def events_posted(requests: list[Any]) -> int:
+    return sum(1 for r in requests if r.method == "POST" and r.target.partition("?")[0].endswith("/events"))
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def get_items(kube_plane: Any, namespace: str, *what: str) -> list[dict[str, Any]]:
+    out = kube_plane.kubectl("get", "-n", namespace, *what, "-o", "json", timeout=120)
+    return list(json.loads(out.stdout)["items"])
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+# -- one run -----------------------------------------------------------------------------------------------
+
+
+def run_one(kube_plane: Any, label: str, namespace: str, argv: list[str], tmp_path: Path) -> dict[str, Any]:
+    from support.runtime_plane import http_proxy
+
+    kube_plane.kubectl("create", "namespace", namespace)
+    proxy = http_proxy(kube_plane)
+    kubeconfig = proxy_kubeconfig(proxy.url, tmp_path / f"{label}.kubeconfig")
+    log_path = tmp_path / f"{label}.log"
+    log = log_path.open("wb")
+    cmd = [a.replace("{ns}", namespace).replace("{kubeconfig}", str(kubeconfig)) for a in argv]
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)}
+    )
+
+    def tail() -> str:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+
+    try:
+
+        def watching() -> bool:
+            assert proc.poll() is None, f"{label} operator exited {proc.returncode}:\n{tail()}"
+            return any(
+                verb(r.method, r.target) == "WATCH" and "daskclusters" in r.target for r in proxy.requests
+            )
+
+        wait_for(watching, timeout=120, interval=0.2, message=f"{label} operator watching daskclusters")
+        time.sleep(3)  # its other watches and startup lists: part of startup, not of the workload
+        mark = len(proxy.requests)
+        body = "\n---\n".join(yaml.safe_dump(manifest(f"b{i:03d}")) for i in range(CLUSTERS))
+        started = time.monotonic()
+        kube_plane.kubectl("apply", "-n", namespace, "-f", "-", input=body, timeout=300)
+        applied = time.monotonic() - started
+        times: dict[str, float] = {}  # seconds since apply: "running" (every phase), "pods" (every pod Ready)
+        marks: dict[str, int] = {}  # requests seen by then
+        seen = [""]
+
+        def converged() -> bool:
+            assert proc.poll() is None, f"{label} operator exited {proc.returncode}:\n{tail()}"
+            clusters = get_items(kube_plane, namespace, "daskclusters")
+            phases = Counter(str((c.get("status") or {}).get("phase")) for c in clusters)
+            pods = get_items(kube_plane, namespace, "pods", "-l", "dask.org/cluster-name")
+            n_ready = sum(1 for p in pods if ready(p))
+            now, n = time.monotonic() - started, len(proxy.requests)
+            if phases.get("Running") == CLUSTERS and "running" not in times:
+                times["running"], marks["running"] = now, n
+            if n_ready == CLUSTERS * (WORKERS + 1) and "pods" not in times:
+                times["pods"], marks["pods"] = now, n
+            seen[0] = f"phases {dict(phases)}, {n_ready}/{len(pods)} pods Ready"
+            # a phase that never reaches Running (the reference can leave it Pending) is reported, not
+            # waited on forever: PHASE_GRACE seconds after every pod is Ready, the run goes on without it
+            return "pods" in times and ("running" in times or now - times["pods"] >= PHASE_GRACE)
+
+        try:
+            wait_for(
+                converged, timeout=TIMEOUT, interval=1.0, message=f"{label}: clusters Running, pods Ready"
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{seen[0]}\n--- {label} operator log tail ---\n{tail()}") from None
+        converged_at = max(times["pods"], times.get("running", 0.0))
+        at_convergence = max(marks["pods"], marks.get("running", 0))
+        final_phases = seen[0]
+
+        # settle: the writes still in flight when convergence was observed (bounded: a steady writer
+        # never settles, and its writes then show in the quiet window)
+        def no_writes_for(seconds: float) -> bool:
+            latest = max((r.at for r in proxy.requests[mark:] if r.method in WRITE_METHODS), default=0.0)
+            return time.monotonic() - latest >= seconds
+
+        settled = True
+        try:
+            wait_for(lambda: no_writes_for(5.0), timeout=60, interval=0.5, message="settled")
+        except AssertionError:
+            settled = False
+        quiet_from = len(proxy.requests)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < QUIET_SECONDS:  # measuring a quiet period, not synchronising
+            time.sleep(1)
+        quiet_to = len(proxy.requests)
+        rss = rss_mib(proc.pid)
+        during = proxy.requests[mark:at_convergence]
+        # convergence's requests: up to its last write before the quiet window (pollers' reads included)
+        last_write = max(
+            (i for i in range(mark, quiet_from) if proxy.requests[i].method in WRITE_METHODS), default=mark
+        )
+        through_settle = proxy.requests[mark : last_write + 1]
+        quiet = proxy.requests[quiet_from:quiet_to]
+        deployments = len(get_items(kube_plane, namespace, "deployments"))
+        pods = len(get_items(kube_plane, namespace, "pods"))
+        by_method = tally(through_settle)
+        return {
+            "namespace": namespace,
+            "seconds_kubectl_apply": round(applied, 1),
+            "seconds_to_all_running": round(times["running"], 1) if "running" in times else None,
+            "seconds_to_all_pods_ready": round(times["pods"], 1),
+            "seconds_to_converged": round(converged_at, 1),
+            "state_at_convergence": final_phases,
+            "requests_per_cluster_by_method": {
+                k: round(v / CLUSTERS, 2) for k, v in sorted(by_method.items())
+            },
+            "requests_per_cluster": round(sum(by_method.values()) / CLUSTERS, 2),
+            "writes_per_cluster": round(sum(by_method[m] for m in WRITE_METHODS) / CLUSTERS, 2),
+            "requests_per_cluster_until_converged": round(len(during) / CLUSTERS, 2),
+            "settled_within_60s": settled,
+            "quiet_requests": dict(sorted(tally(quiet).items())),
+            "quiet_requests_total": len(quiet),
+            "quiet_writes": sum(1 for r in quiet if r.method in WRITE_METHODS),
+            "events_per_cluster": round(events_posted(through_settle) / CLUSTERS, 2),
+            "quiet_events": events_posted(quiet),
+            "rss_mib": round(rss, 1),
+            "deployments": deployments,
+            "pods": pods,
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+        proxy.close()
+
+
+# -- the comparison ----------------------------------------------------------------------------------------
+
+
+def table(ours: dict[str, Any], ref: dict[str, Any]) -> str:
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if b else ("-" if not a else "inf")
+
+    rows: list[tuple[str, float | None, float | None]] = [
+        ("seconds to all Running", ours["seconds_to_all_running"], ref["seconds_to_all_running"]),
+        ("seconds to all pods Ready", ours["seconds_to_all_pods_ready"], ref["seconds_to_all_pods_ready"]),
+        ("requests / cluster (to last write)", ours["requests_per_cluster"], ref["requests_per_cluster"]),
+    ]
+    methods = sorted(set(ours["requests_per_cluster_by_method"]) | set(ref["requests_per_cluster_by_method"]))
+    rows += [
+        (f"  {m} / cluster", ours["requests_per_cluster_by_method"].get(m, 0.0),
+         ref["requests_per_cluster_by_method"].get(m, 0.0))
+        for m in methods
+    ]  # fmt: skip
+    rows += [
+        ("writes / cluster", ours["writes_per_cluster"], ref["writes_per_cluster"]),
+        ("Events created / cluster", ours["events_per_cluster"], ref["events_per_cluster"]),
+        (
+            f"requests in {int(QUIET_SECONDS)}s converged",
+            ours["quiet_requests_total"],
+            ref["quiet_requests_total"],
+        ),
+        (f"writes in {int(QUIET_SECONDS)}s converged", ours["quiet_writes"], ref["quiet_writes"]),
+        (f"Events in {int(QUIET_SECONDS)}s converged", ours["quiet_events"], ref["quiet_events"]),
+        ("operator RSS MiB", ours["rss_mib"], ref["rss_mib"]),
+    ]
+    lines = [f"{'':34} {'ours':>10} {'reference':>10} {'ours/ref':>9}"]
+    for name, a, b in rows:
+        shown = ratio(float(a), float(b)) if a is not None and b is not None else "-"
+        lines.append(
+            f"{name:34} {'never' if a is None else a:>10} {'never' if b is None else b:>10} {shown:>9}"
+        )
+    return "\n".join(lines)
+
+
+def test_ours_vs_kopf_reference(kube_plane: Any, tmp_path: Path) -> None:
+    from support.operator import CRD_PLURALS, crd_established
+
+    venv = reference_venv()
+    kube_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
+    for crd in CRD_PLURALS:
+        wait_for(lambda crd=crd: crd_established(kube_plane, crd), timeout=60, message=f"CRD {crd}")
+
+    reference_cmd = [
+        str(venv / "bin" / "kopf"), "run", "--standalone", "--namespace={ns}", "-m", REFERENCE_MODULE,
+    ]  # fmt: skip
+    ours_cmd = [
+        sys.executable, "-m", "dask_operator.controller", "run", "--kubeconfig={kubeconfig}", "--namespace={ns}",
+        "--metrics-bind-address=0", "--health-probe-bind-address=0", "--concurrency=8", "--log-level=warning",
+    ]  # fmt: skip
+
+    # The reference's own CRDs declare no status subresource for DaskCluster and DaskWorkerGroup, and it
+    # relies on that: it sets phase Running with a plain PATCH of the object (kr8s), which the API server
+    # drops when /status is a subresource, leaving every cluster Pending. So during its run our CRDs go
+    # without that subresource (same group, kinds and schema otherwise), and get it back for ours.
+    def status_subresource(enabled: bool) -> None:
+        if enabled:
+            kube_plane.kubectl(
+                "apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd")
+            )
+        else:
+            for plural in REFERENCE_NO_STATUS:
+                kube_plane.kubectl("patch", f"crd/{plural}.kubernetes.dask.org", "--type=json", "-p",
+                                   '[{"op": "remove", "path": "/spec/versions/0/subresources/status"}]')  # fmt: skip
+        for plural in REFERENCE_NO_STATUS:
+            wait_for(
+                lambda plural=plural: enabled == bool(kube_plane.kubectl(
+                    "get", f"crd/{plural}.kubernetes.dask.org", "-o", "jsonpath={.spec.versions[0].subresources.status}"
+                ).stdout.strip()),
+                timeout=30, message=f"{plural} status subresource {enabled}",
+            )  # fmt: skip
+        time.sleep(5)  # the API server rebuilds its handler for the CRD asynchronously; nothing reports it
+
+    # one after the other, never both at once: they reconcile the same kinds; each in its own namespace
+    namespaces = {label: f"bench-{label}-{uuid.uuid4().hex[:6]}" for label in ("reference", "ours")}
+    try:
+        status_subresource(False)
+        ref = run_one(kube_plane, "reference", namespaces["reference"], reference_cmd, tmp_path)
+        status_subresource(True)
+        ours = run_one(kube_plane, "ours", namespaces["ours"], ours_cmd, tmp_path)
+    finally:
+        status_subresource(True)
+        for ns in namespaces.values():
+            kube_plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    report = {"clusters": CLUSTERS, "workers_per_cluster": WORKERS, "reference": reference_versions(venv),
+              "ours": ours, "ref": ref}  # fmt: skip
+    print("\nBENCH " + json.dumps(report, indent=2))
+    print(f"\n{CLUSTERS} DaskClusters x {WORKERS} workers, simulated pods; reference: {report['reference']}")
+    print(table(ours, ref))
