@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support.bench_workload import WORKERS, manifest, rss_mib
 from support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTERS = int(os.environ.get("BENCH_CLUSTERS", "200"))
-WORKERS = 2
 QUIET_SECONDS = float(os.environ.get("BENCH_QUIET_SECONDS", "60"))
-SIMULATED = {"localkube/simulated": "true"}
 
 # Writes a converged cluster needs at least: scheduler Pod, Service, default DaskWorkerGroup (+ its
 # replicas), 2 worker Pods, the cluster's status (Created -> Running can be one write at best) and the
@@ -39,30 +38,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def manifest(name: str) -> dict[str, Any]:
-    container = {"name": "c", "image": "ghcr.io/dask/dask:latest", "args": ["dask", "scheduler"]}
-    return {
-        "apiVersion": "kubernetes.dask.org/v1",
-        "kind": "DaskCluster",
-        "metadata": {"name": name},
-        "spec": {
-            "scheduler": {
-                "metadata": {"annotations": SIMULATED},
-                "spec": {"containers": [container]},
-                "service": {
-                    "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
-                    "ports": [{"name": "tcp-comm", "port": 8786}, {"name": "http-dashboard", "port": 8787}],
-                },
-            },
-            "worker": {
-                "replicas": WORKERS,
-                "metadata": {"annotations": SIMULATED},
-                "spec": {"containers": [{**container, "args": ["dask", "worker"]}]},
-            },
-        },
-    }
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -77,13 +52,6 @@ def scrape(port: int) -> dict[str, float]:
             if method:
                 totals[method.group(1)] = totals.get(method.group(1), 0.0) + float(m.group(2))
     return totals
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def writes(totals: dict[str, float]) -> float:

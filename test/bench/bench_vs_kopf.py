@@ -28,15 +28,14 @@ from typing import Any
 
 import pytest
 import yaml
+from support.bench_workload import WORKERS, manifest, rss_mib
 from support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(3 * 3600)
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTERS = int(os.environ.get("BENCH_CLUSTERS", "50"))
-WORKERS = 2
 QUIET_SECONDS = float(os.environ.get("BENCH_QUIET_SECONDS", "60"))
-SIMULATED = {"localkube/simulated": "true"}
 VENV = Path(
     os.environ.get("DASK_KUBERNETES_VENV", str(Path.home() / ".cache" / "dask-operator" / "kopf-venv"))
 )
@@ -85,30 +84,6 @@ def reference_versions(venv: Path) -> str:
 # -- workload and observation ------------------------------------------------------------------------------
 
 
-def manifest(name: str) -> dict[str, Any]:
-    container = {"name": "c", "image": "ghcr.io/dask/dask:latest", "args": ["dask", "scheduler"]}
-    return {
-        "apiVersion": "kubernetes.dask.org/v1",
-        "kind": "DaskCluster",
-        "metadata": {"name": name},
-        "spec": {
-            "scheduler": {
-                "metadata": {"annotations": SIMULATED},
-                "spec": {"containers": [container]},
-                "service": {
-                    "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
-                    "ports": [{"name": "tcp-comm", "port": 8786}, {"name": "http-dashboard", "port": 8787}],
-                },
-            },
-            "worker": {
-                "replicas": WORKERS,
-                "metadata": {"annotations": SIMULATED},
-                "spec": {"containers": [{**container, "args": ["dask", "worker"]}]},
-            },
-        },
-    }
-
-
 def proxy_kubeconfig(url: str, path: Path) -> Path:
     """No credentials: the HTTP-mode proxy authenticates upstream with the admin certificate."""
     cfg = {
@@ -143,13 +118,6 @@ def tally(requests: list[Any]) -> Counter[str]:
 
 def events_posted(requests: list[Any]) -> int:
     return sum(1 for r in requests if r.method == "POST" and r.target.partition("?")[0].endswith("/events"))
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def get_items(kube_plane: Any, namespace: str, *what: str) -> list[dict[str, Any]]:
