@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build etcd, kube-apiserver and kube-controller-manager from the Go module proxy and cache them
+# Build etcd, kube-apiserver, kube-controller-manager and kube-scheduler from the Go module proxy and cache them
 # outside the repository, keyed by version. A second call with the same versions costs ~0 s.
 #
 # Usage: hack/build-control-plane.sh            # prints the bin directory on its last line
@@ -13,7 +13,7 @@ CACHE=${DASK_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dask-operator}
 KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}"
 OUT="$CACHE/control-plane/$KEY"
 BIN="$OUT/bin"
-WANT=(etcd kube-apiserver kube-controller-manager)
+WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
 die() { echo "build-control-plane: $*" >&2; exit 1; }
 
@@ -56,7 +56,7 @@ build_etcd() {
 
 build_kube() {
   local mod="$OUT/k8s-mod" minor gomod
-  [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && return 0
+  [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kube-scheduler" ] && return 0
   rm -rf "$mod"; mkdir -p "$mod"
   cd "$mod"
   run go mod init localbuild/k8s
@@ -85,15 +85,15 @@ PY
   goline=$(awk '/^go [0-9]/{print $2; exit}' "$gomod")
   [ -n "$goline" ] && run go mod edit "-go=$goline"
   grep -E '^godebug ' "$gomod" | while read -r _ kv; do go mod edit "-godebug=$kv" >>"$log" 2>&1 || true; done
-  run go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" "k8s.io/kubernetes/cmd/kube-controller-manager@${K8S_VERSION}"
+  run go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" "k8s.io/kubernetes/cmd/kube-controller-manager@${K8S_VERSION}" "k8s.io/kubernetes/cmd/kube-scheduler@${K8S_VERSION}"
   minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   local ld="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $p.gitVersion=${K8S_VERSION} -X $p.gitMajor=1 -X $p.gitMinor=${minor} -X $p.gitTreeState=clean -X $p.buildDate=${date}"
   done
-  run go build -trimpath -ldflags "$ld" -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
-  echo "build-control-plane: kube-apiserver and kube-controller-manager ${K8S_VERSION} built at $(( $(date +%s) - start )) s"
+  run go build -trimpath -ldflags "$ld" -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
+  echo "build-control-plane: kube-apiserver, kube-controller-manager and kube-scheduler ${K8S_VERSION} built at $(( $(date +%s) - start )) s"
 }
 
 build_etcd
