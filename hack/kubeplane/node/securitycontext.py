@@ -1,0 +1,99 @@
+"""A container's `securityContext` as the process node applies it: who the process runs as, what it may do.
+
+Invariant: the effective pod + container settings (the container's win) become a `setpriv` prefix:
+runAsUser/runAsGroup/supplementalGroups/fsGroup, `allowPrivilegeEscalation: false` (no_new_privs) and
+`capabilities.drop: [ALL]` (empty bounding and inheritable sets); `readOnlyRootFilesystem` remounts `/`
+read-only in the container's mount namespace (volumes stay as mounted). A non-root uid that cannot
+read the node's Python (or the pod directory) is not applied: the container runs as root and the
+reason is returned, so the pod gets a Warning Event instead of a program that cannot start.
+`runAsNonRoot` with uid 0 raises ConfigError, as the kubelet does. Not enforced: seccomp, AppArmor,
+SELinux, capabilities.add, procMount, privileged. Held by test/unit/test_process_node_volumes.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .envvars import ConfigError
+
+JSON = dict[str, Any]
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+
+
+@dataclass(frozen=True)
+class Identity:
+    setpriv: tuple[str, ...] = ()  # argv prefix; empty = run as the node (root)
+    read_only_root: bool = False
+    uid: int = 0
+    warnings: tuple[str, ...] = field(default=())
+
+
+def _effective(pod: JSON, container: JSON, key: str) -> Any:
+    c = (container.get("securityContext") or {}).get(key)
+    return c if c is not None else ((pod.get("spec") or {}).get("securityContext") or {}).get(key)
+
+
+def unreadable_path(uid: int, groups: Iterable[int], paths: Iterable[str]) -> str | None:
+    """The first of `paths` (or of their parent directories) that `uid` cannot reach, else None."""
+    gids = set(groups)
+    for path in paths:
+        parts = os.path.realpath(path).split("/")
+        for i in range(1, len(parts) + 1):
+            p = "/".join(parts[:i]) or "/"
+            try:
+                st = os.stat(p)
+            except OSError:
+                return p
+            need = stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else stat.S_IROTH
+            if st.st_uid == uid:
+                need <<= 6
+            elif st.st_gid in gids:
+                need <<= 3
+            if uid != 0 and not st.st_mode & need:
+                return p
+    return None
+
+
+def identity_for(pod: JSON, container: JSON, needed_paths: Iterable[str]) -> Identity:
+    uid = _effective(pod, container, "runAsUser")
+    gid = _effective(pod, container, "runAsGroup")
+    non_root = _effective(pod, container, "runAsNonRoot")
+    sc = container.get("securityContext") or {}
+    pod_sc = (pod.get("spec") or {}).get("securityContext") or {}
+    if non_root and (uid is None or int(uid) == 0):
+        raise ConfigError(
+            "container has runAsNonRoot and image will run as root "
+            f"(pod: {pod['metadata']['name']}, container: {container['name']})"
+        )
+    drop_all = "ALL" in ((sc.get("capabilities") or {}).get("drop") or [])
+    no_new_privs = sc.get("allowPrivilegeEscalation") is False
+    read_only_root = bool(sc.get("readOnlyRootFilesystem"))
+    argv: list[str] = []
+    warnings: list[str] = []
+    run_uid = 0
+    if uid is not None and int(uid) != 0:
+        groups = [int(g) for g in pod_sc.get("supplementalGroups") or []]
+        if pod_sc.get("fsGroup") is not None:
+            groups.append(int(pod_sc["fsGroup"]))
+        group = int(gid) if gid is not None else 0
+        blocked = unreadable_path(int(uid), [group, *groups], needed_paths)
+        if blocked is None:
+            run_uid = int(uid)
+            argv += [f"--reuid={run_uid}", f"--regid={group}"]
+            argv += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+        else:
+            warnings.append(
+                f"runAsUser {uid} not applied: {blocked} is not readable by uid {uid} on this node, "
+                "so the container runs as root"
+            )
+    if no_new_privs:
+        argv.append("--no-new-privs")
+    if drop_all:
+        argv += ["--inh-caps=-all", "--bounding-set=-all"]
+    prefix = (SETPRIV, *argv, "--") if argv else ()
+    return Identity(prefix, read_only_root, run_uid, tuple(warnings))
