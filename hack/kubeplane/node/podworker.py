@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,8 +29,17 @@ from .ipam import AddressPoolExhausted
 from .kubeapi import STRATEGIC_PATCH, ApiError
 from .podstatus import INIT, MAIN, SIDECAR, ContainerView, PodView, build_pod_status, pod_phase
 from .probes import LIVENESS, READINESS, STARTUP, ProbeSpec, ProbeState, run_probe
-from .process import IP, NSENTER, StartError, exit_code, launch, proc_start_time, signal_group
-from .securitycontext import identity_for
+from .process import (
+    IP,
+    NSENTER,
+    StartError,
+    exit_code,
+    launch,
+    proc_start_time,
+    program_files,
+    signal_group,
+)
+from .securitycontext import identity_for, reveal_script
 from .volumes import PodVolumes, container_mounts, mount_script, resolve_sources
 
 log = logging.getLogger(__name__)
@@ -338,7 +346,10 @@ class PodRuntime:
                 raise ConfigError(f"cannot set up volumes: {e}") from e
         c.env = self._env_for(c)
         argv = argv_for(c.spec, c.env)
-        needed = [sys.executable, sys.base_prefix, sys.prefix, str(self.pod_dir)]
+        needed = [
+            *program_files(argv[0], c.env.get("PATH", ""), c.spec.get("workingDir") or "/"),
+            str(self.pod_dir),
+        ]
         identity = identity_for(self.pod, c.spec, needed)
         for warning in identity.warnings:
             if warning not in self.warned:
@@ -353,7 +364,8 @@ class PodRuntime:
         if identity.uid:
             for d in (self.pod_dir / "home", self.pod_dir / "workdir"):
                 os.chown(d, identity.uid, -1)
-        return argv, mount_script(mounts, identity.read_only_root), identity.setpriv
+        setup = mount_script(mounts, identity.read_only_root, reveal_script(identity.reveal))
+        return argv, setup, identity.setpriv
 
     def _start(self, c: Container, now: float) -> None:
         v = c.view

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -47,6 +48,27 @@ def resolve_executable(argv0: str, path_env: str, cwd: str) -> str | None:
         candidate = argv0 if os.path.isabs(argv0) else os.path.join(cwd, argv0)
         return candidate if os.path.isfile(candidate) and os.access(candidate, os.X_OK) else None
     return shutil.which(argv0, path=path_env)
+
+
+def program_files(argv0: str, path_env: str, cwd: str) -> list[str]:
+    """The files a program needs to start: itself and, for a script, its interpreter (the venv's
+    `python` leads to the base interpreter), so a non-root uid can be checked against them."""
+    exe = resolve_executable(argv0, path_env, cwd)
+    if exe is None:
+        return []
+    files = [exe]
+    with contextlib.suppress(OSError), open(exe, "rb") as f:
+        first = f.readline(256)
+        if first.startswith(b"#!"):
+            words = first[2:].decode(errors="replace").split()
+            if words:
+                files.append(words[0])
+                if words[0].endswith("/env") and len(words) > 1:
+                    found = shutil.which(words[1], path=path_env)
+                    files += [found] if found else []
+    if any(os.path.basename(os.path.realpath(f)).startswith("python") for f in files):
+        files += [sys.base_prefix, sys.prefix]
+    return files
 
 
 def launch(

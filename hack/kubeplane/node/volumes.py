@@ -16,6 +16,7 @@ import base64
 import contextlib
 import os
 import posixpath
+import shlex
 import shutil
 import stat
 import subprocess
@@ -115,10 +116,10 @@ def resolve_sources(mounts: list[Mount], sources: Mapping[str, tuple[str, str]])
     return out
 
 
-def mount_script(mounts: list[Mount], read_only_root: bool) -> str:
-    """Shell lines run inside the container's fresh mount namespace, before the program is exec'd."""
-    import shlex
-
+def mount_script(mounts: list[Mount], read_only_root: bool, reveal: str = "") -> str:
+    """Shell lines run inside the container's fresh mount namespace, before the program is exec'd:
+    volumes first (their sources are resolved before anything is covered), then `reveal`, then `/`
+    read-only."""
     lines = []
     for m in mounts:
         t, s = shlex.quote(m.target), shlex.quote(m.source)
@@ -131,6 +132,8 @@ def mount_script(mounts: list[Mount], read_only_root: bool) -> str:
         lines.append(f"mount --bind {s} {t}")
         if m.read_only:
             lines.append(f"mount -o remount,bind,ro {t}")
+    if reveal:
+        lines.append(reveal)
     if read_only_root:
         lines.append("mount -o remount,bind,ro /")
     return "\n".join(lines)
