@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import sys
 import signal
 import subprocess
 import threading
@@ -346,8 +347,12 @@ class PodRuntime:
                 raise ConfigError(f"cannot set up volumes: {e}") from e
         c.env = self._env_for(c)
         argv = argv_for(c.spec, c.env)
+        # The venv's bin is on every container's PATH, so its Python is needed even behind `sh -c`.
         needed = [
             *program_files(argv[0], c.env.get("PATH", ""), c.spec.get("workingDir") or "/"),
+            os.path.realpath(sys.executable),
+            sys.base_prefix,
+            sys.prefix,
             str(self.pod_dir),
         ]
         identity = identity_for(self.pod, c.spec, needed)
