@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import sys
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
