@@ -74,6 +74,7 @@ class Container:
         }
         self.backoff_announced = 0.0
         self.announced_error = ""
+        self.mount_targets: list[str] = []
 
     @property
     def running(self) -> bool:
@@ -370,6 +371,7 @@ class PodRuntime:
             for d in (self.pod_dir / "home", self.pod_dir / "workdir"):
                 os.chown(d, identity.uid, -1)
         setup = mount_script(mounts, identity.read_only_root, reveal_script(identity.reveal))
+        c.mount_targets = [m.target for m in mounts]
         return argv, setup, identity.setpriv
 
     def _start(self, c: Container, now: float) -> None:
@@ -408,7 +410,16 @@ class PodRuntime:
         c.kill_deadline = None
         try:
             proc = launch(
-                argv, c.env, cwd, self.netns, self.hostname, log_path, self.ctx.pump, setup, identity
+                argv,
+                c.env,
+                cwd,
+                self.netns,
+                self.hostname,
+                log_path,
+                self.ctx.pump,
+                setup,
+                identity,
+                c.mount_targets,
             )
         except StartError as e:
             log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,14 +81,15 @@ def launch(
     pump: LogPump,
     setup: str = "",
     identity: Sequence[str] = (),
+    mount_targets: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """`setup`: shell lines run in the container's mount namespace first (mounts); `identity`: a
     `setpriv` argv prefix the program is exec'd through."""
     if not argv:
         raise StartError("no command specified")
     executable = resolve_executable(argv[0], env.get("PATH", ""), cwd)
-    if executable is None and setup:
-        executable = argv[0]  # may live in a volume: the shell resolves it inside the mount namespace
+    if executable is None and any(argv[0].startswith(t.rstrip("/") + "/") for t in mount_targets):
+        executable = argv[0]  # lives in a volume: found inside the container's mount namespace
     if executable is None:
         raise StartError(
             f"failed to create containerd task: failed to create shim task: OCI runtime create failed: "
