@@ -332,7 +332,7 @@ class PodRuntime:
             "HOME": str(self.pod_dir / "home"),
         }
         base.update(self.ctx.service_env(self.ns) if self.pod["spec"].get("enableServiceLinks", True) else {})
-        base.update(self.ctx.service_env("") if self.ns != "default" else {})
+        base.update(self.ctx.service_env(""))  # KUBERNETES_SERVICE_*: every pod, service links or not
         env = resolve_env(
             self._pod_for_env(), c.spec, base, self.ctx.configmap, self.ctx.secret, self.ctx.allocatable
         )
