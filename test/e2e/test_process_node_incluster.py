@@ -6,8 +6,11 @@ decides what the pod may do. Real API server, real processes.
 
 from __future__ import annotations
 
+import base64
 import json
 import textwrap
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,3 +118,45 @@ def test_incluster_client_lists_pods_and_gets_403_beyond_its_role(kp: Any, names
         assert wait_for(lambda n=name: result_line(kp, ns, n), timeout=60, interval=0.5, message=name) == {
             "token": False
         }
+
+
+def test_projected_token_is_requested_again_at_80_percent_of_its_lifetime(
+    kp: Any, namespace: str, tmp_path: Path
+) -> None:
+    """PodVolumes.refresh against the real TokenRequest API with the clock moved forward, instead of
+    waiting 48 minutes: the token is kept until 80% of its lifetime, then replaced atomically."""
+    from kubeplane.node.kubeapi import KubeClient, load_connection
+    from kubeplane.node.volumes import PodVolumes
+
+    ns = namespace
+    volume = {
+        "name": "tok",
+        "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}]},
+    }
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "holder", "annotations": {"localkube/simulated": "true"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["true"]}], "volumes": [volume]},
+    }
+    kp.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
+    pod = json.loads(kp.kubectl("get", "pod", "holder", "-n", ns, "-o", "json").stdout)
+    client = KubeClient(load_connection(str(kp.kubeconfig)))
+    vols = PodVolumes(pod, tmp_path, client, {}, lambda _p: None, lambda _p: None)
+    now = time.time()
+    vols.setup(now)
+    token_file = tmp_path / "volumes" / "tok" / "token"
+    first = token_file.read_text()
+    claims = jwt_claims(first)
+    assert claims["kubernetes.io"]["pod"] == {"name": "holder", "uid": pod["metadata"]["uid"]}
+    assert vols.next_refresh == pytest.approx(now + 60, abs=5)  # ConfigMap/Secret re-read first
+    vols.refresh(now + 0.79 * 3600)
+    assert token_file.read_text() == first
+    vols.refresh(now + 0.81 * 3600)
+    second = token_file.read_text()
+    assert second != first and jwt_claims(second)["kubernetes.io"]["pod"]["name"] == "holder"
+
+
+def jwt_claims(token: str) -> JSON:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))

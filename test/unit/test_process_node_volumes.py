@@ -116,6 +116,12 @@ def test_write_atomically_swaps_the_data_link_and_removes_stale_keys(tmp_path: P
     assert not (tmp_path / "dir").exists() and not (tmp_path / first).exists()
 
 
+def test_fs_group_owns_written_files_and_may_read_them(tmp_path: Path) -> None:
+    write_atomically(tmp_path, {"key": (b"v", 0o400)}, group=4242)
+    st = (tmp_path / "key").stat()
+    assert st.st_gid == 4242 and oct(st.st_mode & 0o777) == "0o440"
+
+
 def test_token_is_refreshed_at_80_percent_of_its_lifetime_and_within_24h() -> None:
     t = IssuedToken("x", issued_at=1000.0, expires_at=1000.0 + 3600)
     assert t.refresh_at() == 1000.0 + 2880

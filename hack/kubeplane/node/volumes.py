@@ -4,7 +4,8 @@ Invariant: every volume of a pod lives in `<pod dir>/volumes/<name>` (hostPath e
 API-backed volumes (configMap, secret, downwardAPI, projected) are written like the kubelet's atomic
 writer: files in a fresh `..<time>` directory, then the `..data` symlink swapped in one rename, so a
 reader never sees half an update; they are always mounted read-only. `emptyDir` with `medium: Memory`
-is a tmpfs, recorded before it is mounted and unmounted at teardown. Kinds the node cannot provide
+is a tmpfs, recorded before it is mounted and unmounted at teardown. A pod's `fsGroup` owns its
+emptyDirs (setgid) and API-backed files (group-readable), as the kubelet's volume ownership does. Kinds the node cannot provide
 (PVC, CSI, ...) and unresolvable sources raise `ConfigError` (CreateContainerConfigError), never a
 silent skip. `container_mounts` is pure: mount targets sorted parents first, subPaths kept inside
 their volume. Held by test/unit/test_process_node_volumes.py and test/e2e/test_process_node_volumes.py.
@@ -142,8 +143,11 @@ def mount_script(mounts: list[Mount], read_only_root: bool, reveal: str = "") ->
 # --- writing API-backed volumes ---------------------------------------------------------------------------
 
 
-def write_atomically(target: Path, payload: Payload) -> bool:
-    """Replace the volume's files by `payload`; False (nothing written) when they are unchanged."""
+def write_atomically(target: Path, payload: Payload, group: int | None = None) -> bool:
+    """Replace the volume's files by `payload`; False (nothing written) when they are unchanged.
+    `group` (the pod's fsGroup) owns every file, which it may read whatever the mode says."""
+    if group is not None:
+        payload = {rel: (content, mode | 0o040) for rel, (content, mode) in payload.items()}
     target.mkdir(parents=True, exist_ok=True)
     data_link = target / "..data"
     if data_link.is_symlink() and _read_payload(target / os.readlink(data_link)) == payload:
@@ -155,6 +159,8 @@ def write_atomically(target: Path, payload: Payload) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
         path.chmod(mode)
+        if group is not None:
+            os.chown(path, -1, group)
     old = os.readlink(data_link) if data_link.is_symlink() else None
     tmp_link = target / "..data_tmp"
     with contextlib.suppress(FileNotFoundError):
@@ -222,6 +228,8 @@ class PodVolumes:
         self.sources: dict[str, tuple[str, str]] = {}
         self.next_refresh = 0.0
         self.ready = False
+        fs_group = ((pod.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
+        self.fs_group: int | None = None if fs_group is None else int(fs_group)
 
     @property
     def spec_volumes(self) -> list[JSON]:
@@ -267,7 +275,7 @@ class PodVolumes:
 
     def _empty_dir(self, vdir: Path, spec: JSON) -> None:
         vdir.mkdir(parents=True, exist_ok=True)
-        vdir.chmod(0o777)
+        self._own(vdir)
         if spec.get("medium") != "Memory" or str(vdir) in self.tmpfs:
             return
         options = "mode=0777"
@@ -281,6 +289,14 @@ class PodVolumes:
             self.forget_mount(str(vdir))
             raise ConfigError(f"emptyDir medium Memory: mount tmpfs on {vdir}: {done.stderr.strip()}")
         self.tmpfs.append(str(vdir))
+        self._own(vdir)
+
+    def _own(self, vdir: Path) -> None:
+        """emptyDir: writable by everyone, or group-owned by fsGroup with setgid (new files inherit it)."""
+        vdir.chmod(0o777)
+        if self.fs_group is not None:
+            os.chown(vdir, -1, self.fs_group)
+            vdir.chmod(0o2777)
 
     def refresh(self, now: float, force: bool = False) -> None:
         """Rewrites API-backed volumes whose content changed; requests tokens that are due."""
@@ -292,7 +308,7 @@ class PodVolumes:
             if kind not in API_BACKED:
                 continue
             payload, token_due = self._payload(v, kind, now)
-            write_atomically(self.root / v["name"], payload)
+            write_atomically(self.root / v["name"], payload, self.fs_group)
             next_at = min([next_at, *token_due])
         self.next_refresh = next_at
 
