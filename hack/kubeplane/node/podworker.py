@@ -46,6 +46,7 @@ from .volumes import PodVolumes, container_mounts, mount_script, resolve_sources
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
+PROJECT_DIR = Path(__file__).resolve().parents[3]  # hack/kubeplane/node/ -> the repository
 TICK = 0.2  # how often running processes are polled for exit
 
 
@@ -354,6 +355,7 @@ class PodRuntime:
             os.path.realpath(sys.executable),
             sys.base_prefix,
             sys.prefix,
+            str(PROJECT_DIR),  # an editable install imports the project from its checkout
             str(self.pod_dir),
         ]
         identity = identity_for(self.pod, c.spec, needed)
