@@ -14,6 +14,8 @@ from kubeplane.node.envvars import ConfigError
 from kubeplane.node.securitycontext import SETPRIV, identity_for, reveal_plan, reveal_script
 from kubeplane.node.serviceaccount import IssuedToken, parse_time
 from kubeplane.node.volumes import (
+    MKDIR,
+    MOUNT,
     Mount,
     check_supported,
     container_mounts,
@@ -99,9 +101,9 @@ def test_mount_script_binds_in_order_then_remounts_read_only() -> None:
         [Mount("/src a", "/t", True), Mount("/f", "/etc/x.conf", False, is_file=True)], True
     )
     lines = script.splitlines()
-    assert lines[:3] == ["mkdir -p /t", "mount --bind '/src a' /t", "mount -o remount,bind,ro /t"]
-    assert lines[3].startswith("mkdir -p /etc && {")
-    assert lines[-1] == "mount -o remount,bind,ro /"
+    assert lines[:3] == [f"{MKDIR} -p /t", f"{MOUNT} --bind '/src a' /t", f"{MOUNT} -o remount,bind,ro /t"]
+    assert lines[3].startswith(f"{MKDIR} -p /etc && {{")
+    assert lines[-1] == f"{MOUNT} -o remount,bind,ro /"
 
 
 def test_write_atomically_swaps_the_data_link_and_removes_stale_keys(tmp_path: Path) -> None:
@@ -174,8 +176,8 @@ def test_closed_directories_are_covered_and_only_needed_dirs_bound_back(open_dir
     assert blocked is None
     assert plan == {str(closed): [str(closed / "pods" / "p1")]}
     script = reveal_script(plan)
-    assert f"mount -t tmpfs -o mode=0755,size=1m tmpfs {closed}" in script
-    assert f"mount -c --bind /proc/self/fd/3 {closed / 'pods' / 'p1'}" in script
+    assert f"{MOUNT} -t tmpfs -o mode=0755,size=1m tmpfs {closed}" in script
+    assert f"{MOUNT} -c --bind /proc/self/fd/3 {closed / 'pods' / 'p1'}" in script
     (closed / "pods" / "p1").chmod(0o700)  # the needed directory itself closed: nothing can help
     plan, blocked = reveal_plan(1000, [1000], [str(closed / "pods" / "p1")])
     assert blocked == str(closed / "pods" / "p1")

@@ -27,6 +27,8 @@ from .envvars import ConfigError
 
 JSON = dict[str, Any]
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+MOUNT = shutil.which("mount") or "/usr/bin/mount"
+MKDIR = shutil.which("mkdir") or "/usr/bin/mkdir"
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,12 @@ def reveal_script(plan: dict[str, list[str]]) -> str:
     for cover, targets in sorted(plan.items()):
         fds = list(range(3, 3 + len(targets)))
         lines += [f"exec {fd}< {shlex.quote(t)}" for fd, t in zip(fds, targets, strict=True)]
-        lines.append(f"mount -t tmpfs -o mode=0755,size=1m tmpfs {shlex.quote(cover)}")
+        lines.append(f"{MOUNT} -t tmpfs -o mode=0755,size=1m tmpfs {shlex.quote(cover)}")
         for fd, t in zip(fds, targets, strict=True):
-            lines += [f"mkdir -p {shlex.quote(t)}", f"mount -c --bind /proc/self/fd/{fd} {shlex.quote(t)}"]
+            lines += [
+                f"{MKDIR} -p {shlex.quote(t)}",
+                f"{MOUNT} -c --bind /proc/self/fd/{fd} {shlex.quote(t)}",
+            ]
         lines.append(" ".join(f"exec {fd}<&-;" for fd in fds).rstrip(";"))
     return "\n".join(lines)
 

@@ -36,6 +36,9 @@ JSON = dict[str, Any]
 SUPPORTED = ("emptyDir", "configMap", "secret", "projected", "downwardAPI", "hostPath")
 API_BACKED = ("configMap", "secret", "projected", "downwardAPI")
 DEFAULT_MODE = 0o644
+# Absolute paths: the mount script runs with the container's env, whose PATH the pod may set.
+MOUNT = shutil.which("mount") or "/usr/bin/mount"
+MKDIR = shutil.which("mkdir") or "/usr/bin/mkdir"
 REFRESH_SECONDS = 60.0  # how often ConfigMap/Secret-backed files are re-read (the kubelet: ~1 min)
 Payload = dict[str, tuple[bytes, int]]  # relative path -> (content, mode)
 
@@ -126,17 +129,17 @@ def mount_script(mounts: list[Mount], read_only_root: bool, reveal: str = "") ->
         t, s = shlex.quote(m.target), shlex.quote(m.source)
         if m.is_file:
             lines.append(
-                f"mkdir -p {shlex.quote(posixpath.dirname(m.target))} && {{ [ -e {t} ] || : > {t}; }}"
+                f"{MKDIR} -p {shlex.quote(posixpath.dirname(m.target))} && {{ [ -e {t} ] || : > {t}; }}"
             )
         else:
-            lines.append(f"mkdir -p {t}")
-        lines.append(f"mount --bind {s} {t}")
+            lines.append(f"{MKDIR} -p {t}")
+        lines.append(f"{MOUNT} --bind {s} {t}")
         if m.read_only:
-            lines.append(f"mount -o remount,bind,ro {t}")
+            lines.append(f"{MOUNT} -o remount,bind,ro {t}")
     if reveal:
         lines.append(reveal)
     if read_only_root:
-        lines.append("mount -o remount,bind,ro /")
+        lines.append(f"{MOUNT} -o remount,bind,ro /")
     return "\n".join(lines)
 
 
@@ -283,7 +286,7 @@ class PodVolumes:
             options += f",size={spec['sizeLimit'].removesuffix('i').replace('K', 'k')}"
         self.record_mount(str(vdir))
         done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(vdir)], capture_output=True, text=True
+            [MOUNT, "-t", "tmpfs", "-o", options, "tmpfs", str(vdir)], capture_output=True, text=True
         )
         if done.returncode != 0:
             self.forget_mount(str(vdir))
@@ -314,7 +317,7 @@ class PodVolumes:
 
     def teardown(self) -> None:
         for path in list(self.tmpfs):
-            subprocess.run(["umount", "-l", path], capture_output=True)
+            subprocess.run(["umount", "-l", path], capture_output=True, check=False)
             self.forget_mount(path)
             self.tmpfs.remove(path)
 
