@@ -109,7 +109,13 @@ def test_operator_from_manifests_runs_in_cluster_converges_and_fails_over(fresh_
     kp.kubectl("delete", "pod", "-n", OPERATOR_NS, first, "--wait=false")
     other = next(p["metadata"]["name"] for p in pods if p["metadata"]["name"] != first)
     t2 = time.monotonic()
-    wait_for(lambda: leader(kp) == other, timeout=90, interval=0.5, message=f"{other} takes the Lease")
+    holder = wait_for(
+        lambda: (h := leader(kp)) != first and h,
+        timeout=90,
+        interval=0.5,
+        message=f"a new holder after {first}",
+    )
+    assert holder == other, f"the Lease went to {holder}, not to the standby {other}"
     print(f"leader handed over {time.monotonic() - t2:.1f} s after deleting {first}")
 
     kp.kubectl("scale", "-n", ns, "daskcluster", "simple", "--replicas=3")
