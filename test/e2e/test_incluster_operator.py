@@ -75,6 +75,16 @@ def leader(kp: KubePlane) -> str | None:
     return holder.split("_", 1)[0] or None
 
 
+def diagnostics(kp: KubePlane) -> str:
+    """The Lease, the operator pods and their log tails: what a failed hand-over needs explaining."""
+    out = [kp.kubectl("get", "lease,pods", "-n", OPERATOR_NS, "-o", "wide", check=False).stdout]
+    for p in (get(kp, "pods", "-n", OPERATOR_NS) or {}).get("items", []):
+        name = p["metadata"]["name"]
+        logs = kp.kubectl("logs", "-n", OPERATOR_NS, name, "--tail=15", check=False)
+        out.append(f"--- {name}\n{logs.stdout}{logs.stderr}")
+    return "\n".join(out)
+
+
 def uid_of(pod: JSON) -> int:
     pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
     status = Path(f"/proc/{pid}/status").read_text()
@@ -109,14 +119,19 @@ def test_operator_from_manifests_runs_in_cluster_converges_and_fails_over(fresh_
     kp.kubectl("delete", "pod", "-n", OPERATOR_NS, first, "--wait=false")
     other = next(p["metadata"]["name"] for p in pods if p["metadata"]["name"] != first)
     t2 = time.monotonic()
-    holder = wait_for(
-        lambda: (h := leader(kp)) != first and h,
-        timeout=90,
-        interval=0.5,
-        message=f"a new holder after {first}",
-    )
-    assert holder == other, f"the Lease went to {holder}, not to the standby {other}"
-    print(f"leader handed over {time.monotonic() - t2:.1f} s after deleting {first}")
+    try:
+        holder = wait_for(
+            lambda: (h := leader(kp)) != first and h,
+            timeout=90,
+            interval=0.5,
+            message=f"a holder after {first}",
+        )
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{diagnostics(kp)}") from None
+    # Usually the standby (it retries every 2 s); under heavy load the replacement pod may win the race.
+    assert holder in {other} | {p["metadata"]["name"] for p in operator_pods(kp)}, diagnostics(kp)
+    print(f"leader handed over to {holder} ({'the standby' if holder == other else 'the replacement'}) "
+          f"{time.monotonic() - t2:.1f} s after deleting {first}")  # fmt: skip
 
     kp.kubectl("scale", "-n", ns, "daskcluster", "simple", "--replicas=3")
 
