@@ -122,7 +122,7 @@ def test_operator_from_manifests_runs_in_cluster_converges_and_fails_over(fresh_
     try:
         holder = wait_for(
             lambda: (h := leader(kp)) != first and h,
-            timeout=90,
+            timeout=150,  # a leader that does not release: 40 s grace + 15 s lease, on a loaded machine
             interval=0.5,
             message=f"a holder after {first}",
         )
