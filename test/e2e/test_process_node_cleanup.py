@@ -23,7 +23,7 @@ BRIDGE = "dkbr249"  # an index no test plane takes in practice (planes take the 
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
-def test_cleanup_after_kill_removes_recorded_processes_netns_and_bridge(tmp_path: Path) -> None:
+def test_cleanup_after_kill_removes_recorded_processes_netns_mounts_and_bridge(tmp_path: Path) -> None:
     record = ResourceRecord(tmp_path)
     record.set_bridge(BRIDGE)
     net.ensure_bridge(BRIDGE, "10.249.0.1", 24)
@@ -47,6 +47,10 @@ def test_cleanup_after_kill_removes_recorded_processes_netns_and_bridge(tmp_path
         start_new_session=True,
     )
     record.add_process("pod/c/1", proc.pid, proc_start_time(proc.pid) or 0)
+    tmpfs = tmp_path / "pods" / "p" / "volumes" / "mem"  # an emptyDir with medium: Memory
+    tmpfs.mkdir(parents=True)
+    record.add_mount(str(tmpfs))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tmpfs)], check=True)
     wait_for(lambda: len(net.netns_pids(ns)) >= 2, timeout=10, message="pod processes in the netns")
     inside = net.netns_pids(ns)
     try:
@@ -55,6 +59,7 @@ def test_cleanup_after_kill_removes_recorded_processes_netns_and_bridge(tmp_path
         assert all(proc_start_time(p) is None for p in inside)
         assert not net.netns_exists(ns) and not net.link_exists(veth) and not net.link_exists(BRIDGE)
         assert not (net.ETC_NETNS / ns).exists()
+        assert f" {tmpfs} " not in Path("/proc/self/mountinfo").read_text()
         assert not resources_path(tmp_path).exists()
         cleanup(tmp_path)  # idempotent
     finally:
@@ -65,3 +70,4 @@ def test_cleanup_after_kill_removes_recorded_processes_netns_and_bridge(tmp_path
             proc.kill()
         net.delete_pod_network(ns, veth)
         net.delete_bridge(BRIDGE)
+        subprocess.run(["umount", "-l", str(tmpfs)], capture_output=True, check=False)

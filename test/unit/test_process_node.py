@@ -16,7 +16,8 @@ from kubeplane.node import logfiles
 from kubeplane.node.backoff import RestartBackoff, go_duration
 from kubeplane.node.binder import unschedulable_reason
 from kubeplane.node.dnsserver import answer
-from kubeplane.node.envvars import ConfigError, ServiceEnv, argv_for, expand, parse_quantity, resolve_env
+from kubeplane.node.envvars import ConfigError, ServiceEnv, expand, parse_quantity, resolve_env
+from kubeplane.node.images import argv_for
 from kubeplane.node.ipam import IPAM, AddressPoolExhausted
 from kubeplane.node.podstatus import INIT, MAIN, SIDECAR, ContainerView, PodView, build_pod_status, pod_phase
 from kubeplane.node.probes import LIVENESS, READINESS, ProbeSpec, ProbeState, run_probe

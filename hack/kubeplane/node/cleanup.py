@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _ours(record: dict[str, int]) -> list[int]:
 
 
 def cleanup(state_dir: Path) -> None:
-    """Kills recorded pod processes, deletes recorded netns, /etc/netns dirs and the bridge."""
+    """Kills recorded pod processes, deletes recorded netns, /etc/netns dirs, tmpfs mounts and the bridge."""
     state_dir = Path(state_dir)
     res = load(state_dir)
     victims: set[int] = set()
@@ -68,6 +69,8 @@ def cleanup(state_dir: Path) -> None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         net.delete_pod_network(ns, veth)
+    for mount in res.mounts:  # after the processes: nothing holds them any more
+        subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
     if res.bridge:
         net.delete_bridge(res.bridge)
     with contextlib.suppress(FileNotFoundError):

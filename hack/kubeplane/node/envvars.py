@@ -53,13 +53,6 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return "".join(out)
 
 
-def argv_for(container: JSON, env: Mapping[str, str]) -> list[str]:
-    """`command + args` after expansion. Without an image there is no entrypoint: args alone run."""
-    command = [expand(c, env) for c in container.get("command") or []]
-    args = [expand(a, env) for a in container.get("args") or []]
-    return command + args
-
-
 def field_value(pod: JSON, path: str) -> str:
     meta = pod.get("metadata", {})
     spec = pod.get("spec", {})

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,12 +24,24 @@ from typing import Any
 from . import netns as net
 from .backoff import RestartBackoff, go_duration
 from .context import BACKOFF_ANNOTATION, NodeContext, container_path
-from .envvars import ConfigError, argv_for, resolve_env
+from .envvars import ConfigError, resolve_env
+from .images import argv_for
 from .ipam import AddressPoolExhausted
 from .kubeapi import STRATEGIC_PATCH, ApiError
 from .podstatus import INIT, MAIN, SIDECAR, ContainerView, PodView, build_pod_status, pod_phase
 from .probes import LIVENESS, READINESS, STARTUP, ProbeSpec, ProbeState, run_probe
-from .process import IP, StartError, exit_code, launch, proc_start_time, signal_group
+from .process import (
+    IP,
+    NSENTER,
+    StartError,
+    exit_code,
+    launch,
+    proc_start_time,
+    program_files,
+    signal_group,
+)
+from .securitycontext import identity_for, reveal_script
+from .volumes import PodVolumes, container_mounts, mount_script, resolve_sources
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +73,8 @@ class Container:
             p["name"]: int(p["containerPort"]) for p in spec.get("ports") or [] if p.get("name")
         }
         self.backoff_announced = 0.0
+        self.announced_error = ""
+        self.mount_targets: list[str] = []
 
     @property
     def running(self) -> bool:
@@ -98,6 +114,7 @@ class PodRuntime:
         self.gone = False
         self.shutdown = False
         self.done = threading.Event()
+        self.warned: set[str] = set()
         base = float((meta.get("annotations") or {}).get(BACKOFF_ANNOTATION, 10) or 10)
         inits = spec.get("initContainers") or []
         self.containers: list[Container] = []
@@ -111,6 +128,9 @@ class PodRuntime:
             self.containers.append(Container(c, MAIN, self.pod_dir, RestartBackoff(base, base * 30), waiting))
         if inits:
             self.containers[0].view.reason = "ContainerCreating"
+        self.volumes = PodVolumes(
+            pod, self.pod_dir, ctx.client, ctx.allocatable, ctx.record.add_mount, ctx.record.remove_mount
+        )
         self.thread = threading.Thread(target=self._run, name=f"pod {self.ns}/{self.name}", daemon=True)
 
     # --- called from other threads ------------------------------------------------------------------
@@ -168,6 +188,7 @@ class PodRuntime:
                 return
             now = time.time()
             try:
+                self._refresh_volumes(now)
                 self._reap(now)
                 if not self.terminal:
                     self._advance(now)
@@ -186,6 +207,8 @@ class PodRuntime:
 
     def _next_wake(self, now: float) -> float:
         times = [now + (TICK if any(c.running for c in self.containers) else 5.0)]
+        if self.volumes.ready:
+            times.append(self.volumes.next_refresh)
         for c in self.containers:
             times += [p.next_at for p in c.probes.values()]
             if c.next_attempt > now:
@@ -224,7 +247,17 @@ class PodRuntime:
         self.sandbox = True
         log.info("pod %s/%s: sandbox %s ip %s", self.ns, self.name, self.netns, ip)
 
+    def _refresh_volumes(self, now: float) -> None:
+        if not self.volumes.ready or self.terminal or now < self.volumes.next_refresh:
+            return
+        try:
+            self.volumes.refresh(now)
+        except (ConfigError, OSError) as e:  # keep the last good files; try again shortly
+            log.warning("pod %s/%s: volume refresh: %s", self.ns, self.name, e)
+            self.volumes.next_refresh = now + 5.0
+
     def _teardown_sandbox(self) -> None:
+        self.volumes.teardown()
         if not self.sandbox and not self.ctx.ipam.owned(self.uid):
             return
         try:
@@ -299,22 +332,57 @@ class PodRuntime:
             "HOME": str(self.pod_dir / "home"),
         }
         base.update(self.ctx.service_env(self.ns) if self.pod["spec"].get("enableServiceLinks", True) else {})
-        base.update(self.ctx.service_env("") if self.ns != "default" else {})
+        base.update(self.ctx.service_env(""))  # KUBERNETES_SERVICE_*: every pod, service links or not
         env = resolve_env(
             self._pod_for_env(), c.spec, base, self.ctx.configmap, self.ctx.secret, self.ctx.allocatable
         )
         env["PATH"] = container_path(env.get("PATH"))
         return env
 
+    def _prepare(self, c: Container, now: float) -> tuple[list[str], str, tuple[str, ...]]:
+        """argv, mount script and setpriv prefix of `c`; raises ConfigError when it cannot be configured."""
+        if not self.volumes.ready:
+            try:
+                self.volumes.setup(now)
+            except OSError as e:
+                raise ConfigError(f"cannot set up volumes: {e}") from e
+        c.env = self._env_for(c)
+        argv = argv_for(c.spec, c.env)
+        # The venv's bin is on every container's PATH, so its Python is needed even behind `sh -c`.
+        needed = [
+            *program_files(argv[0], c.env.get("PATH", ""), c.spec.get("workingDir") or "/"),
+            os.path.realpath(sys.executable),
+            sys.base_prefix,
+            sys.prefix,
+            str(self.pod_dir),
+        ]
+        identity = identity_for(self.pod, c.spec, needed)
+        for warning in identity.warnings:
+            if warning not in self.warned:
+                self.warned.add(warning)
+                self.ctx.event(self.pod, "SecurityContextNotApplied", warning, "Warning")
+        try:
+            mounts = resolve_sources(
+                container_mounts(c.spec, self.volumes.sources, c.env), self.volumes.sources
+            )
+        except OSError as e:
+            raise ConfigError(f"cannot prepare subPath: {e}") from e
+        if identity.uid:
+            for d in (self.pod_dir / "home", self.pod_dir / "workdir"):
+                os.chown(d, identity.uid, -1)
+        setup = mount_script(mounts, identity.read_only_root, reveal_script(identity.reveal))
+        c.mount_targets = [m.target for m in mounts]
+        return argv, setup, identity.setpriv
+
     def _start(self, c: Container, now: float) -> None:
         v = c.view
         try:
-            c.env = self._env_for(c)
+            argv, setup, identity = self._prepare(c, now)
         except ConfigError as e:
             v.state, v.reason, v.message = "waiting", "CreateContainerConfigError", str(e)
             c.next_attempt = now + 2.0
-            if v.message != getattr(c, "_announced_error", ""):
-                c._announced_error = v.message  # type: ignore[attr-defined]
+            if v.message != c.announced_error:
+                c.announced_error = v.message
                 self.ctx.event(self.pod, "Failed", f"Error: {e}", "Warning")
             return
         except ApiError as e:
@@ -332,7 +400,6 @@ class PodRuntime:
             )
             c.next_attempt = now + 5.0
             return
-        argv = argv_for(c.spec, c.env)
         if c.last_exit is not None:
             v.restart_count += 1
             v.last_terminated = c.last_exit
@@ -342,7 +409,18 @@ class PodRuntime:
         c.probes = {}
         c.kill_deadline = None
         try:
-            proc = launch(argv, c.env, cwd, self.netns, self.hostname, log_path, self.ctx.pump)
+            proc = launch(
+                argv,
+                c.env,
+                cwd,
+                self.netns,
+                self.hostname,
+                log_path,
+                self.ctx.pump,
+                setup,
+                identity,
+                c.mount_targets,
+            )
         except StartError as e:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.touch()
@@ -402,10 +480,10 @@ class PodRuntime:
                         c.kill_deadline = now + self._grace()
 
     def _probe(self, now: float) -> None:
-        prefix = [IP, "netns", "exec", self.netns]
         for c in self.containers:
             if c.proc is None or c.kill_deadline is not None:
                 continue
+            prefix = self._enter(c)
             v = c.view
             for kind in (STARTUP, READINESS, LIVENESS):
                 p = c.probes.get(kind)
@@ -431,6 +509,12 @@ class PodRuntime:
                     v.ready = p.result
                 elif kind == LIVENESS and not p.result:
                     self._kill_for_restart(c, now, "failed liveness probe")
+
+    def _enter(self, c: Container) -> list[str]:
+        """argv prefix running a command in `c`'s namespaces (network, mount: its volumes, hostname)."""
+        if c.proc is not None and NSENTER:
+            return [NSENTER, "-t", str(c.proc.pid), "-n", "-m", "-u", "--"]
+        return [IP, "netns", "exec", self.netns]
 
     def _kill_for_restart(self, c: Container, now: float, why: str) -> None:
         assert c.proc is not None
@@ -474,7 +558,7 @@ class PodRuntime:
             return
         budget = max(0.5, deadline - time.monotonic())
         spec = ProbeSpec(action=hook, timeout=budget)
-        ok, msg = run_probe(spec, self.pod_ip, c.named_ports, [IP, "netns", "exec", self.netns], c.env)
+        ok, msg = run_probe(spec, self.pod_ip, c.named_ports, self._enter(c), c.env)
         if not ok:
             self.ctx.event(self.pod, "FailedPreStopHook", f"PreStopHook failed: {msg}", "Warning")
 

@@ -1,8 +1,11 @@
 """Starting and signalling container processes.
 
 Invariant: every container process leads its own session and process group (never the node's), runs
-inside its pod's network namespace (and a private UTS namespace carrying the pod's hostname), and its
-stdout+stderr go through one pipe to the log pump. Signals go to the whole process group.
+inside its pod's network namespace, a private UTS namespace carrying the pod's hostname and a private
+mount namespace (propagation private) where its volumes are bind-mounted before the program is exec'd;
+it then runs under the identity `setpriv` gives it (uid, groups, capabilities) when the pod asks for one.
+stdout+stderr go through one pipe to the log pump (a failed mount shows there). Signals go to the whole
+process group.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +25,7 @@ IP = shutil.which("ip") or "/usr/sbin/ip"
 UNSHARE = shutil.which("unshare")
 SH = shutil.which("sh") or "/bin/sh"
 HOSTNAME = shutil.which("hostname")
+NSENTER = shutil.which("nsenter")
 
 
 class StartError(Exception):
@@ -45,6 +50,27 @@ def resolve_executable(argv0: str, path_env: str, cwd: str) -> str | None:
     return shutil.which(argv0, path=path_env)
 
 
+def program_files(argv0: str, path_env: str, cwd: str) -> list[str]:
+    """The files a program needs to start: itself and, for a script, its interpreter (the venv's
+    `python` leads to the base interpreter), so a non-root uid can be checked against them."""
+    exe = resolve_executable(argv0, path_env, cwd)
+    if exe is None:
+        return []
+    files = [exe]
+    with contextlib.suppress(OSError), open(exe, "rb") as f:
+        first = f.readline(256)
+        if first.startswith(b"#!"):
+            words = first[2:].decode(errors="replace").split()
+            if words:
+                files.append(words[0])
+                if words[0].endswith("/env") and len(words) > 1:
+                    found = shutil.which(words[1], path=path_env)
+                    files += [found] if found else []
+    if any(os.path.basename(os.path.realpath(f)).startswith("python") for f in files):
+        files += [sys.base_prefix, sys.prefix]
+    return files
+
+
 def launch(
     argv: Sequence[str],
     env: Mapping[str, str],
@@ -53,20 +79,45 @@ def launch(
     hostname: str,
     log_path: Path,
     pump: LogPump,
+    setup: str = "",
+    identity: Sequence[str] = (),
+    mount_targets: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
+    """`setup`: shell lines run in the container's mount namespace first (mounts); `identity`: a
+    `setpriv` argv prefix the program is exec'd through."""
     if not argv:
         raise StartError("no command specified")
     executable = resolve_executable(argv[0], env.get("PATH", ""), cwd)
+    if executable is None and any(argv[0].startswith(t.rstrip("/") + "/") for t in mount_targets):
+        executable = argv[0]  # lives in a volume: found inside the container's mount namespace
     if executable is None:
         raise StartError(
             f"failed to create containerd task: failed to create shim task: OCI runtime create failed: "
             f'exec: "{argv[0]}": executable file not found in $PATH: unknown'
         )
-    full: list[str] = [executable, *argv[1:]]
+    full: list[str] = [*identity, executable, *argv[1:]]
     if UNSHARE and HOSTNAME and netns:
-        # A UTS namespace so gethostname() in the pod returns the pod's hostname, as in a container.
-        script = f'{HOSTNAME} "$0" 2>/dev/null; exec "$@"'
-        full = [UNSHARE, "--uts", "--", SH, "-c", script, hostname[:63], *full]
+        # A UTS namespace so gethostname() in the pod returns the pod's hostname, as in a container;
+        # a mount namespace of its own so its volumes are seen by it alone.
+        script = f'{HOSTNAME} "$0" 2>/dev/null\n'
+        if setup:
+            script += f"set -e\n{setup}\nset +e\n"
+        script += 'exec "$@"'
+        full = [
+            UNSHARE,
+            "--uts",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            SH,
+            "-c",
+            script,
+            hostname[:63],
+            *full,
+        ]
+    elif setup or identity:
+        raise StartError("volumes and securityContext need a pod network namespace and unshare(1)")
     if netns:
         full = [IP, "netns", "exec", netns, *full]
     read_fd, write_fd = os.pipe()

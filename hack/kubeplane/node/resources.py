@@ -19,9 +19,15 @@ class Resources:
     bridge: str = ""
     netns: dict[str, str] = field(default_factory=dict)  # netns name -> host veth name
     processes: dict[str, dict[str, int]] = field(default_factory=dict)  # key -> {pid, start_time}
+    mounts: list[str] = field(default_factory=list)  # host mount points (emptyDir tmpfs)
 
     def to_json(self) -> dict[str, Any]:
-        return {"bridge": self.bridge, "netns": self.netns, "processes": self.processes}
+        return {
+            "bridge": self.bridge,
+            "netns": self.netns,
+            "processes": self.processes,
+            "mounts": self.mounts,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Resources:
@@ -29,6 +35,7 @@ class Resources:
             bridge=str(data.get("bridge", "")),
             netns=dict(data.get("netns", {})),
             processes={k: dict(v) for k, v in data.get("processes", {}).items()},
+            mounts=[str(m) for m in data.get("mounts", [])],
         )
 
 
@@ -79,6 +86,18 @@ class ResourceRecord:
     def remove_process(self, key: str) -> None:
         with self._lock:
             if self.current.processes.pop(key, None) is not None:
+                self._save()
+
+    def add_mount(self, path: str) -> None:
+        with self._lock:
+            if path not in self.current.mounts:
+                self.current.mounts.append(path)
+                self._save()
+
+    def remove_mount(self, path: str) -> None:
+        with self._lock:
+            if path in self.current.mounts:
+                self.current.mounts.remove(path)
                 self._save()
 
     def clear(self) -> None:
