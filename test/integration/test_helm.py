@@ -5,7 +5,8 @@ helm is built once from the Go module proxy (hack/build-helm.sh, cached like the
 objects" means: equal after removing what only identifies a Helm release (the labels helm.sh/chart,
 app.kubernetes.io/instance, app.kubernetes.io/version, app.kubernetes.io/managed-by, wherever they appear,
 and the CRDs' helm.sh/resource-policy annotation). The kustomize base's Namespace has no counterpart: Helm
-creates the release namespace (`--create-namespace`).
+creates the release namespace (`--create-namespace`). The chart's operator running in-cluster (2 replicas on the
+process node, the quickstart converging, Prometheus scraping it) is test/integration/test_prometheus.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import configparser
 import copy
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 import yaml
+from support.helm import CHART, Helm, helm_binary
 from support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "manifests" / "helm" / "dask-operator"
 MANIFESTS = REPO / "manifests"
 SAMPLE = MANIFESTS / "samples" / "daskcluster.yaml"
 RELEASE_LABELS = (
@@ -54,28 +54,8 @@ LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # -- helm and kustomize -----------------------------------------------------------------------------------
 
 
-class Helm:
-    def __init__(self, binary: Path, home: Path) -> None:
-        self.binary = binary
-        # Helm's own config, cache and data stay inside the test's directory.
-        self.env = {
-            **os.environ,
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_DATA_HOME": str(home / "data"),
-        }
-
-    def __call__(
-        self, *args: str, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [str(self.binary), *args], capture_output=True, text=True, env=self.env, timeout=timeout
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"helm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-            )
-        return proc
+class ChartHelm(Helm):
+    """helm with `template` parsing what it renders."""
 
     def template(self, *args: str, chart: Path = CHART) -> list[Obj]:
         out = self("template", "dask-operator", str(chart), "--namespace", "dask-operator", *args).stdout
@@ -83,12 +63,8 @@ class Helm:
 
 
 @pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    proc = subprocess.run(
-        [str(REPO / "hack" / "build-helm.sh")], capture_output=True, text=True, timeout=3000
-    )
-    assert proc.returncode == 0, f"hack/build-helm.sh failed:\n{proc.stderr[-3000:]}"
-    return Helm(Path(proc.stdout.strip().splitlines()[-1]), tmp_path_factory.mktemp("helm-home"))
+def helm(tmp_path_factory: pytest.TempPathFactory) -> ChartHelm:
+    return ChartHelm(helm_binary(), tmp_path_factory.mktemp("helm-home"))
 
 
 def kustomize(path: Path) -> list[Obj]:
@@ -144,13 +120,13 @@ def test_chart_version_follows_the_package() -> None:
     assert chart["version"] == chart["appVersion"] == cfg["metadata"]["version"]
 
 
-def test_helm_lint_passes_for_the_defaults_and_each_switch(helm: Helm) -> None:
+def test_helm_lint_passes_for_the_defaults_and_each_switch(helm: ChartHelm) -> None:
     for values in ((), ("--set", "rbac.cluster=false"), ALL_MONITORING, ("--set", "crds.install=false")):
         out = helm("lint", "--strict", str(CHART), *values)
         assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout, out.stdout
 
 
-def test_defaults_render_the_kustomize_base(helm: Helm) -> None:
+def test_defaults_render_the_kustomize_base(helm: ChartHelm) -> None:
     base = [o for o in kustomize(MANIFESTS) if o["kind"] != "Namespace"]
     rendered = helm.template(*AS_KUSTOMIZE)
     assert_same_objects(rendered, base)
@@ -159,7 +135,7 @@ def test_defaults_render_the_kustomize_base(helm: Helm) -> None:
     assert all(c["metadata"]["annotations"][KEEP] == "keep" for c in crds)
 
 
-def test_monitoring_switches_render_manifests_prometheus_and_grafana(helm: Helm) -> None:
+def test_monitoring_switches_render_manifests_prometheus_and_grafana(helm: ChartHelm) -> None:
     base = {(o["kind"], o["metadata"]["name"]) for o in helm.template(*AS_KUSTOMIZE)}
     monitoring = [
         o
@@ -173,7 +149,7 @@ def test_monitoring_switches_render_manifests_prometheus_and_grafana(helm: Helm)
     assert_same_objects(monitoring, kustomize(MANIFESTS / "prometheus") + kustomize(MANIFESTS / "grafana"))
 
 
-def test_namespaced_install_needs_no_cluster_role(helm: Helm) -> None:
+def test_namespaced_install_needs_no_cluster_role(helm: ChartHelm) -> None:
     rendered = helm.template(
         "--set", "rbac.cluster=false", "--set", "watchNamespace=dask-operator", "--set", "crds.install=false"
     )
@@ -188,7 +164,7 @@ def test_namespaced_install_needs_no_cluster_role(helm: Helm) -> None:
     assert "--namespace=dask-operator" in args and "--all-namespaces" not in args
 
 
-def test_values_a_reference_chart_user_sets(helm: Helm) -> None:
+def test_values_a_reference_chart_user_sets(helm: ChartHelm) -> None:
     values = {
         "image": {"name": "registry.example/dask-operator", "tag": "v9", "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "regcred"}],
@@ -246,7 +222,7 @@ def test_values_a_reference_chart_user_sets(helm: Helm) -> None:
     ]
 
 
-def test_misspelt_values_are_refused_with_the_name(helm: Helm) -> None:
+def test_misspelt_values_are_refused_with_the_name(helm: ChartHelm) -> None:
     out = helm("template", "x", str(CHART), "--set", "replica=3", check=False)
     assert out.returncode != 0 and "replica" in out.stderr, out.stderr
     out = helm("template", "x", str(CHART), "--set", "rbac.cluster=maybe", check=False)
@@ -305,7 +281,7 @@ def let_helm_adopt_existing_crds(kube_plane: Any, namespace: str) -> None:
 
 
 @pytest.fixture
-def release(kube_plane: Any, helm: Helm) -> Iterator[str]:
+def release(kube_plane: Any, helm: ChartHelm) -> Iterator[str]:
     """A release namespace, with whatever the test installed uninstalled afterwards."""
     namespace = f"helm-{uuid.uuid4().hex[:6]}"
     yield namespace
@@ -314,7 +290,7 @@ def release(kube_plane: Any, helm: Helm) -> Iterator[str]:
 
 
 def test_helm_install_then_upgrade_upgrades_the_crds_and_uninstall_keeps_them(
-    kube_plane: Any, helm: Helm, release: str, tmp_path: Path
+    kube_plane: Any, helm: ChartHelm, release: str, tmp_path: Path
 ) -> None:
     if kube_plane.backend != "local":
         pytest.skip("installs cluster-scoped CRDs and RBAC: only on a throwaway local plane")

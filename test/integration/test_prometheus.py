@@ -1,27 +1,27 @@
-"""A real Prometheus scrapes the operator, a Dask scheduler and its workers, and answers every dashboard and
-alert expression.
+"""The operator installed by `helm install` runs in-cluster on a fresh local plane; a real Prometheus, configured
+with the README's scrape config, discovers and scrapes it, a Dask scheduler and its workers, and answers every
+dashboard and alert expression.
 
 Prometheus is built from the Go module proxy with Kubernetes discovery (hack/build-prometheus.sh; Debian's
-package, which .ci/run installs for promtool, leaves that discovery out). It discovers the scheduler and worker
-pods through `kubernetes_sd_configs` against the local API server, with the jobs of
-manifests/prometheus/scrape-config.yaml exactly as the README offers them (only the namespace list and the
-credentials are filled in). The operator runs on the host, as test/support/operator.py runs it, so its job
-is a static target carrying the labels the pod-discovery job gives an in-cluster operator (job, namespace,
-pod). The workload is the README's: manifests/samples/daskcluster.yaml plus the sample DaskAutoscaler,
-which scales the idle cluster down, so retirements and autoscaler changes happen for real.
+package, which .ci/run installs for promtool, leaves that discovery out). Its jobs are those of
+manifests/prometheus/scrape-config.yaml, unchanged but for the credentials (`kubeconfig_file`) and a 1 s
+interval; every target is a pod IP on the process node, reached from the host. The workload is the README's:
+manifests/samples/daskcluster.yaml plus the sample DaskAutoscaler, which scales the idle cluster down, so
+retirements and autoscaler changes happen for real. The plane is the module's own: an `--all-namespaces`
+operator must not meet the per-test operators of the session plane.
 
 Every PromQL expression in manifests/grafana/ and in dask-operator.rules.yaml must parse and return data,
-except the few listed in LEGITIMATELY_EMPTY with the reason. The values are printed (`-s` shows them).
+except those listed in LEGITIMATELY_EMPTY with the reason. The values are printed (`-s` shows them).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import urllib.parse
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,9 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from support.operator import OperatorProcess, free_port, pods
+from support.fixtures import KubePlane, _bin_dir
+from support.helm import CHART, Helm, helm_binary
+from support.operator import free_port, pods
 from support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,8 +42,7 @@ RULES = PROMETHEUS_DIR / "dask-operator.rules.yaml"
 DASHBOARD = REPO / "manifests" / "grafana" / "dask-operator.json"
 SAMPLES = REPO / "manifests" / "samples"
 
-# What an in-cluster operator's pod-discovery job would add (scrape-config.yaml, job dask-operator).
-OPERATOR_TARGET_LABELS = {"namespace": "dask-operator", "pod": "dask-operator-on-the-host"}
+OPERATOR_NAMESPACE = "dask-operator"
 # The dashboard's variables, set as a user would pick them for this test's cluster.
 DASHBOARD_VARIABLES = {"job": "dask-operator", "namespace": "dask-operator", "cluster": "simple"}
 
@@ -93,23 +94,15 @@ def prometheus_binary() -> str:
     return str(binary)
 
 
-def scrape_configs(kubeconfig: Path, namespace: str, operator_address: str) -> list[dict[str, Any]]:
-    """The README's scrape config, pointed at this plane and this test's namespace."""
+def scrape_configs(kubeconfig: Path) -> list[dict[str, Any]]:
+    """The README's scrape config, with this plane's credentials."""
     jobs = yaml.safe_load(SCRAPE_CONFIG.read_text())
     assert [j["job_name"] for j in jobs] == ["dask-operator", "dask-scheduler", "dask-worker"]
-    out = []
     for job in jobs:
-        if job["job_name"] == "dask-operator":
-            job = {
-                "job_name": "dask-operator",
-                "static_configs": [{"targets": [operator_address], "labels": OPERATOR_TARGET_LABELS}],
-            }
-        else:
-            for sd in job["kubernetes_sd_configs"]:
-                sd["kubeconfig_file"] = str(kubeconfig)
-                sd["namespaces"] = {"names": [namespace]}
-        out.append({**job, "scrape_interval": "1s", "scrape_timeout": "1s"})
-    return out
+        for sd in job["kubernetes_sd_configs"]:
+            sd["kubeconfig_file"] = str(kubeconfig)
+        job.update(scrape_interval="1s", scrape_timeout="1s")
+    return list(jobs)
 
 
 def start_prometheus(workdir: Path, scrape: list[dict[str, Any]]) -> Prometheus:
@@ -150,33 +143,67 @@ def start_prometheus(workdir: Path, scrape: list[dict[str, Any]]) -> Prometheus:
 
 @dataclass
 class Observed:
+    plane: KubePlane
     prometheus: Prometheus
     namespace: str
-    operator: OperatorProcess
 
 
 @pytest.fixture(scope="module")
-def observed(plane: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
-    workdir = tmp_path_factory.mktemp("prometheus")
-    namespace = f"prom-{uuid.uuid4().hex[:6]}"
-    plane.kubectl("create", "namespace", namespace)
-    metrics_port = free_port()
-    operator = OperatorProcess(
+def fresh_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubePlane]:
+    if os.environ.get("K8S_TEST_BACKEND", "local") != "local":
+        pytest.skip(
+            "needs a fresh local plane with a process node (in-cluster operator, pod IPs from the host)"
+        )
+    from kubeplane.plane import Plane, UpOptions
+
+    plane = Plane.up(UpOptions(name=f"pytest-{os.getpid()}-prom", bin_dir=_bin_dir(), force=True))
+    kp = KubePlane("local", plane.kubeconfig, tmp_path_factory.mktemp("prom-plane"), plane)
+    try:
+        yield kp
+    finally:
+        kp.close()
+        plane.down()
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def operator_pods(plane: KubePlane) -> list[dict[str, Any]]:
+    return pods(
         plane,
-        namespace,
-        workdir / "operator.log",
-        extra_args=(f"--metrics-bind-address=127.0.0.1:{metrics_port}", "--leader-elect"),
-    ).start()
-    prom = start_prometheus(workdir, scrape_configs(plane.kubeconfig, namespace, f"127.0.0.1:{metrics_port}"))
+        OPERATOR_NAMESPACE,
+        "app.kubernetes.io/name=dask-operator,app.kubernetes.io/instance=dask-operator",
+    )
+
+
+@pytest.fixture(scope="module")
+def observed(fresh_plane: KubePlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+    plane = fresh_plane
+    workdir = tmp_path_factory.mktemp("prometheus")
+    helm = Helm(helm_binary(), workdir / "helm-home")
+    # What an admin types (README, Install into a cluster); the chart's defaults: 2 replicas, cluster-wide.
+    helm(
+        "install", "dask-operator", str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace",
+        f"--kubeconfig={plane.kubeconfig}",
+    )  # fmt: skip
+    wait_for(
+        lambda: len(p := operator_pods(plane)) == 2 and all(ready(x) for x in p),
+        timeout=120, interval=0.5, message="2 ready operator pods from the chart",
+    )  # fmt: skip
+    prom = start_prometheus(workdir, scrape_configs(plane.kubeconfig))
+    namespace = "quickstart"
     try:
         # What a user types (README quickstart and the samples' headers).
+        plane.kubectl("create", "namespace", namespace)
         plane.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "daskcluster.yaml"))
         plane.kubectl(
             "wait", "-n", namespace, "--for=jsonpath={.status.phase}=Running", "daskcluster/simple",
             "--timeout=120s", timeout=130,
         )  # fmt: skip
         plane.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "daskautoscaler.yaml"))
-        yield Observed(prom, namespace, operator)
+        yield Observed(plane, prom, namespace)
     finally:
         prom.proc.terminate()
         try:
@@ -184,8 +211,6 @@ def observed(plane: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
         except subprocess.TimeoutExpired:
             prom.proc.kill()
             prom.proc.wait(5)
-        operator.stop()
-        plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         shutil.rmtree(workdir / "data", ignore_errors=True)
 
 
@@ -238,29 +263,57 @@ def format_result(result: list[dict[str, Any]]) -> str:
 # -- tests ------------------------------------------------------------------------------------------------
 
 
+def test_the_charts_operator_runs_in_cluster_and_the_quickstart_converges(observed: Observed) -> None:
+    plane = observed.plane
+    operators = operator_pods(plane)
+    assert len(operators) == 2
+    for pod in operators:
+        assert pod["spec"]["serviceAccountName"] == "dask-operator"
+        (container,) = pod["spec"]["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    lease = json.loads(
+        plane.kubectl("get", "lease", "-n", OPERATOR_NAMESPACE, "dask-operator", "-o", "json").stdout
+    )
+    assert lease["spec"]["holderIdentity"].split("_", 1)[0] in {p["metadata"]["name"] for p in operators}
+    cluster = json.loads(
+        plane.kubectl("get", "-n", observed.namespace, "daskcluster", "simple", "-o", "json").stdout
+    )
+    assert cluster["status"]["phase"] == "Running"
+    # The release owns the CRDs (upgraded with it, kept on uninstall).
+    crd = json.loads(plane.kubectl("get", "crd", "daskclusters.kubernetes.dask.org", "-o", "json").stdout)
+    assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == "dask-operator"
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
 def test_prometheus_discovers_and_scrapes_operator_scheduler_and_workers(observed: Observed) -> None:
     prom = observed.prometheus
     wait_for(
-        lambda: prom.up("dask-operator") == 1 and prom.up("dask-scheduler") == 1 and prom.up("dask-worker") >= 1,
+        lambda: prom.up("dask-operator") == 2 and prom.up("dask-scheduler") == 1 and prom.up("dask-worker") >= 1,
         timeout=60, interval=0.5,
-        message="Prometheus scrapes the operator, the scheduler and a worker (up == 1)",
+        message="Prometheus scrapes both operator replicas, the scheduler and a worker (up == 1)",
     )  # fmt: skip
     targets = prom.api("targets", state="active")["activeTargets"]
     by_job: dict[str, list[dict[str, Any]]] = {}
     for target in targets:
-        by_job.setdefault(target["labels"]["job"], []).append(target)
-    scheduler_ips = {
-        p["status"]["podIP"]
-        for p in pods(observed.operator.plane, observed.namespace, "dask.org/component=scheduler")
-    }
-    # Discovered through the API server: the scheduler pod's own IP, reached from the host, labelled by the
-    # scrape config's relabelling.
-    (scheduler,) = [t for t in by_job["dask-scheduler"] if t["health"] == "up"]
-    assert scheduler["scrapeUrl"].split("//")[1].split(":")[0] in scheduler_ips
+        if target["health"] == "up":
+            by_job.setdefault(target["labels"]["job"], []).append(target)
+
+    def address(target: dict[str, Any]) -> str:
+        return str(target["scrapeUrl"].split("//")[1].split(":")[0])
+
+    # Discovered through the API server: each pod's own IP, reached from the host, labelled by the scrape
+    # config's relabelling.
+    operators = {p["status"]["podIP"]: p["metadata"]["name"] for p in operator_pods(observed.plane)}
+    assert {address(t): t["labels"]["pod"] for t in by_job["dask-operator"]} == operators
+    assert {t["labels"]["namespace"] for t in by_job["dask-operator"]} == {OPERATOR_NAMESPACE}
+    assert all(t["scrapeUrl"].endswith(":8080/metrics") for t in by_job["dask-operator"])
+    schedulers = pods(observed.plane, observed.namespace, "dask.org/component=scheduler")
+    (scheduler,) = by_job["dask-scheduler"]
+    assert address(scheduler) in {p["status"]["podIP"] for p in schedulers}
     assert scheduler["labels"]["dask_org_cluster_name"] == "simple"
     assert scheduler["labels"]["namespace"] == observed.namespace
     assert scheduler["labels"]["pod"].startswith("simple-scheduler")
-    worker = next(t for t in by_job["dask-worker"] if t["health"] == "up")
+    worker = by_job["dask-worker"][0]
     assert worker["labels"]["dask_org_workergroup_name"] == "simple-default"
     assert worker["scrapeUrl"].endswith(":8788/metrics")
     # Dask's own metrics, through the scheduler's dashboard port.

@@ -98,3 +98,13 @@ def test_every_copy_source_exists() -> None:
             *sources, _dest = args.split()
             for source in sources:
                 assert (REPO / source).exists(), source
+
+
+def test_the_process_node_runs_the_image_as_the_dockerfile_says() -> None:
+    """The local plane never pulls images; its table of entrypoints must say what this Dockerfile does."""
+    from kubeplane.node.images import KNOWN_IMAGES
+
+    image = container()["image"].rsplit(":", 1)[0]
+    known = KNOWN_IMAGES[image]
+    assert list(known.entrypoint) == exec_form("ENTRYPOINT")
+    assert list(known.cmd) == exec_form("CMD")
