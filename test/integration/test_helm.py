@@ -333,3 +333,10 @@ def test_helm_install_then_upgrade_upgrades_the_crds_and_uninstall_keeps_them(
     assert stored_idle_timeout(kube_plane, release) == 60
     gone = kube_plane.kubectl("get", "-n", release, "deployment", "dask-operator", check=False)
     assert gone.returncode != 0
+
+
+def test_the_packaged_chart_carries_the_linked_files(helm: ChartHelm, tmp_path: Path) -> None:
+    """`helm package` stores what files/ links to, so a published chart renders like the repository's."""
+    helm("package", str(CHART), "-d", str(tmp_path))
+    (package,) = tmp_path.glob("dask-operator-*.tgz")
+    assert helm.template(*ALL_MONITORING, chart=package) == helm.template(*ALL_MONITORING)
