@@ -342,7 +342,16 @@ class PodRuntime:
         c.probes = {}
         c.kill_deadline = None
         try:
-            proc = launch(argv, c.env, cwd, self.netns, self.hostname, log_path, self.ctx.pump)
+            proc = launch(
+                argv,
+                c.env,
+                cwd,
+                self.netns,
+                self.hostname,
+                log_path,
+                self.ctx.pump,
+                stdin=bool(c.spec.get("stdin")),
+            )
         except StartError as e:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.touch()

@@ -2,7 +2,7 @@
 
 Invariant: every container process leads its own session and process group (never the node's), runs
 inside its pod's network namespace (and a private UTS namespace carrying the pod's hostname), and its
-stdout+stderr go through one pipe to the log pump. Signals go to the whole process group.
+stdout+stderr go through one pipe to the log pump; stdin is closed unless the spec asks for it. Signals go to the whole process group.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def launch(
     hostname: str,
     log_path: Path,
     pump: LogPump,
+    stdin: bool = False,
 ) -> subprocess.Popen[bytes]:
+    """Starts the container; with `stdin` (the spec's `stdin: true`) its stdin is a pipe kept in `proc.stdin`."""
     if not argv:
         raise StartError("no command specified")
     executable = resolve_executable(argv[0], env.get("PATH", ""), cwd)
@@ -75,7 +77,7 @@ def launch(
             full,
             env=dict(env),
             cwd=cwd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=write_fd,
             stderr=write_fd,
             start_new_session=True,

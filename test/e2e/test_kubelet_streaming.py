@@ -1,0 +1,286 @@
+"""exec, attach, cp and port-forward through the real API server to the process node's kubelet endpoints.
+
+One namespace and one set of pods for the module (the pods take a few seconds to start on a loaded
+machine); every check runs the venv's real kubectl (or the `kubernetes` Python client) and waits on
+conditions with deadlines. Holds kubeletserver.py, remotecommand.py, podexec.py, portforward.py and
+wsstream.py end to end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.fixtures import namespace_name
+from support.wait import wait_for
+
+KUBECTL = str(Path(sys.executable).parent / "kubectl")
+
+PODS = """
+apiVersion: v1
+kind: Pod
+metadata: {name: box, labels: {app: box}}
+spec:
+  containers:
+  - name: main
+    image: python:3.11-slim
+    # Bound to 127.0.0.1: only a forward made inside the pod's network namespace reaches it.
+    command: ["python", "-m", "http.server", "8080", "--bind", "127.0.0.1"]
+    env: [{name: MARKER, value: streaming-test}]
+    ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: box}
+spec:
+  selector: {app: box}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: python:3.11-slim
+    stdin: true
+    stdinOnce: true
+    command: ["python", "-u", "-c", "import sys\\nfor line in sys.stdin: print('got', line.strip())"]
+"""
+
+
+@pytest.fixture(scope="module")
+def kp(kube_plane: Any) -> Any:
+    if not kube_plane.has_node:
+        pytest.skip("needs the process node (local plane)")
+    return kube_plane
+
+
+@pytest.fixture(scope="module")
+def ns(kp: Any) -> Iterator[str]:
+    name = namespace_name("kubelet-streaming")
+    kp.kubectl("create", "namespace", name)
+    wait_for(
+        lambda: kp.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        timeout=30,
+        message="default ServiceAccount",
+    )
+    kp.kubectl("apply", "-n", name, "-f", "-", input=PODS)
+    kp.kubectl(
+        "wait", "-n", name, "--for=condition=Ready", "pod/box", "pod/echo", "--timeout=90s", timeout=100
+    )
+    try:
+        yield name
+    finally:
+        kp.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def kubectl_cmd(kp: Any, *args: str) -> list[str]:
+    return [KUBECTL, f"--kubeconfig={kp.kubeconfig}", *args]
+
+
+def test_exec_streams_and_exit_code(kp: Any, ns: str) -> None:
+    proc = kp.kubectl(
+        "exec",
+        "-n",
+        ns,
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; hostname; echo $MARKER; exit 3",
+        check=False,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.split() == ["out", "box", "streaming-test"]
+    assert "err" in proc.stderr
+    assert "command terminated with exit code 3" in proc.stderr
+    # stdin goes through and its end reaches the command.
+    piped = kp.kubectl("exec", "-i", "-n", ns, "box", "--", "sh", "-c", "wc -c", input="x" * 100_000)
+    assert piped.stdout.strip() == "100000"
+    missing = kp.kubectl("exec", "-n", ns, "box", "--", "no-such-program", check=False)
+    assert missing.returncode != 0 and "executable file not found" in missing.stderr
+
+
+def test_exec_tty_through_a_pty(kp: Any, ns: str) -> None:
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        kubectl_cmd(kp, "exec", "-it", "-n", ns, "box", "--", "sh"),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    seen = b""
+
+    def read_until(pattern: bytes, timeout: float = 30) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while pattern not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {pattern!r} in {seen!r}"
+            ready, _, _ = select.select([master], [], [], left)
+            if ready:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+
+    try:
+        os.write(master, b"tty -s && echo is-a-$((6*7))-tty\n")
+        read_until(b"is-a-42-tty")
+        os.write(master, b"exit 5\n")
+        assert proc.wait(30) == 5, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def test_cp_both_ways(kp: Any, ns: str, tmp_path: Path) -> None:
+    src = tmp_path / "up.bin"
+    src.write_bytes(os.urandom(200_000))
+    remote = f"/tmp/kubelet-streaming-{ns}.bin"
+    kp.kubectl("cp", str(src), f"{ns}/box:{remote}", timeout=60)
+    size = kp.kubectl("exec", "-n", ns, "box", "--", "sh", "-c", f"wc -c < {remote}").stdout
+    assert size.strip() == "200000"
+    back = tmp_path / "down.bin"
+    kp.kubectl("cp", f"{ns}/box:{remote}", str(back), timeout=60)
+    kp.kubectl("exec", "-n", ns, "box", "--", "rm", "-f", remote)
+    assert back.read_bytes() == src.read_bytes()
+
+
+def test_attach_feeds_stdin_and_streams_output(kp: Any, ns: str) -> None:
+    proc = kp.kubectl("attach", "-i", "-n", ns, "echo", input="alpha\nbeta\n", check=False, timeout=60)
+    assert "got alpha" in proc.stdout and "got beta" in proc.stdout, proc.stdout + proc.stderr
+    # stdinOnce: the container saw the end of its input when the attach ended, and finished.
+    wait_for(
+        lambda: (
+            json.loads(kp.kubectl("get", "pod", "echo", "-n", ns, "-o", "json").stdout)["status"]["phase"]
+            == "Succeeded"
+        ),
+        timeout=30,
+        message="echo pod finished",
+    )
+
+
+@contextlib.contextmanager
+def port_forward(kp: Any, ns: str, target: str, remote: int) -> Iterator[int]:
+    proc = subprocess.Popen(
+        kubectl_cmd(kp, "port-forward", "-n", ns, target, f":{remote}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:PORT -> REMOTE"
+        match = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert match, line + (proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+        yield int(match.group(1))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def http_get(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as resp:
+        return str(resp.read().decode())
+
+
+def test_port_forward_to_pod_and_service(kp: Any, ns: str) -> None:
+    with port_forward(kp, ns, "pod/box", 8080) as port:
+        first, second = http_get(port), http_get(port)  # two connections over one forward
+        assert "Directory listing" in first and first == second
+    with port_forward(kp, ns, "svc/box", 80) as port:
+        assert "Directory listing" in http_get(port)
+
+
+def test_python_client_exec_and_port_forward(kp: Any, ns: str) -> None:
+    from kubernetes import client
+    from kubernetes.stream import portforward, stream
+
+    core = client.CoreV1Api(kp.api_client())
+    out = stream(
+        core.connect_get_namespaced_pod_exec,
+        "box",
+        ns,
+        command=["sh", "-c", "echo from-python-$MARKER"],
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+    )
+    assert out.strip() == "from-python-streaming-test"
+    pf = portforward(core.connect_get_namespaced_pod_portforward, "box", ns, ports="8080")
+    sock = pf.socket(8080)
+    sock.setblocking(True)
+    sock.sendall(b"GET / HTTP/1.0\r\nHost: box\r\n\r\n")
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    assert data.startswith(b"HTTP/1.0 200") and b"Directory listing" in data
+
+
+def test_dask_client_computes_through_port_forward_to_scheduler_service(kp: Any, ns: str) -> None:
+    manifest = """
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: scheduler, labels: {role: scheduler}}
+    spec:
+      containers:
+      - name: scheduler
+        image: ghcr.io/dask/dask:latest
+        args: ["dask", "scheduler", "--no-dashboard"]
+        ports: [{name: tcp-comm, containerPort: 8786}]
+        readinessProbe: {tcpSocket: {port: tcp-comm}, periodSeconds: 1}
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: sched}
+    spec:
+      selector: {role: scheduler}
+      ports: [{name: tcp-comm, port: 8786, targetPort: tcp-comm}]
+    ---
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: worker}
+    spec:
+      containers:
+      - name: worker
+        image: ghcr.io/dask/dask:latest
+        args: ["dask", "worker", "tcp://sched:8786", "--nthreads", "1", "--no-dashboard"]
+    """
+    kp.kubectl("apply", "-n", ns, "-f", "-", input=textwrap.dedent(manifest))
+    kp.kubectl("wait", "-n", ns, "--for=condition=Ready", "pod/scheduler", "--timeout=90s", timeout=100)
+    from distributed import Client
+
+    with (
+        port_forward(kp, ns, "svc/sched", 8786) as port,
+        Client(f"tcp://127.0.0.1:{port}", timeout=60) as dask,
+    ):
+        dask.wait_for_workers(1, timeout=90)
+        assert dask.submit(sum, [1, 2, 3, 36]).result(timeout=60) == 42
+
+
+def test_spdy_port_forward_reports_a_closed_port(kp: Any, ns: str) -> None:
+    with port_forward(kp, ns, "pod/box", 9) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+            conn.settimeout(20)
+            assert conn.recv(100) == b""  # the pod side refused: the forwarded connection ends
