@@ -9,13 +9,16 @@ wsstream.py end to end.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import select
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 import urllib.request
@@ -93,8 +96,28 @@ def kubectl_cmd(kp: Any, *args: str) -> list[str]:
     return [KUBECTL, f"--kubeconfig={kp.kubeconfig}", *args]
 
 
-def test_exec_streams_and_exit_code(kp: Any, ns: str) -> None:
-    proc = kp.kubectl(
+# kubectl speaks WebSockets to the API server, which translates them into SPDY for the kubelet; with
+# these switched off kubectl speaks SPDY itself and the API server only relays the kubelet's bytes.
+SPDY_ONLY = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
+
+
+def run_kubectl(
+    kp: Any, *args: str, env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        kubectl_cmd(kp, *args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
+@pytest.mark.parametrize("client_env", [{}, SPDY_ONLY], ids=["websocket", "spdy"])
+def test_exec_streams_and_exit_code(kp: Any, ns: str, client_env: dict[str, str]) -> None:
+    proc = run_kubectl(
+        kp,
         "exec",
         "-n",
         ns,
@@ -103,27 +126,32 @@ def test_exec_streams_and_exit_code(kp: Any, ns: str) -> None:
         "sh",
         "-c",
         "echo out; echo err >&2; hostname; echo $MARKER; exit 3",
-        check=False,
+        env=client_env,
     )
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.split() == ["out", "box", "streaming-test"]
     assert "err" in proc.stderr
     assert "command terminated with exit code 3" in proc.stderr
     # stdin goes through and its end reaches the command.
-    piped = kp.kubectl("exec", "-i", "-n", ns, "box", "--", "sh", "-c", "wc -c", input="x" * 100_000)
-    assert piped.stdout.strip() == "100000"
-    missing = kp.kubectl("exec", "-n", ns, "box", "--", "no-such-program", check=False)
+    piped = run_kubectl(
+        kp, "exec", "-i", "-n", ns, "box", "--", "sh", "-c", "wc -c", env=client_env, stdin="x" * 100_000
+    )
+    assert piped.stdout.strip() == "100000", piped.stderr
+    missing = run_kubectl(kp, "exec", "-n", ns, "box", "--", "no-such-program", env=client_env)
     assert missing.returncode != 0 and "executable file not found" in missing.stderr
 
 
-def test_exec_tty_through_a_pty(kp: Any, ns: str) -> None:
+@pytest.mark.parametrize("client_env", [{}, SPDY_ONLY], ids=["websocket", "spdy"])
+def test_exec_tty_through_a_pty(kp: Any, ns: str, client_env: dict[str, str]) -> None:
     master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 77, 0, 0))  # kubectl sends this size
     proc = subprocess.Popen(
         kubectl_cmd(kp, "exec", "-it", "-n", ns, "box", "--", "sh"),
         stdin=slave,
         stdout=slave,
         stderr=slave,
         start_new_session=True,
+        env={**os.environ, **client_env},
     )
     os.close(slave)
     seen = b""
@@ -144,6 +172,8 @@ def test_exec_tty_through_a_pty(kp: Any, ns: str) -> None:
     try:
         os.write(master, b"tty -s && echo is-a-$((6*7))-tty\n")
         read_until(b"is-a-42-tty")
+        os.write(master, b"echo size-$(stty size | tr ' ' x)\n")
+        read_until(b"size-33x77")
         os.write(master, b"exit 5\n")
         assert proc.wait(30) == 5, seen
     finally:
@@ -180,12 +210,15 @@ def test_attach_feeds_stdin_and_streams_output(kp: Any, ns: str) -> None:
 
 
 @contextlib.contextmanager
-def port_forward(kp: Any, ns: str, target: str, remote: int) -> Iterator[int]:
+def port_forward(
+    kp: Any, ns: str, target: str, remote: int, env: dict[str, str] | None = None
+) -> Iterator[int]:
     proc = subprocess.Popen(
         kubectl_cmd(kp, "port-forward", "-n", ns, target, f":{remote}"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     try:
         assert proc.stdout is not None
@@ -203,11 +236,12 @@ def http_get(port: int) -> str:
         return str(resp.read().decode())
 
 
-def test_port_forward_to_pod_and_service(kp: Any, ns: str) -> None:
-    with port_forward(kp, ns, "pod/box", 8080) as port:
+@pytest.mark.parametrize("client_env", [{}, SPDY_ONLY], ids=["websocket", "spdy"])
+def test_port_forward_to_pod_and_service(kp: Any, ns: str, client_env: dict[str, str]) -> None:
+    with port_forward(kp, ns, "pod/box", 8080, client_env) as port:
         first, second = http_get(port), http_get(port)  # two connections over one forward
         assert "Directory listing" in first and first == second
-    with port_forward(kp, ns, "svc/box", 80) as port:
+    with port_forward(kp, ns, "svc/box", 80, client_env) as port:
         assert "Directory listing" in http_get(port)
 
 
@@ -280,7 +314,9 @@ def test_dask_client_computes_through_port_forward_to_scheduler_service(kp: Any,
 
 
 def test_spdy_port_forward_reports_a_closed_port(kp: Any, ns: str) -> None:
-    with port_forward(kp, ns, "pod/box", 9) as port:
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
-            conn.settimeout(20)
-            assert conn.recv(100) == b""  # the pod side refused: the forwarded connection ends
+    with (
+        port_forward(kp, ns, "pod/box", 9) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=20) as conn,
+    ):
+        conn.settimeout(20)
+        assert conn.recv(100) == b""  # the pod side refused: the forwarded connection ends
