@@ -211,7 +211,7 @@ class KubeletServer:
             raise HttpError(404, f"not found: {req.path}")
         kind = parts[0]
         if kind == "containerLogs" and len(parts) == 4:
-            await self._logs(req, parts[1], parts[2], parts[3], writer)
+            await self._logs(req, parts[1], parts[2], parts[3], reader, writer)
         elif kind in ("exec", "attach") and len(parts) in (4, 5):
             # /exec/{ns}/{pod}/{container} or /exec/{ns}/{pod}/{uid}/{container}
             await self._command(req, kind, parts[1], parts[2], parts[-1], reader, writer)
@@ -223,7 +223,13 @@ class KubeletServer:
     # --- logs ---------------------------------------------------------------------------------------
 
     async def _logs(
-        self, req: Request, ns: str, pod: str, container: str, writer: asyncio.StreamWriter
+        self,
+        req: Request,
+        ns: str,
+        pod: str,
+        container: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> None:
         query = {k: v[-1] for k, v in req.query.items()}
         pod_dir = self.pods.pod_dir(ns, pod)
@@ -251,10 +257,19 @@ class KubeletServer:
             except Exception:  # noqa: BLE001 - the client went away (or the loop stopped): stop reading
                 return
 
+        async def watch_client() -> None:
+            # A follow may wait long for the next line: notice a client that left in the meantime.
+            with contextlib.suppress(Exception):
+                while await reader.read(4096):
+                    pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch_client())
         try:
             await asyncio.to_thread(produce)
         finally:
             gone.set()
+            watcher.cancel()
 
     # --- exec and attach ------------------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ def internal_error_status(message: str) -> dict[str, Any]:
 def parse_resizes(buffer: str) -> tuple[list[TerminalSize], str]:
     """Terminal sizes from a run of JSON objects ({"Width":..,"Height":..}); returns the unparsed rest."""
     decoder = json.JSONDecoder()
-    sizes = []
+    sizes: list[TerminalSize] = []
     pos = 0
     while True:
         while pos < len(buffer) and buffer[pos] in " \t\r\n":

@@ -237,6 +237,8 @@ class HeaderCodec:
 
 
 def _parse_header_block(raw: bytes) -> Headers:
+    pos = 0
+
     def take(n: int) -> bytes:
         nonlocal pos
         if pos + n > len(raw):
@@ -245,7 +247,6 @@ def _parse_header_block(raw: bytes) -> Headers:
         pos += n
         return out
 
-    pos = 0
     (count,) = struct.unpack(">I", take(4))
     if count > MAX_HEADERS:
         raise ProtocolError(f"too many headers: {count}")
