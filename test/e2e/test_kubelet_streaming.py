@@ -274,16 +274,20 @@ def test_python_client_exec_and_port_forward(kp: Any, ns: str) -> None:
 
 def test_dask_client_computes_through_port_forward_to_scheduler_service(kp: Any, ns: str) -> None:
     manifest = """
-    apiVersion: v1
-    kind: Pod
-    metadata: {name: scheduler, labels: {role: scheduler}}
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: scheduler}
     spec:
-      containers:
-      - name: scheduler
-        image: ghcr.io/dask/dask:latest
-        args: ["dask", "scheduler", "--no-dashboard"]
-        ports: [{name: tcp-comm, containerPort: 8786}]
-        readinessProbe: {tcpSocket: {port: tcp-comm}, periodSeconds: 1}
+      selector: {matchLabels: {role: scheduler}}
+      template:
+        metadata: {labels: {role: scheduler}}
+        spec:
+          containers:
+          - name: scheduler
+            image: ghcr.io/dask/dask:latest
+            args: ["dask", "scheduler", "--no-dashboard"]
+            ports: [{name: tcp-comm, containerPort: 8786}]
+            readinessProbe: {tcpSocket: {port: tcp-comm}, periodSeconds: 1}
     ---
     apiVersion: v1
     kind: Service
@@ -302,7 +306,7 @@ def test_dask_client_computes_through_port_forward_to_scheduler_service(kp: Any,
         args: ["dask", "worker", "tcp://sched:8786", "--nthreads", "1", "--no-dashboard"]
     """
     kp.kubectl("apply", "-n", ns, "-f", "-", input=textwrap.dedent(manifest))
-    kp.kubectl("wait", "-n", ns, "--for=condition=Ready", "pod/scheduler", "--timeout=90s", timeout=100)
+    kp.kubectl("rollout", "status", "-n", ns, "deploy/scheduler", "--timeout=90s", timeout=100)
     from distributed import Client
 
     with (
@@ -311,6 +315,12 @@ def test_dask_client_computes_through_port_forward_to_scheduler_service(kp: Any,
     ):
         dask.wait_for_workers(1, timeout=90)
         assert dask.submit(sum, [1, 2, 3, 36]).result(timeout=60) == 42
+    # kubectl resolves a Deployment to one of its pods just as it does a Service.
+    with (
+        port_forward(kp, ns, "deploy/scheduler", 8786) as port,
+        Client(f"tcp://127.0.0.1:{port}", timeout=60) as dask,
+    ):
+        assert dask.submit(len, "forty-two").result(timeout=60) == 9
 
 
 def test_spdy_port_forward_reports_a_closed_port(kp: Any, ns: str) -> None:
