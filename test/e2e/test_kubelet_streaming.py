@@ -261,6 +261,23 @@ def test_python_client_exec_and_port_forward(kp: Any, ns: str) -> None:
         tty=False,
     )
     assert out.strip() == "from-python-streaming-test"
+    # A client offering only v4 WebSockets is passed through by the API server to the kubelet as is.
+    ws = stream(
+        core.connect_get_namespaced_pod_exec,
+        "box",
+        ns,
+        command=["sh", "-c", "echo v4-$MARKER; exit 4"],
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+        _preload_content=False,
+        _headers={"sec-websocket-protocol": "v4.channel.k8s.io"},
+    )
+    ws.run_forever(timeout=30)
+    assert ws.subprotocol == "v4.channel.k8s.io"
+    assert ws.returncode == 4  # read before read_all(), which empties every channel
+    assert ws.read_all().strip() == "v4-streaming-test"
     pf = portforward(core.connect_get_namespaced_pod_portforward, "box", ns, ports="8080")
     sock = pf.socket(8080)
     sock.setblocking(True)
