@@ -63,6 +63,14 @@ spec:
     stdin: true
     stdinOnce: true
     command: ["python", "-u", "-c", "import sys\\nfor line in sys.stdin: print('got', line.strip())"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: short}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: busybox, command: ["sleep", "600"]}
 """
 
 
@@ -84,7 +92,15 @@ def ns(kp: Any) -> Iterator[str]:
     )
     kp.kubectl("apply", "-n", name, "-f", "-", input=PODS)
     kp.kubectl(
-        "wait", "-n", name, "--for=condition=Ready", "pod/box", "pod/echo", "--timeout=90s", timeout=100
+        "wait",
+        "-n",
+        name,
+        "--for=condition=Ready",
+        "pod/box",
+        "pod/echo",
+        "pod/short",
+        "--timeout=90s",
+        timeout=100,
     )
     try:
         yield name
@@ -347,3 +363,26 @@ def test_spdy_port_forward_reports_a_closed_port(kp: Any, ns: str) -> None:
     ):
         conn.settimeout(20)
         assert conn.recv(100) == b""  # the pod side refused: the forwarded connection ends
+
+
+def processes_with_argv(argv: list[str]) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "cmdline").read_bytes().split(b"\0")[:-1] == [a.encode() for a in argv]:
+                    found.append(int(entry.name))
+    return found
+
+
+def test_exec_ends_with_its_pod(kp: Any, ns: str) -> None:
+    argv = ["sleep", f"{os.getpid() % 1000 + 1000}.25"]  # an argv no other test runs
+    proc = subprocess.Popen(kubectl_cmd(kp, "exec", "-n", ns, "short", "--", *argv), stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: processes_with_argv(argv), timeout=30, message="the exec'd process")
+        kp.kubectl("delete", "pod", "short", "-n", ns, "--wait=false")
+        assert proc.wait(30) != 0
+        wait_for(lambda: not processes_with_argv(argv), timeout=10, message="the exec'd process to end")
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .process import proc_start_time
+
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 
@@ -99,6 +101,15 @@ def _kill_session(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+async def end_with_container(target: ContainerProcess, session_pid: int, poll: float = 0.5) -> None:
+    """Kills the command's session once the container's process is gone (as its exec processes die with a
+    real container), so no exec outlives its pod."""
+    started = proc_start_time(target.pid)
+    while proc_start_time(target.pid) == started and started is not None:
+        await asyncio.sleep(poll)
+    _kill_session(session_pid)
+
+
 def set_window_size(fd: int, size: TerminalSize) -> None:
     with contextlib.suppress(OSError):
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
@@ -152,13 +163,15 @@ async def run_piped(
         while chunk := await source.read(65536):
             await sink(chunk)
 
-    feeder = asyncio.create_task(feed()) if stdin else None
+    helpers = [asyncio.create_task(end_with_container(target, proc.pid))]
+    if stdin:
+        helpers.append(asyncio.create_task(feed()))
     try:
         await asyncio.gather(pump(proc.stdout, stdout), pump(proc.stderr, stderr))
         code = await proc.wait()
     finally:
-        if feeder is not None:
-            feeder.cancel()
+        for task in helpers:
+            task.cancel()
         if proc.returncode is None:
             _kill_session(proc.pid)
             await proc.wait()
@@ -233,7 +246,9 @@ async def run_tty(
             if stdout is not None:
                 await stdout(data)
 
-    helpers = [asyncio.create_task(feed())] if stdin else []
+    helpers = [asyncio.create_task(end_with_container(target, proc.pid))]
+    if stdin:
+        helpers.append(asyncio.create_task(feed()))
     if resizes is not None:
         helpers.append(asyncio.create_task(resize()))
     pumping = asyncio.create_task(pump())
