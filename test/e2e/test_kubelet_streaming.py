@@ -375,8 +375,15 @@ def processes_with_argv(argv: list[str]) -> list[int]:
     return found
 
 
-def test_exec_ends_with_its_pod(kp: Any, ns: str) -> None:
+def test_exec_ends_with_its_client_or_its_pod(kp: Any, ns: str) -> None:
     argv = ["sleep", f"{os.getpid() % 1000 + 1000}.25"]  # an argv no other test runs
+    proc = subprocess.Popen(kubectl_cmd(kp, "exec", "-n", ns, "short", "--", *argv), stderr=subprocess.PIPE)
+    wait_for(lambda: processes_with_argv(argv), timeout=30, message="the exec'd process")
+    proc.kill()  # the client goes away (as with Ctrl-C): so does the command
+    proc.wait(10)
+    wait_for(
+        lambda: not processes_with_argv(argv), timeout=20, message="the exec'd process to end with its client"
+    )
     proc = subprocess.Popen(kubectl_cmd(kp, "exec", "-n", ns, "short", "--", *argv), stderr=subprocess.PIPE)
     try:
         wait_for(lambda: processes_with_argv(argv), timeout=30, message="the exec'd process")

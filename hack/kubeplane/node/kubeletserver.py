@@ -317,7 +317,9 @@ class KubeletServer:
             except (TimeoutError, ConnectionError) as e:
                 log.info("%s %s/%s: %s", kind, ns, pod, e or "timed out waiting for client streams")
                 return
-            await self._run_command(kind, running, command, opts, streams)
+            await remotecommand.until_client_leaves(
+                self._run_command(kind, running, command, opts, streams), session.done.wait()
+            )
         finally:
             await session.close()
             serving.cancel()

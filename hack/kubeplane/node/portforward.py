@@ -23,6 +23,7 @@ from .spdysession import SpdySession, SpdyStream
 log = logging.getLogger(__name__)
 
 PROTOCOL = "portforward.k8s.io"
+STREAM_CREATION_TIMEOUT = 30.0
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -132,6 +133,24 @@ async def _forward_pair(data: SpdyStream, error: SpdyStream, connect: Connector,
         error.close()
 
 
+async def _expire_pair(
+    pairs: dict[str, dict[str, SpdyStream]], request: str, pair: dict[str, SpdyStream], timeout: float
+) -> None:
+    """A pair still incomplete after `timeout` is dropped, with a message on its error stream if it has one."""
+    await asyncio.sleep(timeout)
+    if pairs.get(request) is not pair:
+        return
+    del pairs[request]
+    error = pair.get("error")
+    if error is not None:
+        with contextlib.suppress(ConnectionError):
+            await error.write(
+                f"timed out waiting for the data and error streams of request {request}".encode()
+            )
+    for stream in pair.values():
+        stream.reset()
+
+
 async def serve_spdy(session: SpdySession, connect: Connector, pod: str, uid: str) -> None:
     """Pairs the client's streams by requestID and forwards each pair until the connection ends."""
     pairs: dict[str, dict[str, SpdyStream]] = {}
@@ -147,6 +166,10 @@ async def serve_spdy(session: SpdySession, connect: Connector, pod: str, uid: st
                 stream.reset(spdy.RstStatus.PROTOCOL_ERROR)
                 continue
             pair[kind] = stream
+            if len(pair) == 1:
+                watcher = asyncio.create_task(_expire_pair(pairs, request, pair, STREAM_CREATION_TIMEOUT))
+                tasks.add(watcher)
+                watcher.add_done_callback(tasks.discard)
             if "data" in pair and "error" in pair:
                 del pairs[request]
                 task = asyncio.create_task(_forward_pair(pair["data"], pair["error"], connect, pod, uid))

@@ -14,10 +14,12 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .podexec import TerminalSize
 from .spdysession import SpdySession, SpdyStream
+
+T = TypeVar("T")
 
 V4 = "v4.channel.k8s.io"
 V3 = "v3.channel.k8s.io"
@@ -175,3 +177,21 @@ class CommandIO:
 
 
 CommandRunner = Callable[[CommandIO], Awaitable[dict[str, Any]]]  # runs the command, returns the Status
+
+
+async def until_client_leaves(work: Awaitable[T], client_gone: Awaitable[object]) -> T | None:
+    """Runs `work` unless the client's connection ends first (then `work` is cancelled, and its cleanup
+    kills what it started); None in that case."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(client_gone)
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if task.cancelled():
+        return None
+    return task.result()

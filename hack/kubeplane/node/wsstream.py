@@ -191,7 +191,9 @@ async def serve_command(
             stderr=ws.channel_writer(2) if opts.stderr else None,
             resizes=resizes,
         )
-        status = await run(io)
+        status = await remotecommand.until_client_leaves(run(io), asyncio.shield(serving))
+        if status is None:
+            return
         if resizer is not None:
             resizer.cancel()
         if protocol.startswith("v4."):
@@ -248,7 +250,8 @@ async def serve_port_forward(
         await portforward.pipe(ws.channel_reader(2 * i), ws.channel_writer(2 * i), conn_reader, conn_writer)
 
     try:
-        await asyncio.gather(*(forward(i, p) for i, p in enumerate(ports)))
+        forwards = asyncio.gather(*(forward(i, p) for i, p in enumerate(ports)))
+        await remotecommand.until_client_leaves(forwards, asyncio.shield(serving))
     except ConnectionError:
         pass
     finally:
