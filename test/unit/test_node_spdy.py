@@ -195,3 +195,28 @@ def test_websocket_frames_round_trip_masked_and_unmasked(size: int) -> None:
     masked = wsstream.encode_frame(wsstream.OP_BINARY, payload, mask=b"\x01\x02\x03\x04")
     assert payload == b"" or payload not in masked
     assert asyncio.run(read(masked)) == (True, 2, payload)
+
+
+def test_work_is_cancelled_when_the_client_leaves_first() -> None:
+    async def scenario() -> tuple[object, object, bool]:
+        gone = asyncio.Event()
+        cancelled = False
+
+        async def slow() -> str:
+            nonlocal cancelled
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+            return "late"
+
+        async def quick() -> str:
+            return "done"
+
+        finished = await remotecommand.until_client_leaves(quick(), gone.wait())
+        asyncio.get_running_loop().call_later(0.01, gone.set)
+        abandoned = await remotecommand.until_client_leaves(slow(), gone.wait())
+        return finished, abandoned, cancelled
+
+    assert asyncio.run(scenario()) == ("done", None, True)
