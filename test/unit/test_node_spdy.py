@@ -119,6 +119,7 @@ async def _session_exchange() -> tuple[list[bytes], list[spdy.Frame]]:
     reads = [await stream.read(), await stream.read(), await stream.read()]
     await stream.write(b"x" * 70_000)  # longer than one data frame
     stream.close()
+    assert stream.id not in session.streams  # closed both ways: the session forgets it
     await session.close()
     serving.cancel()
     received = b""

@@ -51,17 +51,20 @@ def netns_connector(netns_path: str, namespace_label: str) -> Connector:
         loop = asyncio.get_running_loop()
         errors = []
         for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-            sock = await asyncio.to_thread(socket_in_netns, netns_path, family)
-            sock.setblocking(False)
+            sock: socket.socket | None = None
             try:
+                sock = await asyncio.to_thread(socket_in_netns, netns_path, family)
+                sock.setblocking(False)
                 await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 10.0)
             except (TimeoutError, OSError) as e:
-                sock.close()
+                if sock is not None:
+                    sock.close()
                 tcp = "tcp4" if family == socket.AF_INET else "tcp6"
                 where = host if family == socket.AF_INET else f"[{host}]"
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else "i/o timeout"
                 errors.append(f"dial {tcp} {where}:{port}: connect: {reason.lower()}")
                 continue
+            assert sock is not None
             return await asyncio.open_connection(sock=sock)
         raise ConnectionError(
             f'failed to connect to localhost:{port} inside namespace "{namespace_label}", '

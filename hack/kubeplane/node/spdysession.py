@@ -55,6 +55,12 @@ class SpdyStream:
         self.local_closed = True
         if not self.session.closed:
             self.session.send(spdy.DataFrame(self.id, b"", spdy.FLAG_FIN))
+        self._forget_if_done()
+
+    def _forget_if_done(self) -> None:
+        # A stream closed both ways is dropped, so a long port-forward with many connections stays small.
+        if self.local_closed and self.remote_closed:
+            self.session.streams.pop(self.id, None)
 
     def reset(self, status: int = spdy.RstStatus.CANCEL) -> None:
         if not self.local_closed and not self.session.closed:
@@ -70,6 +76,7 @@ class SpdyStream:
         if not self.remote_closed:
             self.remote_closed = True
             self._incoming.put_nowait(b"")
+        self._forget_if_done()
 
 
 StreamFilter = Callable[[SpdyStream], str | None]  # None accepts the stream, a message rejects it
@@ -175,7 +182,7 @@ class SpdySession:
         if self.done.is_set():
             return
         self.done.set()
-        for stream in self.streams.values():
+        for stream in list(self.streams.values()):
             stream._remote_end()
         self.new_streams.put_nowait(None)
 
