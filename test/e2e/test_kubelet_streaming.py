@@ -225,6 +225,17 @@ def test_attach_feeds_stdin_and_streams_output(kp: Any, ns: str) -> None:
     )
 
 
+def test_run_interactively_attaches_and_cleans_up(kp: Any, ns: str) -> None:
+    proc = kp.kubectl(
+        "run", "-i", "--rm", "--restart=Never", "-n", ns, "runner", "--image=busybox", "--",
+        "sh", "-c", "read x; echo got-$x; exit 7",
+        input="hello\n", check=False, timeout=90,
+    )  # fmt: skip
+    assert "got-hello" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 7, proc.stderr  # the container's exit code, as on a real cluster
+    assert kp.kubectl("get", "pod", "runner", "-n", ns, check=False).returncode != 0  # --rm deleted it
+
+
 @contextlib.contextmanager
 def port_forward(
     kp: Any, ns: str, target: str, remote: int, env: dict[str, str] | None = None
