@@ -342,16 +342,8 @@ class PodRuntime:
         c.probes = {}
         c.kill_deadline = None
         try:
-            proc = launch(
-                argv,
-                c.env,
-                cwd,
-                self.netns,
-                self.hostname,
-                log_path,
-                self.ctx.pump,
-                stdin=bool(c.spec.get("stdin")),
-            )
+            stdin = bool(c.spec.get("stdin"))  # kept open for `kubectl attach -i`
+            proc = launch(argv, c.env, cwd, self.netns, self.hostname, log_path, self.ctx.pump, stdin=stdin)
         except StartError as e:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.touch()

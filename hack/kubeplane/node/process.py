@@ -2,7 +2,8 @@
 
 Invariant: every container process leads its own session and process group (never the node's), runs
 inside its pod's network namespace (and a private UTS namespace carrying the pod's hostname), and its
-stdout+stderr go through one pipe to the log pump; stdin is closed unless the spec asks for it. Signals go to the whole process group.
+stdout+stderr go through one pipe to the log pump; stdin is closed unless the spec asks for it.
+Signals go to the whole process group.
 """
 
 from __future__ import annotations
