@@ -488,6 +488,9 @@ async def attach(
         gone.set()
         if feeder is not None:
             feeder.cancel()
+            if running.stdin is not None and running.stdin_once:  # also when the client just vanished
+                with contextlib.suppress(OSError):
+                    running.stdin.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(follower, 5)
 
