@@ -6,9 +6,13 @@ private bridge. The `image` is recorded in the status, never pulled. Service nam
 small DNS server on the bridge IP and ClusterIPs are served by a userspace TCP proxy. A simulated mode
 (flag `--simulated`, or pod annotation `localkube/simulated: "true"`) marks pods Running and Ready
 without a process, for benchmarks. `cleanup.cleanup(state_dir)` removes what a crashed node left.
+The kubelet port serves logs, exec, attach and port-forward (SPDY/3.1, and WebSockets where the API
+server passes them through).
 
 Modules: `node` (wiring), `podworker` (one real pod), `simulated`, `binder`, `registration`,
-`envvars`, `probes`, `backoff`, `podstatus`, `process`, `logfiles`, `logserver`, `netns`, `ipam`,
+`envvars`, `probes`, `backoff`, `podstatus`, `process`, `logfiles`, `logserver`, `kubeletserver`
+(the kubelet port), `spdy` + `spdysession` (SPDY/3.1), `wsstream` (WebSockets), `remotecommand`
+(exec/attach protocol), `podexec` (commands in a container), `portforward`, `netns`, `ipam`,
 `dnsserver`, `servicetable`, `serviceproxy`, `informer`, `kubeapi`, `workpool`, `events`,
 `resources`, `cleanup`.
 """

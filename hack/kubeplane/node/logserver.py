@@ -1,27 +1,27 @@
-"""The kubelet endpoint the API server proxies `kubectl logs` to: HTTPS `/containerLogs/{ns}/{pod}/{c}`.
+"""What the kubelet's `/containerLogs/{ns}/{pod}/{c}` answers: which log file, which lines, and follow.
 
-Invariant: only clients with a certificate from the cluster CA are served (the API server's
-kubelet-client certificate). Supports follow, tailLines, previous, timestamps, sinceSeconds, sinceTime
-and limitBytes with the kubelet's meanings; a follow stream ends when the container's output closes.
+Invariant: supports follow, tailLines, previous, timestamps, sinceSeconds, sinceTime and limitBytes with
+the kubelet's meanings; a follow stream ends when the container's output closes (or the reader stops
+wanting more). Served by kubeletserver.py; held by test/e2e/test_process_node.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import ssl
-import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import logfiles
 
-log = logging.getLogger(__name__)
 
-PodDirLookup = Callable[[str, str], Path | None]  # (namespace, pod) -> its log directory
+class LogUnavailable(Exception):
+    """The request cannot be answered; `status` is the HTTP status the kubelet would give."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def container_logs(pod_dir: Path, container: str) -> list[Path]:
@@ -33,115 +33,70 @@ def container_logs(pod_dir: Path, container: str) -> list[Path]:
     return sorted(files, key=lambda p: int(p.stem))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: LogServer
-    protocol_version = "HTTP/1.0"  # body ends when the connection closes: natural for `follow`
+@dataclass(frozen=True)
+class LogRequest:
+    previous: bool = False
+    follow: bool = False
+    tail: int | None = None
+    since: float | None = None
+    timestamps: bool = False
+    limit: int | None = None
 
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("logs: " + format, *args)
-
-    def _error(self, status: int, message: str) -> None:
-        body = message.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        parts = [unquote(p) for p in url.path.split("/") if p]
-        if parts == ["healthz"]:
-            self._error(200, "ok")
-            return
-        if len(parts) != 4 or parts[0] != "containerLogs":
-            self._error(404, f"not found: {url.path}")
-            return
-        _, ns, pod, container = parts
-        q = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        pod_dir = self.server.pod_dir(ns, pod)
-        files = container_logs(pod_dir, container) if pod_dir else []
-        if pod_dir is None:
-            self._error(404, f'pod "{pod}" in namespace "{ns}" not found on this node')
-            return
+    @classmethod
+    def from_query(cls, q: Mapping[str, str], now: float | None = None) -> LogRequest:
+        now = time.time() if now is None else now
         previous = q.get("previous", "false").lower() == "true"
-        if previous:
-            if len(files) < 2:
-                self._error(400, f'previous terminated container "{container}" in pod "{pod}" not found')
-                return
-            path = files[-2]
-        else:
-            if not files:
-                self._error(400, f'container "{container}" in pod "{pod}" is waiting to start')
-                return
-            path = files[-1]
-        tail = int(q["tailLines"]) if q.get("tailLines", "").lstrip("-").isdigit() else None
         since: float | None = None
         if q.get("sinceSeconds", "").isdigit():
-            since = time.time() - int(q["sinceSeconds"])
+            since = now - int(q["sinceSeconds"])
         elif q.get("sinceTime"):
             with contextlib.suppress(ValueError):
                 since = logfiles.parse_ts(q["sinceTime"])
-        timestamps = q.get("timestamps", "false").lower() == "true"
-        follow = q.get("follow", "false").lower() == "true" and not previous
-        limit = int(q["limitBytes"]) if q.get("limitBytes", "").isdigit() else None
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.end_headers()
-        sent = 0
+        return cls(
+            previous=previous,
+            follow=q.get("follow", "false").lower() == "true" and not previous,
+            tail=int(q["tailLines"]) if q.get("tailLines", "").lstrip("-").isdigit() else None,
+            since=since,
+            timestamps=q.get("timestamps", "false").lower() == "true",
+            limit=int(q["limitBytes"]) if q.get("limitBytes", "").isdigit() else None,
+        )
 
-        def emit(line: logfiles.LogLine) -> bool:
-            nonlocal sent
-            data = line.render(timestamps)
-            if limit is not None and sent + len(data) > limit:
-                data = data[: max(0, limit - sent)]
-            self.wfile.write(data)
-            sent += len(data)
-            return limit is None or sent < limit
 
-        try:
-            size = path.stat().st_size
-            lines = logfiles.read_lines(path)
-            for line in logfiles.select_lines(lines, tail, since):
-                if not emit(line):
-                    return
-            self.wfile.flush()
-            if follow:
-                for line in logfiles.follow(path, size, lambda: self.server.is_open(path)):
-                    if not emit(line):
-                        return
-                    self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+def log_file(req: LogRequest, pod_dir: Path, pod: str, container: str) -> Path:
+    files = container_logs(pod_dir, container)
+    if req.previous:
+        if len(files) < 2:
+            raise LogUnavailable(400, f'previous terminated container "{container}" in pod "{pod}" not found')
+        return files[-2]
+    if not files:
+        raise LogUnavailable(400, f'container "{container}" in pod "{pod}" is waiting to start')
+    return files[-1]
+
+
+def log_chunks(
+    req: LogRequest, path: Path, is_open: Callable[[Path], bool], wanted: Callable[[], bool]
+) -> Iterator[bytes]:
+    """The response body, chunk by chunk (blocking: follow polls the file)."""
+    sent = 0
+
+    def cut(line: logfiles.LogLine) -> bytes:
+        nonlocal sent
+        data = line.render(req.timestamps)
+        if req.limit is not None and sent + len(data) > req.limit:
+            data = data[: max(0, req.limit - sent)]
+        sent += len(data)
+        return data
+
+    def exhausted() -> bool:
+        return req.limit is not None and sent >= req.limit
+
+    size = path.stat().st_size
+    batch = b"".join(cut(ln) for ln in logfiles.select_lines(logfiles.read_lines(path), req.tail, req.since))
+    if batch:
+        yield batch
+    if not req.follow or exhausted():
+        return
+    for line in logfiles.follow(path, size, lambda: is_open(path) and wanted()):
+        yield cut(line)
+        if exhausted():
             return
-
-
-class LogServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        cert: str,
-        key: str,
-        client_ca: str,
-        pod_dir: PodDirLookup,
-        is_open: Callable[[Path], bool],
-    ) -> None:
-        super().__init__((host, port), _Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        ctx.load_verify_locations(client_ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        # The handshake happens on the handler's thread (first read), so a slow client cannot block accept.
-        self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
-        self.pod_dir = pod_dir
-        self.is_open = is_open
-        self._thread = threading.Thread(target=self.serve_forever, name="kubelet logs", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()

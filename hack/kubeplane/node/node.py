@@ -27,8 +27,9 @@ from .envvars import ServiceEnv
 from .events import EventRecorder
 from .informer import Informer
 from .kubeapi import ApiError, KubeClient, load_connection
+from .kubeletserver import KubeletServer, RunningContainer
 from .logfiles import LogPump
-from .logserver import LogServer
+from .podexec import ContainerProcess
 from .podworker import PodRuntime
 from .registration import Registration, capacity, node_labels
 from .resources import ResourceRecord
@@ -163,13 +164,13 @@ class ProcessNode:
         self.dns = DnsServer(cfg.node_ip, 53, cfg.cluster_domain)
         self.netloop.call(self.dns.start())
         self.proxy = ServiceProxy()
-        self.logs = LogServer(
+        self.logs = KubeletServer(
             cfg.node_ip,
             cfg.kubelet_port,
             cfg.kubelet_cert,
             cfg.kubelet_key,
             cfg.client_ca,
-            self._pod_dir,
+            NodePods(self),
             self.pump.is_open,
         )
         self.logs.start()
@@ -201,6 +202,13 @@ class ProcessNode:
             cfg.node_ip,
             cfg.kubelet_port,
         )
+
+    def _runtime(self, ns: str, name: str) -> PodRuntime | None:
+        with self._lock:
+            for rt in self.runtimes.values():
+                if rt.ns == ns and rt.name == name:
+                    return rt
+        return None
 
     def _pod_dir(self, ns: str, name: str) -> Path | None:
         with self._lock:
@@ -301,6 +309,43 @@ class ProcessNode:
 
         cleanup(self.cfg.state_dir)
         net.delete_bridge(self.cfg.bridge)
+
+
+class NodePods:
+    """What the kubelet server may know of this node's pods (implements kubeletserver.PodLookup)."""
+
+    def __init__(self, node: ProcessNode) -> None:
+        self.node = node
+
+    def pod_dir(self, namespace: str, pod: str) -> Path | None:
+        return self.node._pod_dir(namespace, pod)
+
+    def pod_uid(self, namespace: str, pod: str) -> str | None:
+        rt = self.node._runtime(namespace, pod)
+        return rt.uid if rt else None
+
+    def netns_path(self, namespace: str, pod: str) -> str | None:
+        rt = self.node._runtime(namespace, pod)
+        if rt is None or not rt.sandbox:
+            return None
+        return f"/run/netns/{rt.netns}"
+
+    def container(self, namespace: str, pod: str, container: str) -> RunningContainer | None:
+        rt = self.node._runtime(namespace, pod)
+        if rt is None:
+            return None
+        for c in rt.containers:
+            proc = c.proc
+            if c.name != container or proc is None:
+                continue
+            cwd = c.spec.get("workingDir") or str(rt.pod_dir / "workdir")
+            return RunningContainer(
+                process=ContainerProcess(pid=proc.pid, cwd=cwd, env=dict(c.env)),
+                log_path=c.log_dir / f"{c.runs - 1}.log",
+                stdin=proc.stdin,
+                stdin_once=bool(c.spec.get("stdinOnce")),
+            )
+        return None
 
 
 def _ip_forward() -> int:

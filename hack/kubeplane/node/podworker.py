@@ -411,6 +411,7 @@ class PodRuntime:
         c.probes = {}
         c.kill_deadline = None
         try:
+            stdin = bool(c.spec.get("stdin"))  # kept open for `kubectl attach -i`
             proc = launch(
                 argv,
                 c.env,
@@ -422,6 +423,7 @@ class PodRuntime:
                 setup,
                 identity,
                 c.mount_targets,
+                stdin=stdin,
             )
         except StartError as e:
             log_path.parent.mkdir(parents=True, exist_ok=True)

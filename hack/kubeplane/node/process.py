@@ -4,8 +4,8 @@ Invariant: every container process leads its own session and process group (neve
 inside its pod's network namespace, a private UTS namespace carrying the pod's hostname and a private
 mount namespace (propagation private) where its volumes are bind-mounted before the program is exec'd;
 it then runs under the identity `setpriv` gives it (uid, groups, capabilities) when the pod asks for one.
-stdout+stderr go through one pipe to the log pump (a failed mount shows there). Signals go to the whole
-process group.
+stdout+stderr go through one pipe to the log pump (a failed mount shows there); stdin is closed unless
+the spec asks for it. Signals go to the whole process group.
 """
 
 from __future__ import annotations
@@ -82,9 +82,11 @@ def launch(
     setup: str = "",
     identity: Sequence[str] = (),
     mount_targets: Sequence[str] = (),
+    stdin: bool = False,
 ) -> subprocess.Popen[bytes]:
     """`setup`: shell lines run in the container's mount namespace first (mounts); `identity`: a
-    `setpriv` argv prefix the program is exec'd through."""
+    `setpriv` argv prefix the program is exec'd through; with `stdin` (the spec's `stdin: true`) its
+    stdin is a pipe kept in `proc.stdin`."""
     if not argv:
         raise StartError("no command specified")
     executable = resolve_executable(argv[0], env.get("PATH", ""), cwd)
@@ -126,7 +128,7 @@ def launch(
             full,
             env=dict(env),
             cwd=cwd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=write_fd,
             stderr=write_fd,
             start_new_session=True,
