@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socketserver
 import ssl
 import threading
 import time
@@ -138,6 +139,12 @@ class LogServer(ThreadingHTTPServer):
         self.pod_dir = pod_dir
         self.is_open = is_open
         self._thread = threading.Thread(target=self.serve_forever, name="kubelet logs", daemon=True)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup of the node IP (getfqdn): ~6 s here.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
     def start(self) -> None:
         self._thread.start()
