@@ -52,7 +52,7 @@ KCM_CONTROLLERS = (
     "disruption-controller",
 )
 
-NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
 HACK_DIR = Path(__file__).resolve().parent.parent
 
@@ -345,9 +345,9 @@ def healthy(st: PlaneState, component: str) -> bool:
         conditions = node.get("status", {}).get("conditions", [])
         if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
             return False
-        # With kube-scheduler, a node takes pods only once node-lifecycle lifts the not-ready taint.
+        # With kube-scheduler, a node takes pods only once node-lifecycle lifts its not-ready taints.
         taints = node.get("spec", {}).get("taints") or []
-        return not nodes.runs_scheduler(st) or not any(t.get("key") == NOT_READY_TAINT for t in taints)
+        return not nodes.runs_scheduler(st) or not any(t.get("key") in NOT_READY_TAINTS for t in taints)
     raise ValueError(f"unknown component {component!r}")
 
 
