@@ -140,17 +140,20 @@ def test_pods_land_where_node_selector_anti_affinity_and_taints_say_and_reach_ea
     message = wait_for(unschedulable, timeout=30, message="the third shy pod reported Unschedulable")
     assert "untolerated taint" in message and "anti-affinity" in message, message
 
-    # Pod networking across nodes: a pod on node 0 fetches from the pod on node 2 and the Service.
+    # Pod networking across nodes: a pod on node 1 fetches from the pod on node 2 and the Service;
+    # its log comes through node 1's kubelet endpoint.
     target = next(p for p in pods(kp, ns, "app=spread") if p["spec"]["nodeName"] == node2)
     kp.kubectl("-n", ns, "expose", "deployment", "spread", "--port=80", "--target-port=8080")
-    fetch = (
-        "import urllib.request as u, sys\n"
+    fetch = (  # retries: the Service was created a moment ago
+        "import sys, time, urllib.request\n"
         "for url in sys.argv[1:]:\n"
-        "    for i in range(50):\n"
+        "    for _ in range(50):\n"
         "        try:\n"
-        "            assert u.urlopen(url, timeout=2).status == 200; print('ok', url); break\n"
-        "        except Exception as e:\n"
-        "            import time; time.sleep(0.2)\n"
+        "            if urllib.request.urlopen(url, timeout=2).status == 200:\n"
+        "                print('ok', url)\n"
+        "                break\n"
+        "        except OSError:\n"
+        "            time.sleep(0.2)\n"
         "    else:\n"
         "        sys.exit(f'cannot reach {url}')\n"
     )
@@ -160,7 +163,7 @@ def test_pods_land_where_node_selector_anti_affinity_and_taints_say_and_reach_ea
         "metadata": {"name": "client"},
         "spec": {
             "restartPolicy": "Never",
-            "nodeSelector": {"kubernetes.io/hostname": node0},
+            "nodeSelector": {"kubernetes.io/hostname": node1},
             "containers": [
                 {
                     "name": "client",
