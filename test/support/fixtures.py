@@ -4,6 +4,8 @@ Invariant: `kube_plane` is created once per session and torn down at its end, ev
 the backend comes from K8S_TEST_BACKEND: `local` (default: a hack/ plane named pytest-<pid>), `k3s`
 (testcontainers; skipped when no Docker engine answers) or `external` (the current KUBECONFIG).
 `namespace` gives each test a fresh namespace whose `default` ServiceAccount exists.
+`three_node_plane` gives a test module a local plane of its own with 3 nodes and kube-scheduler, and
+fails the module's teardown if `localkube down` left a process, mount, netns or bridge behind.
 """
 
 from __future__ import annotations
