@@ -256,7 +256,7 @@ class Plane:
         net = st.network
         say(f"localkube: plane {st.name!r} (index {net.index}, services {net.service_cidr}) in {st.root}")
         pkimod.generate(
-            self.pki, first_service_ip=net.first_service_ip, node_ip=net.bridge_ip, node_name=net.node_name
+            self.pki, first_service_ip=net.first_service_ip, node_ip=net.bridge_ip, node_name=self.node_name
         )
         pkimod.write_kubeconfig(self.kubeconfig, self.server, self.pki, cluster=f"localkube-{st.name}")
         for component in comp.CONTROL_PLANE:
