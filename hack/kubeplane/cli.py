@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from kubeplane.components import tail
+from kubeplane.nodes import plane_nodes
 from kubeplane.plane import Plane, PlaneError, UpOptions
 from kubeplane.state import default_state_dir
 
@@ -96,6 +97,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"  network    index {net.index}, bridge {net.bridge} {net.bridge_ip}, services {net.service_cidr}"
         )
+        for spec in plane_nodes(st):
+            print(f"  node       {spec.name} ({spec.pod_cidr}, process {spec.component})")
         for component, s in report.items():
             state = "healthy" if s.healthy else "running" if s.running else "NOT RUNNING"
             print(f"  {component:<24} pid {s.pid:<8} {state:<12} rss {s.rss_kib // 1024} MiB")

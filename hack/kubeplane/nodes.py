@@ -51,10 +51,6 @@ class NodeSpec:
     def pod_cidr(self) -> str:
         return self.network.pod_cidr
 
-    @property
-    def node_ip(self) -> str:
-        return self.network.bridge_ip
-
     def state_dir(self, plane_root: Path) -> Path:
         """Node 0 keeps the plane's state dir (as before); others get their own under nodes/."""
         return plane_root if self.ordinal == 0 else plane_root / "nodes" / self.name
