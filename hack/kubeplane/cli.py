@@ -1,4 +1,4 @@
-"""`localkube up|down|status|logs`: the command line over kubeplane.plane.
+"""`localkube up|down|status|logs|node`: the command line over kubeplane.plane.
 
 Invariant: every failure a user can cause or meet ends with one clear message on stderr and a non-zero
 exit status (1 for a situation to fix, 2 for bad usage), never a traceback or a hang.
@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from kubeplane.components import tail
+from kubeplane.nodes import plane_nodes
 from kubeplane.plane import Plane, PlaneError, UpOptions
 from kubeplane.state import default_state_dir
 
@@ -40,6 +41,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             force=args.force,
             apiserver_port=args.apiserver_port,
             timeout=args.timeout,
+            nodes=args.nodes,
+            node_names=tuple(filter(None, (args.node_names or "").split(","))),
+            node_labels=tuple(args.node_labels),
+            node_taints=tuple(args.node_taints),
+            node_capacity=tuple(args.node_capacity),
+            scheduler=args.scheduler,
+            node_monitor_grace_period=args.node_monitor_grace_period,
+            default_not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
+            default_unreachable_toleration_seconds=args.default_unreachable_toleration_seconds,
         ),
         say=_say,
     )
@@ -62,6 +72,17 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node(args: argparse.Namespace) -> int:
+    plane = Plane.load(_state_dir(args))
+    if args.action == "stop":
+        outcome = plane.stop_node(args.node)
+        _say(f"localkube: node {args.node} {outcome}; its pod processes and network namespaces are gone")
+    else:
+        elapsed = plane.start_node(args.node, args.timeout)
+        _say(f"localkube: node {args.node} Ready in {elapsed:.1f} s")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     plane = Plane.load(_state_dir(args))
     st = plane.state
@@ -76,6 +97,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"  network    index {net.index}, bridge {net.bridge} {net.bridge_ip}, services {net.service_cidr}"
         )
+        for spec in plane_nodes(st):
+            print(f"  node       {spec.name} ({spec.pod_cidr}, process {spec.component})")
         for component, s in report.items():
             state = "healthy" if s.healthy else "running" if s.running else "NOT RUNNING"
             print(f"  {component:<24} pid {s.pid:<8} {state:<12} rss {s.rss_kib // 1024} MiB")
@@ -125,7 +148,48 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--timeout", type=float, default=60.0, help="seconds each component may take to be healthy"
     )
+    nodes = up.add_argument_group(
+        "several nodes", "NODE in the per-node flags is a node name or ordinal (0 = first); flags repeat"
+    )
+    nodes.add_argument("--nodes", type=int, default=1, help="process nodes (>1 also starts kube-scheduler)")
+    nodes.add_argument(
+        "--node-names", help="comma-separated names (default: localkube-<i>, localkube-<i>-1, ...)"
+    )
+    nodes.add_argument("--node-labels", action="append", default=[], metavar="NODE=K=V[,K=V]")
+    nodes.add_argument("--node-taints", action="append", default=[], metavar="NODE=KEY[=VALUE]:EFFECT[,...]")
+    nodes.add_argument(
+        "--node-capacity", action="append", default=[], metavar="NODE=cpu=2,memory=4Gi,pods=20"
+    )
+    nodes.add_argument(
+        "--scheduler",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run kube-scheduler (default: only with several nodes; without it the node binds pods itself)",
+    )
+    nodes.add_argument(
+        "--node-monitor-grace-period",
+        type=float,
+        metavar="SECONDS",
+        help="how long a silent node stays Ready (KCM; default 50); the nodes heartbeat 4x as often",
+    )
+    nodes.add_argument(
+        "--default-not-ready-toleration-seconds", type=int, metavar="SECONDS", help="API server; default 300"
+    )
+    nodes.add_argument(
+        "--default-unreachable-toleration-seconds",
+        type=int,
+        metavar="SECONDS",
+        help="API server; default 300",
+    )
     up.set_defaults(func=cmd_up)
+
+    node = sub.add_parser(
+        "node", parents=[common], help="lose a node (stop: kill it and its pods' processes) or bring it back"
+    )
+    node.add_argument("action", choices=["stop", "start"])
+    node.add_argument("node", metavar="NAME", help="node name or ordinal (0 = first)")
+    node.add_argument("--timeout", type=float, default=60.0, help="seconds `start` may take to be Ready")
+    node.set_defaults(func=cmd_node)
 
     down = sub.add_parser(
         "down", parents=[common], help="stop everything the plane recorded, remove its state"

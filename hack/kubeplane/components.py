@@ -20,13 +20,15 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from kubeplane import nodes
 from kubeplane.pki import FRONT_PROXY_USER, PkiPaths
 from kubeplane.state import PlaneState, ProcessRecord, is_same_process, proc_start_time
 
 ETCD = "etcd"
 APISERVER = "kube-apiserver"
 KCM = "kube-controller-manager"
-NODE = "node"
+SCHEDULER = "kube-scheduler"  # runs only on planes with several nodes (nodes stop self-binding then)
+NODE = nodes.NODE
 CONTROL_PLANE = (ETCD, APISERVER, KCM)  # start order; stop order is the reverse
 
 KCM_CONTROLLERS = (
@@ -43,7 +45,14 @@ KCM_CONTROLLERS = (
     "pod-garbage-collector-controller",
     "ttl-after-finished-controller",
     "clusterrole-aggregation-controller",  # admin/edit/view pick up aggregate-to-* rules (our RBAC)
+    # Node failure and maintenance: NotReady on a lapsed Lease, NoExecute taints and the evictions
+    # they cause, PodDisruptionBudget status for the Eviction API (kubectl drain).
+    "node-lifecycle-controller",
+    "taint-eviction-controller",
+    "disruption-controller",
 )
+
+NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
 HACK_DIR = Path(__file__).resolve().parent.parent
 
@@ -174,12 +183,47 @@ def node_argv(st: PlaneState) -> list[str]:
     return argv
 
 
+def scheduler_argv(st: PlaneState) -> list[str]:
+    pki = PkiPaths(st.root / "pki")
+    kubeconfig = st.root / "admin.kubeconfig"
+    return [
+        str(Path(st.bin_dir) / SCHEDULER),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={st.ports['scheduler']}",
+        f"--cert-dir={pki.root / 'scheduler-generated'}",
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
 ARGV: dict[str, Callable[[PlaneState], list[str]]] = {
     ETCD: etcd_argv,
     APISERVER: apiserver_argv,
     KCM: kcm_argv,
     NODE: node_argv,
+    SCHEDULER: scheduler_argv,
 }
+
+
+def argv_for(st: PlaneState, component: str) -> list[str]:
+    """A component's argv, with the node-lifecycle settings of a plane that has nodes."""
+    if nodes.is_node_component(component):
+        return nodes.node_argv(st, component, node_argv(st))
+    argv = ARGV[component](st)
+    settings = st.node
+    if component == KCM and settings:
+        argv.append("--node-monitor-period=2s")  # notice a lost node and a Ready one within 2 s
+        if settings.get("node_monitor_grace_period") is not None:
+            argv.append(f"--node-monitor-grace-period={float(settings['node_monitor_grace_period'])}s")
+    if component == APISERVER:
+        for key in ("default_not_ready_toleration_seconds", "default_unreachable_toleration_seconds"):
+            if settings.get(key) is not None:
+                argv.append(f"--{key.replace('_', '-')}={int(settings[key])}")
+    return argv
 
 
 # --- processes --------------------------------------------------------------------------------------
@@ -190,11 +234,11 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def spawn(st: PlaneState, component: str) -> ProcessRecord:
-    argv = ARGV[component](st)
+    argv = argv_for(st, component)
     log = st.root / "logs" / f"{component}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    if component == NODE:
+    if nodes.is_node_component(component):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HACK_DIR), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
     with open(log, "ab") as out:
@@ -291,12 +335,19 @@ def healthy(st: PlaneState, component: str) -> bool:
             return False
         # The serviceaccount controller is running once the default namespace has its SA.
         return api_get(st, "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
-    if component == NODE:
-        status, body = api_get(st, f"/api/v1/nodes/{st.network.node_name}")
+    if component == SCHEDULER:
+        return http_get(f"https://127.0.0.1:{st.ports['scheduler']}/healthz", _insecure_tls())[0] == 200
+    if nodes.is_node_component(component):
+        status, body = api_get(st, f"/api/v1/nodes/{nodes.spec_for(st, component).name}")
         if status != 200:
             return False
-        conditions = json.loads(body).get("status", {}).get("conditions", [])
-        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        node = json.loads(body)
+        conditions = node.get("status", {}).get("conditions", [])
+        if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            return False
+        # With kube-scheduler, a node takes pods only once node-lifecycle lifts its not-ready taints.
+        taints = node.get("spec", {}).get("taints") or []
+        return not nodes.runs_scheduler(st) or not any(t.get("key") in NOT_READY_TAINTS for t in taints)
     raise ValueError(f"unknown component {component!r}")
 
 

@@ -2,28 +2,35 @@
 
 Invariant: state.json is written before the first process starts and updated after each spawn, so
 `down` can always find everything `up` started, even after `kill -9` of every process or of `up`
-itself. `down` stops the node first (it owns pods, netns and the bridge), then the control plane in
-reverse start order, and removes the state dir only once no recorded process is left.
+itself. `down` stops the nodes first (they own pods, netns and the bridge), then kube-scheduler and the
+control plane in reverse start order, and removes the state dir only once no recorded process is
+left. `node stop` is a node lost: its process is killed and its pods' processes and netns with it,
+while its Node and pods stay in the API for the node-lifecycle controller to handle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib
 import importlib.util
+import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from kubeplane import components as comp
+from kubeplane import nodes
 from kubeplane import pki as pkimod
 from kubeplane.state import (
     PlaneState,
     ProcessRecord,
-    allocate_index,
+    allocate_indexes,
     allocate_ports,
     default_state_dir,
     port_is_free,
@@ -35,7 +42,7 @@ ETCD_VERSION = os.environ.get("ETCD_VERSION", "v3.6.16")
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "hack" / "build-control-plane.sh"
 BINARIES = ("etcd", comp.APISERVER, comp.KCM)
-PORT_NAMES = ["etcd", "etcd_peer", "apiserver", "kcm", "kubelet"]
+PORT_NAMES = ["etcd", "etcd_peer", "apiserver", "kcm", "kubelet", "scheduler"]
 
 Say = Callable[[str], None]
 
@@ -68,6 +75,16 @@ class UpOptions:
     force: bool = False  # clean a stale state dir first
     apiserver_port: int | None = None
     timeout: float = 60.0  # per component
+    nodes: int = 1
+    node_names: tuple[str, ...] = ()
+    node_labels: tuple[str, ...] = ()  # each NODE=k=v[,k=v]; NODE a name or ordinal
+    node_taints: tuple[str, ...] = ()  # each NODE=key[=value]:Effect[,...]
+    node_capacity: tuple[str, ...] = ()  # each NODE=cpu=2,memory=4Gi,pods=20
+    scheduler: bool | None = None  # None: kube-scheduler runs when there are several nodes
+    # Node failure timing (None keeps Kubernetes' defaults: 50 s, 300 s, 300 s).
+    node_monitor_grace_period: float | None = None
+    default_not_ready_toleration_seconds: int | None = None
+    default_unreachable_toleration_seconds: int | None = None
 
 
 def default_bin_dir() -> Path:
@@ -81,7 +98,11 @@ def resolve_bin_dir(explicit: Path | None = None) -> Path:
     """--bin-dir, else $DASK_OPERATOR_BIN, else the build script's cache dir; all binaries must exist."""
     env = os.environ.get("DASK_OPERATOR_BIN")
     bin_dir = explicit or (Path(env) if env else default_bin_dir())
-    missing = [b for b in BINARIES if not os.access(bin_dir / b, os.X_OK)]
+    return _check_binaries(bin_dir, BINARIES)
+
+
+def _check_binaries(bin_dir: Path, binaries: tuple[str, ...]) -> Path:
+    missing = [b for b in binaries if not os.access(bin_dir / b, os.X_OK)]
     if missing:
         raise PlaneError(
             f"control-plane binaries missing in {bin_dir}: {', '.join(missing)}.\n"
@@ -131,7 +152,13 @@ class Plane:
 
     @property
     def node_name(self) -> str:
-        return self.state.network.node_name
+        """The first node's name (the only one on a one-node plane)."""
+        specs = nodes.plane_nodes(self.state)
+        return specs[0].name if specs else self.state.network.node_name
+
+    @property
+    def node_names(self) -> list[str]:
+        return [s.name for s in nodes.plane_nodes(self.state)]
 
     @property
     def has_node(self) -> bool:
@@ -154,6 +181,14 @@ class Plane:
         state_dir = (opts.state_dir or default_state_dir(opts.name)).absolute()
         _check_no_stale_state(state_dir, opts, say)
         bin_dir = resolve_bin_dir(opts.bin_dir)
+        with_node = opts.node and node_available()
+        if opts.nodes < 1 or (opts.nodes > 1 and not with_node):
+            raise PlaneError(
+                f"--nodes {opts.nodes}: a plane runs 1 or more process nodes (and not with --no-node)"
+            )
+        scheduler = with_node and (opts.scheduler if opts.scheduler is not None else opts.nodes > 1)
+        if scheduler:
+            _check_binaries(bin_dir, (comp.SCHEDULER,))
         fixed: dict[str, int] = {}
         if opts.apiserver_port is not None:
             if not port_is_free(opts.apiserver_port):
@@ -163,13 +198,29 @@ class Plane:
                 )
             fixed["apiserver"] = opts.apiserver_port
         with registry_lock():
-            index, taken = allocate_index(state_dir)
+            indexes, taken = allocate_indexes(state_dir, opts.nodes if with_node else 1)
+            index = indexes[0]
+            node_opts: dict[str, object] = {}
+            if with_node:
+                try:
+                    names = nodes.node_names(opts.nodes, index, opts.node_names)
+                    specs = nodes.build_specs(
+                        indexes, names, opts.node_labels, opts.node_taints, opts.node_capacity
+                    )
+                except nodes.NodeFlagError as e:
+                    raise PlaneError(str(e)) from e
+                node_opts = {
+                    "simulated": opts.simulated_node,
+                    "gpus": opts.gpus,
+                    "nodes": [s.to_json() for s in specs],
+                    "scheduler": scheduler,
+                    "node_monitor_grace_period": opts.node_monitor_grace_period,
+                    "default_not_ready_toleration_seconds": opts.default_not_ready_toleration_seconds,
+                    "default_unreachable_toleration_seconds": opts.default_unreachable_toleration_seconds,
+                }
             ports = allocate_ports(PORT_NAMES, taken, fixed)
             state_dir.mkdir(parents=True)
             os.chmod(state_dir, 0o700)
-            node_opts: dict[str, object] = {}
-            if opts.node and node_available():
-                node_opts = {"simulated": opts.simulated_node, "gpus": opts.gpus}
             st = PlaneState(
                 name=opts.name,
                 state_dir=str(state_dir),
@@ -205,20 +256,26 @@ class Plane:
         net = st.network
         say(f"localkube: plane {st.name!r} (index {net.index}, services {net.service_cidr}) in {st.root}")
         pkimod.generate(
-            self.pki, first_service_ip=net.first_service_ip, node_ip=net.bridge_ip, node_name=net.node_name
+            self.pki, first_service_ip=net.first_service_ip, node_ip=net.bridge_ip, node_name=self.node_name
         )
         pkimod.write_kubeconfig(self.kubeconfig, self.server, self.pki, cluster=f"localkube-{st.name}")
         for component in comp.CONTROL_PLANE:
             comp.spawn(st, component)
+            if component == comp.KCM and nodes.runs_scheduler(st):
+                comp.spawn(st, comp.SCHEDULER)  # both need only the API server: start them together
             comp.wait_healthy(st, component, opts.timeout)
             if component == comp.APISERVER:
                 say(f"localkube: API ready at {self.server} in {time.monotonic() - t0:.1f} s")
+        if nodes.runs_scheduler(st):
+            comp.wait_healthy(st, comp.SCHEDULER, opts.timeout)
         say(f"localkube: controller manager healthy at {time.monotonic() - t0:.1f} s")
-        if st.node:
-            comp.spawn(st, comp.NODE)
-            comp.wait_healthy(st, comp.NODE, opts.timeout)
-            say(f"localkube: node {net.node_name} Ready at {time.monotonic() - t0:.1f} s")
-        elif opts.node:
+        specs = nodes.plane_nodes(st)
+        for spec in specs:
+            comp.spawn(st, spec.component)
+        for spec in specs:
+            comp.wait_healthy(st, spec.component, opts.timeout)
+            say(f"localkube: node {spec.name} ({spec.pod_cidr}) Ready at {time.monotonic() - t0:.1f} s")
+        if not specs and opts.node:
             say("localkube: no process node yet (hack/kubeplane/node/__main__.py missing); skipped")
 
     def down(self, say: Say = _quiet) -> float:
@@ -240,19 +297,79 @@ class Plane:
     def _stop_processes(self, say: Say) -> list[str]:
         problems: list[str] = []
         procs = self.state.processes
-        if comp.NODE in procs:
-            say(f"localkube: node {comp.terminate(procs[comp.NODE])}")
+        node_procs = [c for c in procs if nodes.is_node_component(c)]
+        # Nodes stop in parallel: each waits for its pods' graceful shutdown.
+        with ThreadPoolExecutor(max_workers=max(1, len(node_procs))) as pool:
+            outcomes = list(pool.map(lambda c: comp.terminate(procs[c]), node_procs))
+        for component, outcome in zip(node_procs, outcomes, strict=True):
+            say(f"localkube: {component} {outcome}")
         cleanup = _node_cleanup()
         if cleanup is not None:
-            try:
-                cleanup(self.state_dir)
-            except Exception as e:  # noqa: BLE001 - report it, but still stop the control plane
-                problems.append(f"node cleanup failed: {e!r}")
-        order = [c for c in reversed(comp.CONTROL_PLANE) if c in procs]
-        order += [c for c in procs if c not in order and c != comp.NODE]
+            for node_dir in self._node_dirs():
+                try:
+                    cleanup(node_dir)
+                except Exception as e:  # noqa: BLE001 - report it, but still stop the control plane
+                    problems.append(f"node cleanup of {node_dir} failed: {e!r}")
+            if nodes.multi_node(self.state):
+                problems += _delete_shared_bridge(self.state.network.bridge)
+        order = [c for c in (comp.SCHEDULER,) if c in procs]
+        order += [c for c in reversed(comp.CONTROL_PLANE) if c in procs]
+        order += [c for c in procs if c not in order and c not in node_procs]
         for component in order:
             say(f"localkube: {component} {comp.terminate(procs[component])}")
         return problems
+
+    def _node_dirs(self) -> list[Path]:
+        specs = nodes.plane_nodes(self.state)
+        return [s.state_dir(self.state_dir) for s in specs] if specs else [self.state_dir]
+
+    # --- nodes: loss and return --------------------------------------------------------------------
+
+    def _node(self, name: str) -> nodes.NodeSpec:
+        spec = nodes.find_node(self.state, name)
+        if spec is None:
+            known = ", ".join(self.node_names) or "none"
+            raise PlaneError(f"no node {name!r} in plane {self.name!r} (nodes: {known})")
+        return spec
+
+    def stop_node(self, name: str) -> str:
+        """Lose a node as a machine would: kill -9 the node, then its pods' processes and netns.
+
+        The Node and its pods stay in the API: the node's Lease lapses, the node-lifecycle controller
+        marks it NotReady and taint-based eviction deletes its pods (their controllers recreate them
+        on other nodes).
+        """
+        spec = self._node(name)
+        rec = self.state.processes.get(spec.component)
+        outcome = "not running"
+        if rec is not None and comp.alive(rec):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while comp.alive(rec) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            outcome = "killed"
+        cleanup = _node_cleanup()
+        if cleanup is not None:
+            cleanup(spec.state_dir(self.state_dir))
+        return outcome
+
+    def start_node(self, name: str, timeout: float = 60.0) -> float:
+        """Start a stopped node again; returns seconds until it is Ready (and schedulable)."""
+        spec = self._node(name)
+        rec = self.state.processes.get(spec.component)
+        if rec is not None and comp.alive(rec):
+            raise PlaneError(f"node {spec.name} is already running")
+        since = time.time()
+        comp.spawn(self.state, spec.component)
+        t0 = time.monotonic()
+        # The Node may still read Ready from before the loss: wait for a heartbeat of this process too.
+        while not _lease_renewed_since(self.state, spec.name, since):
+            if time.monotonic() - t0 > timeout:
+                raise PlaneError(f"node {spec.name} renewed no Lease within {timeout:.0f} s; see its log")
+            time.sleep(0.1)
+        comp.wait_healthy(self.state, spec.component, max(1.0, timeout - (time.monotonic() - t0)))
+        return time.monotonic() - t0
 
     # --- single components (tests that break the plane on purpose) ----------------------------------
 
@@ -301,6 +418,31 @@ def _node_cleanup() -> Callable[[Path], object] | None:
         return None
     fn = getattr(module, "cleanup", None)
     return fn if callable(fn) else None
+
+
+def _lease_renewed_since(st: PlaneState, node: str, since: float) -> bool:
+    status, body = comp.api_get(st, f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}")
+    if status != 200:
+        return False
+    renew = json.loads(body).get("spec", {}).get("renewTime") or ""
+    try:
+        renewed = datetime.datetime.strptime(renew, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return False
+    return renewed.timestamp() >= since - 1.0  # renewTime has microseconds; allow clock rounding
+
+
+def _delete_shared_bridge(bridge: str) -> list[str]:
+    """The bridge the nodes of a multi-node plane shared; no node removes it on its own."""
+    try:
+        from kubeplane.node import netns
+    except ImportError:
+        return []
+    try:
+        netns.delete_bridge(bridge)
+    except Exception as e:  # noqa: BLE001 - report it with the other problems of `down`
+        return [f"could not delete bridge {bridge}: {e!r}"]
+    return [f"bridge {bridge} still exists"] if netns.link_exists(bridge) else []
 
 
 def _rss_kib(pid: int) -> int:

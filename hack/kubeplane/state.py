@@ -3,7 +3,8 @@
 Invariant: state.json is the only record of what a plane owns. A process is ours only if its PID *and*
 its /proc start time match what state.json recorded, so a recycled PID is never signalled. Each live
 plane holds a distinct network index `i` (bridge dkbr<i>, 10.244.<i>.0/24, services 10.96.<i>.0/24),
-allocated under a lock by scanning existing state dirs and bridges.
+allocated under a lock by scanning existing state dirs and bridges; each further node of a plane holds
+one more index (its pod CIDR), recorded in state.json under node.nodes.
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ class PlaneState:
     @property
     def root(self) -> Path:
         return Path(self.state_dir)
+
+    def network_indexes(self) -> set[int]:
+        """The plane's own index and those its further nodes hold."""
+        return {self.index, *(int(n["index"]) for n in self.node.get("nodes") or [])}
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -213,17 +218,24 @@ def allocate_index(state_dir: Path) -> tuple[int, set[int]]:
 
     Returns it with the set of ports the other planes recorded. Call under `registry_lock()`.
     """
+    indexes, ports = allocate_indexes(state_dir, 1)
+    return indexes[0], ports
+
+
+def allocate_indexes(state_dir: Path, count: int) -> tuple[list[int], set[int]]:
+    """`count` distinct free network indexes, as `allocate_index`: the plane's own (the lowest free)
+    first, then its further nodes' from the top of the range, far from the planes' own indexes."""
     others = other_planes(state_dir)
-    used = {p.index for p in others}
+    used = {i for p in others for i in p.network_indexes()}
     net = Path("/sys/class/net")
     if net.is_dir():
         for link in net.glob("dkbr*"):
             with contextlib.suppress(ValueError):
                 used.add(int(link.name[4:]))
     ports = {port for p in others for port in p.ports.values()}
-    for i in range(MAX_INDEX + 1):
-        if i not in used:
-            return i, ports
+    free = [i for i in range(MAX_INDEX + 1) if i not in used]
+    if len(free) >= count:
+        return [free[0], *reversed(free[len(free) - count + 1 :])], ports
     raise RuntimeError(f"all {MAX_INDEX + 1} network indexes are in use; run `localkube down` on old planes")
 
 

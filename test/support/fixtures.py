@@ -4,6 +4,8 @@ Invariant: `kube_plane` is created once per session and torn down at its end, ev
 the backend comes from K8S_TEST_BACKEND: `local` (default: a hack/ plane named pytest-<pid>), `k3s`
 (testcontainers; skipped when no Docker engine answers) or `external` (the current KUBECONFIG).
 `namespace` gives each test a fresh namespace whose `default` ServiceAccount exists.
+`three_node_plane` gives a test module a local plane of its own with 3 nodes and kube-scheduler, and
+fails the module's teardown if `localkube down` left a process, mount, netns or bridge behind.
 """
 
 from __future__ import annotations
@@ -273,3 +275,77 @@ def namespace(kube_plane: KubePlane, request: pytest.FixtureRequest) -> Iterator
         # The namespace controller finishes the deletion in the background; do not wait for it.
         with contextlib.suppress(ApiException):
             core.delete_namespace(name, propagation_policy="Background", _request_timeout=10)
+
+
+# --- a plane of its own with several nodes ----------------------------------------------------------
+
+THREE_NODE_OPTIONS = {
+    # Short node-failure timing so a lost node's pods are evicted within ~20 s: the nodes heartbeat
+    # every 3 s, a node silent for 12 s is NotReady, its pods tolerate that for 5 s.
+    "node_monitor_grace_period": 12.0,
+    "default_not_ready_toleration_seconds": 5,
+    "default_unreachable_toleration_seconds": 5,
+    "node_labels": ("1=topology.kubernetes.io/zone=zone-b",),
+    "node_taints": ("2=dedicated=batch:NoSchedule",),
+}
+
+
+def plane_leftovers(state_dir: Path, bridge: str, pids: list[tuple[int, int]]) -> list[str]:
+    """What a taken-down plane left on the host: processes, mounts, netns, /etc/netns dirs, bridge."""
+    from kubeplane.state import proc_start_time
+
+    left = [f"process {pid}" for pid, start in pids if proc_start_time(pid) == start]
+    left += [
+        f"mount {line.split()[1]}"
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if str(state_dir) in line
+    ]
+    run_netns = Path("/run/netns")
+    if run_netns.is_dir():
+        left += [f"netns {p.name}" for p in run_netns.glob(f"{bridge}-*")]
+    left += (
+        [f"/etc/netns/{p.name}" for p in Path("/etc/netns").glob(f"{bridge}-*")]
+        if Path("/etc/netns").is_dir()
+        else []
+    )
+    if Path("/sys/class/net", bridge).exists():
+        left.append(f"bridge {bridge}")
+    if state_dir.exists():
+        left.append(f"state dir {state_dir}")
+    return left
+
+
+@pytest.fixture(scope="module")
+def three_node_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubePlane]:
+    """A local plane of this module's own with 3 process nodes and kube-scheduler.
+
+    Node 1 is labelled topology.kubernetes.io/zone=zone-b and node 2 is tainted
+    dedicated=batch:NoSchedule. Taking it down must leave nothing behind: checked here.
+    """
+    if os.environ.get("K8S_TEST_BACKEND", "local") != "local":
+        pytest.skip("several process nodes need the local control plane (K8S_TEST_BACKEND=local)")
+    from kubeplane.plane import Plane, PlaneError, UpOptions
+
+    opts = UpOptions(
+        name=f"pytest-{os.getpid()}-nodes", bin_dir=_bin_dir(), force=True, nodes=3, **THREE_NODE_OPTIONS
+    )
+    t0 = time.monotonic()
+    try:
+        plane = Plane.up(opts)
+    except PlaneError as e:
+        with contextlib.suppress(PlaneError, OSError):
+            Plane.load(_default_dir(opts.name)).down()
+        pytest.fail(f"3-node plane did not come up: {e}", pytrace=False)
+    kp = KubePlane("local", plane.kubeconfig, tmp_path_factory.mktemp("three-nodes"), plane)
+    kp.up_seconds = time.monotonic() - t0
+    try:
+        yield kp
+    finally:
+        kp.close()
+        # Every process the plane started, including nodes restarted by a test (re-read state.json).
+        state = Plane.load(plane.state_dir).state
+        pids = [(r.pid, r.start_time) for r in state.processes.values()]
+        plane = Plane(state)
+        plane.down()
+        left = plane_leftovers(plane.state_dir, state.network.bridge, pids)
+        assert not left, f"`localkube down` left behind: {', '.join(left)}"

@@ -32,6 +32,13 @@ def parse_args(argv: list[str]) -> NodeConfig:
     p.add_argument("--simulated", action="store_true", help="run no process: every pod is simulated")
     p.add_argument("--gpus", type=int, default=0, help="advertise this many nvidia.com/gpu")
     p.add_argument("--cluster-domain", default="cluster.local")
+    p.add_argument("--shared-bridge", action="store_true", help="other nodes of the plane use the bridge too")
+    p.add_argument("--cluster-cidr", default="", help="every node's pods (on-link from each pod)")
+    p.add_argument("--no-bind", action="store_true", help="kube-scheduler places pods; never self-bind")
+    p.add_argument("--heartbeat-seconds", type=float, default=10.0, help="Lease renewal period")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a Node label")
+    p.add_argument("--taint", action="append", default=[], metavar="KEY[=VALUE]:EFFECT", help="a Node taint")
+    p.add_argument("--capacity", action="append", default=[], metavar="RESOURCE=QUANTITY")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(
@@ -53,7 +60,25 @@ def parse_args(argv: list[str]) -> NodeConfig:
         simulated=a.simulated,
         gpus=a.gpus,
         cluster_domain=a.cluster_domain,
+        shared_bridge=a.shared_bridge,
+        cluster_cidr=a.cluster_cidr,
+        self_bind=not a.no_bind,
+        heartbeat_seconds=a.heartbeat_seconds,
+        labels=tuple(_pair(x) for x in a.label),
+        taints=tuple(_taint(x) for x in a.taint),
+        capacity=tuple(_pair(x) for x in a.capacity),
     )
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    return key, value
+
+
+def _taint(text: str) -> tuple[str, str, str]:
+    kv, _, effect = text.rpartition(":")
+    key, _, value = kv.partition("=")
+    return key, value, effect
 
 
 def main(argv: list[str] | None = None) -> int:

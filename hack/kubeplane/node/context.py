@@ -42,21 +42,42 @@ class NodeConfig:
     simulated: bool = False
     gpus: int = 0
     cluster_domain: str = "cluster.local"
+    # Several nodes on one plane: they share the bridge (created by whichever starts first, removed by
+    # `localkube down`), and pods reach every node's pods on-link inside `cluster_cidr`.
+    shared_bridge: bool = False
+    cluster_cidr: str = ""
+    self_bind: bool = True  # False while kube-scheduler places pods
+    heartbeat_seconds: float = 10.0
+    labels: tuple[tuple[str, str], ...] = ()
+    taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect)
+    capacity: tuple[tuple[str, str], ...] = ()  # overrides of what the machine reports
 
     @property
     def node_ip(self) -> str:
         return str(next(ipaddress.ip_network(self.pod_cidr, strict=False).hosts()))
 
     @property
-    def prefixlen(self) -> int:
+    def node_prefixlen(self) -> int:
+        """The prefix of the node IP on the bridge: this node's pod CIDR."""
         return ipaddress.ip_network(self.pod_cidr, strict=False).prefixlen
 
     @property
+    def prefixlen(self) -> int:
+        """The prefix of a pod's address: on-link to every node's pods (the cluster CIDR, if any)."""
+        return ipaddress.ip_network(self.cluster_cidr or self.pod_cidr, strict=False).prefixlen
+
+    @property
+    def routable_pod_cidr(self) -> str:
+        """Pod IPs that live on this host's bridge: the cluster CIDR, else this node's pod CIDR."""
+        return self.cluster_cidr or self.pod_cidr
+
+    @property
     def simulated_cidr(self) -> str:
-        """Addresses for simulated pods (no process, no netns): a /16 per node, routed into the bridge."""
-        index = (
-            int(self.bridge.removeprefix("dkbr") or 0) if self.bridge.removeprefix("dkbr").isdigit() else 0
-        )
+        """Addresses for simulated pods (no process, no netns): a /16 per node, routed into the bridge.
+
+        Keyed by the pod CIDR's third octet (the node's network index), so nodes sharing a bridge differ.
+        """
+        index = int(str(ipaddress.ip_network(self.pod_cidr, strict=False).network_address).split(".")[2])
         return f"10.{128 + index % 128}.0.0/16"
 
     @property

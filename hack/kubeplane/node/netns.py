@@ -61,6 +61,21 @@ def ensure_bridge(bridge: str, gateway: str, prefixlen: int) -> None:
     _ip(["link", "set", bridge, "up"])
 
 
+def join_bridge(bridge: str, gateway: str, prefixlen: int) -> None:
+    """Adds this node's IP to a bridge other nodes share, creating it if this node is the first.
+
+    Never flushes: the other nodes' IPs and the ClusterIPs on it stay.
+    """
+    if not link_exists(bridge):
+        try:
+            _ip(["link", "add", bridge, "type", "bridge"])
+        except NetworkError:
+            if not link_exists(bridge):  # another node created it meanwhile: that is fine
+                raise
+    _ip(["addr", "replace", f"{gateway}/{prefixlen}", "dev", bridge])
+    _ip(["link", "set", bridge, "up"])
+
+
 def delete_bridge(bridge: str) -> None:
     if link_exists(bridge):
         _ip(["link", "del", bridge], check=False)

@@ -1,7 +1,8 @@
 """The process node: wires registration, binding, pod runtimes, services (DNS + proxy) and logs.
 
 Invariant: everything is driven by three watches (pods, services, endpointslices); informer callbacks
-only dispatch (never block on the API). Real pods get one runtime thread each; simulated pods share a
+only dispatch (never block on the API). Unbound pods are bound here only while no kube-scheduler runs
+(`self_bind`). Real pods get one runtime thread each; simulated pods share a
 fixed work pool. `stop()` leaves nothing on the host: pod processes, netns, veths, ClusterIP
 addresses and the bridge are removed before it returns.
 """
@@ -96,8 +97,8 @@ class ServiceSync:
         services = list(node.services.store.values())
         slices = list(node.slices.store.values())
         routes = build_routes(services, slices, node.cfg.service_cidr, static=node.static_backends)
-        # Backends outside the pod CIDR (simulated pods) are never dialled: nothing must leave the box.
-        pod_net = ipaddress.ip_network(node.cfg.pod_cidr)
+        # Backends outside the pod CIDRs (simulated pods) are never dialled: nothing must leave the box.
+        pod_net = ipaddress.ip_network(node.cfg.routable_pod_cidr)
         backends = {
             front: tuple(
                 b for b in bs if ipaddress.ip_address(b[0]) in pod_net or b in node.static_backends.values()
@@ -156,8 +157,11 @@ class ProcessNode:
         self.ctx.default_route = _ip_forward() == 0
         if not self.ctx.default_route:
             log.warning("net.ipv4.ip_forward=1: pods get no default route, so nothing can leave the machine")
-        self.record.set_bridge(cfg.bridge)
-        net.ensure_bridge(cfg.bridge, cfg.node_ip, cfg.prefixlen)
+        if cfg.shared_bridge:  # `localkube down` removes it once every node of the plane is gone
+            net.join_bridge(cfg.bridge, cfg.node_ip, cfg.node_prefixlen)
+        else:
+            self.record.set_bridge(cfg.bridge)
+            net.ensure_bridge(cfg.bridge, cfg.node_ip, cfg.node_prefixlen)
         # Simulated pod IPs route into the bridge (where nothing answers) instead of out of the machine.
         net._ip(["route", "replace", cfg.simulated_cidr, "dev", cfg.bridge])
         self.netloop = NetLoop()
@@ -235,7 +239,8 @@ class ProcessNode:
                 self.simulated.forget(pod)
             return
         if not node:
-            self.binder.offer(pod)
+            if self.cfg.self_bind:
+                self.binder.offer(pod)
             return
         if node != self.cfg.node_name:
             return
@@ -308,7 +313,8 @@ class ProcessNode:
         from .cleanup import cleanup
 
         cleanup(self.cfg.state_dir)
-        net.delete_bridge(self.cfg.bridge)
+        if not self.cfg.shared_bridge:
+            net.delete_bridge(self.cfg.bridge)
 
 
 class NodePods:

@@ -1,8 +1,10 @@
 """The Node object, its status, and the heartbeat (a Lease in kube-node-lease plus periodic status).
 
-Invariant: the Node is Ready while this process runs: the Lease is renewed every 10 s and the status
-(conditions with lastHeartbeatTime) every 60 s; a failed renewal is retried on the next tick and never
-stops the node. The InternalIP is the bridge IP, which is where the kubelet endpoint (logs) listens.
+Invariant: the Node is Ready while this process runs: the Lease is renewed every 10 s (or the
+configured heartbeat) and the status (conditions with lastHeartbeatTime) every 60 s; a failed renewal
+is retried on the next tick and never stops the node. The InternalIP is the node IP on the bridge,
+which is where the kubelet endpoint (logs) listens. Configured taints are set only when the Node is
+created, as the kubelet's --register-with-taints: a restarted node keeps a cordon or taints set since.
 """
 
 from __future__ import annotations
@@ -46,7 +48,12 @@ def node_labels(cfg: NodeConfig) -> dict[str, str]:
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": "amd64" if platform.machine() in ("x86_64", "amd64") else platform.machine(),
         "node.kubernetes.io/instance-type": "localkube-simulated" if cfg.simulated else "localkube-process",
+        **dict(cfg.labels),
     }
+
+
+def node_taints(cfg: NodeConfig) -> list[JSON]:
+    return [{"key": k, "effect": e, **({"value": v} if v else {})} for k, v, e in cfg.taints]
 
 
 def capacity(cfg: NodeConfig) -> dict[str, str]:
@@ -59,6 +66,7 @@ def capacity(cfg: NodeConfig) -> dict[str, str]:
     }
     if cfg.gpus:
         cap["nvidia.com/gpu"] = str(cfg.gpus)
+    cap.update(dict(cfg.capacity))
     return cap
 
 
@@ -122,12 +130,14 @@ class Registration:
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
     def register(self) -> None:
-        body = {
+        body: JSON = {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": self.cfg.node_name, "labels": node_labels(self.cfg)},
             "spec": {"podCIDR": self.cfg.pod_cidr, "podCIDRs": [self.cfg.pod_cidr]},
         }
+        if self.cfg.taints:
+            body["spec"]["taints"] = node_taints(self.cfg)
         path = f"/api/v1/nodes/{self.cfg.node_name}"
         try:
             node = self.client.request("POST", "/api/v1/nodes", body=body)
@@ -180,7 +190,7 @@ class Registration:
 
     def _loop(self) -> None:
         last_status = time.monotonic()
-        while not self._stop.wait(LEASE_EVERY):
+        while not self._stop.wait(min(LEASE_EVERY, self.cfg.heartbeat_seconds)):
             try:
                 self._renew_lease()
                 if time.monotonic() - last_status >= STATUS_EVERY:

@@ -4,7 +4,8 @@ Invariant: one listener per (ClusterIP, port) with at least one ready backend, a
 client of a Service without endpoints gets "connection refused" (as with kube-proxy's REJECT rule) and
 retries, instead of a connection that closes mid-handshake. Each new connection goes to the next
 backend in round-robin order; if no backend answers it is reset. Routes are replaced as a whole.
-Listeners use IP_FREEBIND, so they can bind before the address is on the bridge.
+Listeners use IP_FREEBIND, so they can bind before the address is on the bridge, and SO_REUSEPORT,
+so the nodes of one plane all listen on its ClusterIPs.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class ServiceProxy:
     async def _listen(self, front: Frontend) -> asyncio.base_events.Server:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Every node of a plane serves every ClusterIP on the shared bridge: the kernel spreads
+        # connections over their listeners, and a stopped node's listener just drops out.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
         sock.bind(front)
         sock.listen(512)
