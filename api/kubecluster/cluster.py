@@ -280,7 +280,9 @@ class KubeCluster(Cluster):
 
     async def _create_or_connect(self) -> None:
         name, namespace = self.cluster_name, self.namespace
-        existing = await self._kube(self._checked, "get", DASK_CLUSTER_KIND, self.api.get, namespace, name)
+        existing = await self._kube(
+            self._checked, "get", DASK_CLUSTER_KIND, self.api.get, DASK_CLUSTER_KIND, namespace, name
+        )
         if existing is None:
             if self.create_mode is CreateMode.CONNECT_ONLY:
                 raise ValueError(f"DaskCluster {namespace}/{name} does not exist (create_mode=CONNECT_ONLY)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import time
 from typing import Any
 
 import pytest
@@ -161,3 +162,115 @@ def test_crash_looping_scheduler_raises_with_its_logs_and_deletes_the_cluster(
         interval=0.5,
         message="the crashing cluster's pods garbage-collected",
     )
+
+
+def dashboard_answers(link: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(link, timeout=10).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_from_a_laptop_through_the_api_servers_port_forward(
+    plane: Any, namespace: str, dask_operator: OperatorProcess, api: RestClient
+) -> None:
+    """port_forward_cluster_ip=True forces the forward although the ClusterIP is routable here; the forward
+    survives the scheduler pod being replaced (the next connection goes to the new pod)."""
+    from distributed import Client
+    from support.operator import free_port
+
+    dashboard_port = free_port()
+    started = time.monotonic()
+    cluster = KubeCluster(
+        name="laptop",
+        namespace=namespace,
+        n_workers=1,
+        port_forward_cluster_ip=True,
+        scheduler_forward_port=dashboard_port,
+        resource_timeout=START_TIMEOUT,
+        kube_client=api,
+        quiet=True,
+    )
+    try:
+        with Client(cluster, timeout=60) as client:
+            assert client.submit(operator.add, 1, 2).result(timeout=60) == 3
+            print(
+                f"\nKubeCluster(...) to a usable client through port-forward: {time.monotonic() - started:.1f} s"
+            )
+            assert cluster.scheduler_address.startswith("tcp://localhost:")
+            assert cluster.dashboard_link == f"http://localhost:{dashboard_port}/status"
+            wait_for(lambda: dashboard_answers(cluster.dashboard_link), timeout=30, message="dashboard 200")
+
+            cluster.adapt(minimum=2, maximum=2)
+            assert api.get(DASK_AUTOSCALER_KIND, namespace, "laptop") is not None
+            cluster.scale(2)
+            wait_workers(client, 2)
+            squares = client.map(operator.mul, range(50), range(50))
+            assert client.submit(sum, squares).result(timeout=60) == 40425
+            assert "Scheduler at" in cluster.get_logs()["laptop-scheduler"]
+
+        # Replace the scheduler pod: the operator recreates it and a new client reaches it through the same
+        # local port (the forward looks the pod up again).
+        old = api.get(POD, namespace, "laptop-scheduler")
+        assert old is not None
+        api.delete(POD, namespace, "laptop-scheduler")
+
+        def replaced_and_ready() -> bool:
+            pod = api.get(POD, namespace, "laptop-scheduler")
+            return bool(
+                pod
+                and pod["metadata"]["uid"] != old["metadata"]["uid"]
+                and any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in pod["status"].get("conditions", [])
+                )
+            )
+
+        wait_for(replaced_and_ready, timeout=120, interval=0.5, message="a new scheduler pod, ready")
+
+        def computes() -> bool:
+            try:
+                with Client(cluster.scheduler_address, timeout=10) as client:
+                    return bool(client.submit(operator.add, 2, 3).result(timeout=30) == 5)
+            except (OSError, TimeoutError):
+                return False
+
+        wait_for(computes, timeout=120, interval=1, message="computing through the re-targeted forward")
+        wait_for(lambda: dashboard_answers(cluster.dashboard_link), timeout=30, message="dashboard 200 again")
+    finally:
+        cluster.close(timeout=60)
+    assert api.get(DASK_CLUSTER_KIND, namespace, "laptop") is None
+
+
+def test_asynchronous_cluster_through_port_forward(
+    plane: Any, namespace: str, dask_operator: OperatorProcess, api: RestClient
+) -> None:
+    from distributed import Client
+
+    async def notebook() -> None:
+        async with KubeCluster(
+            name="async",
+            namespace=namespace,
+            port_forward_cluster_ip=True,
+            resource_timeout=START_TIMEOUT,
+            kube_client=api,
+            asynchronous=True,
+            quiet=True,
+        ) as cluster:
+            assert cluster.scheduler_address.startswith("tcp://localhost:")
+            await cluster.scale(1)
+            group = api.get(DASK_WORKER_GROUP_KIND, namespace, "async-default")
+            assert group is not None and group["spec"]["worker"]["replicas"] == 1
+            async with Client(cluster, asynchronous=True, timeout=60) as client:
+                await client.wait_for_workers(1, timeout=120)
+                assert await client.submit(operator.add, 20, 22) == 42
+            await cluster.adapt(minimum=1, maximum=2)
+            assert api.get(DASK_AUTOSCALER_KIND, namespace, "async") is not None
+            logs = await cluster.get_logs(workers=False)
+            assert "Scheduler at" in logs["async-scheduler"]
+        assert cluster.status.name == "closed"
+
+    asyncio.run(notebook())
+    assert api.get(DASK_CLUSTER_KIND, namespace, "async") is None
