@@ -680,14 +680,14 @@ def default_kube_client() -> RestClient:
     return RestClient.from_kubeconfig(kubeconfig_path())
 
 
-def current_namespace() -> str:
+def current_namespace(config_file: str | None = None) -> str:
     """The pod's namespace inside a cluster, else the kubeconfig context's, else `default`."""
     if os.environ.get("KUBERNETES_SERVICE_HOST") and SERVICE_ACCOUNT_NAMESPACE.exists():
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
     try:
         from kubernetes import config as k8s_config
 
-        _, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig_path())
+        _, active = k8s_config.list_kube_config_contexts(config_file=config_file or kubeconfig_path())
         return str((active or {}).get("context", {}).get("namespace") or "default")
     except Exception:  # noqa: BLE001 - no kubeconfig: the API client will say so when it is built
         return "default"
@@ -732,15 +732,17 @@ def _tcp_reachable(host: str, port: int, budget: float) -> bool:
 
 
 async def discover() -> AsyncIterator[tuple[str, type[KubeCluster]]]:
-    """`(name, KubeCluster)` for every DaskCluster in the current namespace: dask-ctl's discovery contract
-    (dask-ctl attaches with `KubeCluster.from_name(name)`, which looks in that namespace).
+    """`(name, KubeCluster)` for every DaskCluster in the current namespace (dask config `kubernetes.namespace`,
+    else the kubeconfig context's): dask-ctl's discovery contract. dask-ctl attaches with
+    `KubeCluster.from_name(name)`, which looks in the same namespace.
 
     Any failure (no credentials, no RBAC to list across namespaces) ends the listing silently, as dask-ctl
     expects of a discovery plugin.
     """
     try:
         api = default_kube_client()
-        items, _ = await asyncio.to_thread(api.list, DASK_CLUSTER_KIND, current_namespace())
+        namespace = str(config_value("namespace", None, None) or current_namespace())
+        items, _ = await asyncio.to_thread(api.list, DASK_CLUSTER_KIND, namespace)
     except Exception:  # noqa: BLE001 - see docstring
         return
     for item in items:
