@@ -7,12 +7,14 @@ Each test has its own namespace and operator. Waits have deadlines; nothing slee
 from __future__ import annotations
 
 import asyncio
+import copy
 import operator
 import time
 from typing import Any
 
+import dask.config
 import pytest
-from support.operator import OperatorProcess
+from support.operator import REPO, OperatorProcess, crd_established
 from support.wait import wait_for
 
 from dask_operator import KubeCluster, SchedulerStartupError, discover
@@ -115,7 +117,8 @@ def test_create_compute_scale_adapt_groups_logs_attach_and_close(
             assert client.submit(operator.add, 1, 2).result(timeout=60) == 3
 
         monkeypatch.setenv("KUBECONFIG", str(plane.kubeconfig))  # discover() uses the default credentials
-        assert ("kc", KubeCluster) in asyncio.run(_discovered())
+        with dask.config.set({"kubernetes.namespace": namespace}):  # ... and the current namespace
+            assert ("kc", KubeCluster) in asyncio.run(_discovered())
     finally:
         cluster.close(timeout=60)
     assert api.get(DASK_CLUSTER_KIND, namespace, "kc") is None
@@ -128,8 +131,10 @@ async def _discovered() -> list[tuple[str, type]]:
 def test_without_an_operator_start_up_times_out_and_deletes_the_cluster(
     plane: Any, namespace: str, api: RestClient
 ) -> None:
+    started = time.monotonic()
     with pytest.raises(TimeoutError, match="is the Dask Operator running"):
         KubeCluster(name="orphan", namespace=namespace, resource_timeout=3, kube_client=api, quiet=True)
+    assert time.monotonic() - started < 3 + 10  # the timeout, plus deleting what it created
     assert api.get(DASK_CLUSTER_KIND, namespace, "orphan") is None
 
 
@@ -145,6 +150,7 @@ def test_crash_looping_scheduler_raises_with_its_logs_and_deletes_the_cluster(
     plane: Any, namespace: str, dask_operator: OperatorProcess, api: RestClient
 ) -> None:
     crash = "import sys; print('scheduler-boom', flush=True); sys.exit(3)"
+    started = time.monotonic()
     with pytest.raises(SchedulerStartupError, match="Scheduler failed to start") as raised:
         KubeCluster(
             name="crashy",
@@ -155,6 +161,7 @@ def test_crash_looping_scheduler_raises_with_its_logs_and_deletes_the_cluster(
             quiet=True,
         )
     assert "scheduler-boom" in str(raised.value)
+    assert time.monotonic() - started < 30 + 15  # resource_timeout, plus reading logs and deleting
     assert api.get(DASK_CLUSTER_KIND, namespace, "crashy") is None
     wait_for(
         lambda: not api.list(POD, namespace, label_selector="dask.org/cluster-name=crashy")[0],
@@ -274,3 +281,91 @@ def test_asynchronous_cluster_through_port_forward(
 
     asyncio.run(notebook())
     assert api.get(DASK_CLUSTER_KIND, namespace, "async") is None
+
+
+def restricted_client(plane: Any, api: RestClient, namespace: str, rules: list[dict[str, Any]]) -> RestClient:
+    """A client authenticated as a fresh ServiceAccount allowed only `rules` in `namespace` (real RBAC)."""
+    from kubernetes import client as k8s
+
+    core = k8s.CoreV1Api(plane.api_client())
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "analyst"}})
+    rbac = k8s.RbacAuthorizationV1Api(plane.api_client())
+    if rules:
+        rbac.create_namespaced_role(namespace, {"metadata": {"name": "analyst"}, "rules": rules})
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "analyst"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "analyst"},
+                "subjects": [{"kind": "ServiceAccount", "name": "analyst", "namespace": namespace}],
+            },
+        )
+    request = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 600},
+    }
+    token = core.create_namespaced_service_account_token("analyst", namespace, request).status.token
+    configuration = copy.copy(api.configuration)
+    configuration.cert_file = configuration.key_file = None
+    configuration.api_key = {"BearerToken": token}
+    configuration.api_key_prefix = {"BearerToken": "Bearer"}
+    return RestClient(configuration)
+
+
+def test_rbac_refusals_name_the_verb_and_resource(plane: Any, namespace: str, api: RestClient) -> None:
+    nothing = restricted_client(plane, api, namespace, [])
+    started = time.monotonic()
+    with pytest.raises(
+        PermissionError, match=f"get daskclusters.kubernetes.dask.org in namespace {namespace}"
+    ):
+        KubeCluster(name="denied", namespace=namespace, resource_timeout=20, kube_client=nothing, quiet=True)
+    assert time.monotonic() - started < 20
+
+
+def test_rbac_refusal_to_create_says_what_to_ask_for(plane: Any, namespace: str, api: RestClient) -> None:
+    read_only = restricted_client(
+        plane,
+        api,
+        namespace,
+        [
+            {
+                "apiGroups": ["kubernetes.dask.org"],
+                "resources": ["daskclusters"],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    )
+    with pytest.raises(PermissionError) as raised:
+        KubeCluster(
+            name="denied", namespace=namespace, resource_timeout=20, kube_client=read_only, quiet=True
+        )
+    message = str(raised.value)
+    assert f"create daskclusters.kubernetes.dask.org in namespace {namespace}" in message
+    assert "Ask your cluster admin" in message
+    assert api.get(DASK_CLUSTER_KIND, namespace, "denied") is None
+
+
+def test_missing_crds_say_to_install_them(plane: Any, namespace: str, api: RestClient) -> None:
+    """Runs last in this module: it removes the DaskCluster CRD and puts it back (the `plane` fixture
+    re-applies the CRDs for every module anyway)."""
+    crd = "crd/daskclusters.kubernetes.dask.org"
+    plane.kubectl("delete", crd, "--wait=true", timeout=120)
+    try:
+        wait_for(
+            lambda: (
+                plane.kubectl("get", "--raw", "/apis/kubernetes.dask.org/v1", check=False).stdout.find(
+                    '"daskclusters"'
+                )
+                < 0
+            ),
+            timeout=60,
+            message="daskclusters gone from discovery",
+        )
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="Custom Resource Definitions are not installed"):
+            KubeCluster(name="nocrd", namespace=namespace, resource_timeout=20, kube_client=api, quiet=True)
+        assert time.monotonic() - started < 20
+    finally:
+        plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
+        wait_for(lambda: crd_established(plane, "daskclusters"), timeout=60, message="CRD back")
