@@ -28,6 +28,13 @@ from dask.utils import format_bytes
 from distributed.core import rpc
 
 from dask_operator.api.kubecluster.cluster import current_namespace, forbidden_message, pod_log
+from dask_operator.api.kubecluster.kinds import (
+    DASK_AUTOSCALER_KIND,
+    DASK_CLUSTER_KIND,
+    DASK_WORKER_GROUP_KIND,
+    POD,
+    SERVICE,
+)
 from dask_operator.api.kubecluster.options import scheduler_pod_selector, service_port
 from dask_operator.api.kubecluster.portforward import (
     PortForward,
@@ -44,10 +51,8 @@ from dask_operator.api.v1 import (
     scheduler_service_name,
     worker_group_name,
 )
-from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
 from dask_operator.controller.runtime.client import ApiError
 from dask_operator.controller.runtime.client import Client as RestClient
-from dask_operator.controller.runtime.kinds import POD, SERVICE
 
 Obj = dict[str, Any]
 

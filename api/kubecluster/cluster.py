@@ -31,6 +31,15 @@ from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
 from distributed.utils import Log, Logs, NoOpAwaitable, format_dashboard_link
 
+from dask_operator.api.kubecluster.kinds import (
+    DASK_AUTOSCALER_KIND,
+    DASK_CLUSTER_KIND,
+    DASK_WORKER_GROUP_KIND,
+    NODE,
+    POD,
+    SERVICE,
+    Kind,
+)
 from dask_operator.api.kubecluster.options import (
     DEFAULT_CLIENT_SCHEDULER_COMMAND,
     DEFAULT_CLIENT_WORKER_COMMAND,
@@ -74,10 +83,8 @@ from dask_operator.api.v1 import (
     PORT_NAME_DASHBOARD,
     scheduler_service_name,
 )
-from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
 from dask_operator.controller.runtime.client import ApiError
 from dask_operator.controller.runtime.client import Client as RestClient
-from dask_operator.controller.runtime.kinds import NODE, POD, SERVICE, Kind
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -712,9 +719,9 @@ def _resolves(host: str, timeout: float = 2.0) -> bool:
 
 def _tcp_reachable(host: str, port: int, budget: float) -> bool:
     """Whether a TCP connection opens. Refusals are retried for `budget` seconds (a Service refuses until its
-    endpoints are ready); timeouts and unreachable networks give up after three tries (no route from here)."""
+    endpoints are ready); a timeout or an unreachable network gives up at once: the scheduler pod is already
+    Ready, so silence means no route from here (a laptop), and the caller port-forwards instead."""
     deadline = time.monotonic() + budget
-    silent = 0
     while True:
         try:
             with socket.create_connection((host, port), timeout=2.0):
@@ -723,9 +730,7 @@ def _tcp_reachable(host: str, port: int, budget: float) -> bool:
             pass
         except OSError as error:
             if isinstance(error, TimeoutError) or error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-                silent += 1
-                if silent >= 3:
-                    return False
+                return False
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL_SECONDS)

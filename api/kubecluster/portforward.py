@@ -21,8 +21,8 @@ from urllib.parse import quote
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from dask_operator.api.kubecluster.kinds import POD
 from dask_operator.controller.runtime.client import Client as RestClient
-from dask_operator.controller.runtime.kinds import POD
 
 logger = logging.getLogger(__name__)
 

@@ -264,3 +264,11 @@ def test_public_api_is_re_exported_lazily() -> None:
     assert {"KubeCluster", "make_worker_spec", "discover"} <= set(dir(dask_operator))
     with pytest.raises(AttributeError):
         _ = dask_operator.NoSuchThing
+
+
+def test_client_kinds_address_the_same_resources_as_the_operators() -> None:
+    from dask_operator.api.kubecluster import kinds as client_kinds
+    from dask_operator.controller import kinds as operator_kinds
+
+    for name in ("DASK_CLUSTER_KIND", "DASK_WORKER_GROUP_KIND", "DASK_AUTOSCALER_KIND"):
+        assert getattr(client_kinds, name) == getattr(operator_kinds, name)
