@@ -15,7 +15,7 @@ from typing import Any
 import dask.config
 import pytest
 from support.operator import REPO, OperatorProcess, crd_established
-from support.wait import wait_for
+from support.wait import WaitTimeout, wait_for
 
 from dask_operator import KubeCluster, SchedulerStartupError, discover
 from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
@@ -180,6 +180,7 @@ def dashboard_answers(link: str) -> bool:
         return False
 
 
+@pytest.mark.timeout(480)
 def test_from_a_laptop_through_the_api_servers_port_forward(
     plane: Any, namespace: str, dask_operator: OperatorProcess, api: RestClient
 ) -> None:
@@ -224,8 +225,13 @@ def test_from_a_laptop_through_the_api_servers_port_forward(
         assert old is not None
         api.delete(POD, namespace, "laptop-scheduler")
 
+        seen: list[Any] = []
+
         def replaced_and_ready() -> bool:
             pod = api.get(POD, namespace, "laptop-scheduler")
+            seen.append(
+                pod and {"uid": pod["metadata"]["uid"], **pod["metadata"], "status": pod.get("status")}
+            )
             return bool(
                 pod
                 and pod["metadata"]["uid"] != old["metadata"]["uid"]
@@ -235,7 +241,12 @@ def test_from_a_laptop_through_the_api_servers_port_forward(
                 )
             )
 
-        wait_for(replaced_and_ready, timeout=120, interval=0.5, message="a new scheduler pod, ready")
+        deleted = time.monotonic()
+        try:
+            wait_for(replaced_and_ready, timeout=240, interval=0.5, message="a new scheduler pod, ready")
+            print(f"\nscheduler pod replaced and ready after {time.monotonic() - deleted:.1f} s")
+        except WaitTimeout as error:
+            raise AssertionError(f"{error}; last seen: {seen[-1]}") from error
 
         def computes() -> bool:
             try:
