@@ -1,5 +1,7 @@
 """The Python client end to end: `KubeCluster` against a real API server, a real operator subprocess and
-real Dask schedulers and workers on the process node (reached through the scheduler Service's ClusterIP).
+real Dask schedulers and workers on the process node, reached through the scheduler Service's ClusterIP or,
+as from a laptop, through the API server's port-forward (sync and async); and the errors that say what to do
+(no operator, crash loop, RBAC refusals, missing CRDs), each within resource_timeout.
 
 Each test has its own namespace and operator. Waits have deadlines; nothing sleeps to synchronise.
 """
