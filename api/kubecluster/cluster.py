@@ -2,8 +2,11 @@
 
 Invariant: a KubeCluster that created its DaskCluster deletes it when start-up fails, and when it is closed
 with `shutdown_on_close`; nothing else it does deletes a DaskCluster. Kubernetes is reached only through the
-runtime REST client and the scheduler only through the comm `distributed.deploy.Cluster` manages. The
-Kubernetes calls are synchronous: the object is used from ordinary (non-async) code.
+runtime REST client and the scheduler only through the comm `distributed.deploy.Cluster` manages.
+Every operation has one async implementation (`_start`, `_scale`, `_close`, ...; the blocking REST calls run
+in a thread); the public methods run it through `Cluster.sync`, so the same code serves `asynchronous=True`
+(awaitables) and ordinary code (blocking calls on the cluster's loop thread). Held by
+test/e2e/test_kubecluster.py.
 """
 
 from __future__ import annotations
@@ -19,22 +22,29 @@ import os
 import socket
 import threading
 import time
-import warnings
 import weakref
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
-from distributed.utils import Log, Logs, format_dashboard_link
+from distributed.utils import Log, Logs, NoOpAwaitable, format_dashboard_link
 
+from dask_operator.api.kubecluster.kinds import (
+    DASK_AUTOSCALER_KIND,
+    DASK_CLUSTER_KIND,
+    DASK_WORKER_GROUP_KIND,
+    NODE,
+    POD,
+    SERVICE,
+    Kind,
+)
 from dask_operator.api.kubecluster.options import (
     DEFAULT_CLIENT_SCHEDULER_COMMAND,
     DEFAULT_CLIENT_WORKER_COMMAND,
     DEFAULT_NAME_TEMPLATE,
     DEFAULT_RESOURCE_TIMEOUT,
-    PORT_FORWARD_UNSUPPORTED,
     ClusterOptions,
     CreateMode,
     SchedulerStartupError,
@@ -54,13 +64,13 @@ from dask_operator.api.kubecluster.options import (
     scheduler_pod_selector,
     service_port,
     status_summary,
-    unreachable_message,
     validate_name,
     validate_resources,
     validate_service_type,
     validate_worker_group_name,
     worker_group_manifest,
 )
+from dask_operator.api.kubecluster.portforward import PortForward, SchedulerPodTarget, pod_port
 from dask_operator.api.v1 import (
     COMPONENT_SCHEDULER,
     COMPONENT_WORKER,
@@ -73,12 +83,11 @@ from dask_operator.api.v1 import (
     PORT_NAME_DASHBOARD,
     scheduler_service_name,
 )
-from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
 from dask_operator.controller.runtime.client import ApiError
 from dask_operator.controller.runtime.client import Client as RestClient
-from dask_operator.controller.runtime.kinds import NODE, POD, SERVICE
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FIELD_MANAGER = "dask-operator-kubecluster"
 POLL_SECONDS = 0.5
@@ -92,29 +101,36 @@ class KubeCluster(Cluster):
     """A Dask cluster on Kubernetes, run by the Dask operator: one DaskCluster, its scheduler and workers.
 
     Construction creates the DaskCluster (or connects to an existing one, see `create_mode`), waits up to
-    `resource_timeout` seconds for the operator to report it `Running` and connects to the scheduler::
+    `resource_timeout` seconds for the operator to report it `Running` and its scheduler pod to be ready, and
+    connects to the scheduler::
 
         cluster = KubeCluster(name="demo", n_workers=2)
         client = Client(cluster)
         cluster.scale(5)
         cluster.close()  # deletes the DaskCluster (shutdown_on_close)
 
+    With ``asynchronous=True`` every method returns an awaitable::
+
+        async with KubeCluster(name="demo", asynchronous=True) as cluster:
+            await cluster.scale(3)
+
     Every argument is keyword-only and falls back to the dask config key `kubernetes.<name>` (dashes for
     underscores), as in `dask_kubernetes.operator.KubeCluster`.
+
+    The scheduler is reached through its Service: its DNS name (inside the cluster), its ClusterIP when
+    routable from here, its LoadBalancer ingress or a node's NodePort. When none answers (a laptop outside the
+    cluster), or with ``port_forward_cluster_ip=True``, the client forwards local ports to the scheduler pod
+    through the API server (in this process; no kubectl needed), re-targeting a replaced scheduler pod;
+    ``scheduler_forward_port`` fixes the local dashboard port.
 
     Differences from the reference, all deliberate:
 
     * `worker_command` defaults to ``"dask worker"`` and the new `scheduler_command` to ``"dask scheduler"``:
       distributed 2026.6 removed the `dask-worker`/`dask-scheduler` scripts the reference runs. Pass
       ``worker_command="dask-worker", scheduler_command="dask-scheduler"`` for images older than 2022.10.
-    * No port-forwarding. The scheduler is reached through its Service: its DNS name (inside the cluster),
-      else its ClusterIP when routable from here, its LoadBalancer ingress or a node's NodePort. If none is
-      reachable, start-up fails with `SchedulerUnreachableError` saying what to do;
-      `port_forward_cluster_ip=True` is refused with ValueError; `scheduler_forward_port` only warns.
     * `create_mode` also accepts the mode's name as a string; `adapt()` requires `maximum`.
     * `kube_client` (our addition) injects a `dask_operator.controller.runtime.client.Client`; by default
       the in-cluster service account or $KUBECONFIG / ~/.kube/config is used.
-    * Only synchronous use: `asynchronous=True` raises NotImplementedError.
     """
 
     def __init__(
@@ -143,14 +159,10 @@ class KubeCluster(Cluster):
         quiet: bool = False,
         **kwargs: Any,
     ) -> None:
-        if asynchronous:
-            raise NotImplementedError(
-                "dask-operator's KubeCluster is synchronous; create it with asynchronous=False "
-                "(a distributed.Client on it may still be asynchronous)"
-            )
         # -- everything that can be wrong with the arguments fails here, before any API call --------------
-        if config_value("port-forward-cluster-ip", port_forward_cluster_ip, None):
-            raise ValueError(PORT_FORWARD_UNSUPPORTED)
+        self.port_forward_cluster_ip = bool(
+            config_value("port-forward-cluster-ip", port_forward_cluster_ip, False)
+        )
         self.create_mode = create_mode_of(
             config_value("create-mode", create_mode, CreateMode.CREATE_OR_CONNECT)
         )
@@ -158,7 +170,14 @@ class KubeCluster(Cluster):
         self.resource_timeout = float(
             config_value("resource-timeout", resource_timeout, DEFAULT_RESOURCE_TIMEOUT)
         )
-        self.scheduler_forward_port = config_value("scheduler-forward-port", scheduler_forward_port, None)
+        forward_port = config_value("scheduler-forward-port", scheduler_forward_port, None)
+        if forward_port is not None and (
+            isinstance(forward_port, bool)
+            or not isinstance(forward_port, int)
+            or not 0 <= forward_port < 65536
+        ):
+            raise ValueError(f"scheduler_forward_port must be a TCP port number; got {forward_port!r}")
+        self.scheduler_forward_port: int | None = forward_port
         custom = config_value("custom-cluster-spec", custom_cluster_spec, None)
         self._custom_spec = load_custom_spec(custom) if custom is not None else None
         if self._custom_spec is not None:
@@ -199,17 +218,30 @@ class KubeCluster(Cluster):
         self._dashboard_host = ""
         self._dashboard_port: int | None = None
         self.forwarded_dashboard_port: str | None = None
-        super().__init__(asynchronous=False, loop=loop, quiet=quiet, name=cluster_name, **kwargs)
-        self._loop_runner.start()
-        try:
-            self._create_or_connect()
-            self.sync(self._start)
-        except BaseException:
-            self._abort_start()
-            raise
-        if self.shutdown_on_close:
-            _live.add(self)
-        self._log(f"Ready, dashboard available at {self.dashboard_link}")
+        self._forwards: list[PortForward] = []
+        super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=cluster_name, **kwargs)
+        if not self.called_from_running_loop:
+            self._loop_runner.start()
+            try:
+                self.sync(self._start)
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    self.sync(self._abort_start)
+                self._loop_runner.stop()
+                raise
+
+    def __await__(self) -> Generator[Any, Any, KubeCluster]:
+        async def start() -> KubeCluster:
+            if self.status == Status.created:
+                try:
+                    await self._start()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await self._abort_start()
+                    raise
+            return self
+
+        return start().__await__()
 
     # -- construction helpers -------------------------------------------------------------------------
 
@@ -224,39 +256,79 @@ class KubeCluster(Cluster):
     def cluster_name(self) -> str:
         return self._options.name
 
-    def _create_or_connect(self) -> None:
+    async def _kube(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A blocking REST call, run in a thread so the loop (and a notebook's) stays responsive."""
+        return await asyncio.to_thread(call, *args, **kwargs)
+
+    async def _start(self) -> None:
+        self.status = Status.starting
+        deadline = time.monotonic() + self.resource_timeout
+        await self._create_or_connect()
+        cluster = await self._wait_running(deadline)
+        pod = await self._wait_scheduler_pod(deadline)
+        await self._locate_scheduler(cluster, pod)
+        self.scheduler_comm = rpc(self._scheduler_address)
+        answer_by = time.monotonic() + max(self.resource_timeout, 10.0)
+        while True:
+            try:
+                await asyncio.wait_for(self.scheduler_comm.identity(), timeout=10)
+                break
+            except (TimeoutError, OSError) as error:
+                if time.monotonic() >= answer_by:
+                    raise SchedulerUnreachableError(
+                        f"The scheduler of DaskCluster {self.namespace}/{self.cluster_name} does not answer at "
+                        f"{self._scheduler_address}: {error}"
+                    ) from error
+                await asyncio.sleep(POLL_SECONDS)
+        await super()._start()
+        if self.shutdown_on_close:
+            _live.add(self)
+        self._log(f"Ready, dashboard available at {self.dashboard_link}")
+
+    async def _create_or_connect(self) -> None:
         name, namespace = self.cluster_name, self.namespace
-        existing = self.api.get(DASK_CLUSTER_KIND, namespace, name)
+        existing = await self._kube(
+            self._checked, "get", DASK_CLUSTER_KIND, self.api.get, DASK_CLUSTER_KIND, namespace, name
+        )
         if existing is None:
             if self.create_mode is CreateMode.CONNECT_ONLY:
                 raise ValueError(f"DaskCluster {namespace}/{name} does not exist (create_mode=CONNECT_ONLY)")
             manifest = self._custom_spec or cluster_manifest(self._options, namespace)
             self._log(f"Creating DaskCluster {namespace}/{name}")
             try:
-                self.api.create(manifest)
+                await self._kube(self._checked, "create", DASK_CLUSTER_KIND, self.api.create, manifest)
                 self._created = True
             except ApiError as error:
                 if error.not_found:
                     raise RuntimeError(
                         f"Cannot create DaskCluster {namespace}/{name}: {error.message or error}. "
-                        "Are the Dask Custom Resource Definitions installed? (kubectl apply -k manifests/crd)"
+                        "The Dask Custom Resource Definitions are not installed in this Kubernetes cluster; "
+                        "ask its admin to install them (kubectl apply -k manifests/crd)."
                     ) from error
                 if not (error.already_exists and self.create_mode is CreateMode.CREATE_OR_CONNECT):
                     raise
-                existing = self.api.get(DASK_CLUSTER_KIND, namespace, name)  # lost a race: connect
+                existing = await self._kube(self.api.get, DASK_CLUSTER_KIND, namespace, name)  # lost a race
         if existing is not None:
             if self.create_mode is CreateMode.CREATE_ONLY:
                 raise ValueError(f"DaskCluster {namespace}/{name} already exists (create_mode=CREATE_ONLY)")
             self._log(f"Connecting to existing DaskCluster {namespace}/{name}")
             self._options = options_from_cluster(existing)
-        cluster = self._wait_running()
-        self._locate_scheduler(cluster)
 
-    def _wait_running(self) -> dict[str, Any]:
+    def _checked(self, verb: str, kind: Kind, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)`, turning the API server's 403 into a PermissionError naming the verb and resource."""
+        try:
+            return call(*args)
+        except ApiError as error:
+            if error.status == 403:
+                raise PermissionError(
+                    forbidden_message(verb, f"{kind.plural}.{kind.group}", self.namespace, error.message)
+                ) from error
+            raise
+
+    async def _wait_running(self, deadline: float) -> dict[str, Any]:
         """The DaskCluster once its status says Running; TimeoutError or SchedulerStartupError after the timeout."""
-        deadline = time.monotonic() + self.resource_timeout
         while True:
-            cluster = self.api.get(DASK_CLUSTER_KIND, self.namespace, self.cluster_name)
+            cluster = await self._kube(self.api.get, DASK_CLUSTER_KIND, self.namespace, self.cluster_name)
             if cluster is None:
                 raise RuntimeError(
                     f"DaskCluster {self.namespace}/{self.cluster_name} was deleted while starting"
@@ -268,32 +340,52 @@ class KubeCluster(Cluster):
                     f"DaskCluster {self.namespace}/{self.cluster_name} failed: {status_summary(cluster)}"
                 )
             if time.monotonic() >= deadline:
-                self._raise_startup_timeout(cluster)
-            time.sleep(POLL_SECONDS)
+                await self._raise_startup_timeout(cluster)
+            await asyncio.sleep(POLL_SECONDS)
 
-    def _raise_startup_timeout(self, cluster: Mapping[str, Any]) -> None:
+    async def _wait_scheduler_pod(self, deadline: float) -> dict[str, Any]:
+        """The scheduler pod once Ready. Operators that report Running before the scheduler is ready (the
+        reference's meaning of the phase) are waited on here; a crash loop surfaces at the deadline."""
+        while True:
+            pods, _ = await self._kube(
+                self.api.list, POD, self.namespace, label_selector=scheduler_pod_selector(self.cluster_name)
+            )
+            ready = [pod for pod in pods if pod_is_ready(pod)]
+            if ready:
+                return dict(ready[0])
+            if time.monotonic() >= deadline:
+                cluster = await self._kube(self.api.get, DASK_CLUSTER_KIND, self.namespace, self.cluster_name)
+                await self._raise_startup_timeout(cluster or {})
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _raise_startup_timeout(self, cluster: Mapping[str, Any]) -> None:
         seconds = f"{self.resource_timeout:g}"
-        pods, _ = self.api.list(POD, self.namespace, label_selector=scheduler_pod_selector(self.cluster_name))
+        pods, _ = await self._kube(
+            self.api.list, POD, self.namespace, label_selector=scheduler_pod_selector(self.cluster_name)
+        )
         for pod in pods:
             failure = pod_failure(pod)
             if failure:
+                logs = await self._kube(self._pod_log, pod)
                 raise SchedulerStartupError(
-                    f"Scheduler failed to start ({failure} after {seconds} s).\n"
-                    f"Scheduler Pod logs:\n{self._pod_log(pod)}"
+                    f"Scheduler failed to start ({failure} after {seconds} s).\nScheduler Pod logs:\n{logs}"
                 )
         if not cluster.get("status"):
             raise TimeoutError(
                 f"Dask Cluster resource not actioned after {seconds} seconds, is the Dask Operator running? "
-                f"(DaskCluster {self.namespace}/{self.cluster_name} has no status yet.)"
+                f"(DaskCluster {self.namespace}/{self.cluster_name} has no status yet: start the operator, "
+                "e.g. kubectl apply -k manifests/, or ask the cluster's admin.)"
             )
         raise TimeoutError(
-            f"DaskCluster {self.namespace}/{self.cluster_name} is not Running after {seconds} seconds "
+            f"DaskCluster {self.namespace}/{self.cluster_name} is not ready after {seconds} seconds "
             f"({status_summary(cluster)}). Raise resource_timeout if the images are slow to pull."
         )
 
-    def _locate_scheduler(self, cluster: Mapping[str, Any]) -> None:
-        """Pick the scheduler address this process can reach, from the Service (see the class docstring)."""
-        service = self.api.get(SERVICE, self.namespace, scheduler_service_name(self.cluster_name))
+    async def _locate_scheduler(self, cluster: Mapping[str, Any], pod: Mapping[str, Any]) -> None:
+        """Pick the scheduler address this process can reach (see the class docstring)."""
+        service = await self._kube(
+            self.api.get, SERVICE, self.namespace, scheduler_service_name(self.cluster_name)
+        )
         if service is None:
             raise RuntimeError(
                 f"the scheduler Service of DaskCluster {self.namespace}/{self.cluster_name} is gone"
@@ -304,66 +396,69 @@ class KubeCluster(Cluster):
         except ValueError:
             dashboard = None
         kind = (service.get("spec") or {}).get("type", "ClusterIP")
-        tried: list[str] = []
         host: str | None = None
         use_node_ports = False
-        if kind == "LoadBalancer":
+        if self.port_forward_cluster_ip:
+            host = None
+        elif kind == "LoadBalancer":
             host = load_balancer_host(service)
         elif kind == "NodePort":
-            nodes, _ = self.api.list(NODE)
+            nodes, _ = await self._kube(self.api.list, NODE)
             host, use_node_ports = node_host(nodes), True
         else:
             status_host = str((cluster.get("status") or {}).get("schedulerAddress", "")).split("://")[-1]
             names = [status_host.rsplit(":", 1)[0], f"{service['metadata']['name']}.{self.namespace}"]
             host = next((n for n in names if n and _resolves(n)), None)
-            tried += [n for n in names if n]
             cluster_ip = (service.get("spec") or {}).get("clusterIP")
             if host is None and cluster_ip and cluster_ip != "None":
-                tried.append(f"{cluster_ip}:{comm['port']}")
-                if _tcp_reachable(cluster_ip, int(comm["port"]), max(self.resource_timeout, 10.0)):
+                budget = max(self.resource_timeout, 10.0)
+                if await self._kube(_tcp_reachable, cluster_ip, int(comm["port"]), budget):
                     host = cluster_ip
         if host is None:
-            raise SchedulerUnreachableError(
-                unreachable_message(self.cluster_name, self.namespace, service, tried)
-            )
+            await self._forward(pod, comm, dashboard)
+            return
         comm_port = comm.get("nodePort") if use_node_ports else comm["port"]
         self._scheduler_address = f"tcp://{host}:{comm_port}"
         self._dashboard_host = host
         if dashboard is not None:
             self._dashboard_port = int(dashboard["nodePort"] if use_node_ports else dashboard["port"])
             self.forwarded_dashboard_port = str(self._dashboard_port)
-        if self.scheduler_forward_port is not None:
-            warnings.warn(
-                f"scheduler_forward_port={self.scheduler_forward_port} is ignored: dask-operator's KubeCluster "
-                f"does not port-forward; the dashboard is at {self.dashboard_link}",
-                UserWarning,
-                stacklevel=4,
-            )
 
-    async def _start(self) -> None:
-        self.scheduler_comm = rpc(self._scheduler_address)
-        deadline = time.monotonic() + max(self.resource_timeout, 10.0)
-        while True:
-            try:
-                await asyncio.wait_for(self.scheduler_comm.identity(), timeout=10)
-                break
-            except (TimeoutError, OSError) as error:
-                if time.monotonic() >= deadline:
-                    raise SchedulerUnreachableError(
-                        f"The scheduler of DaskCluster {self.namespace}/{self.cluster_name} does not answer at "
-                        f"{self._scheduler_address}: {error}"
-                    ) from error
-                await asyncio.sleep(POLL_SECONDS)
-        await super()._start()
+    async def _forward(
+        self, pod: Mapping[str, Any], comm: Mapping[str, Any], dashboard: Mapping[str, Any] | None
+    ) -> None:
+        """Forward a free local port to the scheduler's comm port, and the dashboard (to
+        `scheduler_forward_port` when given), through the API server."""
+        target = SchedulerPodTarget(self.api, self.namespace, scheduler_pod_selector(self.cluster_name))
+        comm_forward = PortForward(target, pod_port(pod, comm.get("targetPort") or comm["port"]))
+        self._forwards.append(comm_forward)
+        local = await comm_forward.start()
+        self._scheduler_address = f"tcp://localhost:{local}"
+        self._dashboard_host = "localhost"
+        if dashboard is not None:
+            remote = pod_port(pod, dashboard.get("targetPort") or dashboard["port"])
+            dashboard_forward = PortForward(target, remote, self.scheduler_forward_port or 0)
+            self._forwards.append(dashboard_forward)
+            self._dashboard_port = await dashboard_forward.start()
+            self.forwarded_dashboard_port = str(self._dashboard_port)
+        self._log(
+            f"Port-forwarding the scheduler of {self.namespace}/{self.cluster_name} through the API server"
+        )
 
-    def _abort_start(self) -> None:
+    async def _abort_start(self) -> None:
         with contextlib.suppress(Exception):
-            Cluster.close(self, timeout=10)
-        self._loop_runner.stop()
-        if self._created:
+            await Cluster._close(self)
+        await self._stop_forwards()
+        if self._created and not self._deleted:
             with contextlib.suppress(Exception):
-                self.api.delete(DASK_CLUSTER_KIND, self.namespace, self.cluster_name)
+                await self._kube(self.api.delete, DASK_CLUSTER_KIND, self.namespace, self.cluster_name)
                 self._deleted = True
+
+    async def _stop_forwards(self) -> None:
+        forwards, self._forwards = self._forwards, []
+        for forward in forwards:
+            with contextlib.suppress(Exception):
+                await forward.close()
 
     # -- the Cluster interface ----------------------------------------------------------------------------
 
@@ -385,18 +480,22 @@ class KubeCluster(Cluster):
             )
         return self.dashboard_link.replace("/status", "/jupyter/lab")
 
-    def scale(self, n: int, worker_group: str = "default") -> None:
+    def scale(self, n: int, worker_group: str = "default") -> Any:
         """Set worker group `worker_group` to `n` workers, turning adaptive scaling (a DaskAutoscaler) off.
 
-        Returns once the DaskWorkerGroup says so; the operator then starts or retires workers.
+        Returns once the DaskWorkerGroup says so (an awaitable when asynchronous); the operator then starts or
+        retires workers.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"scale() needs a non-negative integer; got {n!r}")
         group = validate_worker_group_name(self.cluster_name, worker_group)
-        self.api.delete(DASK_AUTOSCALER_KIND, self.namespace, self.cluster_name)
+        return self.sync(self._scale, n, worker_group, group)
+
+    async def _scale(self, n: int, worker_group: str, group: str) -> None:
+        await self._kube(self.api.delete, DASK_AUTOSCALER_KIND, self.namespace, self.cluster_name)
         patch = {"spec": {"worker": {"replicas": n}}}
         try:
-            self.api.patch_merge(DASK_WORKER_GROUP_KIND, self.namespace, group, patch)
+            await self._kube(self.api.patch_merge, DASK_WORKER_GROUP_KIND, self.namespace, group, patch)
         except ApiError as error:
             if not error.not_found:
                 raise
@@ -405,16 +504,18 @@ class KubeCluster(Cluster):
                     f"DaskCluster {self.cluster_name} has no worker group {worker_group!r}"
                 ) from error
             # The operator has not made the default group yet: the DaskCluster's count is copied onto it.
-            self.api.patch_merge(DASK_CLUSTER_KIND, self.namespace, self.cluster_name, patch)
+            await self._kube(
+                self.api.patch_merge, DASK_CLUSTER_KIND, self.namespace, self.cluster_name, patch
+            )
         if worker_group == "default":
             self._options = dataclasses.replace(self._options, n_workers=n)
 
     def adapt(  # type: ignore[override]
         self, minimum: int | None = None, maximum: int | None = None
-    ) -> None:
+    ) -> Any:
         """Let the operator scale the default worker group between `minimum` and `maximum` (a DaskAutoscaler)."""
         manifest = autoscaler_manifest(self.cluster_name, self.namespace, minimum, maximum)
-        self.api.apply(manifest, FIELD_MANAGER)
+        return self.sync(self._kube, self.api.apply, manifest, FIELD_MANAGER)
 
     def add_worker_group(
         self,
@@ -425,7 +526,7 @@ class KubeCluster(Cluster):
         worker_command: str | Sequence[str] | None = None,
         env: Mapping[str, str] | Sequence[Mapping[str, Any]] | None = None,
         custom_spec: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> Any:
         """Create DaskWorkerGroup `<cluster>-<name>`; omitted arguments take the cluster's values."""
         manifest = worker_group_manifest(
             self.cluster_name,
@@ -439,26 +540,35 @@ class KubeCluster(Cluster):
             env=env,
             custom_spec=custom_spec,
         )
+        return self.sync(self._add_worker_group, manifest)
+
+    async def _add_worker_group(self, manifest: dict[str, Any]) -> None:
         try:
-            self.api.create(manifest)
+            await self._kube(self.api.create, manifest)
         except ApiError as error:
             if error.already_exists:
                 raise ValueError(f"worker group {manifest['metadata']['name']} already exists") from error
             raise
 
-    def delete_worker_group(self, name: str) -> None:
+    def delete_worker_group(self, name: str) -> Any:
         """Delete DaskWorkerGroup `<cluster>-<name>` (its workers stop without being retired first)."""
         group = validate_worker_group_name(self.cluster_name, name)
-        if not self.api.delete(DASK_WORKER_GROUP_KIND, self.namespace, group):
+        return self.sync(self._delete_worker_group, name, group)
+
+    async def _delete_worker_group(self, name: str, group: str) -> None:
+        if not await self._kube(self.api.delete, DASK_WORKER_GROUP_KIND, self.namespace, group):
             raise ValueError(f"DaskCluster {self.cluster_name} has no worker group {name!r}")
 
-    def get_logs(
+    async def _get_logs(
         self, cluster: bool = True, scheduler: bool = True, workers: bool | Collection[str] = True
     ) -> Logs:
         """Pod name -> log text of the scheduler pod and worker pods (`workers` may list pod names).
 
         `cluster` is accepted for compatibility with `distributed.deploy.Cluster.get_logs` and ignored.
         """
+        return await self._kube(self._pod_logs, scheduler, workers)
+
+    def _pod_logs(self, scheduler: bool, workers: bool | Collection[str]) -> Logs:
         pods, _ = self.api.list(
             POD, self.namespace, label_selector=f"{LABEL_CLUSTER_NAME}={self.cluster_name}"
         )
@@ -481,43 +591,38 @@ class KubeCluster(Cluster):
 
     def _pod_log(self, pod: Mapping[str, Any]) -> str:
         """The first container's log; the previous run's when the current one has none (crash loops)."""
-        name = str(pod["metadata"]["name"])
-        containers = (pod.get("spec") or {}).get("containers") or [{}]
-        path = POD.object_path(self.namespace, name, "log")
-        params = {"container": str(containers[0].get("name", ""))}
-        text = ""
-        for extra in ({}, {"previous": "true"}):
-            try:
-                text = str(self.api.request("GET", path, params={**params, **extra}) or "")
-            except ApiError as error:
-                text = f"(no logs: {error.message or error})"
-                continue
-            if text.strip():
-                return text
-        return text
+        return pod_log(self.api, self.namespace, pod)
 
-    def close(self, timeout: float | None = 3600) -> None:
+    def close(self, timeout: float | None = 3600) -> Any:
         """Disconnect; with `shutdown_on_close`, delete the DaskCluster and wait until it is gone."""
+        if self.status == Status.closed and (self._deleted or not self.shutdown_on_close):
+            return NoOpAwaitable() if self.asynchronous else None
+        if self.asynchronous:
+            return self.sync(self._close, callback_timeout=timeout)
+        try:
+            return self.sync(self._close, callback_timeout=timeout)
+        finally:
+            self._loop_runner.stop()
+
+    async def _close(self) -> None:
+        _live.discard(self)
         if self.status not in (Status.closed, Status.closing):
             with contextlib.suppress(Exception):
-                Cluster.close(self, timeout=30)
-        self._loop_runner.stop()
-        _live.discard(self)
+                await asyncio.wait_for(Cluster._close(self), 30)
+        self.status = Status.closed
+        await self._stop_forwards()
         if self.shutdown_on_close and not self._deleted:
             self._deleted = True
-            self._delete_and_wait(timeout)
+            await self._delete_and_wait()
 
-    def _delete_and_wait(self, timeout: float | None) -> None:
-        if not self.api.delete(DASK_CLUSTER_KIND, self.namespace, self.cluster_name):
+    async def _delete_and_wait(self) -> None:
+        if not await self._kube(self.api.delete, DASK_CLUSTER_KIND, self.namespace, self.cluster_name):
             logger.warning("DaskCluster %s/%s was already deleted", self.namespace, self.cluster_name)
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.api.get(DASK_CLUSTER_KIND, self.namespace, self.cluster_name) is not None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"DaskCluster {self.namespace}/{self.cluster_name} still exists {timeout:g} s after deletion"
-                )
-            time.sleep(POLL_SECONDS)
+        while (
+            await self._kube(self.api.get, DASK_CLUSTER_KIND, self.namespace, self.cluster_name) is not None
+        ):
+            await asyncio.sleep(POLL_SECONDS)
 
     def _repr_html_(self, cluster_status: str | None = None) -> str:
         rows = [
@@ -531,6 +636,41 @@ class KubeCluster(Cluster):
             for k, v in rows
         )
         return str(super()._repr_html_(cluster_status=(cluster_status or "") + table))
+
+
+def pod_is_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def forbidden_message(verb: str, resource: str, namespace: str, detail: str | None) -> str:
+    """What a user reads when Kubernetes RBAC refuses a call, and what to ask for."""
+    return (
+        f"Kubernetes RBAC does not allow you to {verb} {resource} in namespace {namespace}"
+        + (f" ({detail})" if detail else "")
+        + f". Ask your cluster admin for a Role in {namespace} granting {verb} on {resource} "
+        "(manifests/rbac has the Dask user role), or use a namespace where you have it."
+    )
+
+
+def pod_log(api: RestClient, namespace: str, pod: Mapping[str, Any], tail_lines: int | None = None) -> str:
+    """The first container's log; the previous run's when the current one has none (crash loops)."""
+    name = str(pod["metadata"]["name"])
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    path = POD.object_path(namespace, name, "log")
+    params = {"container": str(containers[0].get("name", ""))}
+    if tail_lines is not None:
+        params["tailLines"] = str(tail_lines)
+    text = ""
+    for extra in ({}, {"previous": "true"}):
+        try:
+            text = str(api.request("GET", path, params={**params, **extra}) or "")
+        except ApiError as error:
+            text = f"(no logs: {error.message or error})"
+            continue
+        if text.strip():
+            return text
+    return text
 
 
 def kubeconfig_path() -> str | None:
@@ -547,14 +687,14 @@ def default_kube_client() -> RestClient:
     return RestClient.from_kubeconfig(kubeconfig_path())
 
 
-def current_namespace() -> str:
+def current_namespace(config_file: str | None = None) -> str:
     """The pod's namespace inside a cluster, else the kubeconfig context's, else `default`."""
     if os.environ.get("KUBERNETES_SERVICE_HOST") and SERVICE_ACCOUNT_NAMESPACE.exists():
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
     try:
         from kubernetes import config as k8s_config
 
-        _, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig_path())
+        _, active = k8s_config.list_kube_config_contexts(config_file=config_file or kubeconfig_path())
         return str((active or {}).get("context", {}).get("namespace") or "default")
     except Exception:  # noqa: BLE001 - no kubeconfig: the API client will say so when it is built
         return "default"
@@ -579,9 +719,9 @@ def _resolves(host: str, timeout: float = 2.0) -> bool:
 
 def _tcp_reachable(host: str, port: int, budget: float) -> bool:
     """Whether a TCP connection opens. Refusals are retried for `budget` seconds (a Service refuses until its
-    endpoints are ready); timeouts and unreachable networks give up after three tries (no route from here)."""
+    endpoints are ready); a timeout or an unreachable network gives up at once: the scheduler pod is already
+    Ready, so silence means no route from here (a laptop), and the caller port-forwards instead."""
     deadline = time.monotonic() + budget
-    silent = 0
     while True:
         try:
             with socket.create_connection((host, port), timeout=2.0):
@@ -590,23 +730,24 @@ def _tcp_reachable(host: str, port: int, budget: float) -> bool:
             pass
         except OSError as error:
             if isinstance(error, TimeoutError) or error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-                silent += 1
-                if silent >= 3:
-                    return False
+                return False
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL_SECONDS)
 
 
 async def discover() -> AsyncIterator[tuple[str, type[KubeCluster]]]:
-    """`(name, KubeCluster)` for every DaskCluster in every namespace: dask-ctl's discovery contract.
+    """`(name, KubeCluster)` for every DaskCluster in the current namespace (dask config `kubernetes.namespace`,
+    else the kubeconfig context's): dask-ctl's discovery contract. dask-ctl attaches with
+    `KubeCluster.from_name(name)`, which looks in the same namespace.
 
     Any failure (no credentials, no RBAC to list across namespaces) ends the listing silently, as dask-ctl
     expects of a discovery plugin.
     """
     try:
         api = default_kube_client()
-        items, _ = await asyncio.to_thread(api.list, DASK_CLUSTER_KIND, None)
+        namespace = str(config_value("namespace", None, None) or current_namespace())
+        items, _ = await asyncio.to_thread(api.list, DASK_CLUSTER_KIND, namespace)
     except Exception:  # noqa: BLE001 - see docstring
         return
     for item in items:
@@ -615,6 +756,10 @@ async def discover() -> AsyncIterator[tuple[str, type[KubeCluster]]]:
 
 @atexit.register
 def _close_live_clusters() -> None:
+    """Delete the DaskClusters of clusters left open (their loops may be gone: a plain REST delete)."""
     for cluster in list(_live):
+        if cluster._deleted:
+            continue
+        cluster._deleted = True
         with contextlib.suppress(Exception):
-            cluster.close(timeout=10)
+            cluster.api.delete(DASK_CLUSTER_KIND, cluster.namespace, cluster.cluster_name)

@@ -68,7 +68,7 @@ class SchedulerStartupError(Exception):
 
 
 class SchedulerUnreachableError(ConnectionError):
-    """The scheduler runs but this process has no route to it (and this client never port-forwards)."""
+    """The scheduler runs but does not answer, directly or through the port-forward."""
 
 
 # -- options ------------------------------------------------------------------------------------------------
@@ -370,25 +370,3 @@ def node_host(nodes: Sequence[Mapping[str, Any]]) -> str | None:
                 if kind is None or address.get("type") == kind:
                     return str(address["address"])
     return None
-
-
-def unreachable_message(
-    cluster: str, namespace: str, service: Mapping[str, Any], tried: Sequence[str]
-) -> str:
-    spec = service.get("spec") or {}
-    svc = (service.get("metadata") or {}).get("name")
-    return (
-        f"The scheduler of DaskCluster {namespace}/{cluster} is running, but this process cannot reach it "
-        f"(tried {', '.join(tried) or 'nothing'}; Service {svc} is {spec.get('type', 'ClusterIP')}). "
-        "dask-operator's KubeCluster does not port-forward. Either run this code in a pod of the cluster, "
-        "create the cluster with scheduler_service_type='LoadBalancer' (or 'NodePort' with reachable nodes), "
-        f"or forward the port yourself: `kubectl port-forward -n {namespace} svc/{svc} 8786:8786 8787:8787` "
-        "and connect with distributed.Client('tcp://localhost:8786')."
-    )
-
-
-PORT_FORWARD_UNSUPPORTED = (
-    "port_forward_cluster_ip=True asks for a port-forward, which dask-operator's KubeCluster does not do. "
-    "Leave it unset: the client connects through the Service's DNS name in a pod or its ClusterIP where that "
-    "is routable; otherwise run `kubectl port-forward svc/<name>-scheduler 8786:8786` yourself."
-)

@@ -50,16 +50,14 @@ def test_malformed_resources_are_rejected_before_any_api_call(resources: Any, er
 
 
 def test_options_that_cannot_be_honoured_fail_early() -> None:
-    with pytest.raises(ValueError, match="does not do"):
-        make(name="ok", port_forward_cluster_ip=True)
+    with pytest.raises(ValueError, match="scheduler_forward_port"):
+        make(name="ok", scheduler_forward_port=70000)
     with pytest.raises(ValueError, match="create_mode"):
         make(name="ok", create_mode="sometimes")
     with pytest.raises(ValueError, match="scheduler_service_type"):
         make(name="ok", scheduler_service_type="ExternalName")
     with pytest.raises(ValueError, match="n_workers"):
         make(name="ok", n_workers=-1)
-    with pytest.raises(NotImplementedError, match="synchronous"):
-        make(name="ok", asynchronous=True)
 
 
 def test_custom_spec_must_be_a_named_daskcluster() -> None:
@@ -256,8 +254,6 @@ def test_service_ports_and_external_hosts() -> None:
         }
     ]
     assert opts.node_host(nodes) == "10.0.0.1"
-    message = opts.unreachable_message("demo", "ns", service, ["10.96.0.5:8786"])
-    assert "kubectl port-forward -n ns svc/demo-scheduler" in message and "10.96.0.5:8786" in message
 
 
 def test_public_api_is_re_exported_lazily() -> None:
@@ -268,3 +264,11 @@ def test_public_api_is_re_exported_lazily() -> None:
     assert {"KubeCluster", "make_worker_spec", "discover"} <= set(dir(dask_operator))
     with pytest.raises(AttributeError):
         _ = dask_operator.NoSuchThing
+
+
+def test_client_kinds_address_the_same_resources_as_the_operators() -> None:
+    from dask_operator.api.kubecluster import kinds as client_kinds
+    from dask_operator.controller import kinds as operator_kinds
+
+    for name in ("DASK_CLUSTER_KIND", "DASK_WORKER_GROUP_KIND", "DASK_AUTOSCALER_KIND"):
+        assert getattr(client_kinds, name) == getattr(operator_kinds, name)
