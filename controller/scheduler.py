@@ -15,19 +15,7 @@ from typing import Any, TypeVar
 
 import urllib3
 
-# The scheduler's HTTP API (distributed.http.scheduler.api) is off by default (dask/distributed#6407).
-# Scheduler pods made by this operator get it through this configuration variable, next to the defaults.
-HTTP_ROUTES_ENV = "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"
-DEFAULT_HTTP_ROUTES = (
-    "distributed.http.scheduler.prometheus",
-    "distributed.http.scheduler.info",
-    "distributed.http.scheduler.json",
-    "distributed.http.health",
-    "distributed.http.proxy",
-    "distributed.http.statics",
-)
-API_ROUTE = "distributed.http.scheduler.api"
-HTTP_ROUTES_VALUE = repr([*DEFAULT_HTTP_ROUTES, API_ROUTE])
+from dask_operator.controller.scheduler_api import DaskWorker
 
 COMM_PORT_NAME = "tcp-comm"
 DASHBOARD_PORT_NAME = "http-dashboard"
@@ -47,14 +35,6 @@ class SchedulerEndpoint:
 
     comm_address: str | None  # tcp://host:port of the comm port (RPC)
     http_url: str | None  # http://host:port of the dashboard (HTTP API)
-
-
-@dataclass(frozen=True)
-class DaskWorker:
-    """A worker as the scheduler knows it: its name (= the worker pod's name) and its comm address."""
-
-    name: str
-    address: str
 
 
 def _port(service: Mapping[str, Any], wanted: str) -> int | None:

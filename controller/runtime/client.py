@@ -24,6 +24,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from dask_operator.controller.runtime import metrics
+from dask_operator.controller.runtime.consistency import note_write
 from dask_operator.controller.runtime.kinds import Kind, kind_of
 from dask_operator.controller.runtime.reconcile import ReconcileTimeout, remaining_time
 
@@ -323,6 +324,7 @@ class Client:
         namespace = obj["metadata"].get("namespace")
         path = kind.collection_path(namespace)
         created = self.request("POST", path, body=obj)
+        note_write(kind, created)
         return _with_header(created, kind)
 
     def apply(self, obj: Obj, field_manager: str, force: bool = True) -> Obj:
@@ -353,21 +355,24 @@ class Client:
         if force:
             params["force"] = "true"
         applied = self.request("PATCH", path, body=obj, params=params, content_type=APPLY_PATCH)
+        note_write(kind, applied)
         return _with_header(applied, kind)
 
     def patch_merge(
         self, kind: Kind, namespace: str | None, name: str, patch: Obj, subresource: str | None = None
     ) -> Obj:
         path = kind.object_path(namespace, name, subresource)
-        return _with_header(self.request("PATCH", path, body=patch, content_type=MERGE_PATCH), kind)
+        patched = self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+        note_write(kind, patched)
+        return _with_header(patched, kind)
 
     def replace(self, obj: Obj) -> Obj:
         """PUT: an update guarded by the metadata.resourceVersion the object carries."""
         kind = kind_of(obj)
         meta = obj["metadata"]
-        return _with_header(
-            self.request("PUT", kind.object_path(meta.get("namespace"), meta["name"]), body=obj), kind
-        )
+        replaced = self.request("PUT", kind.object_path(meta.get("namespace"), meta["name"]), body=obj)
+        note_write(kind, replaced)
+        return _with_header(replaced, kind)
 
     def delete(
         self,
@@ -394,11 +399,12 @@ class Client:
         if grace_period_seconds is not None:
             body["gracePeriodSeconds"] = grace_period_seconds
         try:
-            self.request("DELETE", kind.object_path(namespace, name), body=body)
+            deleted = self.request("DELETE", kind.object_path(namespace, name), body=body)
         except ApiError as error:
             if error.not_found:
                 return False
             raise
+        note_write(kind, deleted)
         return True
 
     # -- the one way out --------------------------------------------------------------------------------

@@ -18,14 +18,12 @@ import pytest
 from support.wait import wait_for
 
 from dask_operator.controller.scheduler import (
-    HTTP_ROUTES_ENV,
-    HTTP_ROUTES_VALUE,
-    DaskWorker,
     SchedulerClient,
     SchedulerEndpoint,
     SchedulerUnreachable,
     scheduler_endpoint,
 )
+from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV, HTTP_ROUTES_VALUE, DaskWorker
 
 BIN = os.path.dirname(sys.executable)
 
