@@ -25,8 +25,11 @@ from support.operator import (
     group_manifest,
     pod_names,
     pods,
+    set_pod_quota,
+    wait_refused,
     wait_running,
     wait_workers,
+    warning_events,
     worker_pods,
 )
 from support.wait import wait_for
@@ -429,3 +432,42 @@ def test_scale_down_with_an_unreachable_scheduler_waits_then_forces_with_a_warni
         timeout=30,
         message="Degraded cleared once the scale-down is done",
     )
+
+
+def test_resource_quota_refusal_shows_in_status_and_lifting_it_converges(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    """A refused create is a condition with the API server's words and a Warning Event, for a new cluster
+    and for a worker group's scale-up; lifting the quota converges both without restarting anything."""
+    set_pod_quota(plane, namespace, 0)
+    apply(plane, namespace, cluster_manifest("quota", 1))
+    refused = wait_refused(plane, namespace, "daskcluster", "quota")
+    assert refused["reason"] == "FailedCreate"
+    assert "exceeded quota" in refused["message"] and "ResourceQuota" in refused["message"]
+    cluster = get(plane, namespace, "daskcluster", "quota")
+    assert cluster["status"]["phase"] in ("Created", "Pending")
+    assert condition(cluster, "Degraded")["reason"] == "FailedCreate"
+    assert any(
+        e["reason"] == "FailedCreate" and "exceeded quota" in e["message"]
+        for e in warning_events(plane, namespace, "quota")
+    )
+    # what a user types to see why
+    described = plane.kubectl("describe", "-n", namespace, "daskcluster", "quota").stdout
+    assert "exceeded quota" in described
+
+    set_pod_quota(plane, namespace, None)
+    wait_running(plane, namespace, "quota")
+    plane.kubectl("wait", "-n", namespace, "--for=condition=Ready", "daskcluster/quota", "--timeout=120s")
+    assert condition(get(plane, namespace, "daskcluster", "quota"), "ReplicaFailure") == {}
+
+    # scale-up of the worker group beyond the quota: the group says why; lifting it converges
+    set_pod_quota(plane, namespace, 2, used=2)  # the scheduler and the one worker
+    plane.kubectl("scale", "-n", namespace, "daskcluster", "quota", "--replicas=2")
+    group_refused = wait_refused(plane, namespace, "daskworkergroup", "quota-default")
+    assert group_refused["reason"] == "FailedCreate" and "exceeded quota" in group_refused["message"]
+    assert any(e["reason"] == "FailedCreate" for e in warning_events(plane, namespace, "quota-default"))
+    set_pod_quota(plane, namespace, None)
+    wait_for(lambda: len(worker_pods(plane, namespace, "quota-default")) == 2, timeout=60, interval=0.5,
+             message="the second worker once the quota is lifted")  # fmt: skip
+    wait_for(lambda: condition(get(plane, namespace, "daskworkergroup", "quota-default"), "ReplicaFailure")
+             == {}, timeout=30, interval=0.5, message="ReplicaFailure cleared")  # fmt: skip
