@@ -1,14 +1,15 @@
 """Desired state of a DaskAutoscaler: the replicas of its cluster's default worker group, and its status.
 
 Invariant: pure functions of the observed objects, the scheduler's adaptive target and `now`. Only
-`<cluster>-default`'s `spec.worker.replicas` is ever written (checklist 7D-46), and only when the scheduler
-pod is Ready and answered (7D-47). The scheduler's target is clamped to [minimum, maximum]; scale-up takes
-one step, scale-down at most max(1, floor(r / 4)) workers per step (7D-44); after a change nothing changes
-for COOLDOWN_SECONDS, a deadline kept in the `kubernetes.dask.org/cooldown-until` annotation (7D-45).
+`<cluster>-default`'s `spec.worker.replicas` is ever written, and only when the scheduler
+pod is Ready and answered. The scheduler's target is clamped to [minimum, maximum]; scale-up takes
+one step, scale-down at most max(1, floor(r / 4)) workers per step; after a change nothing changes
+for COOLDOWN_SECONDS, a deadline kept in the `kubernetes.dask.org/cooldown-until` annotation.
 
 The cluster reconciler copies a DaskCluster's `spec.worker.replicas` onto its default group only when that
 value changes (annotation `kubernetes.dask.org/propagated-replicas`), so it never undoes these writes; a
 `kubectl scale` of the cluster still wins until the next tick, as in the reference.
+Held by test/unit/test_autoscaler.py.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ SCALE_DOWN_FRACTION = 0.25  # at most this fraction of the workers (but at least
 
 def bounded_target(current: int, target: int, minimum: int, maximum: int) -> int:
     """The replicas to request: `target` clamped to [minimum, maximum]; a scale-down is damped to at most
-    max(1, floor(current * 0.25)) workers, a scale-up is not (checklist 7D-43, 7D-44)."""
+    max(1, floor(current * 0.25)) workers, a scale-up is not."""
     desired = min(maximum, max(minimum, target))
     if desired < current:
         step = max(1, math.floor(current * SCALE_DOWN_FRACTION))
@@ -86,7 +87,7 @@ class AutoscalerObservation:
 
 
 def adoption(autoscaler: Mapping[str, Any], cluster: Mapping[str, Any]) -> Obj | None:
-    """An owner reference to the cluster so the autoscaler is deleted with it (7D-42), unless it (or
+    """An owner reference to the cluster so the autoscaler is deleted with it, unless it (or
     another controller) already owns it."""
     if any(r.get("controller") for r in autoscaler["metadata"].get("ownerReferences") or []):
         return None

@@ -4,16 +4,17 @@ Invariant: pure functions of the observed objects and `now`. jobStatus only move
 (JobCreated -> ClusterCreated -> Running -> Successful | Failed) and a terminal status is final: from then on
 a plan never creates anything, it only deletes the job's own cluster (UID precondition) until it is gone.
 The terminal state is derived from the runner pod's phase, not from the cluster, so a cluster already deleted
-can never block completion (the reference's #975). Every write a plan asks for is idempotent.
+can never block completion (an upstream dead end). Every write a plan asks for is idempotent.
 
 Deliberate choices:
 * The cluster and the runner are created once from the job's spec (like a Job's pods), never re-applied:
   `kubectl scale daskcluster <job>` on a job's cluster is respected, as in the reference.
-* `spec.cluster.spec.idleTimeout` is NOT copied to the job's cluster (compat, checklist 7E-60): the cluster
+* `spec.cluster.spec.idleTimeout` is NOT copied to the job's cluster: the cluster
   lives exactly as long as the runner, and an idle timeout would delete it under a runner that is between
   computations, failing the job. `spec.cluster.metadata` is honoured (our CRD keeps it; the reference's
   schema pruned it).
 * A runner pod that disappears after it started fails the job (reason RunnerLost) instead of being re-run.
+Held by test/unit/test_job.py.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def desired_job_cluster(job: Mapping[str, Any]) -> Obj:
     """DaskCluster `<job>`: `spec.cluster.spec`'s scheduler and worker (no idleTimeout), owned by the job.
 
     Labels: the job's, then `spec.cluster.metadata.labels`, then `dask.org/cluster-name`; annotations: the
-    job's (minus kubectl/kopf bookkeeping), then `spec.cluster.metadata.annotations` (checklist 7E-50).
+    job's (minus kubectl/kopf bookkeeping), then `spec.cluster.metadata.annotations`.
     """
     meta = job["metadata"]
     name = job_cluster_name(meta["name"])
@@ -127,7 +128,7 @@ def desired_job_cluster(job: Mapping[str, Any]) -> Obj:
 
 def desired_runner_pod(job: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Obj:
     """Pod `<job>-runner` from `spec.job.spec`; each container gets DASK_SCHEDULER_ADDRESS unless it sets it
-    (init containers do not: the scheduler is not up before the runner starts) (checklist 7E-51)."""
+    (init containers do not: the scheduler is not up before the runner starts)."""
     meta = job["metadata"]
     name = meta["name"]
     runner = job["spec"]["job"]
@@ -158,7 +159,7 @@ def desired_runner_pod(job: Mapping[str, Any], cluster_domain: str = DEFAULT_CLU
 
 
 def cluster_adoption(cluster: Mapping[str, Any], job: Mapping[str, Any]) -> Obj:
-    """The owner reference that makes the job own an existing cluster nobody controls (7E-58)."""
+    """The owner reference that makes the job own an existing cluster nobody controls."""
     meta = cluster["metadata"]
     return {
         "apiVersion": cluster.get("apiVersion", API_VERSION),

@@ -2,6 +2,7 @@
 
 Invariant: registered once in the runtime's registry; per-cluster series are removed when the cluster or
 group is gone, so the registry's size follows the number of live objects.
+Held by test/integration/test_manifests.py.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dask_operator.controller.conditions import EventSpec
 from dask_operator.controller.objects import Obj
 from dask_operator.controller.scheduler_api import DaskWorker
 
-# Field managers, one per concern (ARCHITECTURE rule 4).
+# Field managers, one per concern, so each owns only its fields.
 FIELD_MANAGER = "dask-operator"
 STATUS_FIELD_MANAGER = "dask-operator-status"
 REPLICAS_FIELD_MANAGER = "dask-operator-replicas"

@@ -3,6 +3,7 @@
 Invariant: every call is bounded by a timeout and either returns the scheduler's answer or raises
 `SchedulerUnreachable` (naming both transports' failures); nothing here retries, sleeps or touches the
 Kubernetes API. Retirement always names the workers explicitly, so it never picks workers of another group.
+Held by test/unit/test_scheduler.py.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _port(service: Mapping[str, Any], wanted: str) -> int | None:
 def scheduler_endpoint(service: Mapping[str, Any]) -> SchedulerEndpoint:
     """The scheduler's addresses behind its Service: the ClusterIP when it has one, else the DNS name.
 
-    A Service without the named ports yields None for that transport instead of failing (checklist 7F-61).
+    A Service without the named ports yields None for that transport instead of failing.
     """
     meta = service.get("metadata", {})
     cluster_ip = service.get("spec", {}).get("clusterIP")

@@ -3,6 +3,7 @@
 Invariant: each kind is watched at most once per cache (namespace-scoped or cluster-wide as configured);
 reads block until that kind's informer has synced, and return copies, so a reconciler can neither see a
 half-filled store nor corrupt the shared one.
+Held by test/integration/test_runtime_client.py, test/unit/test_runtime_store.py.
 """
 
 from __future__ import annotations

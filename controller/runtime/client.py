@@ -4,6 +4,7 @@ Invariant: every HTTP request carries a timeout (a watch's read timeout is longe
 is counted once in rest_client_requests_total{code,method,host}, and only transient failures of a single call
 (connection errors, 429 after Retry-After, 5xx on idempotent calls) are retried, briefly, here; lasting
 failures are raised to the caller so the work queue's backoff applies.
+Held by test/e2e/test_kubecluster.py, test/integration/test_runtime_client.py, test/integration/test_runtime_leader.py.
 """
 
 from __future__ import annotations

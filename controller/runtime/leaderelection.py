@@ -4,6 +4,7 @@ Invariant: a candidate takes the lease only after it has seen the record unchang
 on its own monotonic clock (never by comparing renewTime with local time); every write carries the
 resourceVersion it read, so of two racing candidates at most one succeeds; a leader that cannot renew for
 renew_deadline stops leading; a clean shutdown releases the lease (holder "", duration 1 s).
+Held by test/integration/test_runtime_leader.py, test/unit/test_runtime_handlers.py.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ Invariant: /readyz turns 200 only after the cache has synced; controllers run on
 the lease (when leader election is on); the first SIGTERM stops new reconciles, lets in-flight ones finish
 (bounded by graceful_shutdown_timeout), stops informers, releases the lease and closes the HTTP servers last,
 then run() returns 0; a second SIGTERM exits 1 at once; a lost lease exits 1 without draining.
+Held by test/integration/test_runtime_manager.py.
 """
 
 from __future__ import annotations
@@ -102,10 +103,6 @@ class Manager:
     @property
     def leading(self) -> bool:
         return self.elector.is_leader() if self.elector is not None else self._controllers_started.is_set()
-
-    @property
-    def controllers_started(self) -> threading.Event:
-        return self._controllers_started
 
     @property
     def health_port(self) -> int | None:
