@@ -280,8 +280,10 @@ def set_pod_quota(plane: Any, namespace: str, pods: int | None, used: int = 0) -
     plane.kubectl("patch", "-n", namespace, "resourcequota", "pods", "--subresource=status",
                   "--type=merge", "-p", json.dumps(status))  # fmt: skip
     wait_for(
-        lambda: ((get(plane, namespace, "resourcequota", "pods") or {}).get("status") or {}).get("hard")
-        == {"pods": str(pods)},
+        lambda: (
+            ((get(plane, namespace, "resourcequota", "pods") or {}).get("status") or {}).get("hard")
+            == {"pods": str(pods)}
+        ),
         timeout=30,
         interval=0.3,
         message="the ResourceQuota's status",

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+from support.builders import applied
 
 from dask_operator.controller.autoscaler import (
     COOLDOWN_SECONDS,
@@ -20,7 +21,6 @@ from dask_operator.controller.objects import rfc3339
 from dask_operator.controller.plans import (
     ADOPTION_FIELD_MANAGER,
     AUTOSCALER_FIELD_MANAGER,
-    Apply,
     Plan,
     Question,
 )
@@ -94,18 +94,12 @@ def condition(p: Plan, kind: str) -> dict[str, Any]:
     return next(c for c in p.status["conditions"] if c["type"] == kind)
 
 
-def applied(p: Plan, kind: str, manager: str = AUTOSCALER_FIELD_MANAGER) -> dict[str, Any] | None:
-    return next(
-        (s.obj for s in p.of_type(Apply) if s.obj["kind"] == kind and s.field_manager == manager), None
-    )
-
-
 def replicas_apply(p: Plan) -> dict[str, Any] | None:
-    return applied(p, "DaskWorkerGroup")
+    return applied(p, "DaskWorkerGroup", AUTOSCALER_FIELD_MANAGER)
 
 
 def cooldown_apply(p: Plan) -> dict[str, Any] | None:
-    return applied(p, "DaskAutoscaler")
+    return applied(p, "DaskAutoscaler", AUTOSCALER_FIELD_MANAGER)
 
 
 def adopt(p: Plan) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+from support.builders import running
 
 from dask_operator.controller.children import TEMPLATE_HASH_LABEL
 from dask_operator.controller.cluster import (
@@ -68,10 +69,7 @@ def make_cluster(name: str = "c", replicas: int = 3, **extra: Any) -> dict[str, 
 
 
 def ready_pod(obj: dict[str, Any], uid: str = "pod-uid") -> dict[str, Any]:
-    pod = copy.deepcopy(obj)
-    pod["metadata"]["uid"] = uid
-    pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
-    return pod
+    return running(obj, uid=uid)
 
 
 def test_scheduler_pod_metadata_precedence_and_owner() -> None:

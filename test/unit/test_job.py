@@ -6,8 +6,10 @@ import copy
 from typing import Any
 
 import pytest
+from support.builders import applied, created
 
 from dask_operator.controller.job import (
+    RUNNER_REFUSED_TIMEOUT,
     WAIT_SECONDS,
     JobObservation,
     desired_job_cluster,
@@ -15,14 +17,10 @@ from dask_operator.controller.job import (
     plan_job,
 )
 from dask_operator.controller.objects import rfc3339
-from dask_operator.controller.plans import Apply, Plan
+from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Plan
 
 NOW = 1_700_000_000.0
 UID = "job-uid"
-
-
-def created(plan: Plan, kind: str) -> dict[str, Any] | None:
-    return next((o for o in plan.creates if o["kind"] == kind), None)
 
 
 def deleted(plan: Plan) -> tuple[str, str, str] | None:
@@ -30,7 +28,7 @@ def deleted(plan: Plan) -> tuple[str, str, str] | None:
 
 
 def adopted(plan: Plan) -> dict[str, Any] | None:
-    return next((s.obj for s in plan.of_type(Apply)), None)
+    return applied(plan, "DaskCluster", ADOPTION_FIELD_MANAGER)
 
 
 def make_job(status: dict[str, Any] | None = None, **spec_extra: Any) -> dict[str, Any]:
@@ -427,3 +425,21 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     assert first is not None
     later = plan_job(JobObservation(make_job(first), cluster(), runner("Running")), NOW + 100)
     assert later.status == first
+
+
+def test_a_runner_refused_for_too_long_fails_the_job_and_deletes_its_cluster() -> None:
+    refused = {
+        "type": "ReplicaFailure",
+        "status": "True",
+        "reason": "FailedCreate",
+        "message": "Creating Pod j-runner was refused by the API server: exceeded quota.",
+        "lastTransitionTime": rfc3339(NOW - RUNNER_REFUSED_TIMEOUT + 10),
+    }
+    status = status_of("ClusterCreated", conditions=[refused])
+    waiting = plan(status, cluster=cluster())
+    assert created(waiting, "Pod") is not None and deleted(waiting) is None  # tried again
+    late = plan_job(JobObservation(job=make_job(status), cluster=cluster()), NOW + 20)
+    assert late.status is not None and late.status["jobStatus"] == "Failed"
+    failed = next(c for c in late.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "RunnerNotCreated" and "exceeded quota" in failed["message"]
+    assert deleted(late) == ("ns", "j", "j-uid") and created(late, "Pod") is None

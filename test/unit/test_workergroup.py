@@ -6,10 +6,11 @@ import copy
 from typing import Any
 
 import pytest
+from support import builders
 
 from dask_operator.controller.children import TEMPLATE_HASH_LABEL
 from dask_operator.controller.objects import rfc3339
-from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Apply, Plan, Question
+from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Plan, Question
 from dask_operator.controller.scheduler_api import DaskWorker
 from dask_operator.controller.workergroup import (
     GroupObservation,
@@ -89,7 +90,7 @@ def plan(group: dict[str, Any], pods: list[dict[str, Any]] = (), **kw: Any) -> P
 
 
 def adoption_of(result: Plan) -> dict[str, Any] | None:
-    return next((s.obj for s in result.of_type(Apply) if s.field_manager == ADOPTION_FIELD_MANAGER), None)
+    return builders.applied(result, "DaskWorkerGroup", ADOPTION_FIELD_MANAGER)
 
 
 def asks_scheduler(result: Plan) -> bool:
@@ -98,24 +99,11 @@ def asks_scheduler(result: Plan) -> bool:
 
 def running(pod: dict[str, Any], n: int, ready: bool = True) -> dict[str, Any]:
     """A pod as the cache shows it once it runs; `n` orders creation (higher is newer)."""
-    pod = copy.deepcopy(pod)
-    pod["metadata"]["uid"] = f"uid-{pod['metadata']['name']}"
-    pod["metadata"]["creationTimestamp"] = rfc3339(NOW - 1000 + n)
-    pod["status"] = {
-        "phase": "Running",
-        "podIP": f"10.0.0.{n}",
-        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-        "containerStatuses": [
-            {"name": "worker", "ready": ready, "restartCount": 0, "state": {"running": {}}}
-        ],
-    }
-    return pod
+    return builders.running(pod, created_at=NOW - 1000 + n, ip=f"10.0.0.{n}", ready=ready)
 
 
 def pending(pod: dict[str, Any], n: int) -> dict[str, Any]:
-    pod = running(pod, n, ready=False)
-    pod["status"] = {"phase": "Pending"}
-    return pod
+    return builders.pending(pod, created_at=NOW - 1000 + n, ip=f"10.0.0.{n}")
 
 
 def workers_of(pods: list[dict[str, Any]]) -> tuple[DaskWorker, ...]:

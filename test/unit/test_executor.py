@@ -1,0 +1,52 @@
+"""executor.py's pure half: a refused write becomes a sentence with the API server's words and what to do,
+and the status the executor writes carries it as ReplicaFailure and Degraded, keeping the transition time
+while the refusal lasts and dropping it once a plan succeeds."""
+
+from __future__ import annotations
+
+from dask_operator.controller.executor import Refusal, refusal_of, with_refusals
+from dask_operator.controller.objects import rfc3339
+from dask_operator.controller.plans import Cause, Create, Delete, Ref
+from dask_operator.controller.runtime.client import ApiError
+
+NOW = 1_700_000_000.0
+QUOTA = (
+    'pods "c-scheduler" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=0, limited: pods=0'
+)
+
+
+def test_a_refused_create_names_the_object_the_server_message_and_what_to_do() -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "c-scheduler", "namespace": "ns"}}
+    refusal = refusal_of(Create(pod), ApiError(403, "POST", "/api/v1/namespaces/ns/pods", {"message": QUOTA}))
+    assert refusal.reason == "FailedCreate"
+    assert refusal.message.startswith("Creating Pod c-scheduler was refused by the API server: " + QUOTA)
+    assert "ResourceQuota" in refusal.message and "retries every 5 s" in refusal.message
+    invalid = refusal_of(Create(pod), ApiError(422, "POST", "/p", {"message": "spec.containers: Required"}))
+    assert "Fix the spec" in invalid.message
+    gone = refusal_of(
+        Delete(Ref("v1", "Pod", "ns", "w", "u"), Cause.RETIRED), ApiError(500, "DELETE", "/p", "boom")
+    )
+    assert gone.reason == "FailedDelete" and "Pod w" in gone.message
+
+
+def test_refusals_become_replica_failure_and_degraded_and_keep_their_transition_time() -> None:
+    planned = {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "ServiceNotReady", "message": ""},
+            {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": ""},
+        ],
+    }
+    refusals = [Refusal("FailedCreate", "first"), Refusal("FailedCreate", "second")]
+    first = with_refusals(planned, refusals, {}, NOW, 3)
+    by_type = {c["type"]: c for c in first["conditions"]}
+    assert by_type["Ready"]["reason"] == "ServiceNotReady"  # the planner's conditions stay
+    for kind in ("ReplicaFailure", "Degraded"):
+        assert by_type[kind]["status"] == "True" and by_type[kind]["reason"] == "FailedCreate"
+        assert by_type[kind]["message"] == "first (1 more writes refused)"
+        assert by_type[kind]["lastTransitionTime"] == rfc3339(NOW)
+        assert by_type[kind]["observedGeneration"] == 3
+    later = with_refusals(planned, refusals, first, NOW + 60, 3)
+    (still,) = (c for c in later["conditions"] if c["type"] == "ReplicaFailure")
+    assert still["lastTransitionTime"] == rfc3339(NOW)
+    assert later["phase"] == "Pending"
