@@ -29,7 +29,7 @@ from dask_operator.api.v1.names import (
     default_worker_group_name,
 )
 from dask_operator.api.v1.types import CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY
-from dask_operator.controller.children import is_controlled_by, is_terminating, owner_reference
+from dask_operator.controller.children import adoption, is_controlled_by, is_terminating
 from dask_operator.controller.conditions import Condition, EventSpec, condition_events, merge_conditions
 from dask_operator.controller.objects import Obj, rfc3339
 from dask_operator.controller.plans import (
@@ -84,22 +84,6 @@ class AutoscalerObservation:
     service: Obj | None = None  # the cluster's scheduler Service
     default_group: Obj | None = None
     scheduler: SchedulerTarget | None = None  # None: not asked (yet)
-
-
-def adoption(autoscaler: Mapping[str, Any], cluster: Mapping[str, Any]) -> Obj | None:
-    """An owner reference to the cluster so the autoscaler is deleted with it, unless it (or
-    another controller) already owns it."""
-    if any(r.get("controller") for r in autoscaler["metadata"].get("ownerReferences") or []):
-        return None
-    return {
-        "apiVersion": autoscaler.get("apiVersion", API_VERSION),
-        "kind": autoscaler.get("kind", DASK_AUTOSCALER.kind),
-        "metadata": {
-            "name": autoscaler["metadata"]["name"],
-            "namespace": autoscaler["metadata"]["namespace"],
-            "ownerReferences": [owner_reference(cluster)],
-        },
-    }
 
 
 def replicas_intent(group: Mapping[str, Any], replicas: int) -> Obj:

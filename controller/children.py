@@ -58,6 +58,46 @@ def owner_reference(owner: Mapping[str, Any]) -> Obj:
     }
 
 
+def owned_child(
+    owner: Mapping[str, Any],
+    api_version: str,
+    kind: str,
+    name: str,
+    metadata: tuple[dict[str, str], dict[str, str]],
+    spec: Obj,
+) -> Obj:
+    """A child of `owner` in its namespace, with (labels, annotations) from child_metadata, controlled by it."""
+    labels, annotations = metadata
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": owner["metadata"]["namespace"],
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": spec,
+    }
+
+
+def adoption(child: Mapping[str, Any], owner: Mapping[str, Any]) -> Obj | None:
+    """The apply intent that makes `owner` the controller of `child`, unless some controller already is."""
+    meta = child["metadata"]
+    if any(ref.get("controller") for ref in meta.get("ownerReferences") or []):
+        return None
+    return {
+        "apiVersion": child.get("apiVersion", API_VERSION),
+        "kind": child["kind"],
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "ownerReferences": [owner_reference(owner)],
+        },
+    }
+
+
 def is_controlled_by(child: Mapping[str, Any], owner_uid: str) -> bool:
     return any(
         ref.get("controller") and ref.get("uid") == owner_uid

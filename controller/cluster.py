@@ -49,7 +49,7 @@ from dask_operator.controller.children import (
     TEMPLATE_HASH_LABEL,
     child_metadata,
     is_terminating,
-    owner_reference,
+    owned_child,
     template_hash,
     with_env_defaults,
 )
@@ -91,20 +91,26 @@ def cluster_port(cluster: Mapping[str, Any], port_name: str, default: int) -> in
     return default
 
 
+def _service_url(cluster: Mapping[str, Any], scheme: str, port: int, cluster_domain: str) -> str:
+    meta = cluster["metadata"]
+    return (
+        f"{scheme}://{scheduler_service_name(meta['name'])}.{meta['namespace']}.svc.{cluster_domain}:{port}"
+    )
+
+
 def cluster_scheduler_address(
     cluster: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
 ) -> str:
-    meta = cluster["metadata"]
-    port = cluster_port(cluster, PORT_NAME_COMM, SCHEDULER_COMM_PORT)
-    return f"tcp://{scheduler_service_name(meta['name'])}.{meta['namespace']}.svc.{cluster_domain}:{port}"
+    return _service_url(
+        cluster, "tcp", cluster_port(cluster, PORT_NAME_COMM, SCHEDULER_COMM_PORT), cluster_domain
+    )
 
 
 def cluster_dashboard_address(
     cluster: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
 ) -> str:
-    meta = cluster["metadata"]
     port = cluster_port(cluster, PORT_NAME_DASHBOARD, SCHEDULER_DASHBOARD_PORT)
-    return f"http://{scheduler_service_name(meta['name'])}.{meta['namespace']}.svc.{cluster_domain}:{port}"
+    return _service_url(cluster, "http", port, cluster_domain)
 
 
 # -- children ------------------------------------------------------------------------------------------
@@ -129,18 +135,7 @@ def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
     spec = copy.deepcopy(cluster["spec"]["scheduler"]["spec"])
     spec["containers"] = with_env_defaults(spec.get("containers") or [], {HTTP_ROUTES_ENV: HTTP_ROUTES_VALUE})
     labels[TEMPLATE_HASH_LABEL] = template_hash(spec)
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": scheduler_name(name),
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(cluster)],
-        },
-        "spec": spec,
-    }
+    return owned_child(cluster, "v1", "Pod", scheduler_name(name), (labels, annotations), spec)
 
 
 def desired_scheduler_service(cluster: Mapping[str, Any]) -> Obj:
@@ -151,18 +146,14 @@ def desired_scheduler_service(cluster: Mapping[str, Any]) -> Obj:
         cluster["spec"]["scheduler"].get("metadata"),
         {LABEL_CLUSTER_NAME: meta["name"], LABEL_COMPONENT: COMPONENT_SCHEDULER},
     )
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": scheduler_service_name(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(cluster)],
-        },
-        "spec": copy.deepcopy(cluster["spec"]["scheduler"]["service"]),
-    }
+    return owned_child(
+        cluster,
+        "v1",
+        "Service",
+        scheduler_service_name(meta["name"]),
+        (labels, annotations),
+        copy.deepcopy(cluster["spec"]["scheduler"]["service"]),
+    )
 
 
 def desired_default_group(cluster: Mapping[str, Any]) -> Obj:
@@ -175,18 +166,14 @@ def desired_default_group(cluster: Mapping[str, Any]) -> Obj:
         {LABEL_CLUSTER_NAME: meta["name"], LABEL_COMPONENT: COMPONENT_WORKER_GROUP},
     )
     group_worker = {k: copy.deepcopy(v) for k, v in worker.items() if k != "replicas"}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": DASK_WORKER_GROUP.kind,
-        "metadata": {
-            "name": default_worker_group_name(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(cluster)],
-        },
-        "spec": {"cluster": meta["name"], "worker": group_worker},
-    }
+    return owned_child(
+        cluster,
+        API_VERSION,
+        DASK_WORKER_GROUP.kind,
+        default_worker_group_name(meta["name"]),
+        (labels, annotations),
+        {"cluster": meta["name"], "worker": group_worker},
+    )
 
 
 def default_group_replicas(cluster: Mapping[str, Any], default_group: Mapping[str, Any] | None) -> Obj | None:
@@ -392,15 +379,9 @@ def _progressing_condition(
         )
     if scheduler_state == "Starting" or not service_ok:
         return Condition(CONDITION_PROGRESSING, True, "StartingScheduler", "The scheduler is starting.")
-    for group in groups:
-        cond = find_condition(group.get("status", {}).get("conditions"), CONDITION_PROGRESSING)
-        if cond and cond.get("status") == "True":
-            return Condition(
-                CONDITION_PROGRESSING,
-                True,
-                str(cond.get("reason") or "Workers"),
-                f"Worker group {group['metadata']['name']}: {cond.get('message', '')}",
-            )
+    from_group = _group_condition(groups, CONDITION_PROGRESSING, "Workers")
+    if from_group is not None:
+        return from_group
     if live != desired:
         return Condition(CONDITION_PROGRESSING, True, "ScalingWorkers", f"{live} of {desired} workers exist.")
     return Condition(CONDITION_PROGRESSING, False, "Stable", "Scheduler and workers match the spec.")
@@ -410,16 +391,19 @@ def _degraded_condition(obs: ClusterObservation, scheduler_state: str, now: floa
     if scheduler_state == "Failing":
         failures = [f for f in (pod_failure(p, now) for p in obs.scheduler_pods) if f]
         return Condition(CONDITION_DEGRADED, True, "SchedulerFailing", failures[0] if failures else "")
-    for group in obs.groups:
-        cond = find_condition(group.get("status", {}).get("conditions"), CONDITION_DEGRADED)
+    return _group_condition(obs.groups, CONDITION_DEGRADED, "WorkerGroupDegraded") or Condition(
+        CONDITION_DEGRADED, False, "AsExpected", ""
+    )
+
+
+def _group_condition(groups: Sequence[Obj], kind: str, default_reason: str) -> Condition | None:
+    """The first worker group whose condition `kind` is True, surfaced on the cluster with its name."""
+    for group in groups:
+        cond = find_condition(group.get("status", {}).get("conditions"), kind)
         if cond and cond.get("status") == "True":
-            return Condition(
-                CONDITION_DEGRADED,
-                True,
-                str(cond.get("reason") or "WorkerGroupDegraded"),
-                f"Worker group {group['metadata']['name']}: {cond.get('message', '')}",
-            )
-    return Condition(CONDITION_DEGRADED, False, "AsExpected", "")
+            message = f"Worker group {group['metadata']['name']}: {cond.get('message', '')}"
+            return Condition(kind, True, str(cond.get("reason") or default_reason), message)
+    return None
 
 
 def _invalid_plan(cluster: Obj, problems: list[str], now: float) -> Plan:

@@ -51,10 +51,11 @@ from dask_operator.api.v1.types import (
     JOB_TERMINAL_STATUSES,
 )
 from dask_operator.controller.children import (
+    adoption,
     child_metadata,
     is_controlled_by,
     is_terminating,
-    owner_reference,
+    owned_child,
     with_env_defaults,
 )
 from dask_operator.controller.cluster import cluster_scheduler_address
@@ -112,18 +113,14 @@ def desired_job_cluster(job: Mapping[str, Any]) -> Obj:
     cluster = job["spec"]["cluster"]
     labels, annotations = child_metadata(job, cluster.get("metadata"), {LABEL_CLUSTER_NAME: name})
     spec = cluster["spec"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": DASK_CLUSTER.kind,
-        "metadata": {
-            "name": name,
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(job)],
-        },
-        "spec": {"scheduler": copy.deepcopy(spec["scheduler"]), "worker": copy.deepcopy(spec["worker"])},
-    }
+    return owned_child(
+        job,
+        API_VERSION,
+        DASK_CLUSTER.kind,
+        name,
+        (labels, annotations),
+        {"scheduler": copy.deepcopy(spec["scheduler"]), "worker": copy.deepcopy(spec["worker"])},
+    )
 
 
 def desired_runner_pod(job: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Obj:
@@ -144,32 +141,7 @@ def desired_runner_pod(job: Mapping[str, Any], cluster_domain: str = DEFAULT_CLU
     spec = copy.deepcopy(runner["spec"])
     address = cluster_scheduler_address(desired_job_cluster(job), cluster_domain)
     spec["containers"] = with_env_defaults(spec.get("containers") or [], {SCHEDULER_ADDRESS_ENV: address})
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": job_runner_pod_name(name),
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(job)],
-        },
-        "spec": spec,
-    }
-
-
-def cluster_adoption(cluster: Mapping[str, Any], job: Mapping[str, Any]) -> Obj:
-    """The owner reference that makes the job own an existing cluster nobody controls."""
-    meta = cluster["metadata"]
-    return {
-        "apiVersion": cluster.get("apiVersion", API_VERSION),
-        "kind": cluster.get("kind", DASK_CLUSTER.kind),
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "ownerReferences": [owner_reference(job)],
-        },
-    }
+    return owned_child(job, "v1", "Pod", job_runner_pod_name(name), (labels, annotations), spec)
 
 
 # -- the plan --------------------------------------------------------------------------------------------
@@ -287,10 +259,11 @@ def _advance(
         cluster_ready = True
     else:
         ref = _controller_ref(cluster)
-        if ref is None:
-            steps.append(Apply(cluster_adoption(cluster, job), ADOPTION_FIELD_MANAGER))
+        adopt = adoption(cluster, job)  # only when nobody controls it (ref is None)
+        if adopt is not None:
+            steps.append(Apply(adopt, ADOPTION_FIELD_MANAGER))
             cluster_ready = True
-        elif ref.get("kind") == DASK_JOB.kind and ref.get("uid") != uid:
+        elif ref is not None and ref.get("kind") == DASK_JOB.kind and ref.get("uid") != uid:
             waiting = True  # left by a deleted DaskJob of the same name; the garbage collector removes it
         else:
             cluster_ready = True  # someone else's DaskCluster of this name: used, never deleted by the job

@@ -28,6 +28,7 @@ from dask_operator.api.v1.names import (
 from dask_operator.api.v1.types import CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY
 from dask_operator.controller.children import (
     TEMPLATE_HASH_LABEL,
+    adoption,
     child_metadata,
     is_controlled_by,
     is_terminating,
@@ -154,22 +155,6 @@ def new_worker_names(group: Mapping[str, Any], hash_: str, taken: set[str], coun
             names.append(name)
         ordinal += 1
     return names
-
-
-def adoption(group: Mapping[str, Any], cluster: Mapping[str, Any]) -> Obj | None:
-    """The owner reference that makes the cluster own this group, unless it (or another controller) does."""
-    refs = group["metadata"].get("ownerReferences") or []
-    if any(r.get("controller") for r in refs):
-        return None
-    return {
-        "apiVersion": group["apiVersion"],
-        "kind": group["kind"],
-        "metadata": {
-            "name": group["metadata"]["name"],
-            "namespace": group["metadata"]["namespace"],
-            "ownerReferences": [owner_reference(cluster)],
-        },
-    }
 
 
 # -- classification -----------------------------------------------------------------------------------------
@@ -315,6 +300,11 @@ class _Draft:
     def wake_in(self, seconds: float) -> None:
         self.requeue = seconds if self.requeue is None else min(self.requeue, seconds)
 
+    def scaling_up(self, doing: str) -> None:
+        self.progressing = Condition(
+            CONDITION_PROGRESSING, True, "ScalingUp", f"{doing}: {self.total} of {self.replicas} exist."
+        )
+
     def create(self, count: int) -> None:
         names = new_worker_names(self.group, self.want, self.pods.taken, count)
         self.creates += [worker_pod(self.template, n) for n in names]
@@ -351,24 +341,14 @@ def _scale_up(draft: _Draft, settings: GroupSettings, now: float) -> None:
         wait = _until_next_round(draft.pods, settings.batch_delay, now)
         if wait > 0:
             draft.wake_in(wait)
-            draft.progressing = Condition(
-                CONDITION_PROGRESSING,
-                True,
-                "ScalingUp",
-                f"Creating workers in rounds of {settings.batch_size}: {draft.total} of {draft.replicas} exist.",
-            )
+            draft.scaling_up(f"Creating workers in rounds of {settings.batch_size}")
             draft.notes.append(f"next round in {wait:.1f} s")
             return
     count = missing if settings.batch_size is None else min(missing, settings.batch_size)
     draft.create(count)
     if count < missing:
         draft.wake_in(max(settings.batch_delay, 0.5))
-    draft.progressing = Condition(
-        CONDITION_PROGRESSING,
-        True,
-        "ScalingUp",
-        f"Creating workers: {draft.total} of {draft.replicas} exist.",
-    )
+    draft.scaling_up("Creating workers")
     draft.notes.append(f"create {count}")
 
 

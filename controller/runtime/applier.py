@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dask_operator.controller.runtime.cache import Cache
-from dask_operator.controller.runtime.client import Client
+from dask_operator.controller.runtime.client import Client, status_intent
 from dask_operator.controller.runtime.kinds import kind_of
 
 Obj = dict[str, Any]
@@ -63,14 +63,7 @@ class Applier:
 
     def apply_status(self, obj: Obj, field_manager: str, force: bool = True) -> Obj | None:
         """Apply obj's status to /status as field_manager; None when skipped."""
-        meta = obj["metadata"]
-        intent: Obj = {
-            "apiVersion": obj["apiVersion"],
-            "kind": obj["kind"],
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta},
-            "status": obj.get("status") or {},
-        }
-        return self._apply(intent, field_manager, force, status=True)
+        return self._apply(status_intent(obj), field_manager, force, status=True)
 
     def _apply(self, intent: Obj, field_manager: str, force: bool, status: bool) -> Obj | None:
         kind = kind_of(intent)

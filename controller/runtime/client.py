@@ -38,6 +38,17 @@ USER_AGENT = "dask-operator/runtime"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
+def status_intent(obj: Obj) -> Obj:
+    """The body of a status apply: obj's identity and status, nothing else."""
+    meta = obj["metadata"]
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta},
+        "status": obj.get("status") or {},
+    }
+
+
 class ApiError(Exception):
     """A non-2xx answer from the API server (the body's Status when it sent one)."""
 
@@ -339,14 +350,7 @@ class Client:
 
     def apply_status(self, obj: Obj, field_manager: str, force: bool = True) -> Obj:
         """Server-side apply of obj's status to the /status subresource as field_manager."""
-        meta = obj["metadata"]
-        intent: Obj = {
-            "apiVersion": obj["apiVersion"],
-            "kind": obj["kind"],
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta},
-            "status": obj.get("status") or {},
-        }
-        return self._apply(intent, field_manager, force, "status")
+        return self._apply(status_intent(obj), field_manager, force, "status")
 
     def _apply(self, obj: Obj, field_manager: str, force: bool, subresource: str | None) -> Obj:
         kind = kind_of(obj)
