@@ -49,7 +49,7 @@ REFUSED_WRITE_RETRY_SECONDS = 5.0
 # A retirement the scheduler could not complete (unreachable, or it kept some workers) is tried again.
 RETRY_RETIREMENT_SECONDS = 5.0
 
-# Retire(workers) -> names the scheduler retired; raises SchedulerUnreachable.
+# Retire -> names of the workers the scheduler retired; raises SchedulerUnreachable.
 RetireWorkers = Callable[[Retire], set[str]]
 
 
@@ -163,10 +163,10 @@ class Executor:
             log.warning("retirement failed; will retry", error=str(error))
             operator_metrics.RETIREMENTS.labels(namespace, "failed").inc(len(names))
             return RETRY_RETIREMENT_SECONDS
-        for worker, pod in zip(step.workers, step.pods, strict=True):
-            if worker.name in retired:
-                self.delete(pod)
-        if len(retired) < len(names):
+        for pod in step.pods:
+            if all(w.name in retired for w in pod.workers):
+                self.delete(pod.delete)
+        if not set(names) <= retired:
             log.info("scheduler kept some workers (data not movable yet)", kept=sorted(set(names) - retired))
             return RETRY_RETIREMENT_SECONDS
         return None

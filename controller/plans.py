@@ -98,11 +98,23 @@ class Delete:
 
 
 @dataclass(frozen=True)
-class Retire:
-    """Retire these workers through the scheduler, then delete the pods of exactly those it retired."""
+class RetiringPod:
+    """A pod to delete once every Dask worker it runs has been retired (`--nworkers` runs several)."""
 
+    delete: Delete
     workers: tuple[DaskWorker, ...]
-    pods: tuple[Delete, ...]  # pods[i] runs workers[i]
+
+
+@dataclass(frozen=True)
+class Retire:
+    """Retire every worker of these pods through the scheduler; delete a pod only once all of its workers
+    were retired, so no worker's data goes with a pod."""
+
+    pods: tuple[RetiringPod, ...]
+
+    @property
+    def workers(self) -> tuple[DaskWorker, ...]:
+        return tuple(w for pod in self.pods for w in pod.workers)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ from dask_operator.controller.plans import (
     Question,
     Ref,
     Retire,
+    RetiringPod,
     SetStatus,
     Step,
 )
@@ -173,19 +174,26 @@ def _newest_first(pods: Sequence[Obj]) -> list[Obj]:
     )
 
 
-def joined_worker(pod: Mapping[str, Any], workers: Sequence[DaskWorker]) -> DaskWorker | None:
-    """The scheduler's entry for the worker in `pod`: by Dask name (= pod name), else by pod IP."""
+def workers_in_pod(pod: Mapping[str, Any], workers: Sequence[DaskWorker]) -> tuple[DaskWorker, ...]:
+    """Every worker the scheduler knows that runs in `pod`, and only those.
+
+    By name first: workers are named after their pod (`--name $(DASK_WORKER_NAME)`), and `--nworkers N`
+    appends `-0..-N-1`. By pod IP only when no worker carries the pod's name and the IP is the pod's own
+    (never with hostNetwork, where every pod of the node shares it, possibly another group's).
+    """
     name = pod["metadata"]["name"]
+    named = tuple(w for w in workers if w.name == name or _numbered_after(w.name, name))
+    if named:
+        return named
     ip = pod.get("status", {}).get("podIP")
-    for w in workers:
-        if w.name == name:
-            return w
-    if ip:
-        for w in workers:
-            host = w.address.split("://", 1)[-1].rsplit(":", 1)[0]
-            if host == ip:
-                return w
-    return None
+    if not ip or pod.get("spec", {}).get("hostNetwork"):
+        return ()
+    return tuple(w for w in workers if w.address.split("://", 1)[-1].rsplit(":", 1)[0] == ip)
+
+
+def _numbered_after(worker: str, pod: str) -> bool:
+    prefix = pod + "-"
+    return worker.startswith(prefix) and worker[len(prefix) :].isdigit()
 
 
 def _deletion(pod: Obj, cause: Cause) -> Delete:
@@ -445,22 +453,19 @@ def _remove_victims(
         return None
 
     workers = scheduler.workers
-    joined = [(p, joined_worker(p, workers)) for p in victims]
-    draft.deletions += [_deletion(p, Cause.NEVER_JOINED) for p, w in joined if w is None]
-    to_retire = [(p, w) for p, w in joined if w is not None]
+    joined = [(p, workers_in_pod(p, workers)) for p in victims]
+    draft.deletions += [_deletion(p, Cause.NEVER_JOINED) for p, ws in joined if not ws]
+    to_retire = [(p, ws) for p, ws in joined if ws]
     others = [p for p in draft.pods.live if p not in victims]
-    if draft.rolling and any(joined_worker(p, workers) is None for p in draft.current):
+    if draft.rolling and any(not workers_in_pod(p, workers) for p in draft.current):
         # The replacement must have joined the scheduler before an old worker's data can move to it;
         # joining is not a Kubernetes event, so look again shortly.
         draft.wake_in(1.0)
-    elif to_retire and len(to_retire) >= len(workers) and not others:
+    elif to_retire and sum(len(ws) for _, ws in to_retire) >= len(workers) and not others:
         # Scaling to zero: no worker remains (or is coming) to take the data, so retiring cannot succeed.
         draft.deletions += [_deletion(p, Cause.LAST_WORKERS) for p, _ in to_retire]
     elif to_retire:
-        draft.retire = Retire(
-            workers=tuple(w for _, w in to_retire),
-            pods=tuple(_deletion(p, Cause.RETIRED) for p, _ in to_retire),
-        )
+        draft.retire = Retire(tuple(RetiringPod(_deletion(p, Cause.RETIRED), ws) for p, ws in to_retire))
     return None
 
 

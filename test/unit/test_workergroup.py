@@ -18,6 +18,7 @@ from dask_operator.controller.workergroup import (
     SchedulerView,
     plan_group,
     worker_name,
+    workers_in_pod,
 )
 
 NOW = 1_700_000_000.0
@@ -201,8 +202,8 @@ def test_scale_down_of_running_workers_asks_the_scheduler_then_retires_newest() 
     ]
     assert result.deletes == ()
     # each worker to retire comes with the pod to delete once the scheduler confirms it
-    assert [(w.name, d.ref.name) for w, d in zip(result.retire.workers, result.retire.pods, strict=True)] == [
-        (w.name, w.name) for w in result.retire.workers
+    assert [(rp.delete.ref.name, [w.name for w in rp.workers]) for rp in result.retire.pods] == [
+        (w.name, [w.name]) for w in result.retire.workers
     ]
 
 
@@ -345,7 +346,7 @@ def test_any_sequence_of_replica_changes_converges_to_the_last(sequence: list[in
                 result = plan(group, pods, scheduler=SchedulerView(workers_of(pods)))
             gone = {d.ref.uid for d in result.deletes}
             if result.retire is not None:
-                gone |= {d.ref.uid for d in result.retire.pods}
+                gone |= {rp.delete.ref.uid for rp in result.retire.pods}
             pods = [p for p in pods if p["metadata"]["uid"] not in gone]
             for created in result.creates:
                 n += 1
@@ -359,3 +360,27 @@ def test_worker_name_depends_on_uid_template_and_ordinal_only() -> None:
     assert worker_name(group, "h", 0) == worker_name(copy.deepcopy(group), "h", 0)
     assert len({worker_name(group, "h", 0), worker_name(group, "h", 1), worker_name(group, "g", 0)}) == 3
     assert plan(make_group(1)).creates[0]["metadata"]["labels"][TEMPLATE_HASH_LABEL]
+
+
+def test_every_worker_of_a_multi_worker_pod_is_retired_with_it_and_no_other() -> None:
+    """`--nworkers 2` names a pod's workers <pod>-0 and <pod>-1; both go with the pod, a worker whose name
+    only starts like the pod's does not, and with hostNetwork no worker is matched by the shared IP."""
+    pods = scaled_to(3)
+    workers = tuple(
+        DaskWorker(f"{p['metadata']['name']}-{i}", f"tcp://{p['status']['podIP']}:{4000 + i}")
+        for p in pods
+        for i in (0, 1)
+    )
+    result = plan(make_group(1), pods, scheduler=SchedulerView(workers))
+    assert result.retire is not None
+    newest = sorted(pods, key=lambda p: p["metadata"]["creationTimestamp"])[1:]
+    assert {rp.delete.ref.name: sorted(w.name for w in rp.workers) for rp in result.retire.pods} == {
+        p["metadata"]["name"]: [f"{p['metadata']['name']}-0", f"{p['metadata']['name']}-1"] for p in newest
+    }
+    lookalike = DaskWorker(pods[2]["metadata"]["name"] + "-x", "tcp://10.9.9.9:1")
+    assert workers_in_pod(pods[2], [lookalike]) == ()
+    shared = copy.deepcopy(pods[2])
+    shared["spec"]["hostNetwork"] = True
+    stranger = DaskWorker("other-group-worker", f"tcp://{shared['status']['podIP']}:5000")
+    assert workers_in_pod(shared, [stranger]) == ()
+    assert workers_in_pod(pods[2], [stranger]) == (stranger,)  # a pod's own IP, no hostNetwork: unambiguous
