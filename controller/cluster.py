@@ -230,8 +230,14 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
     default_group = next(
         (g for g in obs.groups if g["metadata"]["name"] == default_worker_group_name(meta["name"])), None
     )
-    steps: list[Step] = [Apply(desired_scheduler_service(cluster)), Apply(desired_default_group(cluster))]
+    group = desired_default_group(cluster)
     replicas = default_group_replicas(cluster, default_group)
+    if default_group is None and replicas is not None:
+        # A new group carries its replica count from its first write, so a cluster of 0 workers never
+        # gets a throwaway worker from the CRD's default; the replicas write below then co-owns the value
+        # (same value, shared ownership), which the main manager's later applies (without it) leave alone.
+        group["spec"]["worker"]["replicas"] = replicas["spec"]["worker"]["replicas"]
+    steps: list[Step] = [Apply(desired_scheduler_service(cluster)), Apply(group)]
     if replicas is not None:
         steps.append(Apply(replicas, REPLICAS_FIELD_MANAGER))
     pod_steps, events, scheduler_state = _scheduler_pod_changes(obs, desired_scheduler_pod(cluster), now)

@@ -196,6 +196,7 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
     steps: list[Step] = []
     requeue: float | None = None
     degraded: str | None = None
+    failed_reason: str | None = None
 
     phase = (runner or {}).get("status", {}).get("phase") if own_runner else None
     if before in JOB_TERMINAL_STATUSES:
@@ -208,6 +209,15 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
         after = JOB_STATUS_FAILED  # the runner could not be created for too long: do not keep a cluster up
         refusal = find_condition(previous.get("conditions"), CONDITION_REPLICA_FAILURE) or {}
         degraded = f"The runner pod could not be created for {int(RUNNER_REFUSED_TIMEOUT)} s: {refusal.get('message')}"
+        failed_reason = "RunnerNotCreated"
+    elif before == JOB_STATUS_RUNNING and own_runner and (cluster is None or is_terminating(cluster)):
+        # The cluster went while the runner ran: never make a new one under it, the job has lost its Dask.
+        after = JOB_STATUS_FAILED
+        degraded = (
+            f"DaskCluster {job_cluster_name(meta['name'])} was deleted while the runner was running; the "
+            "runner pod is kept for its logs"
+        )
+        failed_reason = "ClusterLost"
     else:
         after, waiting, degraded = _advance(job, obs, own_cluster, own_runner, steps, cluster_domain)
         if waiting:
@@ -222,7 +232,7 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
         # Final: what the job ended with stays, even once the runner pod is deleted.
         status = {**previous, "observedGeneration": meta.get("generation", 0)}
         return Plan(steps=(*steps, SetStatus(status)), requeue_after=requeue)
-    status = _status(job, previous, after, now, _conditions(after, obs, degraded))
+    status = _status(job, previous, after, now, _conditions(after, obs, degraded, failed_reason))
     if after == JOB_STATUS_RUNNING and not previous.get("startTime") and runner is not None:
         status["startTime"] = _runner_times(runner, now)[0]
     if terminal and before not in JOB_TERMINAL_STATUSES:
@@ -310,7 +320,10 @@ def _status(job: Obj, previous: Obj, job_status: str, now: float, conditions: Se
 
 
 def _conditions(
-    job_status: str, obs: JobObservation | None = None, degraded: str | None = None
+    job_status: str,
+    obs: JobObservation | None = None,
+    degraded: str | None = None,
+    failed_reason: str | None = None,
 ) -> list[Condition]:
     runner = obs.runner if obs is not None else None
     pod = runner["metadata"]["name"] if runner is not None else "the runner pod"
@@ -328,7 +341,8 @@ def _conditions(
             Condition(CONDITION_FAILED, False, "RunnerSucceeded", ""),
         ]
     if job_status == JOB_STATUS_FAILED:
-        why = failure or degraded or f"{pod} is gone: it was deleted while the job ran."
+        why = degraded if failed_reason else failure or f"{pod} is gone: it was deleted while the job ran."
+        reason = failed_reason or ("RunnerFailed" if runner is not None else "RunnerLost")
         return [
             Condition(CONDITION_READY, False, "Failed", "The job has finished."),
             Condition(CONDITION_PROGRESSING, False, "Failed", "The job has finished."),
@@ -337,8 +351,8 @@ def _conditions(
             Condition(
                 CONDITION_FAILED,
                 True,
-                "RunnerFailed" if runner is not None else "RunnerNotCreated" if degraded else "RunnerLost",
-                why.rstrip(".") + ".",
+                reason,
+                str(why).rstrip(".") + ".",
             ),
         ]
     if degraded is not None:

@@ -138,12 +138,20 @@ def test_replicas_propagate_only_when_the_cluster_value_changed(
 
 def test_new_cluster_plans_all_children_and_status_created() -> None:
     plan = plan_cluster(ClusterObservation(make_cluster()), NOW)
-    # the children, then the default group's replicas under their own field manager
-    assert [(s.obj["kind"], s.field_manager) for s in plan.of_type(Apply)] == [
+    # the children, then the default group's replicas under their own field manager; a new group is
+    # created with its replicas in the first write (no worker from the CRD's default)
+    applies = list(plan.of_type(Apply))
+    assert [(s.obj["kind"], s.field_manager) for s in applies] == [
         ("Service", FIELD_MANAGER),
         ("DaskWorkerGroup", FIELD_MANAGER),
         ("DaskWorkerGroup", REPLICAS_FIELD_MANAGER),
     ]
+    assert applies[1].obj["spec"]["worker"]["replicas"] == 3
+    # once the group exists, the main manager never writes the replicas again
+    existing = plan_cluster(ClusterObservation(make_cluster(replicas=0), groups=[applies[1].obj]), NOW)
+    (main_group,) = (s.obj for s in existing.of_type(Apply) if s.obj["kind"] == "DaskWorkerGroup"
+                     and s.field_manager == FIELD_MANAGER)  # fmt: skip
+    assert "replicas" not in main_group["spec"]["worker"]
     assert [p["metadata"]["name"] for p in plan.creates] == ["c-scheduler"]
     assert plan.status is not None and plan.status["phase"] == "Created"
     assert plan.status["observedGeneration"] == 2

@@ -223,12 +223,13 @@ def test_job_created_creates_cluster_and_runner_and_records_cluster_created() ->
     [
         # cluster and runner exist, runner pending: nothing to do
         ("ClusterCreated", {"cluster": cluster(), "runner": runner("Pending")}, "ClusterCreated", ()),
-        # a cluster deleted by hand (or never seen) is recreated while the job runs (level-triggered)
+        # a cluster deleted by hand (or never seen) is recreated before the runner runs (level-triggered);
+        # under a running runner it is not: the job fails (ClusterLost)
         ("ClusterCreated", {"runner": runner("Pending")}, "ClusterCreated", ("cluster",)),
-        ("Running", {"runner": runner("Running")}, "Running", ("cluster",)),
+        ("Running", {"runner": runner("Running")}, "Failed", ()),
         # the runner is (re)created while it has not started
         ("ClusterCreated", {"cluster": cluster()}, "ClusterCreated", ("runner",)),
-        # an existing cluster (operator restarted after creating it) does not stop the runner (7E-58)
+        # an existing cluster (operator restarted after creating it) does not stop the runner
         ("JobCreated", {"cluster": cluster()}, "ClusterCreated", ("runner",)),
         # runner running
         ("ClusterCreated", {"cluster": cluster(), "runner": runner("Running")}, "Running", ()),
@@ -443,3 +444,15 @@ def test_a_runner_refused_for_too_long_fails_the_job_and_deletes_its_cluster() -
     failed = next(c for c in late.status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "RunnerNotCreated" and "exceeded quota" in failed["message"]
     assert deleted(late) == ("ns", "j", "j-uid") and created(late, "Pod") is None
+
+
+def test_a_cluster_deleted_under_a_running_runner_fails_the_job_and_is_not_recreated() -> None:
+    for gone in (None, cluster(terminating=True)):
+        p = plan(status_of("Running"), cluster=gone, runner=runner("Running"))
+        assert created(p, "DaskCluster") is None and created(p, "Pod") is None
+        assert p.status is not None and p.status["jobStatus"] == "Failed"
+        failed = next(c for c in p.status["conditions"] if c["type"] == "Failed")
+        assert (
+            failed["reason"] == "ClusterLost"
+            and "was deleted while the runner was running" in failed["message"]
+        )
