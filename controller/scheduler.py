@@ -30,6 +30,20 @@ class SchedulerUnreachable(Exception):
     """Neither the HTTP API nor the RPC answered; the message says why for each."""
 
 
+class HTTPStatusError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _may_have_acted(error: Exception) -> bool:
+    """Whether a failed HTTP request may have reached the scheduler: it answered with an error other than
+    "no such route", or the connection broke or timed out after the request was sent."""
+    if isinstance(error, HTTPStatusError):
+        return error.status != 404
+    return isinstance(error, urllib3.exceptions.ReadTimeoutError | urllib3.exceptions.ProtocolError)
+
+
 @dataclass(frozen=True)
 class SchedulerEndpoint:
     """Where the scheduler of one cluster listens, as seen from the operator."""
@@ -111,7 +125,9 @@ class SchedulerClient:
             return names_of(await rpc.retire_workers(names=[w.name for w in workers]))
 
         body = {"workers": sorted(names_by_address)}
-        return self._call("POST", "/api/v1/retire_workers", body, names_of, from_rpc, self.retire_timeout)
+        return self._call(
+            "POST", "/api/v1/retire_workers", body, names_of, from_rpc, self.retire_timeout, idempotent=False
+        )
 
     def check_idle(self) -> float | None:
         """Since when (scheduler clock, epoch seconds) the scheduler has been idle; None when busy."""
@@ -146,12 +162,18 @@ class SchedulerClient:
         parse: Callable[[Any], T],
         rpc_call: Callable[[Any], Awaitable[T]],
         timeout: float,
+        idempotent: bool = True,
     ) -> T:
         errors = []
         if self.endpoint.http_url:
             try:
                 return parse(self._http(method, path, body, timeout))
-            except Exception as e:  # noqa: BLE001  (any failure means: try the other transport)
+            except Exception as e:  # any failure means: try the other transport (unless it may have acted)
+                if not idempotent and _may_have_acted(e):
+                    # A retirement the scheduler may be carrying out must not be asked for a second time.
+                    raise SchedulerUnreachable(
+                        f"HTTP {path}: {e} (not repeated over RPC: the scheduler may still be acting on it)"
+                    ) from e
                 errors.append(f"HTTP {path}: {e}")
         else:
             errors.append("HTTP: the scheduler Service has no port named http-dashboard")
@@ -174,7 +196,7 @@ class SchedulerClient:
             retries=False,
         )
         if response.status >= 300:
-            raise RuntimeError(f"status {response.status}: {response.data[:200]!r}")
+            raise HTTPStatusError(response.status, f"status {response.status}: {response.data[:200]!r}")
         return json.loads(response.data)
 
     async def _rpc(self, call: Callable[[Any], Awaitable[T]], timeout: float) -> T:
