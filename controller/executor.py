@@ -46,8 +46,6 @@ log = structlog.get_logger("dask_operator.controller")
 
 # A refused write is tried again this often (a quota lifted or a webhook fixed converges without a restart).
 REFUSED_WRITE_RETRY_SECONDS = 5.0
-# A retirement the scheduler could not complete (unreachable, or it kept some workers) is tried again.
-RETRY_RETIREMENT_SECONDS = 5.0
 
 # Retire -> names of the workers the scheduler retired; raises SchedulerUnreachable.
 RetireWorkers = Callable[[Retire], set[str]]
@@ -92,7 +90,7 @@ class Executor:
             elif isinstance(step, Emit):
                 self.emit(obj, step.event)
             else:
-                refusal = self._write(obj, step, outcome, retire_workers)
+                refusal = self._write(obj, step, retire_workers)
                 if refusal is not None:
                     outcome.refusals.append(refusal)
         if outcome.refusals:
@@ -109,9 +107,7 @@ class Executor:
 
     # -- steps -----------------------------------------------------------------------------------------
 
-    def _write(
-        self, obj: Obj, step: Step, outcome: Outcome, retire_workers: RetireWorkers | None
-    ) -> Refusal | None:
+    def _write(self, obj: Obj, step: Step, retire_workers: RetireWorkers | None) -> Refusal | None:
         try:
             if isinstance(step, Apply):
                 self.applier.apply(step.obj, step.field_manager)
@@ -120,7 +116,7 @@ class Executor:
             elif isinstance(step, Delete):
                 self.delete(step)
             elif isinstance(step, Retire):
-                outcome.wake_in(self.retire(obj, step, retire_workers))
+                return self.retire(obj, step, retire_workers)
         except ApiError as error:
             return refusal_of(step, error)
         return None
@@ -149,26 +145,35 @@ class Executor:
             if how is not None:
                 operator_metrics.RETIREMENTS.labels(ref.namespace, how).inc()
 
-    def retire(self, obj: Obj, step: Retire, retire_workers: RetireWorkers | None) -> float | None:
-        """Ask the scheduler to retire the workers, then delete the pods of exactly those it retired.
-        Returns when to try again (unreachable scheduler, or workers it kept)."""
+    def retire(self, obj: Obj, step: Retire, retire_workers: RetireWorkers | None) -> Refusal | None:
+        """Ask the scheduler to retire the workers, then delete the pods all of whose workers it retired.
+        A retirement that did not complete (scheduler unreachable, or workers it kept) is reported like a
+        refused write, naming the workers, and tried again."""
         namespace = obj["metadata"]["namespace"]
         names = [w.name for w in step.workers]
         if retire_workers is None:
-            return RETRY_RETIREMENT_SECONDS
+            return Refusal("RetirementFailed", "No scheduler to retire workers through.")
         log.info("retiring workers", workers=names)
         try:
             retired = retire_workers(step)
         except SchedulerUnreachable as error:
             log.warning("retirement failed; will retry", error=str(error))
             operator_metrics.RETIREMENTS.labels(namespace, "failed").inc(len(names))
-            return RETRY_RETIREMENT_SECONDS
+            return Refusal(
+                "RetirementFailed",
+                f"Retiring workers {', '.join(names)} failed: {error}. Their pods are kept; the operator "
+                f"retries every {int(REFUSED_WRITE_RETRY_SECONDS)} s.",
+            )
         for pod in step.pods:
             if all(w.name in retired for w in pod.workers):
                 self.delete(pod.delete)
-        if not set(names) <= retired:
-            log.info("scheduler kept some workers (data not movable yet)", kept=sorted(set(names) - retired))
-            return RETRY_RETIREMENT_SECONDS
+        kept = [n for n in names if n not in retired]
+        if kept:
+            return Refusal(
+                "RetirementIncomplete",
+                f"The scheduler kept workers {', '.join(kept)} (their data could not move yet); their pods "
+                f"are kept and the retirement is tried again every {int(REFUSED_WRITE_RETRY_SECONDS)} s.",
+            )
         return None
 
     def write_status(self, obj: Obj, status: Obj) -> bool:
