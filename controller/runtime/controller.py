@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -85,6 +85,7 @@ class Controller:
         rate_limiter: RateLimiter | None = None,
         cache_sync_timeout: float = DEFAULT_CACHE_SYNC_TIMEOUT,
         event_filters: Sequence[Predicate] = (),
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         if max_concurrent_reconciles < 1:
             raise ValueError("max_concurrent_reconciles must be at least 1")
@@ -96,6 +97,7 @@ class Controller:
         self.reconcile_timeout = reconcile_timeout
         self.cache_sync_timeout = cache_sync_timeout
         self.event_filters = tuple(event_filters)
+        self.may_act = may_act  # false once the leader's lease may have passed to another replica
         self.queue: WorkQueue[Request] = WorkQueue(name, rate_limiter=rate_limiter)
         self.own_writes = OwnWrites(self._seen_resource_version)
         self._registrations: list[Registration] = []
@@ -204,6 +206,10 @@ class Controller:
                 self.queue.done(request)
 
     def _reconcile_handler(self, request: Request) -> None:
+        if not self.may_act():
+            # no reconcile starts without the lease; the manager aborts this controller when it is lost
+            self.queue.add_after(request, CACHE_CATCH_UP_SECONDS)
+            return
         if self.own_writes.behind(request):
             # the cache does not show this request's own last writes yet: acting now would redo them
             self.queue.add_after(request, CACHE_CATCH_UP_SECONDS)

@@ -91,7 +91,14 @@ class Manager:
             raise ValueError(f"a controller named {controller.name!r} already exists; names must be unique")
         for spec in controller.watches:
             self.cache.informer(spec.kind)
+        controller.may_act = self._may_act
         self.controllers.append(controller)
+
+    def _may_act(self) -> bool:
+        """Without leader election always; with it, only while the lease is ours by our own clock."""
+        if self.leader_election is None:
+            return True
+        return self.elector is not None and self.elector.is_leader() and not self._lost_leadership.is_set()
 
     def _informers_synced(self) -> str | None:
         return None if self._synced.is_set() else "informers have not synced yet"
