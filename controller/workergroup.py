@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -188,7 +189,16 @@ def workers_in_pod(pod: Mapping[str, Any], workers: Sequence[DaskWorker]) -> tup
     ip = pod.get("status", {}).get("podIP")
     if not ip or pod.get("spec", {}).get("hostNetwork"):
         return ()
-    return tuple(w for w in workers if w.address.split("://", 1)[-1].rsplit(":", 1)[0] == ip)
+    # A worker named like a worker pod belongs to that pod, even on this IP: a deleted pod's worker the
+    # scheduler still lists may hold the IP this new pod was just given.
+    return tuple(
+        w
+        for w in workers
+        if w.address.split("://", 1)[-1].rsplit(":", 1)[0] == ip and not _POD_WORKER_NAME.match(w.name)
+    )
+
+
+_POD_WORKER_NAME = re.compile(r".+-worker-[0-9a-f]{10}(-[0-9]+)?$")  # worker_name(), maybe with -N
 
 
 def _numbered_after(worker: str, pod: str) -> bool:

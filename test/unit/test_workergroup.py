@@ -384,3 +384,6 @@ def test_every_worker_of_a_multi_worker_pod_is_retired_with_it_and_no_other() ->
     stranger = DaskWorker("other-group-worker", f"tcp://{shared['status']['podIP']}:5000")
     assert workers_in_pod(shared, [stranger]) == ()
     assert workers_in_pod(pods[2], [stranger]) == (stranger,)  # a pod's own IP, no hostNetwork: unambiguous
+    # a deleted pod's worker still listed on the IP a new pod was given is not the new pod's
+    stale = DaskWorker(pods[0]["metadata"]["name"], f"tcp://{pods[2]['status']['podIP']}:4000")
+    assert workers_in_pod(pods[2], [stale]) == ()
