@@ -78,15 +78,6 @@ elif scenario == "crashloop":
 """
 
 
-# Until the operator reports phase Running once the scheduler Pod and Service exist (readiness in the Ready
-# condition), the reference waits for Running for only resource_timeout and gives up: 1 s is too short for a
-# Ready scheduler, and a crash-looping scheduler never becomes Running at all. That change is issue 13's
-# "Phases" part, made in controller/ on another branch; strict, so the marker must go when it lands.
-NEEDS_REFERENCE_PHASES = pytest.mark.xfail(
-    reason="issue 13 (Phases): phase Running once the scheduler Pod and Service exist", strict=True
-)
-
-
 @pytest.fixture(scope="module")
 def reference() -> Path:
     return reference_venv()
@@ -108,7 +99,6 @@ def run_reference(venv: Path, plane: Any, namespace: str, scenario: str) -> list
     return lines
 
 
-@NEEDS_REFERENCE_PHASES
 def test_reference_client_computes_scales_adapts_and_closes_and_time_to_client(
     plane: Any, namespace: str, dask_operator: OperatorProcess, reference: Path
 ) -> None:
@@ -142,7 +132,6 @@ def test_reference_client_computes_scales_adapts_and_closes_and_time_to_client(
     )
 
 
-@NEEDS_REFERENCE_PHASES
 def test_reference_client_reports_a_crash_looping_scheduler(
     plane: Any, namespace: str, dask_operator: OperatorProcess, reference: Path
 ) -> None:
