@@ -51,10 +51,16 @@ def test_python_image_default_cmd_is_python3_and_args_replace_it() -> None:
     assert argv_for({"image": "python:3.11-slim", "args": ["python", "-V"]}, {}) == ["python", "-V"]
 
 
+def test_base_images_without_entrypoint_run_their_args_as_kubectl_run_gives_them() -> None:
+    # `kubectl run x --image=busybox -- sh -c ...` puts the words after `--` into args, not command.
+    assert argv_for({"image": "busybox", "args": ["sh", "-c", "true"]}, {}) == ["sh", "-c", "true"]
+    assert argv_for({"image": "alpine:3.20"}, {}) == ["/bin/sh"]
+
+
 def test_unknown_image_without_command_is_a_config_error_naming_the_image() -> None:
-    assert lookup("busybox") is None
-    with pytest.raises(ConfigError, match="'busybox' has no known entrypoint"):
-        argv_for({"image": "busybox", "args": ["sh"]}, {})
+    assert lookup("quay.io/acme/tool") is None
+    with pytest.raises(ConfigError, match=r"'quay\.io/acme/tool' has no known entrypoint"):
+        argv_for({"image": "quay.io/acme/tool", "args": ["sh"]}, {})
 
 
 def test_dask_image_without_args_or_command_is_a_config_error() -> None:

@@ -57,6 +57,11 @@ KNOWN_IMAGES: dict[str, Entrypoint] = {
     ),
     # Official Python images: no ENTRYPOINT, CMD python3.
     "docker.io/library/python": Entrypoint((), ("python3",), "library/python: CMD python3"),
+    # Base images with no ENTRYPOINT: their args are the command (`kubectl run --image=busybox -- sh -c ...`).
+    "docker.io/library/busybox": Entrypoint((), ("sh",), "library/busybox: CMD sh"),
+    "docker.io/library/alpine": Entrypoint((), ("/bin/sh",), "library/alpine: CMD /bin/sh"),
+    "docker.io/library/debian": Entrypoint((), ("bash",), "library/debian: CMD bash"),
+    "docker.io/library/ubuntu": Entrypoint((), ("/bin/bash",), "library/ubuntu: CMD /bin/bash"),
 }
 
 
