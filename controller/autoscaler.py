@@ -1,14 +1,15 @@
 """Desired state of a DaskAutoscaler: the replicas of its cluster's default worker group, and its status.
 
 Invariant: pure functions of the observed objects, the scheduler's adaptive target and `now`. Only
-`<cluster>-default`'s `spec.worker.replicas` is ever written (checklist 7D-46), and only when the scheduler
-pod is Ready and answered (7D-47). The scheduler's target is clamped to [minimum, maximum]; scale-up takes
-one step, scale-down at most max(1, floor(r / 4)) workers per step (7D-44); after a change nothing changes
-for COOLDOWN_SECONDS, a deadline kept in the `kubernetes.dask.org/cooldown-until` annotation (7D-45).
+`<cluster>-default`'s `spec.worker.replicas` is ever written, and only when the scheduler
+pod is Ready and answered. The scheduler's target is clamped to [minimum, maximum]; scale-up takes
+one step, scale-down at most max(1, floor(r / 4)) workers per step; after a change nothing changes
+for COOLDOWN_SECONDS, a deadline kept in the `kubernetes.dask.org/cooldown-until` annotation.
 
 The cluster reconciler copies a DaskCluster's `spec.worker.replicas` onto its default group only when that
 value changes (annotation `kubernetes.dask.org/propagated-replicas`), so it never undoes these writes; a
 `kubectl scale` of the cluster still wins until the next tick, as in the reference.
+Held by test/unit/test_autoscaler.py.
 """
 
 from __future__ import annotations
@@ -28,17 +29,20 @@ from dask_operator.api.v1.names import (
     default_worker_group_name,
 )
 from dask_operator.api.v1.types import CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY
-from dask_operator.controller.metadata import (
-    Condition,
-    EventSpec,
-    condition_events,
-    is_controlled_by,
-    is_pod_ready,
-    is_terminating,
-    merge_conditions,
-    owner_reference,
+from dask_operator.controller.children import adoption, is_controlled_by, is_terminating
+from dask_operator.controller.conditions import Condition, EventSpec, condition_events, merge_conditions
+from dask_operator.controller.objects import Obj, rfc3339
+from dask_operator.controller.plans import (
+    ADOPTION_FIELD_MANAGER,
+    AUTOSCALER_FIELD_MANAGER,
+    Apply,
+    Emit,
+    Plan,
+    Question,
+    SetStatus,
+    Step,
 )
-from dask_operator.controller.plans import Obj, rfc3339
+from dask_operator.controller.pods import is_pod_ready
 
 POLL_SECONDS = 5.0  # how often an active autoscaler asks the scheduler (the reference's timer)
 COOLDOWN_SECONDS = 15.0  # no change for this long after a change
@@ -47,7 +51,7 @@ SCALE_DOWN_FRACTION = 0.25  # at most this fraction of the workers (but at least
 
 def bounded_target(current: int, target: int, minimum: int, maximum: int) -> int:
     """The replicas to request: `target` clamped to [minimum, maximum]; a scale-down is damped to at most
-    max(1, floor(current * 0.25)) workers, a scale-up is not (checklist 7D-43, 7D-44)."""
+    max(1, floor(current * 0.25)) workers, a scale-up is not."""
     desired = min(maximum, max(minimum, target))
     if desired < current:
         step = max(1, math.floor(current * SCALE_DOWN_FRACTION))
@@ -80,35 +84,6 @@ class AutoscalerObservation:
     service: Obj | None = None  # the cluster's scheduler Service
     default_group: Obj | None = None
     scheduler: SchedulerTarget | None = None  # None: not asked (yet)
-    cooldown_until: float | None = None  # a deadline written but not yet in the cache (later one wins)
-
-
-@dataclass(frozen=True)
-class AutoscalerPlan:
-    adopt: Obj | None = None  # by ADOPTION_FIELD_MANAGER
-    replicas_apply: Obj | None = None  # the default group's replicas, by AUTOSCALER_FIELD_MANAGER
-    cooldown_apply: Obj | None = None  # the cooldown annotation, by AUTOSCALER_FIELD_MANAGER
-    needs_scheduler: bool = False  # ask the scheduler for its adaptive target and plan again
-    status: Obj | None = None
-    events: tuple[EventSpec, ...] = ()
-    requeue_after: float | None = POLL_SECONDS
-    scaled: tuple[int, int] | None = None  # (from, to), for metrics and logs
-
-
-def adoption(autoscaler: Mapping[str, Any], cluster: Mapping[str, Any]) -> Obj | None:
-    """An owner reference to the cluster so the autoscaler is deleted with it (7D-42), unless it (or
-    another controller) already owns it."""
-    if any(r.get("controller") for r in autoscaler["metadata"].get("ownerReferences") or []):
-        return None
-    return {
-        "apiVersion": autoscaler.get("apiVersion", API_VERSION),
-        "kind": autoscaler.get("kind", DASK_AUTOSCALER.kind),
-        "metadata": {
-            "name": autoscaler["metadata"]["name"],
-            "namespace": autoscaler["metadata"]["namespace"],
-            "ownerReferences": [owner_reference(cluster)],
-        },
-    }
 
 
 def replicas_intent(group: Mapping[str, Any], replicas: int) -> Obj:
@@ -134,7 +109,7 @@ def cooldown_intent(autoscaler: Mapping[str, Any], until: float) -> Obj:
     }
 
 
-def plan_autoscaler(obs: AutoscalerObservation, now: float) -> AutoscalerPlan:
+def plan_autoscaler(obs: AutoscalerObservation, now: float) -> Plan:
     autoscaler = obs.autoscaler
     meta = autoscaler["metadata"]
     spec = autoscaler["spec"]
@@ -170,7 +145,7 @@ def plan_autoscaler(obs: AutoscalerObservation, now: float) -> AutoscalerPlan:
         )
         return _plan(obs, previous, now, ready, _stable(), adopt=adopt)
     if obs.scheduler is None:
-        return AutoscalerPlan(adopt=adopt, needs_scheduler=True)
+        return Plan(question=Question.ADAPTIVE_TARGET)
     if obs.scheduler.workers is None:
         ready = Condition(CONDITION_READY, False, "SchedulerUnreachable", "The scheduler did not answer.")
         degraded = Condition(
@@ -191,7 +166,7 @@ def plan_autoscaler(obs: AutoscalerObservation, now: float) -> AutoscalerPlan:
         "Autoscaling",
         f"Scaling {group_name} between {minimum} and {maximum} workers.",
     )
-    until = max(cooldown_until(autoscaler) or 0.0, obs.cooldown_until or 0.0)
+    until = cooldown_until(autoscaler) or 0.0
     if now < until:
         progressing = Condition(
             CONDITION_PROGRESSING,
@@ -217,18 +192,15 @@ def plan_autoscaler(obs: AutoscalerObservation, now: float) -> AutoscalerPlan:
         f"Scaled {group_name} from {current} to {desired} workers (the scheduler asks for {target}; "
         f"bounds {minimum}..{maximum}).",
     )
+    # The replicas before the cooldown: a lost cooldown delays nothing, a lost change would.
+    writes = [
+        Apply(replicas_intent(group, desired), AUTOSCALER_FIELD_MANAGER),
+        Apply(cooldown_intent(autoscaler, until), AUTOSCALER_FIELD_MANAGER),
+    ]
     plan = _plan(
         obs, previous, now, ready, progressing, adopt=adopt, desired=desired, scaled_at=now, extra=[event]
     )
-    return AutoscalerPlan(
-        adopt=plan.adopt,
-        replicas_apply=replicas_intent(group, desired),
-        cooldown_apply=cooldown_intent(autoscaler, until),
-        status=plan.status,
-        events=plan.events,
-        requeue_after=min(POLL_SECONDS, COOLDOWN_SECONDS),
-        scaled=(current, desired),
-    )
+    return Plan(steps=(*writes, *plan.steps), requeue_after=min(POLL_SECONDS, COOLDOWN_SECONDS))
 
 
 def _stable() -> Condition:
@@ -248,7 +220,7 @@ def _plan(
     scaled_at: float | None = None,
     wake: float | None = None,
     extra: Sequence[EventSpec] = (),
-) -> AutoscalerPlan:
+) -> Plan:
     meta = obs.autoscaler["metadata"]
     conditions = [ready, progressing, degraded or Condition(CONDITION_DEGRADED, False, "AsExpected", "")]
     status: Obj = {"observedGeneration": meta.get("generation", 0)}
@@ -265,7 +237,9 @@ def _plan(
     )
     events = [*extra, *condition_events(previous.get("conditions"), status["conditions"], ready_events=False)]
     requeue = POLL_SECONDS if wake is None else max(0.5, min(POLL_SECONDS, wake))
-    return AutoscalerPlan(adopt=adopt, status=status, events=tuple(events), requeue_after=requeue)
+    steps: list[Step] = [Apply(adopt, ADOPTION_FIELD_MANAGER)] if adopt is not None else []
+    steps += [SetStatus(status), *(Emit(e) for e in events)]
+    return Plan(steps=tuple(steps), requeue_after=requeue)
 
 
 def scheduler_pods_of(pods: Sequence[Obj]) -> list[Obj]:

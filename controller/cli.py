@@ -1,6 +1,7 @@
 """Command line of the `dask-operator` process.
 
 Every subcommand is a small function that parses its own flags; `main` only dispatches.
+Held by test/unit/test_packaging.py, test/unit/test_run.py.
 """
 
 from __future__ import annotations

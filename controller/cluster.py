@@ -4,6 +4,8 @@ Invariant: pure functions of the observed objects and `now`. A valid cluster alw
 one scheduler pod built from the current `spec.scheduler` (a changed template replaces it, with an Event),
 one Service `<cluster>-scheduler` equal to `spec.scheduler.service`, and a DaskWorkerGroup `<cluster>-default`
 carrying `spec.worker`; all owned by the cluster (controller=true, blockOwnerDeletion=true), no finalizers.
+Its phase means what the reference's means (Created -> Pending -> Running once the scheduler Pod and Service
+exist). Held by test/unit/test_cluster.py.
 """
 
 from __future__ import annotations
@@ -43,24 +45,37 @@ from dask_operator.api.v1.types import (
     PHASE_PENDING,
     PHASE_RUNNING,
 )
-from dask_operator.controller.metadata import (
+from dask_operator.controller.children import (
     TEMPLATE_HASH_LABEL,
-    Condition,
-    EventSpec,
     child_metadata,
-    condition_events,
-    find_condition,
-    is_pod_finished,
-    is_pod_ready,
     is_terminating,
-    merge_conditions,
-    owner_reference,
-    pod_failure,
+    owned_child,
     template_hash,
     with_env_defaults,
 )
-from dask_operator.controller.plans import Obj, PodDeletion, rfc3339
-from dask_operator.controller.scheduler import HTTP_ROUTES_ENV, HTTP_ROUTES_VALUE
+from dask_operator.controller.conditions import (
+    Condition,
+    EventSpec,
+    condition_events,
+    find_condition,
+    merge_conditions,
+)
+from dask_operator.controller.objects import Obj, rfc3339
+from dask_operator.controller.plans import (
+    REPLICAS_FIELD_MANAGER,
+    Apply,
+    Cause,
+    Create,
+    Delete,
+    Emit,
+    Plan,
+    Question,
+    Ref,
+    SetStatus,
+    Step,
+)
+from dask_operator.controller.pods import is_pod_finished, is_pod_ready, pod_failure
+from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV, HTTP_ROUTES_VALUE
 
 # On the default DaskWorkerGroup: the DaskCluster's spec.worker.replicas last copied onto it. The cluster's
 # value is copied again only when it differs from this, so `kubectl scale` of the cluster resizes the
@@ -76,20 +91,26 @@ def cluster_port(cluster: Mapping[str, Any], port_name: str, default: int) -> in
     return default
 
 
+def _service_url(cluster: Mapping[str, Any], scheme: str, port: int, cluster_domain: str) -> str:
+    meta = cluster["metadata"]
+    return (
+        f"{scheme}://{scheduler_service_name(meta['name'])}.{meta['namespace']}.svc.{cluster_domain}:{port}"
+    )
+
+
 def cluster_scheduler_address(
     cluster: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
 ) -> str:
-    meta = cluster["metadata"]
-    port = cluster_port(cluster, PORT_NAME_COMM, SCHEDULER_COMM_PORT)
-    return f"tcp://{scheduler_service_name(meta['name'])}.{meta['namespace']}.svc.{cluster_domain}:{port}"
+    return _service_url(
+        cluster, "tcp", cluster_port(cluster, PORT_NAME_COMM, SCHEDULER_COMM_PORT), cluster_domain
+    )
 
 
 def cluster_dashboard_address(
     cluster: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
 ) -> str:
-    meta = cluster["metadata"]
     port = cluster_port(cluster, PORT_NAME_DASHBOARD, SCHEDULER_DASHBOARD_PORT)
-    return f"http://{scheduler_service_name(meta['name'])}.{meta['namespace']}.svc.{cluster_domain}:{port}"
+    return _service_url(cluster, "http", port, cluster_domain)
 
 
 # -- children ------------------------------------------------------------------------------------------
@@ -114,18 +135,7 @@ def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
     spec = copy.deepcopy(cluster["spec"]["scheduler"]["spec"])
     spec["containers"] = with_env_defaults(spec.get("containers") or [], {HTTP_ROUTES_ENV: HTTP_ROUTES_VALUE})
     labels[TEMPLATE_HASH_LABEL] = template_hash(spec)
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": scheduler_name(name),
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(cluster)],
-        },
-        "spec": spec,
-    }
+    return owned_child(cluster, "v1", "Pod", scheduler_name(name), (labels, annotations), spec)
 
 
 def desired_scheduler_service(cluster: Mapping[str, Any]) -> Obj:
@@ -136,18 +146,14 @@ def desired_scheduler_service(cluster: Mapping[str, Any]) -> Obj:
         cluster["spec"]["scheduler"].get("metadata"),
         {LABEL_CLUSTER_NAME: meta["name"], LABEL_COMPONENT: COMPONENT_SCHEDULER},
     )
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": scheduler_service_name(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(cluster)],
-        },
-        "spec": copy.deepcopy(cluster["spec"]["scheduler"]["service"]),
-    }
+    return owned_child(
+        cluster,
+        "v1",
+        "Service",
+        scheduler_service_name(meta["name"]),
+        (labels, annotations),
+        copy.deepcopy(cluster["spec"]["scheduler"]["service"]),
+    )
 
 
 def desired_default_group(cluster: Mapping[str, Any]) -> Obj:
@@ -160,18 +166,14 @@ def desired_default_group(cluster: Mapping[str, Any]) -> Obj:
         {LABEL_CLUSTER_NAME: meta["name"], LABEL_COMPONENT: COMPONENT_WORKER_GROUP},
     )
     group_worker = {k: copy.deepcopy(v) for k, v in worker.items() if k != "replicas"}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": DASK_WORKER_GROUP.kind,
-        "metadata": {
-            "name": default_worker_group_name(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(cluster)],
-        },
-        "spec": {"cluster": meta["name"], "worker": group_worker},
-    }
+    return owned_child(
+        cluster,
+        API_VERSION,
+        DASK_WORKER_GROUP.kind,
+        default_worker_group_name(meta["name"]),
+        (labels, annotations),
+        {"cluster": meta["name"], "worker": group_worker},
+    )
 
 
 def default_group_replicas(cluster: Mapping[str, Any], default_group: Mapping[str, Any] | None) -> Obj | None:
@@ -199,73 +201,84 @@ def default_group_replicas(cluster: Mapping[str, Any], default_group: Mapping[st
 
 
 @dataclass(frozen=True)
+class IdleAnswer:
+    """The scheduler's answer to Question.IDLE_SINCE: since when it is idle (its clock), if it answered."""
+
+    idle_since: float | None
+    reachable: bool
+
+
+@dataclass(frozen=True)
 class ClusterObservation:
-    """What the cache shows about one DaskCluster (nothing else is read)."""
+    """What the cache shows about one DaskCluster (nothing else is read), and the scheduler's answer."""
 
     cluster: Obj
     scheduler_pods: Sequence[Obj] = ()  # pods the cluster controls with component=scheduler
     service: Obj | None = None
     groups: Sequence[Obj] = ()  # DaskWorkerGroups whose spec.cluster names this cluster
     worker_pods: Sequence[Obj] = ()  # worker pods labelled with this cluster's name
-    expected_gone: frozenset[str] = frozenset()  # UIDs this operator deleted that the cache still shows
+    idle: IdleAnswer | None = None  # None: not asked (yet)
 
 
-@dataclass(frozen=True)
-class ClusterPlan:
-    applies: tuple[Obj, ...] = ()  # children, server-side applied by FIELD_MANAGER
-    replicas_apply: Obj | None = None  # the default group's replicas, by REPLICAS_FIELD_MANAGER
-    create_pods: tuple[Obj, ...] = ()
-    delete_pods: tuple[PodDeletion, ...] = ()
-    status: Obj | None = None
-    events: tuple[EventSpec, ...] = ()
-    requeue_after: float | None = None
-
-
-def plan_cluster(
-    obs: ClusterObservation, now: float, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
-) -> ClusterPlan:
+def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Plan:
     cluster = obs.cluster
     meta = cluster["metadata"]
     problems = cluster_name_problems(meta["name"])
     if problems:
         return _invalid_plan(cluster, problems, now)
 
-    applies: list[Obj] = [desired_scheduler_service(cluster), desired_default_group(cluster)]
     default_group = next(
         (g for g in obs.groups if g["metadata"]["name"] == default_worker_group_name(meta["name"])), None
     )
-    pod = desired_scheduler_pod(cluster)
-    creates, deletions, events, scheduler_state = _scheduler_pod_changes(obs, pod, now)
+    group = desired_default_group(cluster)
+    replicas = default_group_replicas(cluster, default_group)
+    if default_group is None and replicas is not None:
+        # A new group carries its replica count from its first write, so a cluster of 0 workers never
+        # gets a throwaway worker from the CRD's default; the replicas write below then co-owns the value
+        # (same value, shared ownership), which the main manager's later applies (without it) leave alone.
+        group["spec"]["worker"]["replicas"] = replicas["spec"]["worker"]["replicas"]
+    steps: list[Step] = [Apply(desired_scheduler_service(cluster)), Apply(group)]
+    if replicas is not None:
+        steps.append(Apply(replicas, REPLICAS_FIELD_MANAGER))
+    pod_steps, events, scheduler_state = _scheduler_pod_changes(obs, desired_scheduler_pod(cluster), now)
+    steps += pod_steps
     status = cluster_status(obs, scheduler_state, now, cluster_domain)
     events += condition_events(cluster.get("status", {}).get("conditions"), status["conditions"])
-    return ClusterPlan(
-        applies=tuple(applies),
-        replicas_apply=default_group_replicas(cluster, default_group),
-        create_pods=tuple(creates),
-        delete_pods=tuple(deletions),
-        status=status,
-        events=tuple(events),
-    )
+
+    requeue = None
+    if int(cluster.get("spec", {}).get("idleTimeout") or 0) and scheduler_state == "Ready":
+        if obs.idle is None:
+            return Plan(question=Question.IDLE_SINCE)
+        decision = idle_decision(cluster, obs.idle.idle_since, obs.idle.reachable, now)
+        requeue = decision.requeue_after
+        if decision.delete:
+            steps.append(Delete(Ref.of(cluster), Cause.IDLE_TIMEOUT))
+        if decision.event is not None:
+            events.append(decision.event)
+    elif int(cluster.get("spec", {}).get("idleTimeout") or 0):
+        requeue = IDLE_POLL_SECONDS
+    steps.append(SetStatus(status))
+    steps += [Emit(e) for e in events]
+    return Plan(steps=tuple(steps), requeue_after=requeue)
 
 
 def _scheduler_pod_changes(
     obs: ClusterObservation, pod: Obj, now: float
-) -> tuple[list[Obj], list[PodDeletion], list[EventSpec], str]:
+) -> tuple[list[Step], list[EventSpec], str]:
     """Create the scheduler pod when none exists; replace one from an old template or one that finished.
 
-    Returns creates, deletions, events and the scheduler's state: Ready, Starting, Replacing or Failing.
+    Returns the deletes and creates, events and the scheduler's state: Ready, Starting, Replacing or Failing.
     """
     want_hash = pod["metadata"]["labels"][TEMPLATE_HASH_LABEL]
-    present = [p for p in obs.scheduler_pods if p["metadata"].get("uid") not in obs.expected_gone]
+    present = list(obs.scheduler_pods)
     live = [p for p in present if not is_terminating(p)]
-    creates: list[Obj] = []
-    deletions: list[PodDeletion] = []
+    steps: list[Step] = []
     events: list[EventSpec] = []
     state = "Starting"
     for p in live:
         pm = p["metadata"]
         if pm.get("labels", {}).get(TEMPLATE_HASH_LABEL) != want_hash:
-            deletions.append(PodDeletion(pm["namespace"], pm["name"], pm["uid"], "template changed"))
+            steps.append(Delete(Ref.of(p), Cause.TEMPLATE_CHANGED))
             events.append(
                 EventSpec(
                     "Normal",
@@ -276,7 +289,7 @@ def _scheduler_pod_changes(
             )
             state = "Replacing"
         elif is_pod_finished(p):
-            deletions.append(PodDeletion(pm["namespace"], pm["name"], pm["uid"], "pod finished"))
+            steps.append(Delete(Ref.of(p), Cause.POD_FINISHED))
             events.append(
                 EventSpec(
                     "Warning",
@@ -291,8 +304,8 @@ def _scheduler_pod_changes(
             state = "Failing"
     name_taken = any(p["metadata"]["name"] == pod["metadata"]["name"] for p in present)
     if not name_taken:
-        creates.append(pod)  # a terminating predecessor must go first: the name is fixed
-    return creates, deletions, events, state
+        steps.append(Create(pod))  # a terminating predecessor must go first: the name is fixed
+    return steps, events, state
 
 
 def cluster_status(obs: ClusterObservation, scheduler_state: str, now: float, cluster_domain: str) -> Obj:
@@ -306,7 +319,9 @@ def cluster_status(obs: ClusterObservation, scheduler_state: str, now: float, cl
         service_ok = bool(service.get("status", {}).get("loadBalancer", {}).get("ingress"))
     scheduler_ready = scheduler_state == "Ready"
 
-    if service_ok and scheduler_ready:
+    # The reference's meaning: Running once the scheduler Pod and Service exist (a LoadBalancer with its
+    # ingress); readiness and crash loops are the Ready and Degraded conditions' business.
+    if service_ok and any(not is_terminating(p) for p in obs.scheduler_pods):
         phase = PHASE_RUNNING
     elif obs.service is None and not obs.scheduler_pods:
         phase = PHASE_CREATED
@@ -370,15 +385,9 @@ def _progressing_condition(
         )
     if scheduler_state == "Starting" or not service_ok:
         return Condition(CONDITION_PROGRESSING, True, "StartingScheduler", "The scheduler is starting.")
-    for group in groups:
-        cond = find_condition(group.get("status", {}).get("conditions"), CONDITION_PROGRESSING)
-        if cond and cond.get("status") == "True":
-            return Condition(
-                CONDITION_PROGRESSING,
-                True,
-                str(cond.get("reason") or "Workers"),
-                f"Worker group {group['metadata']['name']}: {cond.get('message', '')}",
-            )
+    from_group = _group_condition(groups, CONDITION_PROGRESSING, "Workers")
+    if from_group is not None:
+        return from_group
     if live != desired:
         return Condition(CONDITION_PROGRESSING, True, "ScalingWorkers", f"{live} of {desired} workers exist.")
     return Condition(CONDITION_PROGRESSING, False, "Stable", "Scheduler and workers match the spec.")
@@ -388,19 +397,22 @@ def _degraded_condition(obs: ClusterObservation, scheduler_state: str, now: floa
     if scheduler_state == "Failing":
         failures = [f for f in (pod_failure(p, now) for p in obs.scheduler_pods) if f]
         return Condition(CONDITION_DEGRADED, True, "SchedulerFailing", failures[0] if failures else "")
-    for group in obs.groups:
-        cond = find_condition(group.get("status", {}).get("conditions"), CONDITION_DEGRADED)
+    return _group_condition(obs.groups, CONDITION_DEGRADED, "WorkerGroupDegraded") or Condition(
+        CONDITION_DEGRADED, False, "AsExpected", ""
+    )
+
+
+def _group_condition(groups: Sequence[Obj], kind: str, default_reason: str) -> Condition | None:
+    """The first worker group whose condition `kind` is True, surfaced on the cluster with its name."""
+    for group in groups:
+        cond = find_condition(group.get("status", {}).get("conditions"), kind)
         if cond and cond.get("status") == "True":
-            return Condition(
-                CONDITION_DEGRADED,
-                True,
-                str(cond.get("reason") or "WorkerGroupDegraded"),
-                f"Worker group {group['metadata']['name']}: {cond.get('message', '')}",
-            )
-    return Condition(CONDITION_DEGRADED, False, "AsExpected", "")
+            message = f"Worker group {group['metadata']['name']}: {cond.get('message', '')}"
+            return Condition(kind, True, str(cond.get("reason") or default_reason), message)
+    return None
 
 
-def _invalid_plan(cluster: Obj, problems: list[str], now: float) -> ClusterPlan:
+def _invalid_plan(cluster: Obj, problems: list[str], now: float) -> Plan:
     meta = cluster["metadata"]
     message = (
         f"DaskCluster name {meta['name']!r} " + "; it ".join(problems) + ". Nothing was created: delete this "
@@ -414,7 +426,7 @@ def _invalid_plan(cluster: Obj, problems: list[str], now: float) -> ClusterPlan:
     previous = cluster.get("status", {}).get("conditions")
     merged = merge_conditions(previous, conditions, rfc3339(now), meta.get("generation"))
     status = {"observedGeneration": meta.get("generation", 0), "phase": PHASE_ERROR, "conditions": merged}
-    return ClusterPlan(status=status, events=tuple(condition_events(previous, merged)))
+    return Plan(steps=(SetStatus(status), *(Emit(e) for e in condition_events(previous, merged))))
 
 
 # -- idle timeout -----------------------------------------------------------------------------------------
@@ -434,7 +446,7 @@ def idle_decision(
 ) -> IdleDecision:
     """Delete the cluster once the scheduler says it has been idle for longer than `spec.idleTimeout`.
 
-    `idle_since` is the scheduler's clock; an unreachable scheduler is never idle (checklist 7B-27).
+    `idle_since` is the scheduler's clock; an unreachable scheduler is never idle.
     """
     timeout = int(cluster.get("spec", {}).get("idleTimeout") or 0)
     if timeout <= 0:

@@ -1,7 +1,8 @@
-"""Cache indexes the reconcilers look objects up by, beyond the runtime's namespace/owner/label ones.
+"""Cache indexes the reconcilers look objects up by, beyond the runtime's namespace and owner ones: pods by
+`dask.org/cluster-name`, groups and autoscalers by the cluster they name.
 
 Invariant: `register` runs before the cache starts; every lookup here returns what a full scan of the
-namespace with the same filter would return.
+namespace with the same filter would return. Held by test/unit/test_runtime_store.py and test/e2e/.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from dask_operator.api.v1.names import LABEL_CLUSTER_NAME
 from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_WORKER_GROUP_KIND
-
-Obj = dict[str, Any]
+from dask_operator.controller.objects import Obj
+from dask_operator.controller.runtime.kinds import POD
 
 # DaskWorkerGroups and DaskAutoscalers by the cluster they name in spec.cluster (adopted or not yet).
 GROUP_CLUSTER_INDEX = "spec.cluster"
@@ -24,6 +26,7 @@ def _spec_cluster(obj: Obj) -> Iterable[str]:
 
 
 def register(cache: Any) -> None:
+    cache.add_label_index(POD, LABEL_CLUSTER_NAME)  # a cluster's worker pods, whichever group made them
     cache.add_index(DASK_WORKER_GROUP_KIND, GROUP_CLUSTER_INDEX, _spec_cluster)
     cache.add_index(DASK_AUTOSCALER_KIND, AUTOSCALER_CLUSTER_INDEX, _spec_cluster)
 

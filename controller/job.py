@@ -4,16 +4,17 @@ Invariant: pure functions of the observed objects and `now`. jobStatus only move
 (JobCreated -> ClusterCreated -> Running -> Successful | Failed) and a terminal status is final: from then on
 a plan never creates anything, it only deletes the job's own cluster (UID precondition) until it is gone.
 The terminal state is derived from the runner pod's phase, not from the cluster, so a cluster already deleted
-can never block completion (the reference's #975). Every write a plan asks for is idempotent.
+can never block completion (an upstream dead end). Every write a plan asks for is idempotent.
 
 Deliberate choices:
 * The cluster and the runner are created once from the job's spec (like a Job's pods), never re-applied:
   `kubectl scale daskcluster <job>` on a job's cluster is respected, as in the reference.
-* `spec.cluster.spec.idleTimeout` is NOT copied to the job's cluster (compat, checklist 7E-60): the cluster
+* `spec.cluster.spec.idleTimeout` is NOT copied to the job's cluster: the cluster
   lives exactly as long as the runner, and an idle timeout would delete it under a runner that is between
   computations, failing the job. `spec.cluster.metadata` is honoured (our CRD keeps it; the reference's
   schema pruned it).
 * A runner pod that disappears after it started fails the job (reason RunnerLost) instead of being re-run.
+Held by test/unit/test_job.py.
 """
 
 from __future__ import annotations
@@ -49,24 +50,44 @@ from dask_operator.api.v1.types import (
     JOB_STATUS_SUCCESSFUL,
     JOB_TERMINAL_STATUSES,
 )
-from dask_operator.controller.cluster import cluster_scheduler_address
-from dask_operator.controller.metadata import (
-    Condition,
-    EventSpec,
+from dask_operator.controller.children import (
+    adoption,
     child_metadata,
-    condition_events,
     is_controlled_by,
     is_terminating,
-    merge_conditions,
-    owner_reference,
-    pod_failure,
+    owned_child,
     with_env_defaults,
 )
-from dask_operator.controller.plans import Obj, parse_rfc3339, rfc3339
+from dask_operator.controller.cluster import cluster_scheduler_address
+from dask_operator.controller.conditions import (
+    CONDITION_REPLICA_FAILURE,
+    Condition,
+    EventSpec,
+    condition_events,
+    find_condition,
+    merge_conditions,
+)
+from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
+from dask_operator.controller.plans import (
+    ADOPTION_FIELD_MANAGER,
+    Apply,
+    Cause,
+    Create,
+    Delete,
+    Emit,
+    Plan,
+    Ref,
+    SetStatus,
+    Step,
+)
+from dask_operator.controller.pods import pod_failure
 from dask_operator.controller.workergroup import SCHEDULER_ADDRESS_ENV
 
 # How soon to look again while waiting for an object this job does not own to go away.
 WAIT_SECONDS = 2.0
+# A runner the API server keeps refusing (a quota, admission) fails the job after this long, so the job's
+# cluster is not left running for a runner that never comes.
+RUNNER_REFUSED_TIMEOUT = 600.0
 
 _RANK = {
     None: 0,
@@ -85,30 +106,26 @@ def desired_job_cluster(job: Mapping[str, Any]) -> Obj:
     """DaskCluster `<job>`: `spec.cluster.spec`'s scheduler and worker (no idleTimeout), owned by the job.
 
     Labels: the job's, then `spec.cluster.metadata.labels`, then `dask.org/cluster-name`; annotations: the
-    job's (minus kubectl/kopf bookkeeping), then `spec.cluster.metadata.annotations` (checklist 7E-50).
+    job's (minus kubectl/kopf bookkeeping), then `spec.cluster.metadata.annotations`.
     """
     meta = job["metadata"]
     name = job_cluster_name(meta["name"])
     cluster = job["spec"]["cluster"]
     labels, annotations = child_metadata(job, cluster.get("metadata"), {LABEL_CLUSTER_NAME: name})
     spec = cluster["spec"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": DASK_CLUSTER.kind,
-        "metadata": {
-            "name": name,
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(job)],
-        },
-        "spec": {"scheduler": copy.deepcopy(spec["scheduler"]), "worker": copy.deepcopy(spec["worker"])},
-    }
+    return owned_child(
+        job,
+        API_VERSION,
+        DASK_CLUSTER.kind,
+        name,
+        (labels, annotations),
+        {"scheduler": copy.deepcopy(spec["scheduler"]), "worker": copy.deepcopy(spec["worker"])},
+    )
 
 
 def desired_runner_pod(job: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Obj:
     """Pod `<job>-runner` from `spec.job.spec`; each container gets DASK_SCHEDULER_ADDRESS unless it sets it
-    (init containers do not: the scheduler is not up before the runner starts) (checklist 7E-51)."""
+    (init containers do not: the scheduler is not up before the runner starts)."""
     meta = job["metadata"]
     name = meta["name"]
     runner = job["spec"]["job"]
@@ -124,44 +141,10 @@ def desired_runner_pod(job: Mapping[str, Any], cluster_domain: str = DEFAULT_CLU
     spec = copy.deepcopy(runner["spec"])
     address = cluster_scheduler_address(desired_job_cluster(job), cluster_domain)
     spec["containers"] = with_env_defaults(spec.get("containers") or [], {SCHEDULER_ADDRESS_ENV: address})
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": job_runner_pod_name(name),
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(job)],
-        },
-        "spec": spec,
-    }
-
-
-def cluster_adoption(cluster: Mapping[str, Any], job: Mapping[str, Any]) -> Obj:
-    """The owner reference that makes the job own an existing cluster nobody controls (7E-58)."""
-    meta = cluster["metadata"]
-    return {
-        "apiVersion": cluster.get("apiVersion", API_VERSION),
-        "kind": cluster.get("kind", DASK_CLUSTER.kind),
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "ownerReferences": [owner_reference(job)],
-        },
-    }
+    return owned_child(job, "v1", "Pod", job_runner_pod_name(name), (labels, annotations), spec)
 
 
 # -- the plan --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClusterDeletion:
-    """Delete the job's DaskCluster, but only if it is still the same object (UID precondition)."""
-
-    namespace: str
-    name: str
-    uid: str
 
 
 @dataclass(frozen=True)
@@ -172,17 +155,6 @@ class JobObservation:
     job: Obj
     cluster: Obj | None = None
     runner: Obj | None = None
-
-
-@dataclass(frozen=True)
-class JobPlan:
-    create_cluster: Obj | None = None
-    adopt_cluster: Obj | None = None  # applied by ADOPTION_FIELD_MANAGER
-    create_runner: Obj | None = None
-    status: Obj | None = None  # written before the deletion below
-    delete_cluster: ClusterDeletion | None = None
-    events: tuple[EventSpec, ...] = ()
-    requeue_after: float | None = None
 
 
 def _controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -206,7 +178,7 @@ def _runner_times(pod: Mapping[str, Any], now: float) -> tuple[str, str]:
     return rfc3339(min(starts) if starts else now), rfc3339(max(ends) if ends else now)
 
 
-def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> JobPlan:
+def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Plan:
     job = obs.job
     meta = job["metadata"]
     uid = meta["uid"]
@@ -216,13 +188,15 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
     if before is None:
         # First sight: record JobCreated before creating anything (the reference's sequence, 7E-50).
         status = _status(job, previous, JOB_STATUS_JOB_CREATED, now, _conditions(JOB_STATUS_JOB_CREATED))
-        return JobPlan(status=status, events=tuple(_transition_events(job, before, status)))
+        return Plan(steps=(SetStatus(status), *(Emit(e) for e in _transition_events(job, before, status))))
 
     cluster, runner = obs.cluster, obs.runner
     own_cluster = cluster is not None and is_controlled_by(cluster, uid)
     own_runner = runner is not None and is_controlled_by(runner, uid)
-    plan: dict[str, Any] = {}
+    steps: list[Step] = []
+    requeue: float | None = None
     degraded: str | None = None
+    failed_reason: str | None = None
 
     phase = (runner or {}).get("status", {}).get("phase") if own_runner else None
     if before in JOB_TERMINAL_STATUSES:
@@ -231,22 +205,34 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
         after = JOB_STATUS_SUCCESSFUL if phase == "Succeeded" else JOB_STATUS_FAILED
     elif before == JOB_STATUS_RUNNING and runner is None:
         after = JOB_STATUS_FAILED  # the runner was deleted while it ran: nothing can report its outcome
+    elif runner is None and _refused_for(previous, now) > RUNNER_REFUSED_TIMEOUT:
+        after = JOB_STATUS_FAILED  # the runner could not be created for too long: do not keep a cluster up
+        refusal = find_condition(previous.get("conditions"), CONDITION_REPLICA_FAILURE) or {}
+        degraded = f"The runner pod could not be created for {int(RUNNER_REFUSED_TIMEOUT)} s: {refusal.get('message')}"
+        failed_reason = "RunnerNotCreated"
+    elif before == JOB_STATUS_RUNNING and own_runner and (cluster is None or is_terminating(cluster)):
+        # The cluster went while the runner ran: never make a new one under it, the job has lost its Dask.
+        after = JOB_STATUS_FAILED
+        degraded = (
+            f"DaskCluster {job_cluster_name(meta['name'])} was deleted while the runner was running; the "
+            "runner pod is kept for its logs"
+        )
+        failed_reason = "ClusterLost"
     else:
-        after, waiting, degraded = _advance(job, obs, own_cluster, own_runner, plan, cluster_domain)
+        after, waiting, degraded = _advance(job, obs, own_cluster, own_runner, steps, cluster_domain)
         if waiting:
-            plan["requeue_after"] = WAIT_SECONDS
+            requeue = WAIT_SECONDS
         after = after if _RANK[after] >= _RANK[before] else before
 
     terminal = after in JOB_TERMINAL_STATUSES
     if terminal and own_cluster and cluster is not None and not is_terminating(cluster):
-        cm = cluster["metadata"]
-        plan["delete_cluster"] = ClusterDeletion(cm["namespace"], cm["name"], cm["uid"])
+        steps.append(Delete(Ref.of(cluster), Cause.JOB_FINISHED))
 
     if before in JOB_TERMINAL_STATUSES and previous.get("conditions"):
         # Final: what the job ended with stays, even once the runner pod is deleted.
         status = {**previous, "observedGeneration": meta.get("generation", 0)}
-        return JobPlan(status=status, **plan)
-    status = _status(job, previous, after, now, _conditions(after, obs, degraded))
+        return Plan(steps=(*steps, SetStatus(status)), requeue_after=requeue)
+    status = _status(job, previous, after, now, _conditions(after, obs, degraded, failed_reason))
     if after == JOB_STATUS_RUNNING and not previous.get("startTime") and runner is not None:
         status["startTime"] = _runner_times(runner, now)[0]
     if terminal and before not in JOB_TERMINAL_STATUSES:
@@ -255,7 +241,7 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
         status["endTime"] = finished
     events = _transition_events(job, before, status)
     events += condition_events(previous.get("conditions"), status["conditions"], ready_events=False)
-    return JobPlan(status=status, events=tuple(events), **plan)
+    return Plan(steps=(*steps, SetStatus(status), *(Emit(e) for e in events)), requeue_after=requeue)
 
 
 def _advance(
@@ -263,7 +249,7 @@ def _advance(
     obs: JobObservation,
     own_cluster: bool,
     own_runner: bool,
-    plan: dict[str, Any],
+    steps: list[Step],
     cluster_domain: str,
 ) -> tuple[str, bool, str | None]:
     """A job that has not finished: make sure its cluster and runner exist. Returns (jobStatus, waiting for
@@ -275,7 +261,7 @@ def _advance(
 
     cluster_ready = False
     if cluster is None:
-        plan["create_cluster"] = desired_job_cluster(job)
+        steps.append(Create(desired_job_cluster(job)))
         cluster_ready = True  # created in this plan, before the runner
     elif is_terminating(cluster):
         waiting = True  # a predecessor (or a cluster deleted by hand) must go before ours can be made
@@ -283,17 +269,18 @@ def _advance(
         cluster_ready = True
     else:
         ref = _controller_ref(cluster)
-        if ref is None:
-            plan["adopt_cluster"] = cluster_adoption(cluster, job)
+        adopt = adoption(cluster, job)  # only when nobody controls it (ref is None)
+        if adopt is not None:
+            steps.append(Apply(adopt, ADOPTION_FIELD_MANAGER))
             cluster_ready = True
-        elif ref.get("kind") == DASK_JOB.kind and ref.get("uid") != uid:
+        elif ref is not None and ref.get("kind") == DASK_JOB.kind and ref.get("uid") != uid:
             waiting = True  # left by a deleted DaskJob of the same name; the garbage collector removes it
         else:
             cluster_ready = True  # someone else's DaskCluster of this name: used, never deleted by the job
 
     if runner is None:
         if cluster_ready:
-            plan["create_runner"] = desired_runner_pod(job, cluster_domain)
+            steps.append(Create(desired_runner_pod(job, cluster_domain)))
         return JOB_STATUS_CLUSTER_CREATED if cluster_ready else JOB_STATUS_JOB_CREATED, waiting, degraded
     if not own_runner:
         waiting = True
@@ -306,6 +293,15 @@ def _advance(
     if runner.get("status", {}).get("phase") == "Running":
         return JOB_STATUS_RUNNING, waiting, degraded
     return JOB_STATUS_CLUSTER_CREATED, waiting, degraded
+
+
+def _refused_for(previous: Obj, now: float) -> float:
+    """How long the executor has reported a refused create on this job (0 when it has not)."""
+    cond = find_condition(previous.get("conditions"), CONDITION_REPLICA_FAILURE)
+    if not cond or cond.get("status") != "True" or cond.get("reason") != "FailedCreate":
+        return 0.0
+    since = parse_rfc3339(cond.get("lastTransitionTime"))
+    return 0.0 if since is None else now - since
 
 
 def _status(job: Obj, previous: Obj, job_status: str, now: float, conditions: Sequence[Condition]) -> Obj:
@@ -324,7 +320,10 @@ def _status(job: Obj, previous: Obj, job_status: str, now: float, conditions: Se
 
 
 def _conditions(
-    job_status: str, obs: JobObservation | None = None, degraded: str | None = None
+    job_status: str,
+    obs: JobObservation | None = None,
+    degraded: str | None = None,
+    failed_reason: str | None = None,
 ) -> list[Condition]:
     runner = obs.runner if obs is not None else None
     pod = runner["metadata"]["name"] if runner is not None else "the runner pod"
@@ -342,14 +341,18 @@ def _conditions(
             Condition(CONDITION_FAILED, False, "RunnerSucceeded", ""),
         ]
     if job_status == JOB_STATUS_FAILED:
-        why = failure or f"{pod} is gone: it was deleted while the job ran."
+        why = degraded if failed_reason else failure or f"{pod} is gone: it was deleted while the job ran."
+        reason = failed_reason or ("RunnerFailed" if runner is not None else "RunnerLost")
         return [
             Condition(CONDITION_READY, False, "Failed", "The job has finished."),
             Condition(CONDITION_PROGRESSING, False, "Failed", "The job has finished."),
             Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
             Condition(CONDITION_COMPLETE, False, "RunnerFailed", ""),
             Condition(
-                CONDITION_FAILED, True, "RunnerFailed" if runner is not None else "RunnerLost", why + "."
+                CONDITION_FAILED,
+                True,
+                reason,
+                str(why).rstrip(".") + ".",
             ),
         ]
     if degraded is not None:

@@ -1,6 +1,7 @@
 """The kubernetes.dask.org/v1 kinds as runtime Kinds, so the cache and client can address them.
 
 Invariant: one Kind per CRD, built from the api package's names; constructing it registers it for lookup.
+Held by test/e2e/test_kubecluster.py, test/integration/test_crds.py.
 """
 
 from __future__ import annotations

@@ -2,11 +2,14 @@
 
 Invariant: registered once in the runtime's registry; per-cluster series are removed when the cluster or
 group is gone, so the registry's size follows the number of live objects.
+Held by test/integration/test_manifests.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -80,7 +83,25 @@ def forget_autoscaler(namespace: str, autoscaler: str) -> None:
             gauge.remove(namespace, autoscaler)
 
 
-def forget_group(namespace: str, cluster: str, group: str) -> None:
+# (namespace, group) -> its cluster, so a deleted group's series can be removed by the group's name alone.
+_cluster_of_group: dict[tuple[str, str], str] = {}
+
+
+def set_group(group: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """The worker gauges of one DaskWorkerGroup from the status just planned for it."""
+    meta = group["metadata"]
+    cluster = group["spec"]["cluster"]
+    _cluster_of_group[(meta["namespace"], meta["name"])] = cluster
+    labels = (meta["namespace"], cluster, meta["name"])
+    WORKERS_DESIRED.labels(*labels).set(int(group["spec"]["worker"].get("replicas", 1)))
+    WORKERS_READY.labels(*labels).set(status.get("readyReplicas", 0))
+    WORKERS_UPDATED.labels(*labels).set(status.get("updatedReplicas", 0))
+
+
+def forget_group_named(namespace: str, group: str) -> None:
+    cluster = _cluster_of_group.pop((namespace, group), None)
+    if cluster is None:
+        return
     for gauge in (WORKERS_DESIRED, WORKERS_READY, WORKERS_UPDATED):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, cluster, group)

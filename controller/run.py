@@ -1,42 +1,27 @@
 """`dask-operator run`: the operator process, wiring the reconcilers of all four kinds.
 
-Invariant: one manager (one shared cache) runs the four controllers; everything a reconciler needs comes from
-`OperatorSettings`, built here once from flags and the reference operator's Dask config keys.
+Invariant: one manager (one shared cache) runs the four controllers; this module only composes (each
+reconciler's module wires what it watches); everything a reconciler needs comes from `OperatorSettings`,
+built here once from flags and the reference operator's Dask config keys. Held by test/e2e/.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable
 from typing import Any
 
-from dask_operator.controller import indexes
-from dask_operator.controller.autoscaler_reconciler import DaskAutoscalerReconciler
-from dask_operator.controller.cluster_reconciler import DaskClusterReconciler
-from dask_operator.controller.job_reconciler import DaskJobReconciler
-from dask_operator.controller.kinds import (
-    DASK_AUTOSCALER_KIND,
-    DASK_CLUSTER_KIND,
-    DASK_JOB_KIND,
-    DASK_WORKER_GROUP_KIND,
+from dask_operator.controller import (
+    autoscaler_reconciler,
+    cluster_reconciler,
+    indexes,
+    job_reconciler,
+    workergroup_reconciler,
 )
-from dask_operator.controller.runtime.builder import ControllerBuilder
 from dask_operator.controller.runtime.client import Client
-from dask_operator.controller.runtime.kinds import POD, SERVICE
 from dask_operator.controller.runtime.leaderelection import LeaderElectionConfig
 from dask_operator.controller.runtime.manager import Manager
-from dask_operator.controller.runtime.predicate import (
-    AnnotationsChanged,
-    GenerationChanged,
-    LabelsChanged,
-    Or,
-)
-from dask_operator.controller.runtime.reconcile import Request
 from dask_operator.controller.settings import OperatorSettings, from_dask_config
-from dask_operator.controller.workergroup_reconciler import DaskWorkerGroupReconciler
-
-Obj = dict[str, Any]
 
 
 def add_run_parser(subparsers: Any) -> None:
@@ -86,84 +71,16 @@ def parse_address(value: str | None) -> tuple[str, int] | None:
     return (host or "0.0.0.0", int(port))
 
 
-def groups_of_cluster(manager: Manager) -> Any:
-    """Map a DaskCluster to the DaskWorkerGroups that name it in spec.cluster (adopted or not yet)."""
-
-    def mapper(cluster: Obj) -> Iterable[Request]:
-        meta = cluster["metadata"]
-        return [
-            Request(meta["namespace"], g["metadata"]["name"])
-            for g in indexes.groups_of_cluster(manager.cache, meta["namespace"], meta["name"])
-        ]
-
-    return mapper
-
-
-def autoscalers_of_cluster(manager: Manager) -> Any:
-    """Map a DaskCluster to the DaskAutoscalers that name it in spec.cluster."""
-
-    def mapper(cluster: Obj) -> Iterable[Request]:
-        meta = cluster["metadata"]
-        return [
-            Request(meta["namespace"], a["metadata"]["name"])
-            for a in indexes.autoscalers_of_cluster(manager.cache, meta["namespace"], meta["name"])
-        ]
-
-    return mapper
-
-
-def cluster_of_group(group: Obj) -> Iterable[Request]:
-    cluster = group.get("spec", {}).get("cluster")
-    return [Request(group["metadata"]["namespace"], cluster)] if cluster else []
-
-
 def build(manager: Manager, settings: OperatorSettings, concurrency: int) -> None:
-    """Register the four controllers with the manager."""
+    """Register the four controllers with the manager (each says what it watches beside its reconciler)."""
     indexes.register(manager.cache)
-    reconcile_timeout = settings.retire_timeout + 60.0
-    (
-        ControllerBuilder(manager)
-        .named("daskcluster")
-        .for_(DASK_CLUSTER_KIND)
-        .owns(POD)
-        .owns(SERVICE)
-        .watches(DASK_WORKER_GROUP_KIND, cluster_of_group)
-        .with_options(max_concurrent_reconciles=concurrency, reconcile_timeout=reconcile_timeout)
-        .complete(DaskClusterReconciler(manager, settings))
-    )
-    (
-        ControllerBuilder(manager)
-        .named("daskworkergroup")
-        .for_(DASK_WORKER_GROUP_KIND)
-        .owns(POD)
-        # a cluster's creation, spec, labels or annotations (force timeout) matter to its groups; its status not
-        .watches(
-            DASK_CLUSTER_KIND,
-            groups_of_cluster(manager),
-            predicates=[Or(GenerationChanged(), LabelsChanged(), AnnotationsChanged())],
-        )
-        .with_options(max_concurrent_reconciles=concurrency, reconcile_timeout=reconcile_timeout)
-        .complete(DaskWorkerGroupReconciler(manager, settings))
-    )
-    (
-        ControllerBuilder(manager)
-        .named("daskjob")
-        .for_(DASK_JOB_KIND)
-        .owns(POD)
-        # the job's cluster matters when it appears, goes or starts terminating, not on each status change
-        .owns(DASK_CLUSTER_KIND, predicates=[GenerationChanged()])
-        .with_options(max_concurrent_reconciles=concurrency)
-        .complete(DaskJobReconciler(manager, settings))
-    )
-    (
-        ControllerBuilder(manager)
-        .named("daskautoscaler")
-        .for_(DASK_AUTOSCALER_KIND)
-        # a cluster appearing lets a waiting autoscaler adopt it; the rest is polled every few seconds
-        .watches(DASK_CLUSTER_KIND, autoscalers_of_cluster(manager), predicates=[GenerationChanged()])
-        .with_options(max_concurrent_reconciles=concurrency, reconcile_timeout=60.0)
-        .complete(DaskAutoscalerReconciler(manager, settings))
-    )
+    for setup in (
+        cluster_reconciler.setup_with_manager,
+        workergroup_reconciler.setup_with_manager,
+        job_reconciler.setup_with_manager,
+        autoscaler_reconciler.setup_with_manager,
+    ):
+        setup(manager, settings, concurrency)
 
 
 def run_command(args: argparse.Namespace) -> int:

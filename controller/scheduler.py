@@ -3,6 +3,7 @@
 Invariant: every call is bounded by a timeout and either returns the scheduler's answer or raises
 `SchedulerUnreachable` (naming both transports' failures); nothing here retries, sleeps or touches the
 Kubernetes API. Retirement always names the workers explicitly, so it never picks workers of another group.
+Held by test/unit/test_scheduler.py.
 """
 
 from __future__ import annotations
@@ -15,19 +16,7 @@ from typing import Any, TypeVar
 
 import urllib3
 
-# The scheduler's HTTP API (distributed.http.scheduler.api) is off by default (dask/distributed#6407).
-# Scheduler pods made by this operator get it through this configuration variable, next to the defaults.
-HTTP_ROUTES_ENV = "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"
-DEFAULT_HTTP_ROUTES = (
-    "distributed.http.scheduler.prometheus",
-    "distributed.http.scheduler.info",
-    "distributed.http.scheduler.json",
-    "distributed.http.health",
-    "distributed.http.proxy",
-    "distributed.http.statics",
-)
-API_ROUTE = "distributed.http.scheduler.api"
-HTTP_ROUTES_VALUE = repr([*DEFAULT_HTTP_ROUTES, API_ROUTE])
+from dask_operator.controller.scheduler_api import DaskWorker
 
 COMM_PORT_NAME = "tcp-comm"
 DASHBOARD_PORT_NAME = "http-dashboard"
@@ -41,20 +30,26 @@ class SchedulerUnreachable(Exception):
     """Neither the HTTP API nor the RPC answered; the message says why for each."""
 
 
+class HTTPStatusError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _may_have_acted(error: Exception) -> bool:
+    """Whether a failed HTTP request may have reached the scheduler: it answered with an error other than
+    "no such route", or the connection broke or timed out after the request was sent."""
+    if isinstance(error, HTTPStatusError):
+        return error.status != 404
+    return isinstance(error, urllib3.exceptions.ReadTimeoutError | urllib3.exceptions.ProtocolError)
+
+
 @dataclass(frozen=True)
 class SchedulerEndpoint:
     """Where the scheduler of one cluster listens, as seen from the operator."""
 
     comm_address: str | None  # tcp://host:port of the comm port (RPC)
     http_url: str | None  # http://host:port of the dashboard (HTTP API)
-
-
-@dataclass(frozen=True)
-class DaskWorker:
-    """A worker as the scheduler knows it: its name (= the worker pod's name) and its comm address."""
-
-    name: str
-    address: str
 
 
 def _port(service: Mapping[str, Any], wanted: str) -> int | None:
@@ -71,7 +66,7 @@ def _port(service: Mapping[str, Any], wanted: str) -> int | None:
 def scheduler_endpoint(service: Mapping[str, Any]) -> SchedulerEndpoint:
     """The scheduler's addresses behind its Service: the ClusterIP when it has one, else the DNS name.
 
-    A Service without the named ports yields None for that transport instead of failing (checklist 7F-61).
+    A Service without the named ports yields None for that transport instead of failing.
     """
     meta = service.get("metadata", {})
     cluster_ip = service.get("spec", {}).get("clusterIP")
@@ -130,7 +125,9 @@ class SchedulerClient:
             return names_of(await rpc.retire_workers(names=[w.name for w in workers]))
 
         body = {"workers": sorted(names_by_address)}
-        return self._call("POST", "/api/v1/retire_workers", body, names_of, from_rpc, self.retire_timeout)
+        return self._call(
+            "POST", "/api/v1/retire_workers", body, names_of, from_rpc, self.retire_timeout, idempotent=False
+        )
 
     def check_idle(self) -> float | None:
         """Since when (scheduler clock, epoch seconds) the scheduler has been idle; None when busy."""
@@ -165,12 +162,18 @@ class SchedulerClient:
         parse: Callable[[Any], T],
         rpc_call: Callable[[Any], Awaitable[T]],
         timeout: float,
+        idempotent: bool = True,
     ) -> T:
         errors = []
         if self.endpoint.http_url:
             try:
                 return parse(self._http(method, path, body, timeout))
-            except Exception as e:  # noqa: BLE001  (any failure means: try the other transport)
+            except Exception as e:  # any failure means: try the other transport (unless it may have acted)
+                if not idempotent and _may_have_acted(e):
+                    # A retirement the scheduler may be carrying out must not be asked for a second time.
+                    raise SchedulerUnreachable(
+                        f"HTTP {path}: {e} (not repeated over RPC: the scheduler may still be acting on it)"
+                    ) from e
                 errors.append(f"HTTP {path}: {e}")
         else:
             errors.append("HTTP: the scheduler Service has no port named http-dashboard")
@@ -193,7 +196,7 @@ class SchedulerClient:
             retries=False,
         )
         if response.status >= 300:
-            raise RuntimeError(f"status {response.status}: {response.data[:200]!r}")
+            raise HTTPStatusError(response.status, f"status {response.status}: {response.data[:200]!r}")
         return json.loads(response.data)
 
     async def _rpc(self, call: Callable[[Any], Awaitable[T]], timeout: float) -> T:

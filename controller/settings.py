@@ -6,6 +6,7 @@ Dask config keys (and their env forms, e.g. DASK_KUBERNETES__CONTROLLER__WORKER_
   kubernetes.controller.worker-allocation.batch-size   max worker pods created per round (unset: no limit)
   kubernetes.controller.worker-allocation.delay        seconds between rounds
   kubernetes.controller.events.enabled                 record Kubernetes Events (default true)
+Held by test/unit/test_settings.py.
 """
 
 from __future__ import annotations

@@ -5,14 +5,16 @@ to exactly `spec.worker.replicas` live pods built from its current template. Wor
 (group UID, template hash, ordinal), so a restarted operator recomputes the same names and cannot duplicate
 a worker. Removing a worker never loses data the scheduler can move: pods that never joined go first, then
 only workers of this group are retired by name through the scheduler, and only the retired ones are deleted.
+Held by test/unit/test_workergroup.py.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dask_operator.api.v1.group import GROUP
@@ -25,27 +27,42 @@ from dask_operator.api.v1.names import (
     worker_selector_labels,
 )
 from dask_operator.api.v1.types import CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY
-from dask_operator.controller.cluster import cluster_scheduler_address
-from dask_operator.controller.metadata import (
+from dask_operator.controller.children import (
     TEMPLATE_HASH_LABEL,
-    Condition,
-    EventSpec,
+    adoption,
     child_metadata,
-    condition_events,
-    find_condition,
     is_controlled_by,
-    is_pod_finished,
-    is_pod_ready,
     is_terminating,
-    merge_conditions,
     owner_reference,
-    pod_failure,
-    recovery_deadline,
     template_hash,
     with_env_defaults,
 )
-from dask_operator.controller.plans import Obj, PodDeletion, parse_rfc3339, rfc3339
-from dask_operator.controller.scheduler import DaskWorker
+from dask_operator.controller.cluster import cluster_scheduler_address
+from dask_operator.controller.conditions import (
+    Condition,
+    EventSpec,
+    condition_events,
+    find_condition,
+    merge_conditions,
+)
+from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
+from dask_operator.controller.plans import (
+    ADOPTION_FIELD_MANAGER,
+    Apply,
+    Cause,
+    Create,
+    Delete,
+    Emit,
+    Plan,
+    Question,
+    Ref,
+    Retire,
+    RetiringPod,
+    SetStatus,
+    Step,
+)
+from dask_operator.controller.pods import is_pod_finished, is_pod_ready, pod_failure, recovery_deadline
+from dask_operator.controller.scheduler_api import DaskWorker
 
 WORKER_NAME_ENV = "DASK_WORKER_NAME"
 SCHEDULER_ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
@@ -77,31 +94,8 @@ class GroupObservation:
     group: Obj
     cluster: Obj | None
     pods: Sequence[Obj] = ()  # pods the group controls
-    expected_present: frozenset[str] = frozenset()  # pod names created but not yet in the cache
-    expected_gone: frozenset[str] = frozenset()  # pod UIDs deleted but still in the cache
     scheduler: SchedulerView | None = None  # None: not asked (yet)
     previous_conditions: Sequence[Mapping[str, Any]] | None = None  # defaults to the group's status
-
-
-@dataclass(frozen=True)
-class Retirement:
-    """Retire these workers through the scheduler, then delete the pods of the ones it retired."""
-
-    workers: tuple[DaskWorker, ...]
-    pods: tuple[PodDeletion, ...]  # pods[i] runs workers[i]
-
-
-@dataclass(frozen=True)
-class GroupPlan:
-    adopt: Obj | None = None
-    create_pods: tuple[Obj, ...] = ()
-    delete_pods: tuple[PodDeletion, ...] = ()
-    retire: Retirement | None = None
-    needs_scheduler: bool = False  # ask the scheduler for its workers and plan again
-    status: Obj | None = None
-    events: tuple[EventSpec, ...] = ()
-    requeue_after: float | None = None
-    notes: tuple[str, ...] = field(default=())  # what the plan does, for logs
 
 
 # -- worker pods --------------------------------------------------------------------------------------------
@@ -165,22 +159,6 @@ def new_worker_names(group: Mapping[str, Any], hash_: str, taken: set[str], coun
     return names
 
 
-def adoption(group: Mapping[str, Any], cluster: Mapping[str, Any]) -> Obj | None:
-    """The owner reference that makes the cluster own this group, unless it (or another controller) does."""
-    refs = group["metadata"].get("ownerReferences") or []
-    if any(r.get("controller") for r in refs):
-        return None
-    return {
-        "apiVersion": group["apiVersion"],
-        "kind": group["kind"],
-        "metadata": {
-            "name": group["metadata"]["name"],
-            "namespace": group["metadata"]["namespace"],
-            "ownerReferences": [owner_reference(cluster)],
-        },
-    }
-
-
 # -- classification -----------------------------------------------------------------------------------------
 
 
@@ -197,24 +175,39 @@ def _newest_first(pods: Sequence[Obj]) -> list[Obj]:
     )
 
 
-def joined_worker(pod: Mapping[str, Any], workers: Sequence[DaskWorker]) -> DaskWorker | None:
-    """The scheduler's entry for the worker in `pod`: by Dask name (= pod name), else by pod IP."""
+def workers_in_pod(pod: Mapping[str, Any], workers: Sequence[DaskWorker]) -> tuple[DaskWorker, ...]:
+    """Every worker the scheduler knows that runs in `pod`, and only those.
+
+    By name first: workers are named after their pod (`--name $(DASK_WORKER_NAME)`), and `--nworkers N`
+    appends `-0..-N-1`. By pod IP only when no worker carries the pod's name and the IP is the pod's own
+    (never with hostNetwork, where every pod of the node shares it, possibly another group's).
+    """
     name = pod["metadata"]["name"]
+    named = tuple(w for w in workers if w.name == name or _numbered_after(w.name, name))
+    if named:
+        return named
     ip = pod.get("status", {}).get("podIP")
-    for w in workers:
-        if w.name == name:
-            return w
-    if ip:
-        for w in workers:
-            host = w.address.split("://", 1)[-1].rsplit(":", 1)[0]
-            if host == ip:
-                return w
-    return None
+    if not ip or pod.get("spec", {}).get("hostNetwork"):
+        return ()
+    # A worker named like a worker pod belongs to that pod, even on this IP: a deleted pod's worker the
+    # scheduler still lists may hold the IP this new pod was just given.
+    return tuple(
+        w
+        for w in workers
+        if w.address.split("://", 1)[-1].rsplit(":", 1)[0] == ip and not _POD_WORKER_NAME.match(w.name)
+    )
 
 
-def _deletion(pod: Mapping[str, Any], reason: str) -> PodDeletion:
-    meta = pod["metadata"]
-    return PodDeletion(meta["namespace"], meta["name"], meta["uid"], reason)
+_POD_WORKER_NAME = re.compile(r".+-worker-[0-9a-f]{10}(-[0-9]+)?$")  # worker_name(), maybe with -N
+
+
+def _numbered_after(worker: str, pod: str) -> bool:
+    prefix = pod + "-"
+    return worker.startswith(prefix) and worker[len(prefix) :].isdigit()
+
+
+def _deletion(pod: Obj, cause: Cause) -> Delete:
+    return Delete(Ref.of(pod), cause)
 
 
 def _is_started(pod: Mapping[str, Any]) -> bool:
@@ -231,7 +224,7 @@ def _is_started(pod: Mapping[str, Any]) -> bool:
 # -- the plan --------------------------------------------------------------------------------------------------
 
 
-def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = GroupSettings()) -> GroupPlan:
+def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = GroupSettings()) -> Plan:
     """Observed group, pods and (if asked) scheduler -> the writes that move the group toward its spec."""
     group = obs.group
     previous = obs.previous_conditions
@@ -244,7 +237,7 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     cluster = obs.cluster
     template = worker_template(group, cluster, settings.cluster_domain)
     draft = _Draft(group, template, pods, int(group["spec"]["worker"].get("replicas", 1)))
-    draft.deletions += [_deletion(p, "pod finished; replacing it") for p in pods.finished]
+    draft.deletions += [_deletion(p, Cause.POD_FINISHED) for p in pods.finished]
     if draft.surplus < 0:
         _scale_up(draft, settings, now)
     elif draft.outdated and draft.surplus <= 1:
@@ -260,24 +253,24 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
         degraded = _remove_victims(draft, obs.scheduler, previous, now, settings) or degraded
 
     conditions = [
-        _ready_condition(pods.live, draft.current, draft.replicas, pods.unobserved),
+        _ready_condition(pods.live, draft.current, draft.replicas),
         draft.progressing,
         degraded,
     ]
     status = _status(group, pods.live, draft.want, conditions, previous, now)
     # A group's readiness is reported by its cluster's Ready Event; a group only warns.
     events = draft.events + condition_events(previous, status["conditions"], ready_events=False)
-    return GroupPlan(
-        adopt=adoption(group, cluster) if not is_controlled_by(group, cluster["metadata"]["uid"]) else None,
-        create_pods=tuple(draft.creates),
-        delete_pods=tuple(draft.deletions),
-        retire=draft.retire,
-        needs_scheduler=draft.needs_scheduler,
-        status=status,
-        events=tuple(events),
-        requeue_after=draft.requeue,
-        notes=tuple(draft.notes),
-    )
+    if draft.needs_scheduler:
+        return Plan(question=Question.WORKERS)
+    adopt = adoption(group, cluster) if not is_controlled_by(group, cluster["metadata"]["uid"]) else None
+    steps: list[Step] = [Apply(adopt, ADOPTION_FIELD_MANAGER)] if adopt is not None else []
+    steps += draft.deletions
+    steps += [Create(pod) for pod in draft.creates]
+    if draft.retire is not None:
+        steps.append(draft.retire)
+    steps.append(SetStatus(status))
+    steps += [Emit(e) for e in events]
+    return Plan(steps=tuple(steps), requeue_after=draft.requeue, notes=tuple(draft.notes))
 
 
 @dataclass(frozen=True)
@@ -286,19 +279,16 @@ class _PodSets:
 
     live: list[Obj]  # not terminating, not finished, not deleted by us
     finished: list[Obj]  # Succeeded/Failed: replaced
-    unobserved: list[str]  # names we created that the cache does not show yet (count as live)
     taken: set[str]  # names no new pod may use
 
     @classmethod
     def of(cls, obs: GroupObservation) -> _PodSets:
-        present = [p for p in obs.pods if p["metadata"].get("uid") not in obs.expected_gone]
-        running = [p for p in present if not is_terminating(p)]
+        running = [p for p in obs.pods if not is_terminating(p)]
         observed_names = {p["metadata"]["name"] for p in obs.pods}
         return cls(
             live=[p for p in running if not is_pod_finished(p)],
             finished=[p for p in running if is_pod_finished(p)],
-            unobserved=sorted(obs.expected_present - observed_names),
-            taken=observed_names | set(obs.expected_present),
+            taken=observed_names,
         )
 
 
@@ -310,13 +300,13 @@ class _Draft:
         self.want = str(template["metadata"]["labels"][TEMPLATE_HASH_LABEL])
         self.current = [p for p in pods.live if _pod_hash(p) == self.want]
         self.outdated = [p for p in pods.live if _pod_hash(p) != self.want]
-        self.total = len(pods.live) + len(pods.unobserved)
+        self.total = len(pods.live)
         self.surplus = self.total - replicas
         self.creates: list[Obj] = []
-        self.deletions: list[PodDeletion] = []
+        self.deletions: list[Delete] = []
         self.victims: list[Obj] = []  # pods to remove gracefully, in order of preference
         self.rolling = False  # the victims are old-template pods being replaced, not a scale-down
-        self.retire: Retirement | None = None
+        self.retire: Retire | None = None
         self.needs_scheduler = False
         self.events: list[EventSpec] = []
         self.notes: list[str] = []
@@ -328,6 +318,11 @@ class _Draft:
     def wake_in(self, seconds: float) -> None:
         self.requeue = seconds if self.requeue is None else min(self.requeue, seconds)
 
+    def scaling_up(self, doing: str) -> None:
+        self.progressing = Condition(
+            CONDITION_PROGRESSING, True, "ScalingUp", f"{doing}: {self.total} of {self.replicas} exist."
+        )
+
     def create(self, count: int) -> None:
         names = new_worker_names(self.group, self.want, self.pods.taken, count)
         self.creates += [worker_pod(self.template, n) for n in names]
@@ -335,7 +330,7 @@ class _Draft:
 
 def _waiting_for_cluster(
     group: Obj, pods: _PodSets, previous: Sequence[Mapping[str, Any]] | None, now: float
-) -> GroupPlan:
+) -> Plan:
     cluster, namespace = group["spec"]["cluster"], group["metadata"]["namespace"]
     conditions = [
         Condition(CONDITION_READY, False, "ClusterNotFound", f"DaskCluster {cluster} does not exist."),
@@ -349,7 +344,7 @@ def _waiting_for_cluster(
     ]
     status = _status(group, pods.live, None, conditions, previous, now)
     events = condition_events(previous, status["conditions"], ready_events=False)
-    return GroupPlan(status=status, events=tuple(events))
+    return Plan(steps=(SetStatus(status), *(Emit(e) for e in events)))
 
 
 def _scale_up(draft: _Draft, settings: GroupSettings, now: float) -> None:
@@ -364,31 +359,19 @@ def _scale_up(draft: _Draft, settings: GroupSettings, now: float) -> None:
         wait = _until_next_round(draft.pods, settings.batch_delay, now)
         if wait > 0:
             draft.wake_in(wait)
-            draft.progressing = Condition(
-                CONDITION_PROGRESSING,
-                True,
-                "ScalingUp",
-                f"Creating workers in rounds of {settings.batch_size}: {draft.total} of {draft.replicas} exist.",
-            )
+            draft.scaling_up(f"Creating workers in rounds of {settings.batch_size}")
             draft.notes.append(f"next round in {wait:.1f} s")
             return
     count = missing if settings.batch_size is None else min(missing, settings.batch_size)
     draft.create(count)
     if count < missing:
         draft.wake_in(max(settings.batch_delay, 0.5))
-    draft.progressing = Condition(
-        CONDITION_PROGRESSING,
-        True,
-        "ScalingUp",
-        f"Creating workers: {draft.total} of {draft.replicas} exist.",
-    )
+    draft.scaling_up("Creating workers")
     draft.notes.append(f"create {count}")
 
 
 def _until_next_round(pods: _PodSets, delay: float, now: float) -> float:
     """Seconds until the next creation round may start (0: now)."""
-    if pods.unobserved:
-        return delay
     created = [parse_rfc3339(p["metadata"].get("creationTimestamp")) for p in pods.live]
     latest = max((t for t in created if t is not None), default=None)
     return 0.0 if latest is None else max(0.0, latest + delay - now)
@@ -405,8 +388,8 @@ def _roll_one(draft: _Draft) -> None:
     )
     unstarted = [p for p in draft.outdated if not _is_started(p)]
     if unstarted:
-        draft.deletions += [_deletion(p, "old template, never started") for p in unstarted]
-    elif draft.pods.unobserved or any(not is_pod_ready(p) for p in draft.current):
+        draft.deletions += [_deletion(p, Cause.OLD_TEMPLATE_NEVER_STARTED) for p in unstarted]
+    elif any(not is_pod_ready(p) for p in draft.current):
         pass  # the surge pod must be ready before an old one goes
     elif draft.surplus <= 0:
         draft.create(1)
@@ -425,16 +408,13 @@ def _choose_scale_down(draft: _Draft) -> None:
         "ScalingDown",
         f"Removing workers: {draft.total} of {draft.replicas} wanted exist.",
     )
-    if draft.pods.unobserved:
-        draft.wake_in(1.0)  # wait for the cache to show the pods just created before choosing any to remove
-        return
     live, surplus = draft.pods.live, draft.surplus
     unstarted = [p for p in live if not _is_started(p)]
     first = (
         _newest_first([p for p in unstarted if p in draft.outdated])
         + _newest_first([p for p in unstarted if p in draft.current])
     )[:surplus]
-    draft.deletions += [_deletion(p, "scale-down, never started") for p in first]
+    draft.deletions += [_deletion(p, Cause.NEVER_STARTED) for p in first]
     rest = [p for p in live if p not in unstarted]
     draft.victims = (
         _newest_first([p for p in rest if p in draft.outdated])
@@ -469,7 +449,7 @@ def _remove_victims(
                 f"Cannot reach the scheduler to retire workers gracefully ({scheduler.error}); retrying, and "
                 f"forcing the scale-down after {int(settings.force_timeout)} s.",
             )
-        draft.deletions += [_deletion(p, "scale-down forced: scheduler unreachable") for p in victims]
+        draft.deletions += [_deletion(p, Cause.FORCED) for p in victims]
         draft.events.append(
             EventSpec(
                 "Warning",
@@ -483,24 +463,19 @@ def _remove_victims(
         return None
 
     workers = scheduler.workers
-    joined = [(p, joined_worker(p, workers)) for p in victims]
-    draft.deletions += [
-        _deletion(p, "scale-down, never joined the scheduler") for p, w in joined if w is None
-    ]
-    to_retire = [(p, w) for p, w in joined if w is not None]
+    joined = [(p, workers_in_pod(p, workers)) for p in victims]
+    draft.deletions += [_deletion(p, Cause.NEVER_JOINED) for p, ws in joined if not ws]
+    to_retire = [(p, ws) for p, ws in joined if ws]
     others = [p for p in draft.pods.live if p not in victims]
-    if draft.rolling and any(joined_worker(p, workers) is None for p in draft.current):
+    if draft.rolling and any(not workers_in_pod(p, workers) for p in draft.current):
         # The replacement must have joined the scheduler before an old worker's data can move to it;
         # joining is not a Kubernetes event, so look again shortly.
         draft.wake_in(1.0)
-    elif to_retire and len(to_retire) >= len(workers) and not others:
+    elif to_retire and sum(len(ws) for _, ws in to_retire) >= len(workers) and not others:
         # Scaling to zero: no worker remains (or is coming) to take the data, so retiring cannot succeed.
-        draft.deletions += [_deletion(p, "scale-down, last workers") for p, _ in to_retire]
+        draft.deletions += [_deletion(p, Cause.LAST_WORKERS) for p, _ in to_retire]
     elif to_retire:
-        draft.retire = Retirement(
-            workers=tuple(w for _, w in to_retire),
-            pods=tuple(_deletion(p, "retired by the scheduler") for p, _ in to_retire),
-        )
+        draft.retire = Retire(tuple(RetiringPod(_deletion(p, Cause.RETIRED), ws) for p, ws in to_retire))
     return None
 
 
@@ -526,11 +501,9 @@ def _failure_condition(live: Sequence[Obj], now: float) -> Condition:
     return Condition(CONDITION_DEGRADED, False, "AsExpected", "")
 
 
-def _ready_condition(
-    live: Sequence[Obj], current: Sequence[Obj], replicas: int, unobserved: Sequence[str]
-) -> Condition:
+def _ready_condition(live: Sequence[Obj], current: Sequence[Obj], replicas: int) -> Condition:
     ready = sum(1 for p in current if is_pod_ready(p))
-    if ready >= replicas and len(live) == replicas and not unobserved:
+    if ready >= replicas and len(live) == replicas:
         return Condition(CONDITION_READY, True, "WorkersReady", f"{ready} of {replicas} workers are ready.")
     return Condition(CONDITION_READY, False, "WorkersNotReady", f"{ready} of {replicas} workers are ready.")
 
@@ -552,12 +525,3 @@ def _status(
         "selector": label_selector_string(worker_selector_labels(group["spec"]["cluster"], meta["name"])),
         "conditions": merge_conditions(previous, conditions, rfc3339(now), meta.get("generation")),
     }
-
-
-def retired_deletions(retirement: Retirement, retired_names: set[str]) -> list[PodDeletion]:
-    """The pods to delete after a retirement: exactly those whose workers the scheduler retired."""
-    return [
-        pod
-        for worker, pod in zip(retirement.workers, retirement.pods, strict=True)
-        if worker.name in retired_names
-    ]

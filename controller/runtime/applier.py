@@ -3,6 +3,7 @@
 Invariant: an apply is skipped only when the same field manager already applied an identical intent (same
 hash) to the object at exactly the resourceVersion the cache now holds; any change to the live object or to
 the intent forces a real apply, so a converged controller issues zero writes and a drifted one is repaired.
+Held by test/integration/test_runtime_client.py, test/unit/test_runtime_handlers.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dask_operator.controller.runtime.cache import Cache
-from dask_operator.controller.runtime.client import Client
+from dask_operator.controller.runtime.client import Client, status_intent
 from dask_operator.controller.runtime.kinds import kind_of
 
 Obj = dict[str, Any]
@@ -55,8 +56,6 @@ class Applier:
         self.max_entries = max_entries
         self._applied: OrderedDict[tuple[str, ...], _Applied] = OrderedDict()
         self._lock = threading.Lock()
-        self.skipped = 0
-        self.applied = 0
 
     def apply(self, obj: Obj, field_manager: str, force: bool = True) -> Obj | None:
         """Apply obj's intent as field_manager; None when skipped (nothing could change)."""
@@ -64,14 +63,7 @@ class Applier:
 
     def apply_status(self, obj: Obj, field_manager: str, force: bool = True) -> Obj | None:
         """Apply obj's status to /status as field_manager; None when skipped."""
-        meta = obj["metadata"]
-        intent: Obj = {
-            "apiVersion": obj["apiVersion"],
-            "kind": obj["kind"],
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta},
-            "status": obj.get("status") or {},
-        }
-        return self._apply(intent, field_manager, force, status=True)
+        return self._apply(status_intent(obj), field_manager, force, status=True)
 
     def _apply(self, intent: Obj, field_manager: str, force: bool, status: bool) -> Obj | None:
         kind = kind_of(intent)
@@ -96,7 +88,6 @@ class Applier:
                 and live_rv in entry.resource_versions
             ):
                 self._applied.move_to_end(key)
-                self.skipped += 1
                 return None
         if status:
             result = self.client.apply_status(intent, field_manager, force)
@@ -104,18 +95,9 @@ class Applier:
             result = self.client.apply(intent, field_manager, force)
         new_rv = str(result["metadata"].get("resourceVersion", ""))
         with self._lock:
-            self.applied += 1
             # the intent holds for the RV it was computed against (a lagging cache) and for the RV it produced
             self._applied[key] = _Applied(digest, {rv for rv in (live_rv, new_rv) if rv})
             self._applied.move_to_end(key)
             while len(self._applied) > self.max_entries:
                 self._applied.popitem(last=False)
         return result
-
-    def forget(self, obj: Obj) -> None:
-        """Drop what is remembered about obj (e.g. after deleting it)."""
-        meta = obj["metadata"]
-        prefix = (obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])
-        with self._lock:
-            for key in [key for key in self._applied if key[:4] == prefix]:
-                del self._applied[key]

@@ -2,6 +2,7 @@
 
 Invariant: consecutive delays grow initial * factor**n (each stretched by up to `jitter` of itself), never
 beyond the cap; after `reset_after` seconds without a backoff the next delay starts again from the initial value.
+Held by test/integration/test_runtime_reflector.py, test/unit/test_runtime_workqueue.py.
 """
 
 from __future__ import annotations

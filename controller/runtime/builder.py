@@ -3,6 +3,7 @@
 Invariant: `for_(K)` enqueues the object itself, `owns(C)` enqueues the controller owner of kind K named in
 C's ownerReferences, `watches(X, mapper)` enqueues what mapper returns; names are unique per manager and
 default to the lowercased For kind; nothing runs until the manager starts it.
+Held by test/unit/test_runtime_controller.py and test/integration/test_runtime_manager.py.
 """
 
 from __future__ import annotations

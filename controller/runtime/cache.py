@@ -3,6 +3,7 @@
 Invariant: each kind is watched at most once per cache (namespace-scoped or cluster-wide as configured);
 reads block until that kind's informer has synced, and return copies, so a reconciler can neither see a
 half-filled store nor corrupt the shared one.
+Held by test/integration/test_runtime_client.py, test/unit/test_runtime_store.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from dask_operator.controller.runtime.store import (
 
 Obj = dict[str, Any]
 
-CLUSTER_NAME_LABEL = "dask.org/cluster-name"
 DEFAULT_SYNC_TIMEOUT = 120.0
 
 
@@ -51,7 +51,7 @@ class Cache:
         client: Client,
         namespace: str | None = None,
         *,
-        indexed_labels: Iterable[str] = (CLUSTER_NAME_LABEL,),
+        indexed_labels: Iterable[str] = (),
         sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
         min_watch_timeout: int = DEFAULT_MIN_WATCH_TIMEOUT,
         read_timeout_margin: float = DEFAULT_READ_TIMEOUT_MARGIN,
@@ -120,6 +120,10 @@ class Cache:
     def add_index(self, kind: Kind, name: str, func: IndexFunc) -> None:
         """Another index on one kind's store (see by_index)."""
         self.informer(kind).store.add_indexer(name, func)
+
+    def add_label_index(self, kind: Kind, label: str) -> None:
+        """Index one kind's store by a label's value, so by_label(kind, label, ...) needs no scan."""
+        self.add_index(kind, LABEL_INDEX_PREFIX + label, index_by_label(label))
 
     def _synced_store(self, kind: Kind) -> Any:
         informer = self.informer(kind)

@@ -4,6 +4,7 @@ Invariant: every HTTP request carries a timeout (a watch's read timeout is longe
 is counted once in rest_client_requests_total{code,method,host}, and only transient failures of a single call
 (connection errors, 429 after Retry-After, 5xx on idempotent calls) are retried, briefly, here; lasting
 failures are raised to the caller so the work queue's backoff applies.
+Held by test/e2e/test_kubecluster.py, test/integration/test_runtime_client.py, test/integration/test_runtime_leader.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from dask_operator.controller.runtime import metrics
+from dask_operator.controller.runtime.consistency import note_write
 from dask_operator.controller.runtime.kinds import Kind, kind_of
 from dask_operator.controller.runtime.reconcile import ReconcileTimeout, remaining_time
 
@@ -34,6 +36,17 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON = "application/json"
 USER_AGENT = "dask-operator/runtime"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
+
+def status_intent(obj: Obj) -> Obj:
+    """The body of a status apply: obj's identity and status, nothing else."""
+    meta = obj["metadata"]
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta},
+        "status": obj.get("status") or {},
+    }
 
 
 class ApiError(Exception):
@@ -323,6 +336,7 @@ class Client:
         namespace = obj["metadata"].get("namespace")
         path = kind.collection_path(namespace)
         created = self.request("POST", path, body=obj)
+        note_write(kind, created)
         return _with_header(created, kind)
 
     def apply(self, obj: Obj, field_manager: str, force: bool = True) -> Obj:
@@ -336,14 +350,7 @@ class Client:
 
     def apply_status(self, obj: Obj, field_manager: str, force: bool = True) -> Obj:
         """Server-side apply of obj's status to the /status subresource as field_manager."""
-        meta = obj["metadata"]
-        intent: Obj = {
-            "apiVersion": obj["apiVersion"],
-            "kind": obj["kind"],
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta},
-            "status": obj.get("status") or {},
-        }
-        return self._apply(intent, field_manager, force, "status")
+        return self._apply(status_intent(obj), field_manager, force, "status")
 
     def _apply(self, obj: Obj, field_manager: str, force: bool, subresource: str | None) -> Obj:
         kind = kind_of(obj)
@@ -353,21 +360,24 @@ class Client:
         if force:
             params["force"] = "true"
         applied = self.request("PATCH", path, body=obj, params=params, content_type=APPLY_PATCH)
+        note_write(kind, applied)
         return _with_header(applied, kind)
 
     def patch_merge(
         self, kind: Kind, namespace: str | None, name: str, patch: Obj, subresource: str | None = None
     ) -> Obj:
         path = kind.object_path(namespace, name, subresource)
-        return _with_header(self.request("PATCH", path, body=patch, content_type=MERGE_PATCH), kind)
+        patched = self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+        note_write(kind, patched)
+        return _with_header(patched, kind)
 
     def replace(self, obj: Obj) -> Obj:
         """PUT: an update guarded by the metadata.resourceVersion the object carries."""
         kind = kind_of(obj)
         meta = obj["metadata"]
-        return _with_header(
-            self.request("PUT", kind.object_path(meta.get("namespace"), meta["name"]), body=obj), kind
-        )
+        replaced = self.request("PUT", kind.object_path(meta.get("namespace"), meta["name"]), body=obj)
+        note_write(kind, replaced)
+        return _with_header(replaced, kind)
 
     def delete(
         self,
@@ -394,11 +404,12 @@ class Client:
         if grace_period_seconds is not None:
             body["gracePeriodSeconds"] = grace_period_seconds
         try:
-            self.request("DELETE", kind.object_path(namespace, name), body=body)
+            deleted = self.request("DELETE", kind.object_path(namespace, name), body=body)
         except ApiError as error:
             if error.not_found:
                 return False
             raise
+        note_write(kind, deleted)
         return True
 
     # -- the one way out --------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Invariant: no reconcile starts before every source of the controller has synced, and none starts after stop;
 a key is reconciled by one worker at a time; the outcome decides the requeue exactly as c-r does (error ->
-rate-limited requeue, terminal error -> none, requeue_after -> forget + delay, success -> forget), and a
-crashing reconcile never kills its worker.
+rate-limited requeue, terminal error -> none, requeue_after -> forget + delay, success -> forget), a
+crashing reconcile never kills its worker, and a reconcile never starts on a cache older than the writes the
+previous reconcile of the same key made (runtime/consistency.py). Held by test/unit/test_runtime_controller.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -19,6 +20,7 @@ import structlog
 from dask_operator.controller.runtime import metrics
 from dask_operator.controller.runtime.cache import Cache, CacheNotSynced
 from dask_operator.controller.runtime.client import ApiError, ConnectionFailure
+from dask_operator.controller.runtime.consistency import OwnWrites, recording
 from dask_operator.controller.runtime.handler import EnqueueHandler, RequestMapper
 from dask_operator.controller.runtime.informer import Registration
 from dask_operator.controller.runtime.kinds import Kind
@@ -39,6 +41,9 @@ from dask_operator.controller.runtime.workqueue import WorkQueue
 log = structlog.get_logger("dask_operator.runtime.controller")
 
 DEFAULT_CACHE_SYNC_TIMEOUT = 120.0
+# How soon a request whose cache lags behind its own writes is looked at again (the watch event that
+# catches the cache up usually enqueues it first).
+CACHE_CATCH_UP_SECONDS = 0.2
 
 
 class ReconcileError(Exception):
@@ -80,6 +85,7 @@ class Controller:
         rate_limiter: RateLimiter | None = None,
         cache_sync_timeout: float = DEFAULT_CACHE_SYNC_TIMEOUT,
         event_filters: Sequence[Predicate] = (),
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         if max_concurrent_reconciles < 1:
             raise ValueError("max_concurrent_reconciles must be at least 1")
@@ -91,7 +97,9 @@ class Controller:
         self.reconcile_timeout = reconcile_timeout
         self.cache_sync_timeout = cache_sync_timeout
         self.event_filters = tuple(event_filters)
+        self.may_act = may_act  # false once the leader's lease may have passed to another replica
         self.queue: WorkQueue[Request] = WorkQueue(name, rate_limiter=rate_limiter)
+        self.own_writes = OwnWrites(self._seen_resource_version)
         self._registrations: list[Registration] = []
         self._workers: list[threading.Thread] = []
         self._started = False
@@ -171,6 +179,15 @@ class Controller:
         self._stopping.set()
         self.queue.shutdown()
 
+    def _seen_resource_version(self, kind: Kind) -> int | None:
+        informer = self.cache.informers().get(kind)
+        if informer is None:
+            return None  # a kind this cache does not watch cannot be stale
+        try:
+            return int(informer.reflector.last_sync_resource_version)
+        except ValueError:
+            return None
+
     # -- workers ----------------------------------------------------------------------------------------
 
     def _work(self) -> None:
@@ -189,14 +206,27 @@ class Controller:
                 self.queue.done(request)
 
     def _reconcile_handler(self, request: Request) -> None:
+        if not self.may_act():
+            # no reconcile starts without the lease; the manager aborts this controller when it is lost
+            self.queue.add_after(request, CACHE_CATCH_UP_SECONDS)
+            return
+        if self.own_writes.behind(request):
+            # the cache does not show this request's own last writes yet: acting now would redo them
+            self.queue.add_after(request, CACHE_CATCH_UP_SECONDS)
+            self._total["requeue_after"].inc()
+            return
         reconcile_id = str(uuid.uuid4())
         started = time.monotonic()
         with (
             reconcile_context(self.name, request.namespace, request.name, reconcile_id),
             deadline_after(self.reconcile_timeout),
+            recording() as writes,
         ):
             try:
-                result = self.reconciler.reconcile(request)
+                try:
+                    result = self.reconciler.reconcile(request)
+                finally:
+                    self.own_writes.wrote(request, writes)
             except BaseException as error:
                 if isinstance(error, KeyboardInterrupt | SystemExit | GeneratorExit):
                     raise

@@ -2,6 +2,7 @@
 
 Invariant: `event()` never blocks a reconcile and never raises; repeats of the same (object, type, reason,
 message) within the correlation window bump one Event's count instead of creating another object.
+Held by test/integration/test_runtime_client.py.
 """
 
 from __future__ import annotations

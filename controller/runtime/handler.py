@@ -3,6 +3,7 @@
 Invariant: handlers only filter (predicates) and enqueue keys, never block; an update enqueues the requests
 of both the old and the new object (so a removed owner is still reconciled); real changes enqueue at normal
 priority, the initial list and resync/relist no-ops at low priority.
+Held by test/unit/test_runtime_controller.py, test/unit/test_runtime_handlers.py.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Invariant: an endpoint is 200 "ok" only if every (non-excluded) check passes; otherwise 500 and the
 `[+]name ok` / `[-]name failed: reason withheld` listing, which `?verbose` also shows on success.
+Held by test/integration/test_runtime_manager.py, test/unit/test_runtime_handlers.py.
 """
 
 from __future__ import annotations

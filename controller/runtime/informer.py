@@ -5,6 +5,7 @@ in resourceVersion order on its own thread (handlers never block each other); a 
 into one tombstone delete each, changed objects into one update, unchanged objects into nothing (except for
 handlers that asked for resync); a handler is synced once it consumed the initial list (or, registered late,
 one synthetic add per cached object, with no gap or duplicate against concurrent events).
+Held by test/integration/test_runtime_reflector.py, test/unit/test_runtime_informer.py.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Invariant: a Kind alone determines every REST path for its objects, and the registry maps each
 (apiVersion, kind) pair to exactly one Kind, so objects (dicts) can be routed by their own header.
+Held by test/e2e/test_kubecluster.py, test/integration/test_runtime_client.py, test/integration/test_runtime_leader.py.
 """
 
 from __future__ import annotations
@@ -31,10 +32,6 @@ class Kind:
     @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
-
-    @property
-    def group_kind(self) -> tuple[str, str]:
-        return (self.group, self.kind)
 
     @property
     def _prefix(self) -> str:

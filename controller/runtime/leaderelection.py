@@ -3,7 +3,9 @@
 Invariant: a candidate takes the lease only after it has seen the record unchanged for leaseDurationSeconds
 on its own monotonic clock (never by comparing renewTime with local time); every write carries the
 resourceVersion it read, so of two racing candidates at most one succeeds; a leader that cannot renew for
-renew_deadline stops leading; a clean shutdown releases the lease (holder "", duration 1 s).
+renew_deadline stops leading (is_leader turns false by the clock even while a renew hangs, and any
+failure of the elector ends leadership); a clean shutdown releases the lease (holder "", duration 1 s).
+Held by test/integration/test_runtime_leader.py, test/unit/test_runtime_handlers.py.
 """
 
 from __future__ import annotations
@@ -104,7 +106,10 @@ class LeaderElector:
         return self.config.identity
 
     def is_leader(self) -> bool:
-        return self._leading.is_set()
+        """Leading, and the last successful renew is younger than renew_deadline: a renew attempt that
+        hangs (a dead connection) ends leadership by the clock, before another candidate can take the
+        lease (lease_duration > renew_deadline), not when the attempt finally fails."""
+        return self._leading.is_set() and self._clock() < self._observed_time + self.config.renew_deadline
 
     def check(self, max_tolerable_expired: float = 20.0) -> str | None:
         """For /healthz: fails when we lead on a lease we have not renewed for too long."""
@@ -116,7 +121,19 @@ class LeaderElector:
         return None
 
     def run(self, stop: threading.Event) -> bool:
-        """Acquire, lead (calling on_started_leading), renew until stop or loss; True if leadership was lost."""
+        """Acquire, lead (calling on_started_leading), renew until stop or loss; True if leadership was lost.
+        Any failure of the elector itself counts as a loss (on_stopped_leading runs), never as a leader
+        that silently stops renewing."""
+        try:
+            return self._run(stop)
+        except Exception as error:  # noqa: BLE001  (a crashed elector must not leave a leader acting)
+            self._log.error("leader election failed", error=repr(error))
+            self._leading.clear()
+            self._status.set(0)
+            self._on_stopped()
+            return True
+
+    def _run(self, stop: threading.Event) -> bool:
         if not self._acquire(stop):
             return False
         self._leading.set()
@@ -145,7 +162,12 @@ class LeaderElector:
     def _renew(self, stop: threading.Event) -> bool:
         while not stop.wait(self.config.retry_period):
             deadline = self._clock() + self.config.renew_deadline
-            while not self.try_acquire_or_renew():
+            while True:
+                renewed = self.try_acquire_or_renew()
+                if self._clock() > deadline:
+                    return True  # the attempt as a whole took longer than renew_deadline: lost
+                if renewed:
+                    break
                 if stop.is_set():
                     return False
                 if self._clock() + self.config.retry_period > deadline:

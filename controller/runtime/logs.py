@@ -2,6 +2,7 @@
 
 Invariant: every line logged inside a reconcile carries controller, namespace, name and reconcile_id (bound
 once, in a contextvar, for the duration of that reconcile and no longer); the message key is `msg`.
+Held by test/integration/test_runtime_manager.py.
 """
 
 from __future__ import annotations

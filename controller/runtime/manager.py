@@ -4,6 +4,7 @@ Invariant: /readyz turns 200 only after the cache has synced; controllers run on
 the lease (when leader election is on); the first SIGTERM stops new reconciles, lets in-flight ones finish
 (bounded by graceful_shutdown_timeout), stops informers, releases the lease and closes the HTTP servers last,
 then run() returns 0; a second SIGTERM exits 1 at once; a lost lease exits 1 without draining.
+Held by test/integration/test_runtime_manager.py.
 """
 
 from __future__ import annotations
@@ -90,7 +91,14 @@ class Manager:
             raise ValueError(f"a controller named {controller.name!r} already exists; names must be unique")
         for spec in controller.watches:
             self.cache.informer(spec.kind)
+        controller.may_act = self._may_act
         self.controllers.append(controller)
+
+    def _may_act(self) -> bool:
+        """Without leader election always; with it, only while the lease is ours by our own clock."""
+        if self.leader_election is None:
+            return True
+        return self.elector is not None and self.elector.is_leader() and not self._lost_leadership.is_set()
 
     def _informers_synced(self) -> str | None:
         return None if self._synced.is_set() else "informers have not synced yet"
@@ -102,10 +110,6 @@ class Manager:
     @property
     def leading(self) -> bool:
         return self.elector.is_leader() if self.elector is not None else self._controllers_started.is_set()
-
-    @property
-    def controllers_started(self) -> threading.Event:
-        return self._controllers_started
 
     @property
     def health_port(self) -> int | None:

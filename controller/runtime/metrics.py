@@ -3,6 +3,7 @@
 Invariant: every series a kubebuilder dashboard queries exists here under exactly the c-r name, type and
 label names; nothing else registers into this registry except the process/platform collectors and
 `dask_operator_*` metrics.
+Held by test/integration/test_runtime_client.py, test/unit/test_runtime_controller.py, test/unit/test_runtime_handlers.py.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Invariant: a predicate only filters; it never changes what is enqueued, and an event passes a watch only if
 every predicate of that watch (and every controller-wide filter) lets it through.
+Held by test/unit/test_runtime_handlers.py.
 """
 
 from __future__ import annotations

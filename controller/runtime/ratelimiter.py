@@ -2,6 +2,7 @@
 
 Invariant: `when(key)` returns base * 2**n for the n-th consecutive failure of that key (capped), and
 `forget(key)` resets n to 0; the token bucket, when used, never lets requeues exceed its sustained rate.
+Held by test/unit/test_runtime_controller.py, test/unit/test_runtime_workqueue.py.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 Invariant: a reconcile is level-based (it gets only namespace/name, never "what changed"); a TerminalError
 is never retried until a new event arrives; a reconcile deadline is cooperative and is observed by every
 client call made from the reconciling thread, which raises ReconcileTimeout once it has passed.
+Held by test/unit/test_runtime_controller.py, test/unit/test_runtime_handlers.py.
 """
 
 from __future__ import annotations

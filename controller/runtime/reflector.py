@@ -3,6 +3,7 @@
 Invariant: the first watch starts at the list's collection resourceVersion, and every later watch at the RV
 of the last event or BOOKMARK seen; a normal close re-watches without listing; 410 (or an Expired in-stream
 error) relists from the last RV, then from "" (quorum); every failure waits a jittered exponential backoff.
+Held by test/integration/test_runtime_reflector.py.
 """
 
 from __future__ import annotations

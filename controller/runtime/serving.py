@@ -2,6 +2,7 @@
 
 Invariant: a route handler gets the path and query and returns (status, content type, body); the server
 runs on its own daemon threads, so a busy controller cannot delay a probe, and `close()` frees the port.
+Held by test/integration/test_runtime_manager.py.
 """
 
 from __future__ import annotations

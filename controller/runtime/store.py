@@ -2,6 +2,7 @@
 
 Invariant: every index is updated under the same lock as the store, so an index lookup always agrees with
 a brute-force filter over the store at the same instant. Stored dicts are shared: never mutate them.
+Held by test/unit/test_runtime_store.py.
 """
 
 from __future__ import annotations
@@ -24,11 +25,6 @@ def object_key(obj: Mapping[str, Any]) -> str:
     meta = obj["metadata"]
     namespace = meta.get("namespace")
     return f"{namespace}/{meta['name']}" if namespace else str(meta["name"])
-
-
-def split_key(key: str) -> tuple[str, str]:
-    namespace, _, name = key.rpartition("/")
-    return namespace, name
 
 
 def index_by_namespace(obj: Obj) -> Iterable[str]:

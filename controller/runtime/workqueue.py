@@ -3,6 +3,7 @@
 Invariant: a key is never handed to a second worker before `done()` for the first; any number of adds while
 it is processing collapse into exactly one more run after `done()`; a waiting delay only ever moves earlier,
 and an immediate add makes a waiting key ready at once. Ready keys leave by priority, then FIFO.
+Held by test/unit/test_runtime_handlers.py, test/unit/test_runtime_workqueue.py.
 """
 
 from __future__ import annotations
@@ -225,11 +226,6 @@ class WorkQueue(Generic[K]):
                     return False
                 self._drain_cond.wait(remaining)
             return not self._processing
-
-    @property
-    def shutting_down(self) -> bool:
-        with self._lock:
-            return self._shutting_down
 
     # -- introspection ----------------------------------------------------------------------------------
 

@@ -25,8 +25,11 @@ from support.operator import (
     group_manifest,
     pod_names,
     pods,
+    set_pod_quota,
+    wait_refused,
     wait_running,
     wait_workers,
+    warning_events,
     worker_pods,
 )
 from support.wait import wait_for
@@ -429,3 +432,84 @@ def test_scale_down_with_an_unreachable_scheduler_waits_then_forces_with_a_warni
         timeout=30,
         message="Degraded cleared once the scale-down is done",
     )
+
+
+def test_resource_quota_refusal_shows_in_status_and_lifting_it_converges(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    """A refused create is a condition with the API server's words and a Warning Event, for a new cluster
+    and for a worker group's scale-up; lifting the quota converges both without restarting anything."""
+    set_pod_quota(plane, namespace, 0)
+    apply(plane, namespace, cluster_manifest("quota", 1))
+    refused = wait_refused(plane, namespace, "daskcluster", "quota")
+    assert refused["reason"] == "FailedCreate"
+    assert "exceeded quota" in refused["message"] and "ResourceQuota" in refused["message"]
+    cluster = get(plane, namespace, "daskcluster", "quota")
+    assert cluster["status"]["phase"] in ("Created", "Pending")
+    assert condition(cluster, "Degraded")["reason"] == "FailedCreate"
+    assert any(
+        e["reason"] == "FailedCreate" and "exceeded quota" in e["message"]
+        for e in warning_events(plane, namespace, "quota")
+    )
+    # what a user types to see why
+    described = plane.kubectl("describe", "-n", namespace, "daskcluster", "quota").stdout
+    assert "exceeded quota" in described
+
+    set_pod_quota(plane, namespace, None)
+    wait_running(plane, namespace, "quota")
+    plane.kubectl("wait", "-n", namespace, "--for=condition=Ready", "daskcluster/quota", "--timeout=120s")
+    assert condition(get(plane, namespace, "daskcluster", "quota"), "ReplicaFailure") == {}
+
+    # scale-up of the worker group beyond the quota: the group says why; lifting it converges
+    set_pod_quota(plane, namespace, 2, used=2)  # the scheduler and the one worker
+    plane.kubectl("scale", "-n", namespace, "daskcluster", "quota", "--replicas=2")
+    group_refused = wait_refused(plane, namespace, "daskworkergroup", "quota-default")
+    assert group_refused["reason"] == "FailedCreate" and "exceeded quota" in group_refused["message"]
+    assert any(e["reason"] == "FailedCreate" for e in warning_events(plane, namespace, "quota-default"))
+    set_pod_quota(plane, namespace, None)
+    wait_for(lambda: len(worker_pods(plane, namespace, "quota-default")) == 2, timeout=60, interval=0.5,
+             message="the second worker once the quota is lifted")  # fmt: skip
+    wait_for(lambda: condition(get(plane, namespace, "daskworkergroup", "quota-default"), "ReplicaFailure")
+             == {}, timeout=30, interval=0.5, message="ReplicaFailure cleared")  # fmt: skip
+
+
+MULTI_WORKER_ARGS = [
+    "dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
+]  # fmt: skip
+
+
+def test_pods_running_two_workers_each_scale_down_without_losing_or_recomputing_data(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    """Every Dask worker of a pod (`--nworkers 2` names them <pod>-0 and <pod>-1) is retired before the pod
+    goes: persisted keys are never computed twice and scattered data, which cannot be recomputed, survives."""
+    apply(plane, namespace, cluster_manifest("multi", 3, worker_args=MULTI_WORKER_ARGS))
+    wait_running(plane, namespace, "multi")
+    wait_for(lambda: len(worker_pods(plane, namespace, "multi-default")) == 3, timeout=60,
+             message="3 worker pods")  # fmt: skip
+    with dask_client(plane, namespace, "multi") as client:
+        pods_before = pod_names(worker_pods(plane, namespace, "multi-default"))
+        names = wait_workers(client, {f"{p}-{i}" for p in pods_before for i in (0, 1)}, timeout=120)
+        from distributed import wait
+
+        addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        blocks = [
+            client.submit(list, range(i * 100, (i + 1) * 100), workers=[addresses[i % 6]], pure=False)
+            for i in range(60)
+        ]
+        scattered = [client.scatter(("scattered", i), workers=[addresses[i % 6]]) for i in range(20)]
+        wait(blocks + scattered, timeout=60)
+        assert len({a for who in client.who_has(blocks).values() for a in who}) == 6
+
+        plane.kubectl("scale", "-n", namespace, "daskcluster/multi", "--replicas=1")
+        wait_for(lambda: len(worker_pods(plane, namespace, "multi-default")) == 1, timeout=120,
+                 message="1 worker pod")  # fmt: skip
+        survivors = wait_workers(client, 2)
+        (pod,) = pod_names(worker_pods(plane, namespace, "multi-default"))
+        assert survivors == {f"{pod}-0", f"{pod}-1"} and survivors <= names
+
+        assert client.gather(scattered) == [("scattered", i) for i in range(20)]
+        assert client.gather(blocks) == [list(range(i * 100, (i + 1) * 100)) for i in range(60)]
+        computed, erred = client.run_on_scheduler(_transitions, [b.key for b in blocks])
+        assert computed == {b.key: 1 for b in blocks}, computed
+        assert erred == 0

@@ -10,7 +10,16 @@ import re
 from typing import Any
 
 import pytest
-from support.operator import OperatorProcess, apply, cluster_manifest, condition, get
+from support.operator import (
+    OperatorProcess,
+    apply,
+    cluster_manifest,
+    condition,
+    get,
+    set_pod_quota,
+    wait_refused,
+    warning_events,
+)
 from support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -110,3 +119,21 @@ def test_failing_runner_fails_the_job(plane: Any, namespace: str, dask_operator:
     )
     runner = get(plane, namespace, "pod", "broken-runner")
     assert runner is not None and runner["status"]["phase"] == "Failed"
+
+
+def test_a_runner_refused_by_a_quota_is_reported_and_runs_once_the_quota_is_lifted(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    set_pod_quota(plane, namespace, 0)
+    apply(plane, namespace, job_manifest("quota", ["python", "-c", COMPUTE]))
+    refused = wait_refused(plane, namespace, "daskjob", "quota")
+    assert refused["reason"] == "FailedCreate" and "exceeded quota" in refused["message"]
+    assert "quota-runner" in refused["message"]
+    assert job_status(plane, namespace, "quota")["jobStatus"] == "ClusterCreated"
+    assert any(e["reason"] == "FailedCreate" for e in warning_events(plane, namespace, "quota"))
+
+    set_pod_quota(plane, namespace, None)
+    status = wait_for(lambda: finished(plane, namespace, "quota"), timeout=180, interval=1,
+                      message="the job finishes once the quota is lifted")  # fmt: skip
+    assert status["jobStatus"] == "Successful"
+    assert condition({"status": status}, "ReplicaFailure") == {}

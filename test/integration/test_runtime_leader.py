@@ -140,3 +140,32 @@ def test_release_on_shutdown_hands_over_within_two_retry_periods(
     stop_second.set()
     second_thread.join(5)
     wait_for(lambda: server.get(LEASE, namespace, "handover")["spec"]["holderIdentity"] == "", timeout=5)  # type: ignore[index]
+
+
+def test_a_leader_whose_renew_hangs_stops_leading_within_the_renew_deadline(
+    kube_plane: Any, namespace: str, tmp_path: Path
+) -> None:
+    """The API server becomes unreachable mid-lease (a blackholed connection: requests hang, nothing is
+    refused): the leader stops acting by its own clock within renew_deadline, before the lease could pass
+    to another candidate (lease_duration), not when the hanging request finally times out."""
+    proxy = http_proxy(kube_plane)
+    client: Client = client_via(kube_plane, proxy, tmp_path)
+    config = LeaderElectionConfig(
+        "hang", namespace=namespace, identity="me", lease_duration=8.0, renew_deadline=4.0, retry_period=1.0
+    )
+    lost = threading.Event()
+    elector = LeaderElector(client, config, on_stopped_leading=lost.set)
+    stop = threading.Event()
+    thread = run_in_thread(elector, stop)
+    try:
+        wait_for(elector.is_leader, timeout=20, interval=0.1, message="leading")
+        proxy.blackhole()
+        cut = time.monotonic()
+        wait_for(lambda: not elector.is_leader(), timeout=10, interval=0.05, message="not leading")
+        stopped_after = time.monotonic() - cut
+        assert stopped_after < config.lease_duration, stopped_after
+        assert lost.wait(30), "on_stopped_leading runs once the hanging attempt ends"
+    finally:
+        stop.set()
+        proxy.close()
+        thread.join(10)

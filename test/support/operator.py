@@ -262,3 +262,44 @@ def wait_workers(client: Any, names: set[str] | int, timeout: float = 90) -> set
 
 def pod_names(items: list[dict[str, Any]]) -> set[str]:
     return {p["metadata"]["name"] for p in items}
+
+
+def set_pod_quota(plane: Any, namespace: str, pods: int | None, used: int = 0) -> None:
+    """A ResourceQuota `pods` limiting the namespace to `pods` pods (None: delete it).
+
+    The local plane runs no resourcequota controller, so the quota's status (which admission reads) is
+    filled here the way that controller would, with `used` pods; the refusal itself comes from the real
+    API server's ResourceQuota admission."""
+    if pods is None:
+        plane.kubectl("delete", "-n", namespace, "resourcequota", "pods", "--ignore-not-found")
+        return
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods"},
+             "spec": {"hard": {"pods": str(pods)}}}  # fmt: skip
+    apply(plane, namespace, quota)
+    status = {"status": {"hard": {"pods": str(pods)}, "used": {"pods": str(used)}}}
+    plane.kubectl("patch", "-n", namespace, "resourcequota", "pods", "--subresource=status",
+                  "--type=merge", "-p", json.dumps(status))  # fmt: skip
+    wait_for(
+        lambda: (
+            ((get(plane, namespace, "resourcequota", "pods") or {}).get("status") or {}).get("hard")
+            == {"pods": str(pods)}
+        ),
+        timeout=30,
+        interval=0.3,
+        message="the ResourceQuota's status",
+    )
+
+
+def wait_refused(plane: Any, namespace: str, kind: str, name: str, timeout: float = 60) -> dict[str, Any]:
+    """The ReplicaFailure condition the operator sets when the API server refuses a create."""
+
+    def refused() -> dict[str, Any] | None:
+        cond = condition(get(plane, namespace, kind, name), "ReplicaFailure")
+        return cond if cond.get("status") == "True" else None
+
+    return wait_for(refused, timeout=timeout, interval=0.5, message=f"ReplicaFailure on {kind} {name}")
+
+
+def warning_events(plane: Any, namespace: str, name: str) -> list[dict[str, Any]]:
+    events = get(plane, namespace, "events", "--field-selector", f"involvedObject.name={name}") or {}
+    return [e for e in events.get("items", []) if e.get("type") == "Warning"]

@@ -6,18 +6,24 @@ import dataclasses
 from typing import Any
 
 import pytest
+from support.builders import applied
 
 from dask_operator.controller.autoscaler import (
     COOLDOWN_SECONDS,
     POLL_SECONDS,
     AutoscalerObservation,
-    AutoscalerPlan,
     SchedulerTarget,
     bounded_target,
     cooldown_until,
     plan_autoscaler,
 )
-from dask_operator.controller.plans import rfc3339
+from dask_operator.controller.objects import rfc3339
+from dask_operator.controller.plans import (
+    ADOPTION_FIELD_MANAGER,
+    AUTOSCALER_FIELD_MANAGER,
+    Plan,
+    Question,
+)
 
 NOW = 1_700_000_000.0
 
@@ -83,13 +89,26 @@ def observe(
     return dataclasses.replace(obs, **changes)
 
 
-def condition(p: AutoscalerPlan, kind: str) -> dict[str, Any]:
+def condition(p: Plan, kind: str) -> dict[str, Any]:
     assert p.status is not None
     return next(c for c in p.status["conditions"] if c["type"] == kind)
 
 
-def replicas(p: AutoscalerPlan) -> int | None:
-    return None if p.replicas_apply is None else int(p.replicas_apply["spec"]["worker"]["replicas"])
+def replicas_apply(p: Plan) -> dict[str, Any] | None:
+    return applied(p, "DaskWorkerGroup", AUTOSCALER_FIELD_MANAGER)
+
+
+def cooldown_apply(p: Plan) -> dict[str, Any] | None:
+    return applied(p, "DaskAutoscaler", AUTOSCALER_FIELD_MANAGER)
+
+
+def adopt(p: Plan) -> dict[str, Any] | None:
+    return applied(p, "DaskAutoscaler", ADOPTION_FIELD_MANAGER)
+
+
+def replicas(p: Plan) -> int | None:
+    intent = replicas_apply(p)
+    return None if intent is None else int(intent["spec"]["worker"]["replicas"])
 
 
 # -- the arithmetic -------------------------------------------------------------------------------------------
@@ -137,16 +156,15 @@ def test_cooldown_annotation(value: str | None, expected: float | None) -> None:
 
 def test_scale_up_writes_only_the_default_groups_replicas_and_starts_a_cooldown() -> None:
     p = plan_autoscaler(observe(current=1, target=7, autoscaler=make_autoscaler(1, 5)), NOW)
-    assert p.replicas_apply == {
+    assert replicas_apply(p) == {
         "apiVersion": "kubernetes.dask.org/v1",
         "kind": "DaskWorkerGroup",
         "metadata": {"name": "c-default", "namespace": "ns"},
         "spec": {"worker": {"replicas": 5}},
     }
-    assert p.cooldown_apply is not None
-    annotations = p.cooldown_apply["metadata"]["annotations"]
+    assert cooldown_apply(p) is not None
+    annotations = cooldown_apply(p)["metadata"]["annotations"]
     assert float(annotations["kubernetes.dask.org/cooldown-until"]) == NOW + COOLDOWN_SECONDS
-    assert p.scaled == (1, 5)
     assert p.status is not None
     assert p.status["desiredWorkers"] == 5 and p.status["lastScaleTime"] == rfc3339(NOW)
     assert [(e.reason, e.message) for e in p.events] == [
@@ -159,28 +177,24 @@ def test_scale_up_writes_only_the_default_groups_replicas_and_starts_a_cooldown(
 
 def test_scale_down_is_damped() -> None:
     p = plan_autoscaler(observe(current=8, target=1), NOW)
-    assert replicas(p) == 6 and p.scaled == (8, 6)
+    assert replicas(p) == 6
     assert [e.reason for e in p.events] == ["ScaledDown"]
 
 
 def test_no_change_writes_nothing_but_status() -> None:
     p = plan_autoscaler(observe(current=3, target=3), NOW)
-    assert (p.replicas_apply, p.cooldown_apply, p.scaled) == (None, None, None)
+    assert (replicas_apply(p), cooldown_apply(p)) == (None, None)
     assert p.status is not None and p.status["desiredWorkers"] == 3 and "lastScaleTime" not in p.status
     assert condition(p, "Progressing")["reason"] == "Stable"
     assert p.requeue_after == POLL_SECONDS
     assert p.events == ()
 
 
-@pytest.mark.parametrize("remembered", [False, True])
-def test_cooldown_blocks_changes_and_wakes_when_it_ends(remembered: bool) -> None:
+def test_cooldown_blocks_changes_and_wakes_when_it_ends() -> None:
     until = NOW + 3.0
-    if remembered:  # written by this operator, not yet in the cache
-        obs = observe(current=1, target=9, cooldown_until=until)
-    else:
-        obs = observe(current=1, target=9, autoscaler=make_autoscaler(cooldown=until))
+    obs = observe(current=1, target=9, autoscaler=make_autoscaler(cooldown=until))
     p = plan_autoscaler(obs, NOW)
-    assert (p.replicas_apply, p.cooldown_apply) == (None, None)
+    assert (replicas_apply(p), cooldown_apply(p)) == (None, None)
     assert p.requeue_after == pytest.approx(3.0)
     assert condition(p, "Progressing")["reason"] == "CoolingDown"
     # once it has passed, the change happens
@@ -214,7 +228,11 @@ def test_bounds_edited_take_effect_on_the_next_tick() -> None:
 )
 def test_no_change_without_a_usable_scheduler(changes: dict[str, Any], reason: str) -> None:
     p = plan_autoscaler(observe(current=1, target=9, **changes), NOW)
-    assert (p.replicas_apply, p.cooldown_apply, p.needs_scheduler) == (None, None, False)
+    assert (replicas_apply(p), cooldown_apply(p), (p.question is Question.ADAPTIVE_TARGET)) == (
+        None,
+        None,
+        False,
+    )
     assert condition(p, "Ready") | {"lastTransitionTime": None} == condition(p, "Ready") | {
         "lastTransitionTime": None,
         "status": "False",
@@ -233,12 +251,12 @@ def test_a_terminating_old_scheduler_next_to_the_ready_one_is_ignored() -> None:
 
 def test_the_scheduler_is_asked_only_once_it_is_ready() -> None:
     p = plan_autoscaler(observe(scheduler=None), NOW)
-    assert p.needs_scheduler and p.status is None and p.replicas_apply is None
+    assert (p.question is Question.ADAPTIVE_TARGET) and p.status is None and replicas_apply(p) is None
 
 
 def test_unreachable_scheduler_changes_nothing_and_is_degraded_with_a_warning() -> None:
     p = plan_autoscaler(observe(current=1, target=None, error="connection refused"), NOW)
-    assert (p.replicas_apply, p.cooldown_apply) == (None, None)
+    assert (replicas_apply(p), cooldown_apply(p)) == (None, None)
     degraded = condition(p, "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "SchedulerUnreachable")
     assert "connection refused" in degraded["message"]
@@ -252,8 +270,8 @@ def test_unreachable_scheduler_changes_nothing_and_is_degraded_with_a_warning() 
 
 def test_adopted_by_its_cluster_once() -> None:
     p = plan_autoscaler(observe(), NOW)
-    assert p.adopt is not None
-    (ref,) = p.adopt["metadata"]["ownerReferences"]
+    assert adopt(p) is not None
+    (ref,) = adopt(p)["metadata"]["ownerReferences"]
     assert (ref["kind"], ref["name"], ref["uid"], ref["controller"], ref["blockOwnerDeletion"]) == (
         "DaskCluster",
         "c",
@@ -263,10 +281,10 @@ def test_adopted_by_its_cluster_once() -> None:
     )
     adopted = make_autoscaler()
     adopted["metadata"]["ownerReferences"] = [ref]
-    assert plan_autoscaler(observe(autoscaler=adopted), NOW).adopt is None
+    assert adopt(plan_autoscaler(observe(autoscaler=adopted), NOW)) is None
     # also while the scheduler is not ready yet, but never without a cluster
-    assert plan_autoscaler(observe(scheduler_pods=[]), NOW).adopt is not None
-    assert plan_autoscaler(observe(cluster=None), NOW).adopt is None
+    assert adopt(plan_autoscaler(observe(scheduler_pods=[]), NOW)) is not None
+    assert adopt(plan_autoscaler(observe(cluster=None), NOW)) is None
 
 
 def test_steady_state_status_is_stable() -> None:

@@ -6,20 +6,29 @@ import copy
 from typing import Any
 
 import pytest
+from support.builders import applied, created
 
 from dask_operator.controller.job import (
+    RUNNER_REFUSED_TIMEOUT,
     WAIT_SECONDS,
-    ClusterDeletion,
     JobObservation,
-    JobPlan,
     desired_job_cluster,
     desired_runner_pod,
     plan_job,
 )
-from dask_operator.controller.plans import rfc3339
+from dask_operator.controller.objects import rfc3339
+from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Plan
 
 NOW = 1_700_000_000.0
 UID = "job-uid"
+
+
+def deleted(plan: Plan) -> tuple[str, str, str] | None:
+    return next(((d.ref.namespace, d.ref.name, d.ref.uid) for d in plan.deletes), None)
+
+
+def adopted(plan: Plan) -> dict[str, Any] | None:
+    return applied(plan, "DaskCluster", ADOPTION_FIELD_MANAGER)
 
 
 def make_job(status: dict[str, Any] | None = None, **spec_extra: Any) -> dict[str, Any]:
@@ -105,16 +114,16 @@ def status_of(job_status: str, **extra: Any) -> dict[str, Any]:
     return status
 
 
-def plan(status: dict[str, Any] | None = None, **observed: Any) -> JobPlan:
+def plan(status: dict[str, Any] | None = None, **observed: Any) -> Plan:
     return plan_job(JobObservation(job=make_job(status), **observed), NOW)
 
 
-def condition(p: JobPlan, kind: str) -> dict[str, Any]:
+def condition(p: Plan, kind: str) -> dict[str, Any]:
     assert p.status is not None
     return next(c for c in p.status["conditions"] if c["type"] == kind)
 
 
-def reasons(p: JobPlan) -> list[str]:
+def reasons(p: Plan) -> list[str]:
     return [e.reason for e in p.events]
 
 
@@ -171,7 +180,7 @@ def test_runner_pod_labels_annotations_env_and_owner() -> None:
 def test_runner_address_follows_the_service_port_and_cluster_domain() -> None:
     job = make_job()
     job["spec"]["cluster"]["spec"]["scheduler"]["service"]["ports"][0]["port"] = 9000
-    pod = plan_job(JobObservation(make_job(status_of("JobCreated"))), NOW, "example.org").create_runner
+    pod = created(plan_job(JobObservation(make_job(status_of("JobCreated"))), NOW, "example.org"), "Pod")
     assert pod is not None
     assert pod["spec"]["containers"][0]["env"][0]["value"] == "tcp://j-scheduler.ns.svc.example.org:8786"
     pod = desired_runner_pod(job)
@@ -192,7 +201,7 @@ def test_a_new_job_first_records_job_created_and_creates_nothing() -> None:
     p = plan(None)
     assert p.status is not None and p.status["jobStatus"] == "JobCreated"
     assert set(p.status) == {"jobStatus", "observedGeneration", "conditions"}
-    assert (p.create_cluster, p.create_runner, p.delete_cluster) == (None, None, None)
+    assert (created(p, "DaskCluster"), created(p, "Pod"), deleted(p)) == (None, None, None)
     assert reasons(p) == ["JobCreated"]
     assert condition(p, "Progressing")["status"] == "True"
     assert condition(p, "Complete")["status"] == "False"
@@ -200,8 +209,8 @@ def test_a_new_job_first_records_job_created_and_creates_nothing() -> None:
 
 def test_job_created_creates_cluster_and_runner_and_records_cluster_created() -> None:
     p = plan(status_of("JobCreated"))
-    assert p.create_cluster is not None and p.create_cluster["metadata"]["name"] == "j"
-    assert p.create_runner is not None and p.create_runner["metadata"]["name"] == "j-runner"
+    assert created(p, "DaskCluster") is not None and created(p, "DaskCluster")["metadata"]["name"] == "j"
+    assert created(p, "Pod") is not None and created(p, "Pod")["metadata"]["name"] == "j-runner"
     assert p.status is not None
     assert p.status["jobStatus"] == "ClusterCreated"
     assert (p.status["clusterName"], p.status["jobRunnerPodName"]) == ("j", "j-runner")
@@ -214,12 +223,13 @@ def test_job_created_creates_cluster_and_runner_and_records_cluster_created() ->
     [
         # cluster and runner exist, runner pending: nothing to do
         ("ClusterCreated", {"cluster": cluster(), "runner": runner("Pending")}, "ClusterCreated", ()),
-        # a cluster deleted by hand (or never seen) is recreated while the job runs (level-triggered)
+        # a cluster deleted by hand (or never seen) is recreated before the runner runs (level-triggered);
+        # under a running runner it is not: the job fails (ClusterLost)
         ("ClusterCreated", {"runner": runner("Pending")}, "ClusterCreated", ("cluster",)),
-        ("Running", {"runner": runner("Running")}, "Running", ("cluster",)),
+        ("Running", {"runner": runner("Running")}, "Failed", ()),
         # the runner is (re)created while it has not started
         ("ClusterCreated", {"cluster": cluster()}, "ClusterCreated", ("runner",)),
-        # an existing cluster (operator restarted after creating it) does not stop the runner (7E-58)
+        # an existing cluster (operator restarted after creating it) does not stop the runner
         ("JobCreated", {"cluster": cluster()}, "ClusterCreated", ("runner",)),
         # runner running
         ("ClusterCreated", {"cluster": cluster(), "runner": runner("Running")}, "Running", ()),
@@ -233,9 +243,9 @@ def test_active_job_table(
 ) -> None:
     p = plan(status_of(before), **observed)
     assert p.status is not None and p.status["jobStatus"] == after
-    assert ("cluster" in creates) == (p.create_cluster is not None)
-    assert ("runner" in creates) == (p.create_runner is not None)
-    assert p.delete_cluster is None
+    assert ("cluster" in creates) == (created(p, "DaskCluster") is not None)
+    assert ("runner" in creates) == (created(p, "Pod") is not None)
+    assert deleted(p) is None
     assert condition(p, "Complete")["status"] == "False"
 
 
@@ -293,8 +303,8 @@ def test_finished_runner_ends_the_job_and_deletes_its_cluster(phase: str, after:
     }
     assert p.status["startTime"] == "2023-11-14T22:13:11Z"  # kept from Running
     assert p.status["endTime"] == "2023-11-14T22:13:40Z"
-    assert p.delete_cluster == ClusterDeletion("ns", "j", "j-uid")
-    assert (p.create_cluster, p.create_runner) == (None, None)
+    assert deleted(p) == ("ns", "j", "j-uid")
+    assert (created(p, "DaskCluster"), created(p, "Pod")) == (None, None)
     assert reasons(p) == [reason]
     assert condition(p, "Complete")["status"] == ("True" if phase == "Succeeded" else "False")
     assert condition(p, "Failed")["status"] == ("True" if phase == "Failed" else "False")
@@ -312,7 +322,7 @@ def test_completion_is_idempotent_when_the_cluster_is_already_gone() -> None:
     # 7E-57 (#975): the cluster was deleted but the status write failed; the retry still completes the job.
     p = plan(status_of("Running", startTime="2023-11-14T22:13:11Z"), runner=runner("Succeeded"))
     assert p.status is not None and p.status["jobStatus"] == "Successful"
-    assert p.delete_cluster is None and p.create_cluster is None
+    assert deleted(p) is None and created(p, "DaskCluster") is None
 
 
 def test_terminal_status_is_final_and_only_deletes_a_leftover_cluster() -> None:
@@ -321,12 +331,12 @@ def test_terminal_status_is_final_and_only_deletes_a_leftover_cluster() -> None:
     # cluster still there (delete failed): delete again, status unchanged, no events
     p = plan(done, cluster=cluster(), runner=runner("Succeeded"))
     assert p.status == done and p.events == ()
-    assert p.delete_cluster == ClusterDeletion("ns", "j", "j-uid")
+    assert deleted(p) == ("ns", "j", "j-uid")
     # cluster terminating or gone, runner deleted: nothing at all, status kept as it was
     for observed in ({"cluster": cluster(terminating=True)}, {}):
         p = plan(done, **observed)
         assert p.status == done and p.events == ()
-        assert (p.create_cluster, p.create_runner, p.delete_cluster) == (None, None, None)
+        assert (created(p, "DaskCluster"), created(p, "Pod"), deleted(p)) == (None, None, None)
 
 
 def test_a_terminal_status_written_by_another_operator_gets_conditions_once() -> None:
@@ -346,25 +356,25 @@ def test_runner_deleted_while_running_fails_the_job() -> None:
     p = plan(status_of("Running", startTime="2023-11-14T22:13:11Z"), cluster=cluster())
     assert p.status is not None and p.status["jobStatus"] == "Failed"
     assert condition(p, "Failed")["reason"] == "RunnerLost"
-    assert p.delete_cluster is not None and p.create_runner is None
+    assert deleted(p) is not None and created(p, "Pod") is None
     assert [e.type for e in p.events] == ["Warning"]
 
 
 def test_someone_elses_cluster_is_used_but_never_deleted() -> None:
     theirs = cluster(uid="other-uid", kind="Something")
     p = plan(status_of("JobCreated"), cluster=theirs)
-    assert p.create_runner is not None and p.create_cluster is None and p.adopt_cluster is None
+    assert created(p, "Pod") is not None and created(p, "DaskCluster") is None and adopted(p) is None
     p = plan(status_of("Running"), cluster=theirs, runner=runner("Succeeded"))
-    assert p.delete_cluster is None
+    assert deleted(p) is None
 
 
 def test_an_unowned_cluster_is_adopted() -> None:
     orphan = cluster()
     del orphan["metadata"]["ownerReferences"]
     p = plan(status_of("JobCreated"), cluster=orphan)
-    assert p.adopt_cluster is not None
-    assert p.adopt_cluster["metadata"]["ownerReferences"][0]["uid"] == UID
-    assert p.create_runner is not None
+    assert adopted(p) is not None
+    assert adopted(p)["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert created(p, "Pod") is not None
 
 
 @pytest.mark.parametrize(
@@ -377,7 +387,7 @@ def test_an_unowned_cluster_is_adopted() -> None:
 )
 def test_leftovers_of_a_deleted_job_with_the_same_name_are_waited_for(observed: dict[str, Any]) -> None:
     p = plan(status_of("JobCreated"), **observed)
-    assert p.create_runner is None and p.create_cluster is None
+    assert created(p, "Pod") is None and created(p, "DaskCluster") is None
     assert p.requeue_after == WAIT_SECONDS
     assert p.status is not None and p.status["jobStatus"] == "JobCreated"
     assert condition(p, "Degraded")["status"] == "False"
@@ -388,7 +398,7 @@ def test_a_foreign_pod_with_the_runner_name_is_reported() -> None:
     assert p.status is not None and p.status["jobStatus"] == "ClusterCreated"
     assert condition(p, "Degraded")["reason"] == "RunnerNameTaken"
     assert [(e.type, e.reason) for e in p.events] == [("Warning", "RunnerNameTaken")]
-    assert p.create_runner is None
+    assert created(p, "Pod") is None
 
 
 def test_crash_looping_runner_is_degraded_with_a_warning() -> None:
@@ -416,3 +426,33 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     assert first is not None
     later = plan_job(JobObservation(make_job(first), cluster(), runner("Running")), NOW + 100)
     assert later.status == first
+
+
+def test_a_runner_refused_for_too_long_fails_the_job_and_deletes_its_cluster() -> None:
+    refused = {
+        "type": "ReplicaFailure",
+        "status": "True",
+        "reason": "FailedCreate",
+        "message": "Creating Pod j-runner was refused by the API server: exceeded quota.",
+        "lastTransitionTime": rfc3339(NOW - RUNNER_REFUSED_TIMEOUT + 10),
+    }
+    status = status_of("ClusterCreated", conditions=[refused])
+    waiting = plan(status, cluster=cluster())
+    assert created(waiting, "Pod") is not None and deleted(waiting) is None  # tried again
+    late = plan_job(JobObservation(job=make_job(status), cluster=cluster()), NOW + 20)
+    assert late.status is not None and late.status["jobStatus"] == "Failed"
+    failed = next(c for c in late.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "RunnerNotCreated" and "exceeded quota" in failed["message"]
+    assert deleted(late) == ("ns", "j", "j-uid") and created(late, "Pod") is None
+
+
+def test_a_cluster_deleted_under_a_running_runner_fails_the_job_and_is_not_recreated() -> None:
+    for gone in (None, cluster(terminating=True)):
+        p = plan(status_of("Running"), cluster=gone, runner=runner("Running"))
+        assert created(p, "DaskCluster") is None and created(p, "Pod") is None
+        assert p.status is not None and p.status["jobStatus"] == "Failed"
+        failed = next(c for c in p.status["conditions"] if c["type"] == "Failed")
+        assert (
+            failed["reason"] == "ClusterLost"
+            and "was deleted while the runner was running" in failed["message"]
+        )

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dask_operator.controller.runtime.cache import CLUSTER_NAME_LABEL, clone
+from dask_operator.controller.runtime.cache import clone
 from dask_operator.controller.runtime.store import (
     NAMESPACE_INDEX,
     OWNER_INDEX,
@@ -19,6 +19,7 @@ from dask_operator.controller.runtime.store import (
     strip_managed_fields,
 )
 
+CLUSTER_NAME_LABEL = "example.org/cluster"  # any label; the runtime knows no Dask label
 LABEL_INDEX = "label:" + CLUSTER_NAME_LABEL
 
 

@@ -18,14 +18,12 @@ import pytest
 from support.wait import wait_for
 
 from dask_operator.controller.scheduler import (
-    HTTP_ROUTES_ENV,
-    HTTP_ROUTES_VALUE,
-    DaskWorker,
     SchedulerClient,
     SchedulerEndpoint,
     SchedulerUnreachable,
     scheduler_endpoint,
 )
+from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV, HTTP_ROUTES_VALUE, DaskWorker
 
 BIN = os.path.dirname(sys.executable)
 
@@ -181,3 +179,31 @@ def test_retire_through_rpc(stock: RunningCluster) -> None:
     assert {w.name for w in stock.client.get_workers()} == {"g-worker-x"}
     assert stock.client.retire_workers([]) == set()
     assert stock.client.retire_workers([DaskWorker("gone", "tcp://127.0.0.1:1")]) == set()
+
+
+def test_a_retirement_whose_http_request_timed_out_is_not_repeated_over_rpc() -> None:
+    """The HTTP API accepted the request and did not answer in time (a long retirement): asking again over
+    the comm RPC would retire the workers twice. Idempotent reads still fall back."""
+    silent = socket.socket()  # accepts HTTP connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    comm = socket.socket()  # counts RPC connection attempts
+    comm.bind(("127.0.0.1", 0))
+    comm.listen(8)
+    comm.settimeout(0.5)
+    endpoint = SchedulerEndpoint(
+        f"tcp://127.0.0.1:{comm.getsockname()[1]}", f"http://127.0.0.1:{silent.getsockname()[1]}"
+    )
+    client = SchedulerClient(endpoint, timeout=1.0, retire_timeout=1.0)
+    try:
+        with pytest.raises(SchedulerUnreachable, match="not repeated over RPC"):
+            client.retire_workers([DaskWorker("w", "tcp://10.0.0.1:1")])
+        with pytest.raises(TimeoutError):
+            comm.accept()  # no RPC connection was attempted
+        with pytest.raises(SchedulerUnreachable, match=r"HTTP .*RPC"):
+            client.get_workers()  # a read falls back (and the silent comm port fails it too)
+        connection, _ = comm.accept()
+        connection.close()
+    finally:
+        silent.close()
+        comm.close()

@@ -6,18 +6,19 @@ import copy
 from typing import Any
 
 import pytest
+from support import builders
 
-from dask_operator.controller.metadata import TEMPLATE_HASH_LABEL
-from dask_operator.controller.plans import rfc3339
-from dask_operator.controller.scheduler import DaskWorker
+from dask_operator.controller.children import TEMPLATE_HASH_LABEL
+from dask_operator.controller.objects import rfc3339
+from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Plan, Question
+from dask_operator.controller.scheduler_api import DaskWorker
 from dask_operator.controller.workergroup import (
     GroupObservation,
-    GroupPlan,
     GroupSettings,
     SchedulerView,
     plan_group,
-    retired_deletions,
     worker_name,
+    workers_in_pod,
 )
 
 NOW = 1_700_000_000.0
@@ -81,7 +82,7 @@ def make_group(replicas: int = 3, image: str = "dask:1", name: str = "c-default"
     }
 
 
-def plan(group: dict[str, Any], pods: list[dict[str, Any]] = (), **kw: Any) -> GroupPlan:  # type: ignore[assignment]
+def plan(group: dict[str, Any], pods: list[dict[str, Any]] = (), **kw: Any) -> Plan:  # type: ignore[assignment]
     settings = kw.pop("settings", GroupSettings())
     now = kw.pop("now", NOW)
     return plan_group(
@@ -89,26 +90,21 @@ def plan(group: dict[str, Any], pods: list[dict[str, Any]] = (), **kw: Any) -> G
     )
 
 
+def adoption_of(result: Plan) -> dict[str, Any] | None:
+    return builders.applied(result, "DaskWorkerGroup", ADOPTION_FIELD_MANAGER)
+
+
+def asks_scheduler(result: Plan) -> bool:
+    return result.question is Question.WORKERS
+
+
 def running(pod: dict[str, Any], n: int, ready: bool = True) -> dict[str, Any]:
     """A pod as the cache shows it once it runs; `n` orders creation (higher is newer)."""
-    pod = copy.deepcopy(pod)
-    pod["metadata"]["uid"] = f"uid-{pod['metadata']['name']}"
-    pod["metadata"]["creationTimestamp"] = rfc3339(NOW - 1000 + n)
-    pod["status"] = {
-        "phase": "Running",
-        "podIP": f"10.0.0.{n}",
-        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-        "containerStatuses": [
-            {"name": "worker", "ready": ready, "restartCount": 0, "state": {"running": {}}}
-        ],
-    }
-    return pod
+    return builders.running(pod, created_at=NOW - 1000 + n, ip=f"10.0.0.{n}", ready=ready)
 
 
 def pending(pod: dict[str, Any], n: int) -> dict[str, Any]:
-    pod = running(pod, n, ready=False)
-    pod["status"] = {"phase": "Pending"}
-    return pod
+    return builders.pending(pod, created_at=NOW - 1000 + n, ip=f"10.0.0.{n}")
 
 
 def workers_of(pods: list[dict[str, Any]]) -> tuple[DaskWorker, ...]:
@@ -118,16 +114,16 @@ def workers_of(pods: list[dict[str, Any]]) -> tuple[DaskWorker, ...]:
 def scaled_to(replicas: int) -> list[dict[str, Any]]:
     """The running pods of a group that reached `replicas` workers."""
     group = make_group(replicas)
-    return [running(p, i) for i, p in enumerate(plan(group).create_pods)]
+    return [running(p, i) for i, p in enumerate(plan(group).creates)]
 
 
 def test_scale_up_creates_deterministic_names_and_injects_env() -> None:
     first = plan(make_group(3))
     again = plan(make_group(3))
-    names = [p["metadata"]["name"] for p in first.create_pods]
-    assert names == [p["metadata"]["name"] for p in again.create_pods]
+    names = [p["metadata"]["name"] for p in first.creates]
+    assert names == [p["metadata"]["name"] for p in again.creates]
     assert len(set(names)) == 3 and all(n.startswith("c-default-worker-") and len(n) == 27 for n in names)
-    pod = first.create_pods[0]
+    pod = first.creates[0]
     env = {c["name"]: {e["name"]: e["value"] for e in c["env"]} for c in pod["spec"]["containers"]}
     assert env["worker"] == {
         "DASK_SCHEDULER_ADDRESS": "tcp://c-scheduler.ns.svc.cluster.local:8786",
@@ -138,7 +134,7 @@ def test_scale_up_creates_deterministic_names_and_injects_env() -> None:
 
 
 def test_worker_labels_follow_the_reference_precedence() -> None:
-    labels = plan(make_group(1)).create_pods[0]["metadata"]["labels"]
+    labels = plan(make_group(1)).creates[0]["metadata"]["labels"]
     assert labels["dask.org/cluster-name"] == "c"
     assert labels["dask.org/workergroup-name"] == "c-default"
     assert labels["dask.org/component"] == "worker"
@@ -150,62 +146,53 @@ def test_worker_labels_follow_the_reference_precedence() -> None:
 
 def test_names_taken_by_terminating_or_expected_pods_are_skipped() -> None:
     group = make_group(1)
-    first = plan(group).create_pods[0]["metadata"]["name"]
-    gone = running(plan(group).create_pods[0], 1)
+    first = plan(group).creates[0]["metadata"]["name"]
+    gone = running(plan(group).creates[0], 1)
     gone["metadata"]["deletionTimestamp"] = rfc3339(NOW)
-    second = plan(group, [gone]).create_pods[0]["metadata"]["name"]
+    second = plan(group, [gone]).creates[0]["metadata"]["name"]
     assert second != first
-    # created but not yet seen by the cache: counted, never created twice
-    assert plan(group, expected_present=frozenset({first})).create_pods == ()
 
 
 def test_restart_mid_scale_up_creates_only_the_missing_workers() -> None:
     group = make_group(8)
-    full = [p["metadata"]["name"] for p in plan(group).create_pods]
-    pods = [running(p, i) for i, p in enumerate(plan(make_group(2)).create_pods)]
-    rest = [p["metadata"]["name"] for p in plan(group, pods).create_pods]
+    full = [p["metadata"]["name"] for p in plan(group).creates]
+    pods = [running(p, i) for i, p in enumerate(plan(make_group(2)).creates)]
+    rest = [p["metadata"]["name"] for p in plan(group, pods).creates]
     assert sorted([p["metadata"]["name"] for p in pods] + rest) == sorted(full)
 
 
 def test_batch_size_limits_creations_per_round() -> None:
     result = plan(make_group(5), settings=GroupSettings(batch_size=2, batch_delay=3))
-    assert len(result.create_pods) == 2 and result.requeue_after == 3
+    assert len(result.creates) == 2 and result.requeue_after == 3
 
 
 def test_batch_rounds_keep_their_pace_when_pod_events_wake_the_group_early() -> None:
     """Pod events re-trigger a reconcile right after a round; the next round waits for the delay anyway."""
     settings = GroupSettings(batch_size=2, batch_delay=6)
-    first = [running(p, 0) for p in plan(make_group(2)).create_pods]  # created at NOW - 1000
+    first = [running(p, 0) for p in plan(make_group(2)).creates]  # created at NOW - 1000
     round1 = plan(make_group(8), first, settings=settings)
-    assert len(round1.create_pods) == 2
-    fresh = [running(p, 1000) for p in round1.create_pods]  # the cache now shows them, created at NOW
+    assert len(round1.creates) == 2
+    fresh = [running(p, 1000) for p in round1.creates]  # the cache now shows them, created at NOW
     early = plan(make_group(8), first + fresh, settings=settings, now=NOW + 2)
-    assert early.create_pods == () and early.requeue_after == pytest.approx(4)
+    assert early.creates == () and early.requeue_after == pytest.approx(4)
     on_time = plan(make_group(8), first + fresh, settings=settings, now=NOW + 6)
-    assert len(on_time.create_pods) == 2
-    in_flight = plan(
-        make_group(8),
-        first,
-        settings=settings,
-        expected_present=frozenset(p["metadata"]["name"] for p in round1.create_pods),
-    )
-    assert in_flight.create_pods == () and in_flight.requeue_after == 6
+    assert len(on_time.creates) == 2
 
 
 def test_scale_down_removes_unstarted_pods_first_without_the_scheduler() -> None:
     group = make_group(3)
-    pods = [running(p, i) for i, p in enumerate(plan(group).create_pods)]
-    extra = plan(make_group(4), pods).create_pods[0]
+    pods = [running(p, i) for i, p in enumerate(plan(group).creates)]
+    extra = plan(make_group(4), pods).creates[0]
     result = plan(group, [*pods, pending(extra, 9)])
-    assert [d.name for d in result.delete_pods] == [extra["metadata"]["name"]]
-    assert not result.needs_scheduler and result.retire is None
+    assert [d.ref.name for d in result.deletes] == [extra["metadata"]["name"]]
+    assert not asks_scheduler(result) and result.retire is None
 
 
 def test_scale_down_of_running_workers_asks_the_scheduler_then_retires_newest() -> None:
     pods = scaled_to(3)
     group = make_group(1)
     first = plan(group, pods)
-    assert first.needs_scheduler and first.delete_pods == ()
+    assert asks_scheduler(first) and first.deletes == ()
     view = SchedulerView((*workers_of(pods), DaskWorker("other-group-worker", "tcp://10.9.9.9:1")))
     result = plan(group, pods, scheduler=view)
     assert result.retire is not None
@@ -213,17 +200,18 @@ def test_scale_down_of_running_workers_asks_the_scheduler_then_retires_newest() 
         pods[2]["metadata"]["name"],
         pods[1]["metadata"]["name"],
     ]
-    assert result.delete_pods == ()
-    # only what the scheduler retired is deleted
-    deletions = retired_deletions(result.retire, {pods[2]["metadata"]["name"]})
-    assert [(d.name, d.uid) for d in deletions] == [(pods[2]["metadata"]["name"], pods[2]["metadata"]["uid"])]
+    assert result.deletes == ()
+    # each worker to retire comes with the pod to delete once the scheduler confirms it
+    assert [(rp.delete.ref.name, [w.name for w in rp.workers]) for rp in result.retire.pods] == [
+        (w.name, [w.name]) for w in result.retire.workers
+    ]
 
 
 def test_scale_down_deletes_never_joined_workers_before_retiring_any() -> None:
     pods = scaled_to(3)
     view = SchedulerView((*workers_of(pods[:2]), DaskWorker("other", "tcp://10.9.9.9:1")))
     result = plan(make_group(2), pods, scheduler=view)
-    assert [d.name for d in result.delete_pods] == [pods[2]["metadata"]["name"]]
+    assert [d.ref.name for d in result.deletes] == [pods[2]["metadata"]["name"]]
     assert result.retire is None
 
 
@@ -239,7 +227,7 @@ def test_worker_found_by_pod_ip_when_named_differently() -> None:
 def test_only_joined_worker_is_retired_not_dropped_while_another_pod_of_the_group_remains() -> None:
     older, newer = scaled_to(2)  # the older one is restarting and has not (re)joined the scheduler
     result = plan(make_group(1), [older, newer], scheduler=SchedulerView(workers_of([newer])))
-    assert result.delete_pods == ()
+    assert result.deletes == ()
     assert result.retire is not None and [w.name for w in result.retire.workers] == [
         newer["metadata"]["name"]
     ]
@@ -249,7 +237,7 @@ def test_scale_to_zero_does_not_try_to_move_data_nowhere() -> None:
     pods = scaled_to(2)
     result = plan(make_group(0), pods, scheduler=SchedulerView(workers_of(pods)))
     assert result.retire is None
-    assert sorted(d.name for d in result.delete_pods) == sorted(p["metadata"]["name"] for p in pods)
+    assert sorted(d.ref.name for d in result.deletes) == sorted(p["metadata"]["name"] for p in pods)
 
 
 def test_unreachable_scheduler_waits_with_condition_then_forces() -> None:
@@ -257,7 +245,7 @@ def test_unreachable_scheduler_waits_with_condition_then_forces() -> None:
     group = make_group(1)
     down = SchedulerView(None, "connection refused")
     waiting = plan(group, pods, scheduler=down, settings=GroupSettings(force_timeout=60))
-    assert waiting.delete_pods == () and waiting.retire is None
+    assert waiting.deletes == () and waiting.retire is None
     assert waiting.requeue_after is not None and 0 < waiting.requeue_after <= 30
     degraded = next(c for c in waiting.status["conditions"] if c["type"] == "Degraded")  # type: ignore[index]
     assert degraded["reason"] == "SchedulerUnreachable" and degraded["status"] == "True"
@@ -265,9 +253,9 @@ def test_unreachable_scheduler_waits_with_condition_then_forces() -> None:
 
     group["status"] = waiting.status
     still = plan(group, pods, scheduler=down, settings=GroupSettings(force_timeout=60), now=NOW + 30)
-    assert still.delete_pods == () and still.events == ()
+    assert still.deletes == () and still.events == ()
     forced = plan(group, pods, scheduler=down, settings=GroupSettings(force_timeout=60), now=NOW + 61)
-    assert len(forced.delete_pods) == 2
+    assert len(forced.deletes) == 2
     assert [e.reason for e in forced.events if e.type == "Warning"] == ["ScaleDownForced"]
 
 
@@ -275,17 +263,17 @@ def test_rolling_update_surges_one_then_retires_one_old_worker() -> None:
     old_pods = scaled_to(2)
     new_group = make_group(2, image="dask:2")
     step1 = plan(new_group, old_pods)
-    assert len(step1.create_pods) == 1 and step1.delete_pods == () and step1.retire is None
+    assert len(step1.creates) == 1 and step1.deletes == () and step1.retire is None
     progressing = next(c for c in step1.status["conditions"] if c["type"] == "Progressing")  # type: ignore[index]
     assert progressing["reason"] == "RollingUpdate"
-    surge = running(step1.create_pods[0], 10, ready=False)
+    surge = running(step1.creates[0], 10, ready=False)
     # surge pod not ready yet: wait
-    assert plan(new_group, [*old_pods, surge]).create_pods == ()
-    assert not plan(new_group, [*old_pods, surge]).needs_scheduler
-    surge = running(step1.create_pods[0], 10)
+    assert plan(new_group, [*old_pods, surge]).creates == ()
+    assert not asks_scheduler(plan(new_group, [*old_pods, surge]))
+    surge = running(step1.creates[0], 10)
     # a Ready pod whose worker has not joined the scheduler yet cannot take the old worker's data
     waiting = plan(new_group, [*old_pods, surge], scheduler=SchedulerView(workers_of(old_pods)))
-    assert waiting.retire is None and waiting.delete_pods == () and waiting.requeue_after == 1.0
+    assert waiting.retire is None and waiting.deletes == () and waiting.requeue_after == 1.0
     step2 = plan(new_group, [*old_pods, surge], scheduler=SchedulerView(workers_of([*old_pods, surge])))
     assert step2.retire is not None and [w.name for w in step2.retire.workers] == [
         old_pods[1]["metadata"]["name"]
@@ -295,17 +283,17 @@ def test_rolling_update_surges_one_then_retires_one_old_worker() -> None:
 
 def test_rolling_update_replaces_unstarted_old_pods_at_once() -> None:
     group = make_group(2)
-    old = [pending(p, i) for i, p in enumerate(plan(group).create_pods)]
+    old = [pending(p, i) for i, p in enumerate(plan(group).creates)]
     result = plan(make_group(2, image="dask:2"), old)
-    assert sorted(d.name for d in result.delete_pods) == sorted(p["metadata"]["name"] for p in old)
+    assert sorted(d.ref.name for d in result.deletes) == sorted(p["metadata"]["name"] for p in old)
 
 
 def test_finished_pods_are_replaced() -> None:
     pods = scaled_to(2)
     pods[0]["status"]["phase"] = "Failed"
     result = plan(make_group(2), pods)
-    assert [d.name for d in result.delete_pods] == [pods[0]["metadata"]["name"]]
-    assert len(result.create_pods) == 1
+    assert [d.ref.name for d in result.deletes] == [pods[0]["metadata"]["name"]]
+    assert len(result.creates) == 1
 
 
 def test_crash_looping_worker_degrades_the_group_with_the_reason() -> None:
@@ -328,7 +316,7 @@ def test_crash_looping_worker_degrades_the_group_with_the_reason() -> None:
 def test_steady_state_plans_nothing_and_reports_ready() -> None:
     pods = scaled_to(3)
     result = plan(make_group(3), pods)
-    assert (result.create_pods, result.delete_pods, result.retire, result.adopt) == ((), (), None, None)
+    assert (result.creates, result.deletes, result.retire, adoption_of(result)) == ((), (), None, None)
     assert result.status["replicas"] == 3 and result.status["readyReplicas"] == 3  # type: ignore[index]
     ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")  # type: ignore[index]
     assert ready["status"] == "True"
@@ -336,11 +324,11 @@ def test_steady_state_plans_nothing_and_reports_ready() -> None:
 
 def test_group_without_cluster_waits_and_group_without_owner_is_adopted() -> None:
     result = plan(make_group(2), cluster=None)
-    assert result.create_pods == () and result.adopt is None
+    assert result.creates == () and adoption_of(result) is None
     assert {c["type"]: c["reason"] for c in result.status["conditions"]}["Progressing"] == "WaitingForCluster"  # type: ignore[index]
     orphan = make_group(2, name="c-extra")
     orphan["metadata"]["ownerReferences"] = []
-    adopt = plan(orphan).adopt
+    adopt = adoption_of(plan(orphan))
     assert adopt is not None
     (ref,) = adopt["metadata"]["ownerReferences"]
     assert ref["uid"] == "cluster-uid" and ref["controller"] and ref["blockOwnerDeletion"]
@@ -354,15 +342,13 @@ def test_any_sequence_of_replica_changes_converges_to_the_last(sequence: list[in
         for _ in range(10):
             group = make_group(replicas)
             result = plan(group, pods)
-            if result.needs_scheduler:
+            if asks_scheduler(result):
                 result = plan(group, pods, scheduler=SchedulerView(workers_of(pods)))
-            gone = {d.uid for d in result.delete_pods}
+            gone = {d.ref.uid for d in result.deletes}
             if result.retire is not None:
-                gone |= {
-                    d.uid for d in retired_deletions(result.retire, {w.name for w in result.retire.workers})
-                }
+                gone |= {rp.delete.ref.uid for rp in result.retire.pods}
             pods = [p for p in pods if p["metadata"]["uid"] not in gone]
-            for created in result.create_pods:
+            for created in result.creates:
                 n += 1
                 pods.append(running(created, n))
         assert len(pods) == replicas
@@ -373,4 +359,31 @@ def test_worker_name_depends_on_uid_template_and_ordinal_only() -> None:
     group = make_group(1)
     assert worker_name(group, "h", 0) == worker_name(copy.deepcopy(group), "h", 0)
     assert len({worker_name(group, "h", 0), worker_name(group, "h", 1), worker_name(group, "g", 0)}) == 3
-    assert plan(make_group(1)).create_pods[0]["metadata"]["labels"][TEMPLATE_HASH_LABEL]
+    assert plan(make_group(1)).creates[0]["metadata"]["labels"][TEMPLATE_HASH_LABEL]
+
+
+def test_every_worker_of_a_multi_worker_pod_is_retired_with_it_and_no_other() -> None:
+    """`--nworkers 2` names a pod's workers <pod>-0 and <pod>-1; both go with the pod, a worker whose name
+    only starts like the pod's does not, and with hostNetwork no worker is matched by the shared IP."""
+    pods = scaled_to(3)
+    workers = tuple(
+        DaskWorker(f"{p['metadata']['name']}-{i}", f"tcp://{p['status']['podIP']}:{4000 + i}")
+        for p in pods
+        for i in (0, 1)
+    )
+    result = plan(make_group(1), pods, scheduler=SchedulerView(workers))
+    assert result.retire is not None
+    newest = sorted(pods, key=lambda p: p["metadata"]["creationTimestamp"])[1:]
+    assert {rp.delete.ref.name: sorted(w.name for w in rp.workers) for rp in result.retire.pods} == {
+        p["metadata"]["name"]: [f"{p['metadata']['name']}-0", f"{p['metadata']['name']}-1"] for p in newest
+    }
+    lookalike = DaskWorker(pods[2]["metadata"]["name"] + "-x", "tcp://10.9.9.9:1")
+    assert workers_in_pod(pods[2], [lookalike]) == ()
+    shared = copy.deepcopy(pods[2])
+    shared["spec"]["hostNetwork"] = True
+    stranger = DaskWorker("other-group-worker", f"tcp://{shared['status']['podIP']}:5000")
+    assert workers_in_pod(shared, [stranger]) == ()
+    assert workers_in_pod(pods[2], [stranger]) == (stranger,)  # a pod's own IP, no hostNetwork: unambiguous
+    # a deleted pod's worker still listed on the IP a new pod was given is not the new pod's
+    stale = DaskWorker(pods[0]["metadata"]["name"], f"tcp://{pods[2]['status']['podIP']}:4000")
+    assert workers_in_pod(pods[2], [stale]) == ()

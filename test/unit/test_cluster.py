@@ -6,7 +6,9 @@ import copy
 from typing import Any
 
 import pytest
+from support.builders import running
 
+from dask_operator.controller.children import TEMPLATE_HASH_LABEL
 from dask_operator.controller.cluster import (
     PROPAGATED_REPLICAS_ANNOTATION,
     ClusterObservation,
@@ -17,8 +19,8 @@ from dask_operator.controller.cluster import (
     idle_decision,
     plan_cluster,
 )
-from dask_operator.controller.metadata import TEMPLATE_HASH_LABEL
-from dask_operator.controller.scheduler import HTTP_ROUTES_ENV
+from dask_operator.controller.plans import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Apply
+from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV
 
 NOW = 1_700_000_000.0
 
@@ -67,10 +69,7 @@ def make_cluster(name: str = "c", replicas: int = 3, **extra: Any) -> dict[str, 
 
 
 def ready_pod(obj: dict[str, Any], uid: str = "pod-uid") -> dict[str, Any]:
-    pod = copy.deepcopy(obj)
-    pod["metadata"]["uid"] = uid
-    pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
-    return pod
+    return running(obj, uid=uid)
 
 
 def test_scheduler_pod_metadata_precedence_and_owner() -> None:
@@ -139,8 +138,21 @@ def test_replicas_propagate_only_when_the_cluster_value_changed(
 
 def test_new_cluster_plans_all_children_and_status_created() -> None:
     plan = plan_cluster(ClusterObservation(make_cluster()), NOW)
-    assert [o["kind"] for o in plan.applies] == ["Service", "DaskWorkerGroup"]
-    assert [p["metadata"]["name"] for p in plan.create_pods] == ["c-scheduler"]
+    # the children, then the default group's replicas under their own field manager; a new group is
+    # created with its replicas in the first write (no worker from the CRD's default)
+    applies = list(plan.of_type(Apply))
+    assert [(s.obj["kind"], s.field_manager) for s in applies] == [
+        ("Service", FIELD_MANAGER),
+        ("DaskWorkerGroup", FIELD_MANAGER),
+        ("DaskWorkerGroup", REPLICAS_FIELD_MANAGER),
+    ]
+    assert applies[1].obj["spec"]["worker"]["replicas"] == 3
+    # once the group exists, the main manager never writes the replicas again
+    existing = plan_cluster(ClusterObservation(make_cluster(replicas=0), groups=[applies[1].obj]), NOW)
+    (main_group,) = (s.obj for s in existing.of_type(Apply) if s.obj["kind"] == "DaskWorkerGroup"
+                     and s.field_manager == FIELD_MANAGER)  # fmt: skip
+    assert "replicas" not in main_group["spec"]["worker"]
+    assert [p["metadata"]["name"] for p in plan.creates] == ["c-scheduler"]
     assert plan.status is not None and plan.status["phase"] == "Created"
     assert plan.status["observedGeneration"] == 2
     assert plan.status["selector"] == (
@@ -148,21 +160,34 @@ def test_new_cluster_plans_all_children_and_status_created() -> None:
     )
 
 
-def test_running_needs_service_and_ready_scheduler() -> None:
+def test_running_means_scheduler_pod_and_service_exist_ready_is_a_condition() -> None:
     cluster = make_cluster(replicas=0)
     service = desired_scheduler_service(cluster)
     pod = ready_pod(desired_scheduler_pod(cluster))
     group = desired_default_group(cluster)
     group["spec"]["worker"]["replicas"] = 0
     plan = plan_cluster(ClusterObservation(cluster, [pod], service, [group]), NOW)
-    assert plan.create_pods == () and plan.delete_pods == ()
+    assert plan.creates == () and plan.deletes == ()
     assert plan.status is not None and plan.status["phase"] == "Running"
     conds = {c["type"]: c for c in plan.status["conditions"]}
     assert conds["Ready"]["status"] == "True"
     assert plan.status["schedulerAddress"] == "tcp://c-scheduler.ns.svc.cluster.local:8786"
     not_ready = copy.deepcopy(pod)
     not_ready["status"]["conditions"][0]["status"] = "False"
-    assert plan_cluster(ClusterObservation(cluster, [not_ready], service), NOW).status["phase"] == "Pending"  # type: ignore[index]
+    status = plan_cluster(ClusterObservation(cluster, [not_ready], service, [group]), NOW).status
+    assert status is not None and status["phase"] == "Running"
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Ready"] == "SchedulerNotReady"
+    crashing = copy.deepcopy(not_ready)
+    crashing["status"]["containerStatuses"] = [
+        {"name": "scheduler", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+    ]
+    status = plan_cluster(ClusterObservation(cluster, [crashing], service, [group]), NOW).status
+    assert status is not None and status["phase"] == "Running"
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Degraded"]["status"] == "True" and conds["Degraded"]["reason"] == "SchedulerFailing"
+    assert conds["Ready"]["status"] == "False"
+    # no scheduler pod yet (the Service exists): Pending
+    assert plan_cluster(ClusterObservation(cluster, [], service), NOW).status["phase"] == "Pending"  # type: ignore[index]
 
 
 def test_load_balancer_is_pending_until_it_has_an_ingress() -> None:
@@ -181,12 +206,12 @@ def test_changed_scheduler_template_replaces_the_pod_with_an_event() -> None:
     new = make_cluster()
     new["spec"]["scheduler"]["spec"]["containers"][0]["image"] = "dask:2"
     plan = plan_cluster(ClusterObservation(new, [pod], desired_scheduler_service(new)), NOW)
-    assert [(d.name, d.uid) for d in plan.delete_pods] == [("c-scheduler", "old-uid")]
-    assert plan.create_pods == ()  # the fixed name is free only once the old pod is gone
+    assert [(d.ref.name, d.ref.uid) for d in plan.deletes] == [("c-scheduler", "old-uid")]
+    assert plan.creates == ()  # the fixed name is free only once the old pod is gone
     assert [e.reason for e in plan.events] == ["SchedulerReplaced"]
     # once the old pod is gone, the new one is created
     plan = plan_cluster(ClusterObservation(new, [], desired_scheduler_service(new)), NOW)
-    (created,) = plan.create_pods
+    (created,) = plan.creates
     assert (
         created["metadata"]["labels"][TEMPLATE_HASH_LABEL] != pod["metadata"]["labels"][TEMPLATE_HASH_LABEL]
     )
@@ -197,7 +222,7 @@ def test_label_change_does_not_restart_the_scheduler() -> None:
     pod = ready_pod(desired_scheduler_pod(cluster))
     cluster["metadata"]["labels"]["new"] = "label"
     plan = plan_cluster(ClusterObservation(cluster, [pod], desired_scheduler_service(cluster)), NOW)
-    assert plan.delete_pods == () and plan.create_pods == ()
+    assert plan.deletes == () and plan.creates == ()
 
 
 def test_terminating_scheduler_pod_blocks_recreation_until_gone() -> None:
@@ -205,7 +230,7 @@ def test_terminating_scheduler_pod_blocks_recreation_until_gone() -> None:
     pod = ready_pod(desired_scheduler_pod(cluster))
     pod["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
     plan = plan_cluster(ClusterObservation(cluster, [pod], desired_scheduler_service(cluster)), NOW)
-    assert plan.create_pods == () and plan.delete_pods == ()
+    assert plan.creates == () and plan.deletes == ()
 
 
 def test_deleted_service_and_default_group_are_planned_again() -> None:
@@ -219,7 +244,7 @@ def test_deleted_service_and_default_group_are_planned_again() -> None:
 @pytest.mark.parametrize("name", ["Upper", "has.dot", "1starts-with-digit", "x" * 54, "ends-"])
 def test_invalid_name_gets_error_phase_and_no_children(name: str) -> None:
     plan = plan_cluster(ClusterObservation(make_cluster(name=name)), NOW)
-    assert plan.applies == () and plan.create_pods == ()
+    assert plan.applies == () and plan.creates == ()
     assert plan.status is not None and plan.status["phase"] == "Error"
     assert [e.reason for e in plan.events] == ["InvalidName"]
     # once recorded, the same state emits no further event

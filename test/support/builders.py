@@ -1,0 +1,71 @@
+"""Shared builders for the planners' unit tests: objects as the cache shows them, and readers of a Plan.
+
+Each unit test starts from what a planner itself produces (a desired pod, a desired cluster) and turns it
+into what the cache would show later with these builders, so no test copies a Kubernetes object by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from dask_operator.controller.objects import rfc3339
+from dask_operator.controller.plans import FIELD_MANAGER, Apply, Plan
+
+Obj = dict[str, Any]
+
+
+def running(pod: Obj, *, uid: str | None = None, created_at: float | None = None, ip: str | None = None,
+            ready: bool = True) -> Obj:  # fmt: skip
+    """`pod` as the cache shows it once its containers run (Ready unless `ready` is False)."""
+    pod = copy.deepcopy(pod)
+    meta = pod["metadata"]
+    meta["uid"] = uid or f"uid-{meta['name']}"
+    if created_at is not None:
+        meta["creationTimestamp"] = rfc3339(created_at)
+    name = (pod.get("spec", {}).get("containers") or [{"name": "main"}])[0].get("name", "main")
+    pod["status"] = {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        "containerStatuses": [{"name": name, "ready": ready, "restartCount": 0, "state": {"running": {}}}],
+    }
+    if ip is not None:
+        pod["status"]["podIP"] = ip
+    return pod
+
+
+def pending(pod: Obj, **kw: Any) -> Obj:
+    """`pod` scheduled but not started."""
+    pod = running(pod, ready=False, **kw)
+    pod["status"] = {
+        "phase": "Pending",
+        **({"podIP": pod["status"]["podIP"]} if "podIP" in pod["status"] else {}),
+    }
+    return pod
+
+
+def terminating(obj: Obj, at: float = 1_700_000_000.0) -> Obj:
+    obj = copy.deepcopy(obj)
+    obj["metadata"]["deletionTimestamp"] = rfc3339(at)
+    return obj
+
+
+# -- reading a plan ---------------------------------------------------------------------------------------
+
+
+def applied(plan: Plan, kind: str, field_manager: str = FIELD_MANAGER) -> Obj | None:
+    """The object of `kind` the plan applies as `field_manager`, if any."""
+    return next(
+        (s.obj for s in plan.of_type(Apply) if s.obj["kind"] == kind and s.field_manager == field_manager),
+        None,
+    )
+
+
+def created(plan: Plan, kind: str) -> Obj | None:
+    return next((o for o in plan.creates if o["kind"] == kind), None)
+
+
+def condition(plan: Plan, kind: str) -> Obj:
+    """The condition `kind` of the status the plan writes."""
+    assert plan.status is not None, "the plan writes no status"
+    return next(c for c in plan.status["conditions"] if c["type"] == kind)

@@ -1,0 +1,74 @@
+"""executor.py's pure half: a refused write becomes a sentence with the API server's words and what to do,
+and the status the executor writes carries it as ReplicaFailure and Degraded, keeping the transition time
+while the refusal lasts and dropping it once a plan succeeds."""
+
+from __future__ import annotations
+
+from dask_operator.controller.executor import Refusal, refusal_of, with_refusals
+from dask_operator.controller.objects import rfc3339
+from dask_operator.controller.plans import Cause, Create, Delete, Ref
+from dask_operator.controller.runtime.client import ApiError
+
+NOW = 1_700_000_000.0
+QUOTA = (
+    'pods "c-scheduler" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=0, limited: pods=0'
+)
+
+
+def test_a_refused_create_names_the_object_the_server_message_and_what_to_do() -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "c-scheduler", "namespace": "ns"}}
+    refusal = refusal_of(Create(pod), ApiError(403, "POST", "/api/v1/namespaces/ns/pods", {"message": QUOTA}))
+    assert refusal.reason == "FailedCreate"
+    assert refusal.message.startswith("Creating Pod c-scheduler was refused by the API server: " + QUOTA)
+    assert "ResourceQuota" in refusal.message and "retries every 5 s" in refusal.message
+    invalid = refusal_of(Create(pod), ApiError(422, "POST", "/p", {"message": "spec.containers: Required"}))
+    assert "Fix the spec" in invalid.message
+    gone = refusal_of(
+        Delete(Ref("v1", "Pod", "ns", "w", "u"), Cause.RETIRED), ApiError(500, "DELETE", "/p", "boom")
+    )
+    assert gone.reason == "FailedDelete" and "Pod w" in gone.message
+
+
+def test_refusals_become_replica_failure_and_degraded_and_keep_their_transition_time() -> None:
+    planned = {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "ServiceNotReady", "message": ""},
+            {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": ""},
+        ],
+    }
+    refusals = [Refusal("FailedCreate", "first"), Refusal("FailedCreate", "second")]
+    first = with_refusals(planned, refusals, {}, NOW, 3)
+    by_type = {c["type"]: c for c in first["conditions"]}
+    assert by_type["Ready"]["reason"] == "ServiceNotReady"  # the planner's conditions stay
+    for kind in ("ReplicaFailure", "Degraded"):
+        assert by_type[kind]["status"] == "True" and by_type[kind]["reason"] == "FailedCreate"
+        assert by_type[kind]["message"] == "first (1 more writes refused)"
+        assert by_type[kind]["lastTransitionTime"] == rfc3339(NOW)
+        assert by_type[kind]["observedGeneration"] == 3
+    later = with_refusals(planned, refusals, first, NOW + 60, 3)
+    (still,) = (c for c in later["conditions"] if c["type"] == "ReplicaFailure")
+    assert still["lastTransitionTime"] == rfc3339(NOW)
+    assert later["phase"] == "Pending"
+
+
+def test_a_retirement_the_scheduler_did_not_complete_names_the_workers_it_kept() -> None:
+    from dask_operator.controller.executor import Executor
+    from dask_operator.controller.plans import Retire, RetiringPod
+    from dask_operator.controller.scheduler import SchedulerUnreachable
+    from dask_operator.controller.scheduler_api import DaskWorker
+
+    pod = RetiringPod(
+        Delete(Ref("v1", "Pod", "ns", "p", "u"), Cause.RETIRED),
+        (DaskWorker("p-0", "tcp://10.0.0.1:1"), DaskWorker("p-1", "tcp://10.0.0.1:2")),
+    )
+    group = {"metadata": {"namespace": "ns", "name": "g"}}
+    executor = Executor(None, None, None, events_enabled=False)  # type: ignore[arg-type]
+    kept = executor.retire(group, Retire((pod,)), lambda step: set())  # nothing retired: nothing deleted
+    assert kept is not None and kept.reason == "RetirementIncomplete" and "p-0, p-1" in kept.message
+
+    def unreachable(step: Retire) -> set[str]:
+        raise SchedulerUnreachable("HTTP timed out")
+
+    failed = executor.retire(group, Retire((pod,)), unreachable)
+    assert failed is not None and failed.reason == "RetirementFailed" and "HTTP timed out" in failed.message
