@@ -91,11 +91,13 @@ def test_operator_killed_every_few_seconds_during_a_scale_storm_on_five_clusters
         assert len(kills) >= storm_seconds / 12, f"only {len(kills)} operator kills in {storm_seconds} s"
 
         _assert_no_duplicates_or_orphans(plane, namespace, last)
+        assert not recorder.broken, f"the test's pod watch broke: {recorder.broken}"
         recorder.stop()
         deleted = _deletions_per_pod(op.log_path, recorder.added)
         twice = {pod: n for pod, n in deleted.items() if n > 1}
         assert not twice, f"pods deleted more than once (seed {seed}): {twice}"
         assert deleted, "the storm deleted no pod: the scale-down path was not exercised"
+        print(f"CHAOS storm seed={seed} pod_deletions={sum(deleted.values())} deleted_twice={len(twice)}")
     except BaseException:
         print(f"--- operator log tail ---\n{op.tail(120)}")
         raise
@@ -114,6 +116,7 @@ class PodRecorder:
         from kubernetes import client, watch
 
         self.added: dict[str, list[tuple[float, str]]] = {}
+        self.stopped, self.broken = False, ""
         self._watch = watch.Watch()
         core = client.CoreV1Api(plane.api_client())
         self._thread = threading.Thread(
@@ -122,12 +125,20 @@ class PodRecorder:
         self._thread.start()
 
     def _run(self, core: Any, namespace: str) -> None:
-        for event in self._watch.stream(core.list_namespaced_pod, namespace, timeout_seconds=600):
-            if event["type"] == "ADDED":
-                meta = event["object"].metadata
-                self.added.setdefault(meta.name, []).append((time.time(), meta.uid))
+        try:
+            for event in self._watch.stream(core.list_namespaced_pod, namespace, timeout_seconds=600):
+                if event["type"] == "ADDED":
+                    meta = event["object"].metadata
+                    self.added.setdefault(meta.name, []).append((time.time(), meta.uid))
+        except Exception as error:  # noqa: BLE001 - reported through `broken`, asserted by the test
+            if not self.stopped:
+                self.broken = repr(error)
+        else:
+            if not self.stopped:
+                self.broken = "the pod watch ended early"
 
     def stop(self) -> None:
+        self.stopped = True
         self._watch.stop()
 
 
