@@ -4,7 +4,8 @@ Story: a 3-worker cluster holds data on every worker; one worker's process gets 
 its container, the worker rejoins, the cluster is back to 3 workers. Dask's own semantics decide the data:
 exactly the persisted keys that lived only on the killed worker are recomputed (once each), exactly its
 scattered keys are lost (they cannot be recomputed), nothing else. The operator must not hide it: the worker
-group's Degraded condition names the pod and its exit code 137, and a Warning Event says so.
+group's Degraded condition names the pod and its exit code 137, and a Warning Event says so; that Event
+should also say the worker's in-memory data was lost (a strict xfail until it does).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.chaos_workload import Stopwatch, data_cost, figure, hold_data
+from support.chaos_workload import Stopwatch, data_cost, figure, hold_data, says_data_lost
 from support.operator import (
     OperatorProcess,
     apply,
@@ -34,10 +35,30 @@ from support.wait import wait_for
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
 
-def test_worker_sigkilled_while_holding_data_is_replaced_and_the_loss_is_reported(
+NAME, GROUP = "oom", "oom-default"
+
+
+def test_worker_sigkilled_while_holding_data_is_replaced_and_the_failure_is_reported(
     plane: Any, namespace: str, dask_operator: OperatorProcess
 ) -> None:
-    name, group = "oom", "oom-default"
+    _kill_a_worker_holding_data(plane, namespace)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 16: a worker SIGKILLed (OOM-like) is reported as 'exited with code 137 and is being restarted. "
+    "Check the worker command and image' (WorkerFailing), but nothing says its in-memory data was lost",
+)
+def test_worker_sigkilled_while_holding_data_is_reported_as_data_lost(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    _kill_a_worker_holding_data(plane, namespace)
+    events = warning_events(plane, namespace, GROUP) + warning_events(plane, namespace, NAME)
+    assert says_data_lost(events), f"no Warning Event says the worker's data was lost: {events}"
+
+
+def _kill_a_worker_holding_data(plane: Any, namespace: str) -> None:
+    name, group = NAME, GROUP
     apply(plane, namespace, cluster_manifest(name, 3))
     wait_running(plane, namespace, name, timeout=120)
     with dask_client(plane, namespace, name) as client:

@@ -9,6 +9,7 @@ Held by every module of test/chaos (run with `hack/test test/chaos -m chaos`).
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ def hold_data(client: Any, blocks: int = 40, scattered: int = 12) -> HeldData:
         for i in range(blocks)
     ]
     values = [
-        client.scatter(("scattered", i), workers=[addresses[i % len(addresses)]]) for i in range(scattered)
+        client.scatter(f"scattered-{i}", workers=[addresses[i % len(addresses)]]) for i in range(scattered)
     ]
     wait(futures + values, timeout=60)
     return HeldData(futures, values)
@@ -121,6 +122,17 @@ class Stopwatch:
 
     def seconds(self) -> float:
         return round(time.monotonic() - self.t0, 1)
+
+
+# A Warning Event that says in-memory data (or the scheduler's state) was lost, not only that a process
+# restarted: what a user needs to know that persisted data must be recomputed and scattered data re-sent.
+DATA_LOSS_WORDS = re.compile(
+    r"\b(data|state|keys?)\b.*\blost\b|\blost\b.*\b(data|state|keys?)\b", re.IGNORECASE
+)
+
+
+def says_data_lost(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("type") == "Warning" and DATA_LOSS_WORDS.search(e.get("message", ""))]
 
 
 def figure(scenario: str, **values: Any) -> None:
