@@ -5,8 +5,8 @@ different nodes. The victim is a node running a worker. Stories:
 - `kubectl drain` evicts the worker (SIGTERM, no retirement through the scheduler yet: lossless drains are
   their own issue); the operator replaces it on another node. Asserted: convergence, and that at most the
   victim's own keys are lost; the figures say how many were.
-- `hack/localkube node stop` kills the node's processes at once; the pods are evicted ~20 s later; the operator
-  replaces them. Dask's semantics decide the data: exactly the victim's persisted keys are recomputed (once),
+- `hack/localkube node stop` kills the node's processes at once (no FIN reaches the scheduler, which drops the
+  workers after its worker TTL, 15 s here); the pods are evicted ~20 s later; the operator replaces them. Dask's semantics decide the data: exactly the victim's persisted keys are recomputed (once),
   exactly its scattered keys are lost.
 The operator is a `dask-operator run` subprocess on the host watching the test's namespace.
 """
@@ -69,6 +69,11 @@ def node_ns(three_node_plane: KubePlane, tmp_path: Path) -> Iterator[tuple[KubeP
 def _spread_cluster(nodes: list[str]) -> dict[str, Any]:
     obj = cluster_manifest(NAME, 2)
     obj["spec"]["scheduler"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": nodes[0]}
+    # A stopped node's workers die without closing their connections: the scheduler only drops them after
+    # its worker TTL (Dask's default is 5 minutes, during which it believes their data is still there).
+    obj["spec"]["scheduler"]["spec"]["containers"][0]["env"] = [
+        {"name": "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL", "value": "15s"}
+    ]
     avoid_0 = {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": [nodes[0]]}
     spread = {"labelSelector": {"matchLabels": {"dask.org/workergroup-name": GROUP}},
               "topologyKey": "kubernetes.io/hostname"}  # fmt: skip

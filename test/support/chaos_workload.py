@@ -81,6 +81,9 @@ def hold_data(client: Any, blocks: int = 40, scattered: int = 12) -> HeldData:
 def data_cost(client: Any, held: HeldData) -> DataCost:
     """The ledger after a fault, read on the scheduler (the persisted keys are first gathered, so a key
     that was lost has been recomputed by the time it is counted)."""
+    from distributed import wait
+
+    wait(held.blocks, timeout=120)  # gather() has no deadline of its own
     assert client.gather(held.blocks, errors="raise") == [
         list(range(i * 100, (i + 1) * 100)) for i in range(len(held.blocks))
     ]
