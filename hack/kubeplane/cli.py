@@ -42,6 +42,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             apiserver_port=args.apiserver_port,
             timeout=args.timeout,
             nodes=args.nodes,
+            service_cidr=args.service_cidr,
             node_names=tuple(filter(None, (args.node_names or "").split(","))),
             node_labels=tuple(args.node_labels),
             node_taints=tuple(args.node_taints),
@@ -143,6 +144,11 @@ def parser() -> argparse.ArgumentParser:
         "--simulated-node", action="store_true", help="node reports pods Running without processes"
     )
     up.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu capacity the node advertises")
+    up.add_argument(
+        "--service-cidr",
+        default="",
+        help="Service ClusterIP range, /12 to /28 (default: a /20 of 10.96.0.0/12 per plane, 4,094 Services)",
+    )
     up.add_argument("--force", action="store_true", help="take down a stale plane of the same name first")
     up.add_argument("--apiserver-port", type=int, help="fixed API server port (default: a free one)")
     up.add_argument(

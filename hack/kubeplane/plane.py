@@ -30,9 +30,12 @@ from kubeplane import pki as pkimod
 from kubeplane.state import (
     PlaneState,
     ProcessRecord,
+    ServiceRangeError,
     allocate_indexes,
     allocate_ports,
+    default_service_cidr,
     default_state_dir,
+    parse_service_cidr,
     port_is_free,
     registry_lock,
 )
@@ -76,6 +79,7 @@ class UpOptions:
     apiserver_port: int | None = None
     timeout: float = 60.0  # per component
     nodes: int = 1
+    service_cidr: str = ""  # empty: the index's /20 of 10.96.0.0/12 (state.default_service_cidr)
     node_names: tuple[str, ...] = ()
     node_labels: tuple[str, ...] = ()  # each NODE=k=v[,k=v]; NODE a name or ordinal
     node_taints: tuple[str, ...] = ()  # each NODE=key[=value]:Effect[,...]
@@ -197,8 +201,15 @@ class Plane:
                     f"{opts.apiserver_port}'`); choose another --apiserver-port or omit it for a free one"
                 )
             fixed["apiserver"] = opts.apiserver_port
+        try:
+            service_cidr = parse_service_cidr(opts.service_cidr) if opts.service_cidr else ""
+        except ServiceRangeError as e:
+            raise PlaneError(str(e)) from e
         with registry_lock():
-            indexes, taken = allocate_indexes(state_dir, opts.nodes if with_node else 1)
+            try:
+                indexes, taken = allocate_indexes(state_dir, opts.nodes if with_node else 1, service_cidr)
+            except ServiceRangeError as e:
+                raise PlaneError(str(e)) from e
             index = indexes[0]
             node_opts: dict[str, object] = {}
             if with_node:
@@ -229,6 +240,7 @@ class Plane:
                 ports=ports,
                 node=node_opts,
                 created=time.time(),
+                service_cidr=service_cidr or default_service_cidr(index),
             )
             st.save()
         plane = cls(st)

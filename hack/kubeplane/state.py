@@ -2,15 +2,18 @@
 
 Invariant: state.json is the only record of what a plane owns. A process is ours only if its PID *and*
 its /proc start time match what state.json recorded, so a recycled PID is never signalled. Each live
-plane holds a distinct network index `i` (bridge dkbr<i>, 10.244.<i>.0/24, services 10.96.<i>.0/24),
-allocated under a lock by scanning existing state dirs and bridges; each further node of a plane holds
-one more index (its pod CIDR), recorded in state.json under node.nodes.
+plane holds a distinct network index `i` (bridge dkbr<i>, 10.244.<i>.0/24) and a Service range that
+overlaps no other live plane's (by default the i-th /20 of 10.96.0.0/12: 4,094 ClusterIPs; or
+`--service-cidr`), allocated under a lock by scanning existing state dirs and bridges; each further node
+of a plane holds one more index (its pod CIDR), recorded in state.json under node.nodes. Held by
+test/unit/test_plane_state.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import socket
@@ -23,6 +26,45 @@ STATE_ROOT = Path("/dev/shm")
 STATE_PREFIX = "dask-operator-kube-"
 LOCK_FILE = STATE_ROOT / "dask-operator-kube.lock"
 MAX_INDEX = 255
+# Services of all planes: one /20 per network index (256 x 4,096 addresses fill the /12), so a plane holds
+# thousands of Services (one per Dask cluster and more) and side-by-side planes never share an address.
+SERVICE_SUPERNET = ipaddress.ip_network("10.96.0.0/12")
+SERVICE_PREFIX = 20
+# What the API server accepts for a Service range, and what is useful: at least 14 ClusterIPs.
+SERVICE_PREFIX_RANGE = (12, 28)
+
+
+class ServiceRangeError(ValueError):
+    pass
+
+
+def default_service_cidr(index: int) -> str:
+    """The index-th /20 of 10.96.0.0/12: 10.96.0.0/20, 10.96.16.0/20, ..., 10.111.240.0/20."""
+    size = 1 << (32 - SERVICE_PREFIX)
+    return f"{ipaddress.ip_address(int(SERVICE_SUPERNET.network_address) + index * size)}/{SERVICE_PREFIX}"
+
+
+def legacy_service_cidr(index: int) -> str:
+    """The /24 planes used before ranges were sized for thousands of Services (state.json without one)."""
+    return f"10.96.{index}.0/24"
+
+
+def parse_service_cidr(text: str) -> str:
+    """An IPv4 network of /12 to /28 in canonical form, or ServiceRangeError saying what is wrong."""
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as e:
+        raise ServiceRangeError(f"--service-cidr {text!r}: not a network address/prefix ({e})") from e
+    lo, hi = SERVICE_PREFIX_RANGE
+    if net.version != 4 or not lo <= net.prefixlen <= hi:
+        raise ServiceRangeError(f"--service-cidr {text!r}: an IPv4 range from /{lo} to /{hi} is needed")
+    return str(net)
+
+
+def overlapping(cidr: str, others: dict[str, str]) -> list[str]:
+    """Names (keys of `others`, name -> CIDR) whose range shares an address with `cidr`."""
+    net = ipaddress.ip_network(cidr)
+    return sorted(name for name, other in others.items() if net.overlaps(ipaddress.ip_network(other)))
 
 
 def default_state_dir(name: str) -> Path:
@@ -36,6 +78,7 @@ class Network:
     """Addresses derived from a plane's index; the process node builds its bridge from these."""
 
     index: int
+    service_range: str = ""  # empty: default_service_cidr(index)
 
     @property
     def bridge(self) -> str:
@@ -51,11 +94,12 @@ class Network:
 
     @property
     def service_cidr(self) -> str:
-        return f"10.96.{self.index}.0/24"
+        return self.service_range or default_service_cidr(self.index)
 
     @property
     def first_service_ip(self) -> str:
-        return f"10.96.{self.index}.1"
+        """The `kubernetes` Service's ClusterIP: the range's first host (the API server's cert names it)."""
+        return str(next(ipaddress.ip_network(self.service_cidr).hosts()))
 
     @property
     def node_name(self) -> str:
@@ -93,10 +137,11 @@ class PlaneState:
     node: dict[str, Any] = field(default_factory=dict)  # node options (simulated, gpus); empty = no node
     created: float = 0.0
     phase: str = "starting"  # starting -> up | failed
+    service_cidr: str = ""  # recorded at `up`; empty only in a state.json written before it was
 
     @property
     def network(self) -> Network:
-        return Network(self.index)
+        return Network(self.index, self.service_cidr or legacy_service_cidr(self.index))
 
     @property
     def root(self) -> Path:
@@ -126,6 +171,7 @@ class PlaneState:
             node=dict(data.get("node", {})),
             created=float(data.get("created", 0.0)),
             phase=str(data.get("phase", "starting")),
+            service_cidr=str(data.get("service_cidr", "")),
         )
 
     def save(self) -> None:
@@ -222,10 +268,18 @@ def allocate_index(state_dir: Path) -> tuple[int, set[int]]:
     return indexes[0], ports
 
 
-def allocate_indexes(state_dir: Path, count: int) -> tuple[list[int], set[int]]:
+def allocate_indexes(state_dir: Path, count: int, service_cidr: str = "") -> tuple[list[int], set[int]]:
     """`count` distinct free network indexes, as `allocate_index`: the plane's own (the lowest free)
-    first, then its further nodes' from the top of the range, far from the planes' own indexes."""
+    first, then its further nodes' from the top of the range, far from the planes' own indexes.
+
+    The plane's own index is also one whose default Service range overlaps no other plane's; an
+    explicit `service_cidr` that overlaps one is refused (ServiceRangeError)."""
     others = other_planes(state_dir)
+    ranges = {p.name: p.network.service_cidr for p in others}
+    if service_cidr and (clash := overlapping(service_cidr, ranges)):
+        raise ServiceRangeError(
+            f"--service-cidr {service_cidr} overlaps the Service range of plane(s) {', '.join(clash)}"
+        )
     used = {i for p in others for i in p.network_indexes()}
     net = Path("/sys/class/net")
     if net.is_dir():
@@ -234,8 +288,10 @@ def allocate_indexes(state_dir: Path, count: int) -> tuple[list[int], set[int]]:
                 used.add(int(link.name[4:]))
     ports = {port for p in others for port in p.ports.values()}
     free = [i for i in range(MAX_INDEX + 1) if i not in used]
-    if len(free) >= count:
-        return [free[0], *reversed(free[len(free) - count + 1 :])], ports
+    own = [i for i in free if service_cidr or not overlapping(default_service_cidr(i), ranges)]
+    if own and len(free) >= count:
+        rest = [i for i in free if i != own[0]]
+        return [own[0], *reversed(rest[len(rest) - count + 1 :] if count > 1 else [])], ports
     raise RuntimeError(f"all {MAX_INDEX + 1} network indexes are in use; run `localkube down` on old planes")
 
 

@@ -28,10 +28,8 @@ from typing import Any
 
 import pytest
 import yaml
-from support.bench_workload import WORKERS, manifest, rss_mib
+from support.bench_workload import WORKERS, TightClient, cluster_path, manifest, rss_mib
 from support.wait import wait_for
-
-pytestmark = pytest.mark.timeout(3 * 3600)
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTERS = int(os.environ.get("BENCH_CLUSTERS", "50"))
@@ -41,7 +39,8 @@ VENV = Path(
 )
 REFERENCE_MODULE = "dask_kubernetes.operator.controller"
 PHASE_GRACE = 30.0
-TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "900"))
+TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", str(300 + 3 * CLUSTERS)))  # convergence, per operator
+pytestmark = pytest.mark.timeout(int(1800 + 3 * TIMEOUT))
 REFERENCE_NO_STATUS = ("daskclusters", "daskworkergroups")
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -160,9 +159,9 @@ def run_one(kube_plane: Any, label: str, namespace: str, argv: list[str], tmp_pa
         wait_for(watching, timeout=120, interval=0.2, message=f"{label} operator watching daskclusters")
         time.sleep(3)  # its other watches and startup lists: part of startup, not of the workload
         mark = len(proxy.requests)
-        body = "\n---\n".join(yaml.safe_dump(manifest(f"b{i:03d}")) for i in range(CLUSTERS))
+        client = TightClient(kube_plane.kubeconfig)  # straight to the API server: not through the proxy
         started = time.monotonic()
-        kube_plane.kubectl("apply", "-n", namespace, "-f", "-", input=body, timeout=300)
+        client.apply((cluster_path(namespace, f"b{i:04d}"), manifest(f"b{i:04d}")) for i in range(CLUSTERS))
         applied = time.monotonic() - started
         times: dict[str, float] = {}  # seconds since apply: "running" (every phase), "pods" (every pod Ready)
         marks: dict[str, int] = {}  # requests seen by then
@@ -223,7 +222,7 @@ def run_one(kube_plane: Any, label: str, namespace: str, argv: list[str], tmp_pa
         by_method = tally(through_settle)
         return {
             "namespace": namespace,
-            "seconds_kubectl_apply": round(applied, 1),
+            "seconds_to_submit": round(applied, 1),
             "seconds_to_all_running": round(times["running"], 1) if "running" in times else None,
             "seconds_to_all_pods_ready": round(times["pods"], 1),
             "seconds_to_converged": round(converged_at, 1),

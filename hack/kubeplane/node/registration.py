@@ -56,12 +56,17 @@ def node_taints(cfg: NodeConfig) -> list[JSON]:
     return [{"key": k, "effect": e, **({"value": v} if v else {})} for k, v, e in cfg.taints]
 
 
+SIMULATED_MAX_PODS = 30_000
+
+
 def capacity(cfg: NodeConfig) -> dict[str, str]:
     st = os.statvfs(cfg.state_dir)
     cap = {
         "cpu": str(os.cpu_count() or 1),
         "memory": f"{memory_kib()}Ki",
-        "pods": "10000" if cfg.simulated else "250",
+        # Simulated pods cost no process and take addresses from a /16 (65,534): room for the pods of
+        # 1,000+ clusters next to 10,000 unrelated ones. Real pods share the node's /24.
+        "pods": str(SIMULATED_MAX_PODS) if cfg.simulated else "250",
         "ephemeral-storage": f"{st.f_blocks * st.f_frsize // 1024}Ki",
     }
     if cfg.gpus:
