@@ -40,15 +40,14 @@ from dask_operator.controller.plans import (
 from dask_operator.controller.runtime.applier import Applier
 from dask_operator.controller.runtime.client import ApiError, Client
 from dask_operator.controller.runtime.kinds import lookup
-from dask_operator.controller.scheduler import SchedulerUnreachable
 
 log = structlog.get_logger("dask_operator.controller")
 
 # A refused write is tried again this often (a quota lifted or a webhook fixed converges without a restart).
 REFUSED_WRITE_RETRY_SECONDS = 5.0
 
-# Retire -> names of the workers the scheduler retired; raises SchedulerUnreachable.
-RetireWorkers = Callable[[Retire], set[str]]
+# Starts the retirement a Retire step asks for, without waiting for it.
+RetireWorkers = Callable[[Retire], None]
 
 
 @dataclass(frozen=True)
@@ -146,34 +145,13 @@ class Executor:
                 operator_metrics.RETIREMENTS.labels(ref.namespace, how).inc()
 
     def retire(self, obj: Obj, step: Retire, retire_workers: RetireWorkers | None) -> Refusal | None:
-        """Ask the scheduler to retire the workers, then delete the pods all of whose workers it retired.
-        A retirement that did not complete (scheduler unreachable, or workers it kept) is reported like a
-        refused write, naming the workers, and tried again."""
-        namespace = obj["metadata"]["namespace"]
+        """Start the retirement of the workers; it runs off this thread, and its answer (which pods may go,
+        which workers the scheduler kept) is an input of the next plan, not something waited for here."""
         names = [w.name for w in step.workers]
         if retire_workers is None:
             return Refusal("RetirementFailed", "No scheduler to retire workers through.")
         log.info("retiring workers", workers=names)
-        try:
-            retired = retire_workers(step)
-        except SchedulerUnreachable as error:
-            log.warning("retirement failed; will retry", error=str(error))
-            operator_metrics.RETIREMENTS.labels(namespace, "failed").inc(len(names))
-            return Refusal(
-                "RetirementFailed",
-                f"Retiring workers {', '.join(names)} failed: {error}. Their pods are kept; the operator "
-                f"retries every {int(REFUSED_WRITE_RETRY_SECONDS)} s.",
-            )
-        for pod in step.pods:
-            if all(w.name in retired for w in pod.workers):
-                self.delete(pod.delete)
-        kept = [n for n in names if n not in retired]
-        if kept:
-            return Refusal(
-                "RetirementIncomplete",
-                f"The scheduler kept workers {', '.join(kept)} (their data could not move yet); their pods "
-                f"are kept and the retirement is tried again every {int(REFUSED_WRITE_RETRY_SECONDS)} s.",
-            )
+        retire_workers(step)
         return None
 
     def write_status(self, obj: Obj, status: Obj) -> bool:

@@ -27,7 +27,12 @@ _POOL = urllib3.PoolManager(num_pools=64, maxsize=4, retries=False)
 
 
 class SchedulerUnreachable(Exception):
-    """Neither the HTTP API nor the RPC answered; the message says why for each."""
+    """Neither the HTTP API nor the RPC answered; the message says why for each. `acted`: the request may
+    have reached the scheduler (it timed out or broke after being sent), so it may still be carried out."""
+
+    def __init__(self, message: str, acted: bool = False) -> None:
+        super().__init__(message)
+        self.acted = acted
 
 
 class HTTPStatusError(RuntimeError):
@@ -81,6 +86,24 @@ def scheduler_endpoint(service: Mapping[str, Any]) -> SchedulerEndpoint:
     )
 
 
+def workers_of_identity(identity: Mapping[str, Any]) -> list[DaskWorker]:
+    """The workers in a scheduler's `identity()` answer."""
+    workers = []
+    for address, info in (identity.get("workers") or {}).items():
+        metrics = info.get("metrics") or {}
+        transfer = metrics.get("transfer") or {}
+        workers.append(
+            DaskWorker(
+                str(info.get("name", address)),
+                str(address),
+                nbytes=int(metrics.get("managed_bytes") or 0),
+                status=str(info.get("status") or "running"),
+                incoming=int(transfer.get("incoming_count") or 0),
+            )
+        )
+    return workers
+
+
 class SchedulerClient:
     """Calls one scheduler. `timeout` bounds ordinary calls; `retire_timeout` bounds a retirement,
     which returns only once the retiring workers' data has moved elsewhere."""
@@ -93,18 +116,13 @@ class SchedulerClient:
     # -- public calls --------------------------------------------------------------------------------
 
     def get_workers(self) -> list[DaskWorker]:
-        """All workers connected to the scheduler (every group of the cluster)."""
-
-        def from_http(body: Any) -> list[DaskWorker]:
-            return [DaskWorker(str(w["name"]), str(w["address"])) for w in body["workers"]]
+        """All workers connected to the scheduler (every group of the cluster), with the data each holds,
+        its status and its incoming transfers: the scheduler's identity (JSON route, else RPC)."""
 
         async def from_rpc(rpc: Any) -> list[DaskWorker]:
-            identity = await rpc.identity()
-            return [
-                DaskWorker(str(info.get("name", addr)), addr) for addr, info in identity["workers"].items()
-            ]
+            return workers_of_identity(await rpc.identity())
 
-        return self._call("GET", "/api/v1/get_workers", None, from_http, from_rpc, self.timeout)
+        return self._call("GET", "/json/identity.json", None, workers_of_identity, from_rpc, self.timeout)
 
     def retire_workers(self, workers: Collection[DaskWorker]) -> set[str]:
         """Retire exactly these workers gracefully; return the names the scheduler retired.
@@ -172,7 +190,8 @@ class SchedulerClient:
                 if not idempotent and _may_have_acted(e):
                     # A retirement the scheduler may be carrying out must not be asked for a second time.
                     raise SchedulerUnreachable(
-                        f"HTTP {path}: {e} (not repeated over RPC: the scheduler may still be acting on it)"
+                        f"HTTP {path}: {e} (not repeated over RPC: the scheduler may still be acting on it)",
+                        acted=True,
                     ) from e
                 errors.append(f"HTTP {path}: {e}")
         else:

@@ -24,9 +24,21 @@ API_ROUTE = "distributed.http.scheduler.api"
 HTTP_ROUTES_VALUE = repr([*DEFAULT_HTTP_ROUTES, API_ROUTE])
 
 
+# A worker's status while the scheduler retires it (distributed.core.Status.closing_gracefully).
+RETIRING_STATUS = "closing_gracefully"
+
+
 @dataclass(frozen=True)
 class DaskWorker:
-    """A worker as the scheduler knows it: its name (= the worker pod's name) and its comm address."""
+    """A worker as the scheduler knows it: its name (= the worker pod's name) and its comm address; as it
+    last reported (heartbeat): the bytes of data it holds, its status, and its incoming transfers."""
 
     name: str
     address: str
+    nbytes: int = 0
+    status: str = "running"
+    incoming: int = 0  # data transfers to this worker in flight
+
+    @property
+    def retiring(self) -> bool:
+        return self.status == RETIRING_STATUS

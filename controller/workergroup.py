@@ -1,16 +1,21 @@
 """Desired state of a DaskWorkerGroup: its worker Pods, how to get there gracefully, and its status.
 
-Invariant: pure functions of the observed objects, the scheduler's worker list and `now`. A group converges
-to exactly `spec.worker.replicas` live pods built from its current template. Worker names are derived from
-(group UID, template hash, ordinal), so a restarted operator recomputes the same names and cannot duplicate
-a worker. Removing a worker never loses data the scheduler can move: pods that never joined go first, then
-only workers of this group are retired by name through the scheduler, and only the retired ones are deleted.
-Held by test/unit/test_workergroup.py.
+Invariant: pure functions of the observed objects, the scheduler's worker list, the group's latest
+retirement request (and its answer) and `now`. A group converges to exactly `spec.worker.replicas` live pods
+built from its current template. Worker names are derived from (group UID, template hash, ordinal), so a
+restarted operator recomputes the same names and cannot duplicate a worker. Removing a worker never loses
+data the scheduler can move: pods that never joined go first, then the pods holding the least data (then the
+newest), never one whose workers are receiving data from a retirement in progress; only workers of this
+group are retired by name through the scheduler, one request at a time per group, never twice while the
+scheduler still retires them; a pod is deleted only once the scheduler retired every worker it runs; a
+request that did not retire them all is asked again after a growing delay. Held by
+test/unit/test_workergroup.py.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -39,6 +44,7 @@ from dask_operator.controller.children import (
 )
 from dask_operator.controller.cluster import cluster_scheduler_address
 from dask_operator.controller.conditions import (
+    CONDITION_REPLICA_FAILURE,
     Condition,
     EventSpec,
     condition_events,
@@ -89,6 +95,40 @@ class SchedulerView:
     error: str = ""
 
 
+# A retirement that did not retire every worker is asked again after 5 s, 10 s, 20 s ... at most 5 min.
+RETIRE_RETRY_FIRST_SECONDS = 5.0
+RETIRE_RETRY_MAX_SECONDS = 300.0
+# How often a group whose workers the scheduler is still retiring looks again (their end also wakes it).
+RETIRING_POLL_SECONDS = 5.0
+
+
+def retire_retry_delay(attempt: int) -> float:
+    """Seconds between the end of the `attempt`-th retirement in a row that left workers and the next."""
+    return float(min(RETIRE_RETRY_FIRST_SECONDS * 2.0 ** max(0, attempt - 1), RETIRE_RETRY_MAX_SECONDS))
+
+
+@dataclass(frozen=True)
+class RetirementView:
+    """The group's latest retirement request as the operator made it and, once it ended, its answer."""
+
+    retire: Retire
+    attempt: int  # 1 for a first request; n for the n-th in a row that did not retire every worker
+    asked: float
+    answered: float | None = None  # None: in flight
+    retired: frozenset[str] = frozenset()  # names of the workers the scheduler retired
+    error: str = ""  # the scheduler could not be asked, or did not answer in time
+    acted: bool = False  # it may have received the request anyway (a timeout): it may still be retiring
+
+    @property
+    def in_flight(self) -> bool:
+        return self.answered is None
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        """Workers asked for that the scheduler did not retire."""
+        return tuple(w.name for w in self.retire.workers if w.name not in self.retired)
+
+
 @dataclass(frozen=True)
 class GroupObservation:
     group: Obj
@@ -96,6 +136,7 @@ class GroupObservation:
     pods: Sequence[Obj] = ()  # pods the group controls
     scheduler: SchedulerView | None = None  # None: not asked (yet)
     previous_conditions: Sequence[Mapping[str, Any]] | None = None  # defaults to the group's status
+    retirement: RetirementView | None = None  # the group's latest retirement request, if any
 
 
 # -- worker pods --------------------------------------------------------------------------------------------
@@ -210,6 +251,42 @@ def _deletion(pod: Obj, cause: Cause) -> Delete:
     return Delete(Ref.of(pod), cause)
 
 
+def _pod_created(pod: Mapping[str, Any]) -> str:
+    return str(pod["metadata"].get("creationTimestamp") or "")
+
+
+def choose_pods_to_retire(
+    candidates: Sequence[Obj], workers: Sequence[DaskWorker], count: int, prefer: Sequence[Obj] = ()
+) -> tuple[list[Obj], list[Obj]]:
+    """The `count` pods to remove, in order, and the candidates skipped because they receive data.
+
+    Pods whose workers the scheduler is already retiring come first (they are going anyway), then pods in
+    `prefer` (an old template), then the pods holding the least data, then the newest. A pod any of whose
+    workers has transfers in flight while another worker of the cluster is being retired may be receiving
+    that worker's data: it is never chosen (moving the data twice, or onto a worker about to go).
+    """
+    preferred = {p["metadata"]["name"] for p in prefer}
+    retiring = {w.name for w in workers if w.retiring}
+    eligible: list[tuple[Obj, tuple[DaskWorker, ...]]] = []
+    skipped: list[tuple[Obj, tuple[DaskWorker, ...]]] = []
+    for pod in candidates:
+        own = workers_in_pod(pod, workers)
+        receiving = any(w.incoming for w in own) and bool(retiring - {w.name for w in own})
+        (skipped if receiving and not any(w.retiring for w in own) else eligible).append((pod, own))
+    newest_first = sorted(
+        eligible, key=lambda e: (_pod_created(e[0]), e[0]["metadata"]["name"]), reverse=True
+    )
+    ordered = sorted(
+        newest_first,
+        key=lambda e: (
+            not any(w.retiring for w in e[1]),
+            e[0]["metadata"]["name"] not in preferred,
+            sum(w.nbytes for w in e[1]),
+        ),
+    )
+    return [pod for pod, _ in ordered[:count]], [pod for pod, _ in skipped]
+
+
 def _is_started(pod: Mapping[str, Any]) -> bool:
     """A pod whose containers have started at least once (it may have joined the scheduler)."""
     status = pod.get("status", {})
@@ -230,7 +307,8 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     previous = obs.previous_conditions
     if previous is None:
         previous = group.get("status", {}).get("conditions")
-    pods = _PodSets.of(obs)
+    retired = _retired_pods(obs.retirement, obs.pods)
+    pods = _PodSets.of(obs, {p["metadata"]["uid"] for p in retired})
     if obs.cluster is None:
         return _waiting_for_cluster(group, pods, previous, now)
 
@@ -238,6 +316,7 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     template = worker_template(group, cluster, settings.cluster_domain)
     draft = _Draft(group, template, pods, int(group["spec"]["worker"].get("replicas", 1)))
     draft.deletions += [_deletion(p, Cause.POD_FINISHED) for p in pods.finished]
+    draft.deletions += [_deletion(p, Cause.RETIRED) for p in retired]
     if draft.surplus < 0:
         _scale_up(draft, settings, now)
     elif draft.outdated and draft.surplus <= 1:
@@ -249,14 +328,18 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     recovery = recovery_deadline(pods.live, now)
     if recovery is not None and degraded.status:
         draft.wake_in(recovery)
+    retirement_problem = None
     if draft.victims:
-        degraded = _remove_victims(draft, obs.scheduler, previous, now, settings) or degraded
+        retirement_problem = _remove_victims(draft, obs, previous, now, settings)
+        degraded = retirement_problem or degraded
 
     conditions = [
         _ready_condition(pods.live, draft.current, draft.replicas),
         draft.progressing,
         degraded,
     ]
+    if retirement_problem is not None and retirement_problem.reason in RETIREMENT_PROBLEMS:
+        conditions.append(dataclasses.replace(retirement_problem, type=CONDITION_REPLICA_FAILURE))
     status = _status(group, pods.live, draft.want, conditions, previous, now)
     # A group's readiness is reported by its cluster's Ready Event; a group only warns.
     events = draft.events + condition_events(previous, status["conditions"], ready_events=False)
@@ -282,8 +365,8 @@ class _PodSets:
     taken: set[str]  # names no new pod may use
 
     @classmethod
-    def of(cls, obs: GroupObservation) -> _PodSets:
-        running = [p for p in obs.pods if not is_terminating(p)]
+    def of(cls, obs: GroupObservation, deleted: set[str] = frozenset()) -> _PodSets:  # type: ignore[assignment]
+        running = [p for p in obs.pods if not is_terminating(p) and p["metadata"].get("uid") not in deleted]
         observed_names = {p["metadata"]["name"] for p in obs.pods}
         return cls(
             live=[p for p in running if not is_pod_finished(p)],
@@ -304,7 +387,8 @@ class _Draft:
         self.surplus = self.total - replicas
         self.creates: list[Obj] = []
         self.deletions: list[Delete] = []
-        self.victims: list[Obj] = []  # pods to remove gracefully, in order of preference
+        self.victims: list[Obj] = []  # candidates to remove gracefully (newest first, old template first)
+        self.victim_count = 0  # how many of them go
         self.rolling = False  # the victims are old-template pods being replaced, not a scale-down
         self.retire: Retire | None = None
         self.needs_scheduler = False
@@ -395,7 +479,8 @@ def _roll_one(draft: _Draft) -> None:
         draft.create(1)
         draft.notes.append("roll: surge 1")
     else:
-        draft.victims = _newest_first(draft.outdated)[:1]
+        draft.victims = _newest_first(draft.outdated)
+        draft.victim_count = 1
         draft.rolling = True
         draft.notes.append("roll: retire 1")
 
@@ -416,57 +501,74 @@ def _choose_scale_down(draft: _Draft) -> None:
     )[:surplus]
     draft.deletions += [_deletion(p, Cause.NEVER_STARTED) for p in first]
     rest = [p for p in live if p not in unstarted]
-    draft.victims = (
-        _newest_first([p for p in rest if p in draft.outdated])
-        + _newest_first([p for p in rest if p in draft.current])
-    )[: surplus - len(first)]
+    draft.victim_count = surplus - len(first)
+    if draft.victim_count > 0:
+        draft.victims = _newest_first([p for p in rest if p in draft.outdated]) + _newest_first(
+            [p for p in rest if p in draft.current]
+        )
 
 
 def _remove_victims(
     draft: _Draft,
-    scheduler: SchedulerView | None,
+    obs: GroupObservation,
     previous: Sequence[Mapping[str, Any]] | None,
     now: float,
     settings: GroupSettings,
 ) -> Condition | None:
-    """Never-joined victims are deleted; joined ones are retired through the scheduler. Without the scheduler's
-    worker list, ask for it; with the scheduler unreachable, wait (Degraded, returned) until the force timeout."""
-    victims = draft.victims
+    """Never-joined victims are deleted; joined ones are retired through the scheduler, one request at a time
+    per group, again after a growing delay when a request did not retire them all. Without the scheduler's
+    worker list, ask for it; with the scheduler unreachable, wait (Degraded, returned) until the force
+    timeout. Returns a Degraded condition when something keeps the scale-down from progressing."""
+    retirement, scheduler = obs.retirement, obs.scheduler
+    if retirement is not None and retirement.in_flight:
+        names = ", ".join(w.name for w in retirement.retire.workers)
+        draft.progressing = Condition(
+            CONDITION_PROGRESSING,
+            True,
+            "RetiringWorkers",
+            f"The scheduler is retiring workers {names} (asked {int(now - retirement.asked)} s ago).",
+        )
+        draft.wake_in(30.0)  # its answer wakes the group; this is a safety net
+        return _still_degraded(previous, retirement)
+    problem = _retirement_problem(retirement)
+    if problem is not None and retirement is not None and retirement.answered is not None:
+        wait = retirement.answered + retire_retry_delay(retirement.attempt) - now
+        if wait > 0:
+            draft.wake_in(wait)
+            return problem
     if scheduler is None:
         draft.needs_scheduler = True
         return None
     if scheduler.workers is None:
-        waited = now - _unreachable_since(previous, now)
-        if waited < settings.force_timeout:
-            draft.progressing = Condition(
-                CONDITION_PROGRESSING, True, "WaitingForScheduler", "Scale-down waits for the scheduler."
-            )
-            draft.wake_in(min(settings.force_timeout - waited, min(30.0, max(2.0, waited / 2))))
-            return Condition(
-                CONDITION_DEGRADED,
-                True,
-                "SchedulerUnreachable",
-                f"Cannot reach the scheduler to retire workers gracefully ({scheduler.error}); retrying, and "
-                f"forcing the scale-down after {int(settings.force_timeout)} s.",
-            )
-        draft.deletions += [_deletion(p, Cause.FORCED) for p in victims]
-        draft.events.append(
-            EventSpec(
-                "Warning",
-                "ScaleDownForced",
-                f"The scheduler has been unreachable for {int(waited)} s (limit {int(settings.force_timeout)} s, "
-                f"annotation {FORCE_SCALE_DOWN_ANNOTATION} on the DaskCluster): deleting "
-                f"{', '.join(p['metadata']['name'] for p in victims)} without retiring them; data they held "
-                "in memory is lost.",
-            )
-        )
-        return None
+        return _without_scheduler(draft, scheduler, previous, now, settings)
 
     workers = scheduler.workers
+    prefer = [] if draft.rolling else draft.outdated
+    victims, receiving = choose_pods_to_retire(draft.victims, workers, draft.victim_count, prefer)
+    if len(victims) < draft.victim_count and receiving:
+        draft.notes.append(f"not retiring {len(receiving)} pods receiving data from a retirement")
+        draft.wake_in(RETIRING_POLL_SECONDS)
     joined = [(p, workers_in_pod(p, workers)) for p in victims]
-    draft.deletions += [_deletion(p, Cause.NEVER_JOINED) for p, ws in joined if not ws]
-    to_retire = [(p, ws) for p, ws in joined if ws]
+    asked_before = {rp.delete.ref.uid for rp in retirement.retire.pods} if retirement is not None else set()
+    draft.deletions += [
+        _deletion(p, Cause.RETIRED if p["metadata"]["uid"] in asked_before else Cause.NEVER_JOINED)
+        for p, ws in joined
+        if not ws
+    ]
+    retiring = [(p, ws) for p, ws in joined if any(w.retiring for w in ws)]
+    to_retire = [(p, ws) for p, ws in joined if ws and not any(w.retiring for w in ws)]
     others = [p for p in draft.pods.live if p not in victims]
+    if retiring:
+        # An earlier request (maybe one that timed out, or another operator's) is still being carried out:
+        # asking again would start a second retirement of the same workers.
+        names = ", ".join(w.name for _, ws in retiring for w in ws)
+        draft.progressing = Condition(
+            CONDITION_PROGRESSING,
+            True,
+            "RetiringWorkers",
+            f"The scheduler is still retiring workers {names} from an earlier request; waiting for it.",
+        )
+        draft.wake_in(RETIRING_POLL_SECONDS)
     if draft.rolling and any(not workers_in_pod(p, workers) for p in draft.current):
         # The replacement must have joined the scheduler before an old worker's data can move to it;
         # joining is not a Kubernetes event, so look again shortly.
@@ -474,9 +576,109 @@ def _remove_victims(
     elif to_retire and sum(len(ws) for _, ws in to_retire) >= len(workers) and not others:
         # Scaling to zero: no worker remains (or is coming) to take the data, so retiring cannot succeed.
         draft.deletions += [_deletion(p, Cause.LAST_WORKERS) for p, _ in to_retire]
-    elif to_retire:
+    elif to_retire and not retiring:
         draft.retire = Retire(tuple(RetiringPod(_deletion(p, Cause.RETIRED), ws) for p, ws in to_retire))
+        return _still_degraded(previous, retirement)
+    return problem
+
+
+RETIREMENT_PROBLEMS = ("RetirementIncomplete", "RetirementFailed", "RetirementTimedOut")
+
+
+def _retirement_problem(retirement: RetirementView | None) -> Condition | None:
+    """Degraded, naming the workers, when the latest retirement ended without retiring all of them."""
+    if retirement is None or retirement.in_flight:
+        return None
+    delay = int(retire_retry_delay(retirement.attempt))
+    if retirement.error and retirement.acted:
+        names = ", ".join(w.name for w in retirement.retire.workers)
+        return Condition(
+            CONDITION_DEGRADED,
+            True,
+            "RetirementTimedOut",
+            f"The scheduler did not answer the retirement of workers {names} in time ({retirement.error}). "
+            "It may still be retiring them, so the operator does not ask again while it does; their pods are "
+            "kept until the scheduler has let them go.",
+        )
+    if retirement.error:
+        names = ", ".join(w.name for w in retirement.retire.workers)
+        return Condition(
+            CONDITION_DEGRADED,
+            True,
+            "RetirementFailed",
+            f"Retiring workers {names} failed (attempt {retirement.attempt}): {retirement.error}. Their pods "
+            f"are kept; the operator asks again in {delay} s.",
+        )
+    if retirement.kept:
+        return Condition(
+            CONDITION_DEGRADED,
+            True,
+            "RetirementIncomplete",
+            f"The scheduler kept workers {', '.join(retirement.kept)} (attempt {retirement.attempt}): their "
+            "data could not be moved to another worker (none running could take it). Their pods are kept; "
+            f"the operator asks again in {delay} s.",
+        )
     return None
+
+
+def _still_degraded(
+    previous: Sequence[Mapping[str, Any]] | None, retirement: RetirementView | None
+) -> Condition | None:
+    """While a retry is in flight, the problem that caused it stays reported (no flapping, no Event per try)."""
+    cond = find_condition(previous, CONDITION_DEGRADED)
+    if retirement is None or (retirement.attempt <= 1 and retirement.in_flight):
+        return None
+    if cond and cond.get("status") == "True" and cond.get("reason") in RETIREMENT_PROBLEMS:
+        return Condition(CONDITION_DEGRADED, True, str(cond["reason"]), str(cond.get("message", "")))
+    return None
+
+
+def _without_scheduler(
+    draft: _Draft,
+    scheduler: SchedulerView,
+    previous: Sequence[Mapping[str, Any]] | None,
+    now: float,
+    settings: GroupSettings,
+) -> Condition | None:
+    """Wait for an unreachable scheduler (Degraded) until the force timeout, then delete the newest victims."""
+    waited = now - _unreachable_since(previous, now)
+    if waited < settings.force_timeout:
+        draft.progressing = Condition(
+            CONDITION_PROGRESSING, True, "WaitingForScheduler", "Scale-down waits for the scheduler."
+        )
+        draft.wake_in(min(settings.force_timeout - waited, min(30.0, max(2.0, waited / 2))))
+        return Condition(
+            CONDITION_DEGRADED,
+            True,
+            "SchedulerUnreachable",
+            f"Cannot reach the scheduler to retire workers gracefully ({scheduler.error}); retrying, and "
+            f"forcing the scale-down after {int(settings.force_timeout)} s.",
+        )
+    victims = draft.victims[: draft.victim_count]
+    draft.deletions += [_deletion(p, Cause.FORCED) for p in victims]
+    draft.events.append(
+        EventSpec(
+            "Warning",
+            "ScaleDownForced",
+            f"The scheduler has been unreachable for {int(waited)} s (limit {int(settings.force_timeout)} s, "
+            f"annotation {FORCE_SCALE_DOWN_ANNOTATION} on the DaskCluster): deleting "
+            f"{', '.join(p['metadata']['name'] for p in victims)} without retiring them; data they held "
+            "in memory is lost.",
+        )
+    )
+    return None
+
+
+def _retired_pods(retirement: RetirementView | None, pods: Sequence[Obj]) -> list[Obj]:
+    """Pods (same UID, not yet being deleted) every worker of which the latest answered request retired."""
+    if retirement is None or retirement.in_flight:
+        return []
+    done = {
+        rp.delete.ref.uid
+        for rp in retirement.retire.pods
+        if rp.workers and all(w.name in retirement.retired for w in rp.workers)
+    }
+    return [p for p in pods if p["metadata"].get("uid") in done and not is_terminating(p)]
 
 
 def _unreachable_since(previous: Sequence[Mapping[str, Any]] | None, now: float) -> float:

@@ -476,6 +476,11 @@ def test_resource_quota_refusal_shows_in_status_and_lifting_it_converges(
 MULTI_WORKER_ARGS = [
     "dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
 ]  # fmt: skip
+# Four workers in one process (no nanny): the shape of a big node's pod, at the cost of one process per pod.
+QUAD_WORKER_ARGS = [
+    "dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nworkers", "4", "--nthreads", "1", "--no-nanny",
+    "--no-dashboard",
+]  # fmt: skip
 
 
 def test_pods_running_two_workers_each_scale_down_without_losing_or_recomputing_data(
@@ -489,17 +494,8 @@ def test_pods_running_two_workers_each_scale_down_without_losing_or_recomputing_
              message="3 worker pods")  # fmt: skip
     with dask_client(plane, namespace, "multi") as client:
         pods_before = pod_names(worker_pods(plane, namespace, "multi-default"))
-        names = wait_workers(client, {f"{p}-{i}" for p in pods_before for i in (0, 1)}, timeout=120)
-        from distributed import wait
-
-        addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
-        blocks = [
-            client.submit(list, range(i * 100, (i + 1) * 100), workers=[addresses[i % 6]], pure=False)
-            for i in range(60)
-        ]
-        scattered = [client.scatter(("scattered", i), workers=[addresses[i % 6]]) for i in range(20)]
-        wait(blocks + scattered, timeout=60)
-        assert len({a for who in client.who_has(blocks).values() for a in who}) == 6
+        names = wait_workers(client, _workers_of(pods_before, 2), timeout=120)
+        blocks, scattered = _spread_data(client, blocks=60, scattered=20)
 
         plane.kubectl("scale", "-n", namespace, "daskcluster/multi", "--replicas=1")
         wait_for(lambda: len(worker_pods(plane, namespace, "multi-default")) == 1, timeout=120,
@@ -507,9 +503,69 @@ def test_pods_running_two_workers_each_scale_down_without_losing_or_recomputing_
         survivors = wait_workers(client, 2)
         (pod,) = pod_names(worker_pods(plane, namespace, "multi-default"))
         assert survivors == {f"{pod}-0", f"{pod}-1"} and survivors <= names
+        _assert_nothing_lost_or_recomputed(client, blocks, scattered)
 
-        assert client.gather(scattered) == [("scattered", i) for i in range(20)]
-        assert client.gather(blocks) == [list(range(i * 100, (i + 1) * 100)) for i in range(60)]
-        computed, erred = client.run_on_scheduler(_transitions, [b.key for b in blocks])
-        assert computed == {b.key: 1 for b in blocks}, computed
-        assert erred == 0
+
+@pytest.mark.timeout(360)
+def test_two_groups_of_four_worker_pods_one_scaled_down_without_touching_the_other(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    """Two groups side by side, each of two pods running `--nworkers 4`: scaling one group 2 -> 1 retires the
+    four workers of one of its pods and only those; the other group's eight workers keep their addresses."""
+    apply(plane, namespace, cluster_manifest("quad", 2, worker_args=QUAD_WORKER_ARGS))
+    apply(plane, namespace, group_manifest("quad-extra", "quad", 2, worker_args=QUAD_WORKER_ARGS))
+    wait_running(plane, namespace, "quad")
+    wait_for(lambda: len(worker_pods(plane, namespace, "quad-extra")) == 2, timeout=60,
+             message="2 extra worker pods")  # fmt: skip
+    default_pods = pod_names(worker_pods(plane, namespace, "quad-default"))
+    extra_pods = pod_names(worker_pods(plane, namespace, "quad-extra"))
+    with dask_client(plane, namespace, "quad") as client:
+        wait_workers(client, _workers_of(default_pods | extra_pods, 4), timeout=180)
+        default_before = _addresses(client, _workers_of(default_pods, 4))
+        blocks, scattered = _spread_data(client, blocks=64, scattered=32)
+
+        plane.kubectl("scale", "-n", namespace, "daskworkergroup/quad-extra", "--replicas=1")
+        wait_for(lambda: len(worker_pods(plane, namespace, "quad-extra")) == 1, timeout=180,
+                 message="1 extra worker pod")  # fmt: skip
+        (kept,) = pod_names(worker_pods(plane, namespace, "quad-extra"))
+        assert kept in extra_pods
+        wait_workers(client, _workers_of(default_pods | {kept}, 4))
+        assert pod_names(worker_pods(plane, namespace, "quad-default")) == default_pods
+        assert _addresses(client, _workers_of(default_pods, 4)) == default_before
+        _assert_nothing_lost_or_recomputed(client, blocks, scattered)
+
+
+def _workers_of(pods: set[str], per_pod: int) -> set[str]:
+    """The names `--nworkers N` gives the workers of these pods."""
+    return {f"{p}-{i}" for p in pods for i in range(per_pod)}
+
+
+def _addresses(client: Any, names: set[str]) -> dict[str, str]:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {str(w["name"]): addr for addr, w in workers.items() if str(w["name"]) in names}
+
+
+def _spread_data(client: Any, blocks: int, scattered: int) -> tuple[list[Any], list[Any]]:
+    """`blocks` computed lists and `scattered` scattered values, round-robin over every worker."""
+    from distributed import wait
+
+    addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    n = len(addresses)
+    computed = [
+        client.submit(list, range(i * 100, (i + 1) * 100), workers=[addresses[i % n]], pure=False)
+        for i in range(blocks)
+    ]
+    given = [client.scatter(f"scattered-{i}", workers=[addresses[i % n]]) for i in range(scattered)]
+    wait(computed + given, timeout=60)
+    holders = {a for who in client.who_has(computed + given).values() for a in who}
+    assert holders == set(addresses), f"data on {len(holders)} of {n} workers"
+    return computed, given
+
+
+def _assert_nothing_lost_or_recomputed(client: Any, blocks: list[Any], scattered: list[Any]) -> None:
+    """Every scattered value is still there, every computed key was computed exactly once, nothing erred."""
+    assert client.gather(scattered) == [f"scattered-{i}" for i in range(len(scattered))]
+    assert client.gather(blocks) == [list(range(i * 100, (i + 1) * 100)) for i in range(len(blocks))]
+    computed, erred = client.run_on_scheduler(_transitions, [b.key for b in blocks])
+    assert computed == {b.key: 1 for b in blocks}, computed
+    assert erred == 0

@@ -195,12 +195,14 @@ def cluster_manifest(
     }
 
 
-def group_manifest(name: str, cluster: str, replicas: int) -> dict[str, Any]:
+def group_manifest(
+    name: str, cluster: str, replicas: int, worker_args: list[str] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": "kubernetes.dask.org/v1",
         "kind": "DaskWorkerGroup",
         "metadata": {"name": name},
-        "spec": {"cluster": cluster, "worker": {"replicas": replicas, "spec": worker_spec()}},
+        "spec": {"cluster": cluster, "worker": {"replicas": replicas, "spec": worker_spec(worker_args)}},
     }
 
 

@@ -147,6 +147,24 @@ def test_http_api_lists_workers_and_answers_idle_and_target(with_api: RunningClu
     assert with_api.client.adaptive_target() >= 0
 
 
+def test_workers_come_with_the_data_they_hold_and_their_status(with_api: RunningCluster) -> None:
+    """What the choice of pods to remove reads: bytes held (as last reported by the worker's heartbeat)."""
+    from distributed import Client
+
+    with Client(with_api.client.endpoint.comm_address, timeout=30) as dask:
+        address = next(w.address for w in with_api.client.get_workers() if w.name == "h-worker-c")
+        data = dask.scatter(b"x" * 1_000_000, workers=[address])
+
+        def held() -> dict[str, int] | None:
+            workers = {w.name: w for w in with_api.client.get_workers()}
+            return {n: w.nbytes for n, w in workers.items()} if workers["h-worker-c"].nbytes else None
+
+        nbytes = wait_for(held, timeout=30, interval=0.3, message="the worker reports its data")
+        assert nbytes["h-worker-c"] >= 1_000_000 > nbytes["g-worker-a"]
+        assert all(w.status == "running" and not w.retiring for w in with_api.client.get_workers())
+        del data
+
+
 def test_rpc_fallback_when_http_route_is_disabled(stock: RunningCluster) -> None:
     only_rpc = SchedulerClient(SchedulerEndpoint(stock.client.endpoint.comm_address, None))
     assert {w.name for w in stock.client.get_workers()} == {"g-worker-x", "g-worker-y"}

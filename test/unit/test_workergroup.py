@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
@@ -10,13 +11,16 @@ from support import builders
 
 from dask_operator.controller.children import TEMPLATE_HASH_LABEL
 from dask_operator.controller.objects import rfc3339
-from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Plan, Question
+from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Cause, Plan, Question
 from dask_operator.controller.scheduler_api import DaskWorker
 from dask_operator.controller.workergroup import (
     GroupObservation,
     GroupSettings,
+    RetirementView,
     SchedulerView,
+    choose_pods_to_retire,
     plan_group,
+    retire_retry_delay,
     worker_name,
     workers_in_pod,
 )
@@ -387,3 +391,137 @@ def test_every_worker_of_a_multi_worker_pod_is_retired_with_it_and_no_other() ->
     # a deleted pod's worker still listed on the IP a new pod was given is not the new pod's
     stale = DaskWorker(pods[0]["metadata"]["name"], f"tcp://{pods[2]['status']['podIP']}:4000")
     assert workers_in_pod(pods[2], [stale]) == ()
+
+
+# -- which pods go, and retirements that end ---------------------------------------------------------------
+
+
+def holding(pods: list[dict[str, Any]], nbytes: dict[int, int], **kw: Any) -> tuple[DaskWorker, ...]:
+    """One worker per pod, pod i holding nbytes[i] bytes (0 if absent); kw sets fields of every worker."""
+    return tuple(
+        DaskWorker(p["metadata"]["name"], f"tcp://{p['status']['podIP']}:4000", nbytes=nbytes.get(i, 0), **kw)
+        for i, p in enumerate(pods)
+    )
+
+
+def test_scale_down_retires_the_pods_holding_the_least_data_then_the_newest() -> None:
+    pods = scaled_to(4)  # pods[3] is the newest
+    view = SchedulerView(holding(pods, {0: 10, 1: 5_000, 2: 10, 3: 90_000}))
+    result = plan(make_group(2), pods, scheduler=view)
+    assert result.retire is not None
+    # pods 0 and 2 hold 10 bytes each; of those the newer (2) comes first
+    assert [rp.delete.ref.name for rp in result.retire.pods] == [
+        pods[2]["metadata"]["name"],
+        pods[0]["metadata"]["name"],
+    ]
+
+
+def test_choice_never_takes_a_pod_receiving_data_from_a_retirement_in_progress() -> None:
+    pods = scaled_to(3)
+    retiring = DaskWorker("other-group-w", "tcp://10.9.9.9:1", nbytes=50, status="closing_gracefully")
+    workers = (*holding(pods, {0: 100, 1: 200, 2: 300}), retiring)
+    receiving = tuple(dataclasses.replace(w, incoming=2) if w.nbytes == 100 else w for w in workers)
+    chosen, skipped = choose_pods_to_retire(pods, receiving, 1)
+    assert chosen == [pods[1]] and skipped == [pods[0]]
+    # the same transfers with no retirement in progress are ordinary computation: no reason to skip
+    quiet = tuple(w for w in receiving if not w.retiring)
+    assert choose_pods_to_retire(pods, quiet, 1) == ([pods[0]], [])
+    # a pod the scheduler is already retiring comes first, whatever it holds
+    going = tuple(
+        dataclasses.replace(w, status="closing_gracefully") if w.nbytes == 300 else w for w in quiet
+    )
+    assert choose_pods_to_retire(pods, going, 1)[0] == [pods[2]]
+
+
+def test_retirement_in_flight_is_not_asked_again_nor_waited_for() -> None:
+    pods = scaled_to(3)
+    group = make_group(2)
+    first = plan(group, pods, scheduler=SchedulerView(holding(pods, {})))
+    assert first.retire is not None
+    flying = RetirementView(first.retire, attempt=1, asked=NOW)
+    again = plan(group, pods, retirement=flying, now=NOW + 20)
+    assert not asks_scheduler(again) and again.retire is None and again.deletes == ()
+    progressing = condition_of(again, "Progressing")
+    assert (
+        progressing["reason"] == "RetiringWorkers" and pods[2]["metadata"]["name"] in progressing["message"]
+    )
+
+
+def test_answered_retirement_deletes_exactly_the_retired_pods_by_uid() -> None:
+    pods = scaled_to(3)
+    group = make_group(1)
+    first = plan(group, pods, scheduler=SchedulerView(holding(pods, {})))
+    assert first.retire is not None and len(first.retire.pods) == 2
+    names = [w.name for w in first.retire.workers]
+    done = RetirementView(first.retire, 1, NOW, answered=NOW + 3, retired=frozenset(names))
+    result = plan(group, pods, retirement=done, now=NOW + 4)
+    assert not asks_scheduler(result) and result.retire is None
+    assert {(d.ref.name, d.cause) for d in result.deletes} == {(n, Cause.RETIRED) for n in names}
+    # a new pod that reuses a retired pod's name (same ordinal) is another object: never deleted for it
+    reborn = copy.deepcopy(pods[2])
+    reborn["metadata"]["uid"] = "new-uid"
+    later = plan(make_group(2), [pods[0], reborn], retirement=done, now=NOW + 60)
+    assert later.deletes == ()
+
+
+def test_refused_retirement_names_the_kept_worker_and_backs_off() -> None:
+    pods = scaled_to(3)
+    group = make_group(2)
+    view = SchedulerView(holding(pods, {}))
+    first = plan(group, pods, scheduler=view)
+    assert first.retire is not None
+    (kept,) = [w.name for w in first.retire.workers]
+    refused = RetirementView(first.retire, 1, NOW, answered=NOW + 2)
+    result = plan(group, pods, retirement=refused, now=NOW + 2)
+    assert result.retire is None and result.deletes == () and not asks_scheduler(result)
+    for kind in ("Degraded", "ReplicaFailure"):
+        cond = condition_of(result, kind)
+        assert (
+            cond["status"] == "True" and cond["reason"] == "RetirementIncomplete" and kept in cond["message"]
+        )
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "RetirementIncomplete")]
+    assert kept in result.events[0].message
+    assert result.requeue_after == 5.0
+    # after the delay it is asked again, and the problem stays reported (no Event per attempt)
+    group["status"] = result.status
+    retry = plan(group, pods, retirement=refused, scheduler=view, now=NOW + 8)
+    assert retry.retire is not None and retry.events == ()
+    assert condition_of(retry, "Degraded")["reason"] == "RetirementIncomplete"
+    # the second refusal waits twice as long; then the worker is free and the pod goes
+    second = RetirementView(first.retire, 2, NOW + 8, answered=NOW + 9)
+    assert plan(group, pods, retirement=second, scheduler=view, now=NOW + 15).retire is None
+    assert plan(group, pods, retirement=second, scheduler=view, now=NOW + 20).retire is not None
+    freed = RetirementView(first.retire, 3, NOW + 20, answered=NOW + 21, retired=frozenset({kept}))
+    group["status"] = retry.status
+    done = plan(group, pods, retirement=freed, now=NOW + 21)
+    assert [d.ref.name for d in done.deletes] == [kept]
+    assert condition_of(done, "Degraded")["status"] == "False" and condition_of(done, "ReplicaFailure") == {}
+
+
+def test_retirement_that_timed_out_is_never_asked_again_while_the_scheduler_retires() -> None:
+    pods = scaled_to(2)
+    group = make_group(1)
+    first = plan(group, pods, scheduler=SchedulerView(holding(pods, {})))
+    assert first.retire is not None
+    (name,) = [w.name for w in first.retire.workers]
+    timed_out = RetirementView(first.retire, 1, NOW, answered=NOW + 120, error="read timeout", acted=True)
+    still = holding(pods, {})
+    still = tuple(dataclasses.replace(w, status="closing_gracefully") if w.name == name else w for w in still)
+    for now in (NOW + 121, NOW + 200, NOW + 5000):
+        waiting = plan(group, pods, retirement=timed_out, scheduler=SchedulerView(still), now=now)
+        assert waiting.retire is None and waiting.deletes == ()
+        assert condition_of(waiting, "Degraded")["reason"] == "RetirementTimedOut"
+    # the scheduler finished: the worker left it, and its pod goes as retired
+    gone = tuple(w for w in still if w.name != name)
+    done = plan(group, pods, retirement=timed_out, scheduler=SchedulerView(gone), now=NOW + 5001)
+    assert [(d.ref.name, d.cause) for d in done.deletes] == [(name, Cause.RETIRED)]
+
+
+def test_retry_delay_doubles_up_to_five_minutes() -> None:
+    assert [retire_retry_delay(n) for n in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
+    assert retire_retry_delay(50) == 300.0
+
+
+def condition_of(result: Plan, kind: str) -> dict[str, Any]:
+    assert result.status is not None
+    return next((c for c in result.status["conditions"] if c["type"] == kind), {})
