@@ -21,6 +21,7 @@ from typing import Any
 
 from dask_operator.api.v1.group import API_VERSION
 from dask_operator.api.v1.names import (
+    ANNOTATION_AUTOSCALED_BY,
     ANNOTATION_COOLDOWN_UNTIL,
     COMPONENT_SCHEDULER,
     DASK_AUTOSCALER,
@@ -86,12 +87,17 @@ class AutoscalerObservation:
     scheduler: SchedulerTarget | None = None  # None: not asked (yet)
 
 
-def replicas_intent(group: Mapping[str, Any], replicas: int) -> Obj:
+def replicas_intent(group: Mapping[str, Any], replicas: int, autoscaler: str = "") -> Obj:
+    """The autoscaler's write: the group's replicas, and which autoscaler owns them (so their ownership
+    can be released once it is gone)."""
     meta = group["metadata"]
+    metadata: Obj = {"name": meta["name"], "namespace": meta["namespace"]}
+    if autoscaler:
+        metadata["annotations"] = {ANNOTATION_AUTOSCALED_BY: autoscaler}
     return {
         "apiVersion": API_VERSION,
         "kind": DASK_WORKER_GROUP.kind,
-        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "metadata": metadata,
         "spec": {"worker": {"replicas": replicas}},
     }
 
@@ -194,7 +200,7 @@ def plan_autoscaler(obs: AutoscalerObservation, now: float) -> Plan:
     )
     # The replicas before the cooldown: a lost cooldown delays nothing, a lost change would.
     writes = [
-        Apply(replicas_intent(group, desired), AUTOSCALER_FIELD_MANAGER),
+        Apply(replicas_intent(group, desired, meta["name"]), AUTOSCALER_FIELD_MANAGER),
         Apply(cooldown_intent(autoscaler, until), AUTOSCALER_FIELD_MANAGER),
     ]
     plan = _plan(

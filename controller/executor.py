@@ -33,6 +33,7 @@ from dask_operator.controller.plans import (
     Delete,
     Emit,
     Plan,
+    ReleaseFields,
     Retire,
     SetStatus,
     Step,
@@ -116,6 +117,8 @@ class Executor:
                 self.delete(step)
             elif isinstance(step, Retire):
                 return self.retire(obj, step, retire_workers)
+            elif isinstance(step, ReleaseFields):
+                self.release(step)
         except ApiError as error:
             return refusal_of(step, error)
         return None
@@ -154,6 +157,37 @@ class Executor:
         retire_workers(step)
         return None
 
+    def release(self, step: ReleaseFields) -> None:
+        """Read the object's managedFields (the cache keeps none), then remove the manager's entry and the
+        annotation in one patch guarded by the UID and the entry's position."""
+        ref = step.ref
+        kind = lookup(ref.api_version, ref.kind)
+        live = self.client.get(kind, ref.namespace, ref.name)
+        if live is None or live["metadata"].get("uid") != ref.uid:
+            return
+        meta = live["metadata"]
+        operations: list[Obj] = [{"op": "test", "path": "/metadata/uid", "value": ref.uid}]
+        entries = meta.get("managedFields") or []
+        for index in reversed(range(len(entries))):  # from the end: earlier indexes stay valid
+            if entries[index].get("manager") == step.field_manager:
+                path = f"/metadata/managedFields/{index}"
+                operations += [
+                    {"op": "test", "path": f"{path}/manager", "value": step.field_manager},
+                    {"op": "remove", "path": path},
+                ]
+        if step.annotation in (meta.get("annotations") or {}):
+            key = step.annotation.replace("~", "~0").replace("/", "~1")
+            operations.append({"op": "remove", "path": f"/metadata/annotations/{key}"})
+        if len(operations) == 1:
+            return
+        try:
+            self.client.patch_json(kind, ref.namespace, ref.name, operations)
+        except ApiError as error:
+            if error.status not in (404, 409, 422):  # gone, or changed meanwhile: the next plan looks again
+                raise
+            return
+        log.info("released fields", kind=ref.kind, object=ref.name, field_manager=step.field_manager)
+
     def write_status(self, obj: Obj, status: Obj) -> bool:
         if dict(obj.get("status") or {}) == status:
             return False
@@ -186,6 +220,8 @@ def refusal_of(step: Step, error: ApiError) -> Refusal:
         reason, verb, target = "FailedDelete", "Deleting", f"{step.ref.kind} {step.ref.name}"
     elif isinstance(step, Retire):
         reason, verb, target = "FailedDelete", "Deleting", "retired worker pods"
+    elif isinstance(step, ReleaseFields):
+        reason, verb, target = "FailedApply", f"Releasing {step.field_manager}'s fields of", step.ref.name
     else:
         obj = step.obj if isinstance(step, Apply) else {}
         reason, verb, target = "FailedApply", "Applying", _describe(obj)

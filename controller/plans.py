@@ -118,6 +118,17 @@ class Retire:
 
 
 @dataclass(frozen=True)
+class ReleaseFields:
+    """Drop `field_manager`'s entry from the object's managedFields, and the `annotation` that marked it:
+    the fields keep their values, now owned by their other managers or by no one, so whoever applies them
+    next owns them without a conflict."""
+
+    ref: Ref
+    field_manager: str
+    annotation: str
+
+
+@dataclass(frozen=True)
 class SetStatus:
     """Write the reconciled object's status (status field manager); always written last, failed or not."""
 
@@ -131,8 +142,8 @@ class Emit:
     event: EventSpec
 
 
-Step = Apply | Create | Delete | Retire | SetStatus | Emit
-S = TypeVar("S", Apply, Create, Delete, Retire, SetStatus, Emit)
+Step = Apply | Create | Delete | Retire | ReleaseFields | SetStatus | Emit
+S = TypeVar("S", Apply, Create, Delete, Retire, ReleaseFields, SetStatus, Emit)
 
 
 @dataclass(frozen=True)

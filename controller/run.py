@@ -58,6 +58,13 @@ def add_run_parser(subparsers: Any) -> None:
         help="seconds a scale-down waits for an unreachable scheduler before deleting workers anyway "
         "(default 300; per cluster: annotation kubernetes.dask.org/scale-down-force-timeout)",
     )
+    run.add_argument(
+        "--retire-timeout",
+        type=float,
+        default=None,
+        help="seconds one request to a scheduler to retire workers may take (default 120); one that times "
+        "out is not asked again while the scheduler is still retiring those workers",
+    )
     run.add_argument("--log-level", default=os.environ.get("DASK_OPERATOR_LOG_LEVEL", "info"))
     run.add_argument("--log-format", choices=("json", "console"), default="json")
     run.set_defaults(handler=run_command)
@@ -94,7 +101,9 @@ def run_command(args: argparse.Namespace) -> int:
     )
     namespace = args.namespace if not args.all_namespaces else None
     settings = from_dask_config(
-        cluster_domain=args.cluster_domain, force_scale_down_after=args.scale_down_force_timeout
+        cluster_domain=args.cluster_domain,
+        force_scale_down_after=args.scale_down_force_timeout,
+        retire_timeout=args.retire_timeout,
     )
     election = None
     if args.leader_elect:

@@ -24,6 +24,7 @@ from typing import Any
 
 from dask_operator.api.v1.group import GROUP
 from dask_operator.api.v1.names import (
+    ANNOTATION_AUTOSCALED_BY,
     DEFAULT_CLUSTER_DOMAIN,
     ISTIO_SIDECAR_INJECT_VALUE,
     LABEL_ISTIO_SIDECAR_INJECT,
@@ -54,6 +55,7 @@ from dask_operator.controller.conditions import (
 from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
 from dask_operator.controller.plans import (
     ADOPTION_FIELD_MANAGER,
+    AUTOSCALER_FIELD_MANAGER,
     Apply,
     Cause,
     Create,
@@ -62,6 +64,7 @@ from dask_operator.controller.plans import (
     Plan,
     Question,
     Ref,
+    ReleaseFields,
     Retire,
     RetiringPod,
     SetStatus,
@@ -137,6 +140,7 @@ class GroupObservation:
     scheduler: SchedulerView | None = None  # None: not asked (yet)
     previous_conditions: Sequence[Mapping[str, Any]] | None = None  # defaults to the group's status
     retirement: RetirementView | None = None  # the group's latest retirement request, if any
+    autoscaled: bool = True  # a DaskAutoscaler names the group's cluster (False: none does)
 
 
 # -- worker pods --------------------------------------------------------------------------------------------
@@ -347,6 +351,9 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
         return Plan(question=Question.WORKERS)
     adopt = adoption(group, cluster) if not is_controlled_by(group, cluster["metadata"]["uid"]) else None
     steps: list[Step] = [Apply(adopt, ADOPTION_FIELD_MANAGER)] if adopt is not None else []
+    release = autoscaler_release(group, obs.autoscaled)
+    if release is not None:
+        steps.append(release)
     steps += draft.deletions
     steps += [Create(pod) for pod in draft.creates]
     if draft.retire is not None:
@@ -410,6 +417,14 @@ class _Draft:
     def create(self, count: int) -> None:
         names = new_worker_names(self.group, self.want, self.pods.taken, count)
         self.creates += [worker_pod(self.template, n) for n in names]
+
+
+def autoscaler_release(group: Obj, autoscaled: bool) -> ReleaseFields | None:
+    """Once no DaskAutoscaler names the group's cluster, the ownership of the replicas its autoscaler wrote
+    goes (the value stays): a later `kubectl apply --server-side` of the group sets them without a conflict."""
+    if autoscaled or ANNOTATION_AUTOSCALED_BY not in (group["metadata"].get("annotations") or {}):
+        return None
+    return ReleaseFields(Ref.of(group), AUTOSCALER_FIELD_MANAGER, ANNOTATION_AUTOSCALED_BY)
 
 
 def _waiting_for_cluster(

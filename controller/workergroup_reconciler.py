@@ -17,10 +17,10 @@ from typing import Any
 
 import structlog
 
-from dask_operator.api.v1.names import scheduler_service_name
+from dask_operator.api.v1.names import default_worker_group_name, scheduler_service_name
 from dask_operator.controller import indexes, operator_metrics
 from dask_operator.controller.children import is_terminating
-from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
+from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
 from dask_operator.controller.objects import Obj
 from dask_operator.controller.plans import Question, Retire
 from dask_operator.controller.reconciler import DaskReconciler
@@ -79,6 +79,11 @@ class DaskWorkerGroupReconciler(DaskReconciler):
             cluster=cluster,
             pods=self.cache.by_owner(POD, group["metadata"]["uid"]),
             retirement=self.retirement_view(request),
+            autoscaled=bool(
+                indexes.autoscalers_of_cluster(
+                    self.cache, request.namespace, group["spec"].get("cluster", "")
+                )
+            ),
         )
         settings = self.group_settings(cluster)
         plan = plan_group(observation, now, settings)
@@ -199,6 +204,13 @@ def groups_of_cluster(manager: Any) -> Any:
     return mapper
 
 
+def default_group_of_autoscaler(autoscaler: Obj) -> list[Request]:
+    """A DaskAutoscaler's coming and going matters to the group it scales (its replicas' ownership)."""
+    meta = autoscaler["metadata"]
+    cluster = (autoscaler.get("spec") or {}).get("cluster")
+    return [Request(meta["namespace"], default_worker_group_name(cluster))] if cluster else []
+
+
 def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: int) -> None:
     """DaskWorkerGroups; their worker Pods; the DaskCluster they name (its spec, labels and annotations,
     e.g. the force timeout, matter to its groups; its status does not)."""
@@ -213,6 +225,7 @@ def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: in
             groups_of_cluster(manager),
             predicates=[Or(GenerationChanged(), LabelsChanged(), AnnotationsChanged())],
         )
+        .watches(DASK_AUTOSCALER_KIND, default_group_of_autoscaler, predicates=[GenerationChanged()])
         .with_options(max_concurrent_reconciles=concurrency, reconcile_timeout=RECONCILE_TIMEOUT_SECONDS)
         .complete(reconciler)
     )

@@ -62,6 +62,9 @@ COMPONENT_AUTOSCALER = "autoscaler"
 
 # DaskAutoscaler: Unix epoch seconds (float as a string) until which the autoscaler must not scale down.
 ANNOTATION_COOLDOWN_UNTIL = f"{GROUP}/cooldown-until"
+# On a worker group whose replicas a DaskAutoscaler sets: that autoscaler's name (removed, with the
+# autoscaler's ownership of the replicas, once no DaskAutoscaler names the group's cluster).
+ANNOTATION_AUTOSCALED_BY = f"{GROUP}/autoscaled-by"
 
 # Annotations whose key starts with one of these are never copied from a parent to its children.
 UNPROPAGATED_ANNOTATION_PREFIXES: tuple[str, ...] = ("kopf.zalando.org", "kubectl.kubernetes.io")

@@ -6,6 +6,7 @@ per test (support/operator.py). Waits have deadlines; nothing sleeps to synchron
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any
@@ -102,3 +103,44 @@ def test_autoscaler_follows_the_scheduler_within_its_bounds_and_goes_with_its_cl
         timeout=60,
         message="the autoscaler deleted with its cluster",
     )
+
+
+def _replicas_owners(plane: Any, namespace: str, group: str) -> set[str]:
+    """The field managers that own the group's spec.worker.replicas (from its managedFields)."""
+    obj = get(plane, namespace, "daskworkergroup", group, "--show-managed-fields")
+    return {
+        entry["manager"]
+        for entry in obj["metadata"].get("managedFields") or []
+        if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}).get("f:worker", {})
+    }
+
+
+def test_deleting_an_autoscaler_releases_the_replicas_so_a_server_side_apply_does_not_conflict(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    """While a DaskAutoscaler scales the default group it owns spec.worker.replicas (a user's server-side
+    apply of another value conflicts); once it is deleted its ownership goes, the value stays, and the same
+    apply succeeds without --force-conflicts."""
+    apply(plane, namespace, cluster_manifest("owned", 1))
+    apply(plane, namespace, autoscaler_manifest("owner", "owned", 2, 2))
+    wait_for(lambda: default_replicas(plane, namespace, "owned") == 2, timeout=90, interval=0.5,
+             message="the autoscaler scaled the group to 2")  # fmt: skip
+    assert "dask-operator-autoscaler" in _replicas_owners(plane, namespace, "owned-default")
+
+    live = get(plane, namespace, "daskworkergroup", "owned-default")
+    mine = {"apiVersion": live["apiVersion"], "kind": live["kind"], "metadata": {"name": "owned-default"},
+            "spec": {**live["spec"], "worker": {**live["spec"]["worker"], "replicas": 1}}}  # fmt: skip
+    body = json.dumps(mine)
+    conflict = plane.kubectl("apply", "--server-side", "--dry-run=server", "-n", namespace, "-f", "-",
+                             input=body, check=False)  # fmt: skip
+    assert conflict.returncode != 0 and "conflict" in conflict.stderr.lower(), conflict.stderr
+
+    plane.kubectl("delete", "-n", namespace, "daskautoscaler", "owner")
+    wait_for(lambda: "dask-operator-autoscaler" not in _replicas_owners(plane, namespace, "owned-default"),
+             timeout=60, interval=0.5, message="the autoscaler's ownership released")  # fmt: skip
+    group = get(plane, namespace, "daskworkergroup", "owned-default")
+    assert group["spec"]["worker"]["replicas"] == 2  # the value stays
+    assert "kubernetes.dask.org/autoscaled-by" not in (group["metadata"].get("annotations") or {})
+    plane.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=body)
+    assert _replicas_owners(plane, namespace, "owned-default") == {"kubectl"}
+    wait_for(lambda: default_replicas(plane, namespace, "owned") == 1, timeout=30, message="the user's 1")

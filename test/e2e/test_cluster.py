@@ -25,6 +25,8 @@ from support.operator import (
     group_manifest,
     pod_names,
     pods,
+    pods_added_since,
+    resource_version_now,
     set_pod_quota,
     wait_refused,
     wait_running,
@@ -569,3 +571,32 @@ def _assert_nothing_lost_or_recomputed(client: Any, blocks: list[Any], scattered
     computed, erred = client.run_on_scheduler(_transitions, [b.key for b in blocks])
     assert computed == {b.key: 1 for b in blocks}, computed
     assert erred == 0
+
+
+def test_zero_workers_never_create_a_worker_pod(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    """A DaskCluster and a KubeCluster created with 0 workers: the API server's own record of pod creations
+    (a watch replayed from before either was created) holds no worker pod, not even a short-lived one."""
+    from dask_operator import KubeCluster
+    from dask_operator.controller.runtime.client import Client as RestClient
+
+    since = resource_version_now(plane, namespace)
+    apply(plane, namespace, cluster_manifest("none", 0))
+    kube = KubeCluster(name="kcnone", namespace=namespace, n_workers=0, resource_timeout=120,
+                       kube_client=RestClient.from_kubeconfig(str(plane.kubeconfig)), quiet=True)  # fmt: skip
+    try:
+        wait_running(plane, namespace, "none")
+        for group in ("none-default", "kcnone-default"):
+            wait_for(lambda group=group: (get(plane, namespace, "daskworkergroup", group) or {}).get(
+                "status", {}).get("replicas") == 0, timeout=60, interval=0.5,
+                message=f"{group} reports 0 workers")  # fmt: skip
+        assert (
+            condition(get(plane, namespace, "daskworkergroup", "none-default"), "Ready")["status"] == "True"
+        )
+        workers = pods_added_since(plane, namespace, since, "dask.org/component=worker")
+        schedulers = pods_added_since(plane, namespace, since, "dask.org/component=scheduler")
+        assert len(schedulers) == 2  # the watch did see this namespace's pod creations
+        assert workers == []
+    finally:
+        kube.close()

@@ -159,7 +159,12 @@ def test_scale_up_writes_only_the_default_groups_replicas_and_starts_a_cooldown(
     assert replicas_apply(p) == {
         "apiVersion": "kubernetes.dask.org/v1",
         "kind": "DaskWorkerGroup",
-        "metadata": {"name": "c-default", "namespace": "ns"},
+        # the annotation says whose replicas these are, so their ownership is released once it is gone
+        "metadata": {
+            "name": "c-default",
+            "namespace": "ns",
+            "annotations": {"kubernetes.dask.org/autoscaled-by": make_autoscaler()["metadata"]["name"]},
+        },
         "spec": {"worker": {"replicas": 5}},
     }
     assert cooldown_apply(p) is not None

@@ -9,9 +9,17 @@ from typing import Any
 import pytest
 from support import builders
 
+from dask_operator.api.v1.names import ANNOTATION_AUTOSCALED_BY
 from dask_operator.controller.children import TEMPLATE_HASH_LABEL
 from dask_operator.controller.objects import rfc3339
-from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Cause, Plan, Question
+from dask_operator.controller.plans import (
+    ADOPTION_FIELD_MANAGER,
+    AUTOSCALER_FIELD_MANAGER,
+    Cause,
+    Plan,
+    Question,
+    ReleaseFields,
+)
 from dask_operator.controller.scheduler_api import DaskWorker
 from dask_operator.controller.workergroup import (
     GroupObservation,
@@ -525,3 +533,14 @@ def test_retry_delay_doubles_up_to_five_minutes() -> None:
 def condition_of(result: Plan, kind: str) -> dict[str, Any]:
     assert result.status is not None
     return next((c for c in result.status["conditions"] if c["type"] == kind), {})
+
+
+def test_autoscaler_ownership_of_replicas_is_released_once_no_autoscaler_names_the_cluster() -> None:
+    pods = scaled_to(2)
+    group = make_group(2)
+    group["metadata"]["annotations"] = {ANNOTATION_AUTOSCALED_BY: "scaler"}
+    assert list(plan(group, pods, autoscaled=True).of_type(ReleaseFields)) == []
+    (release,) = plan(group, pods, autoscaled=False).of_type(ReleaseFields)
+    assert release.ref.uid == group["metadata"]["uid"] and release.field_manager == AUTOSCALER_FIELD_MANAGER
+    assert release.annotation == ANNOTATION_AUTOSCALED_BY
+    assert list(plan(make_group(2), pods, autoscaled=False).of_type(ReleaseFields)) == []
