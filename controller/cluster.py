@@ -51,9 +51,9 @@ from dask_operator.controller.children import (
     is_terminating,
     owned_child,
     template_hash,
-    with_env_defaults,
 )
 from dask_operator.controller.conditions import (
+    CONDITION_SCHEDULER_API,
     Condition,
     EventSpec,
     condition_events,
@@ -75,7 +75,7 @@ from dask_operator.controller.plans import (
     Step,
 )
 from dask_operator.controller.pods import is_pod_finished, is_pod_ready, pod_failure
-from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV, HTTP_ROUTES_VALUE
+from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV, routes_decision
 
 # On the default DaskWorkerGroup: the DaskCluster's spec.worker.replicas last copied onto it. The cluster's
 # value is copied again only when it differs from this, so `kubectl scale` of the cluster resizes the
@@ -133,9 +133,25 @@ def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
         },
     )
     spec = copy.deepcopy(cluster["spec"]["scheduler"]["spec"])
-    spec["containers"] = with_env_defaults(spec.get("containers") or [], {HTTP_ROUTES_ENV: HTTP_ROUTES_VALUE})
+    spec["containers"] = [_with_api_route(c) for c in spec.get("containers") or []]
     labels[TEMPLATE_HASH_LABEL] = template_hash(spec)
     return owned_child(cluster, "v1", "Pod", scheduler_name(name), (labels, annotations), spec)
+
+
+def _with_api_route(container: Obj) -> Obj:
+    decision = routes_decision(container)
+    if decision.value is None:
+        return {**container, "env": list(container.get("env") or [])}
+    env = [e for e in container.get("env") or [] if e.get("name") != HTTP_ROUTES_ENV]
+    return {**container, "env": [*env, {"name": HTTP_ROUTES_ENV, "value": decision.value}]}
+
+
+def scheduler_api_condition(cluster: Mapping[str, Any]) -> Condition:
+    """Whether the operator reaches the scheduler through its HTTP API, and why (the routes decision of its
+    first container, the one running `dask scheduler` in every upstream example)."""
+    containers = cluster["spec"]["scheduler"]["spec"].get("containers") or [{}]
+    decision = routes_decision(containers[0])
+    return Condition(CONDITION_SCHEDULER_API, decision.http_api, decision.reason, decision.message)
 
 
 def desired_scheduler_service(cluster: Mapping[str, Any]) -> Obj:
@@ -343,6 +359,7 @@ def cluster_status(obs: ClusterObservation, scheduler_state: str, now: float, cl
         _ready_condition(phase, scheduler_ready, service_ok, ready_total, desired_total, len(live_workers)),
         _progressing_condition(scheduler_state, service_ok, len(live_workers), desired_total, obs.groups),
         _degraded_condition(obs, scheduler_state, now),
+        scheduler_api_condition(cluster),
     ]
     status: Obj = {
         "observedGeneration": meta.get("generation", 0),

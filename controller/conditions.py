@@ -14,6 +14,9 @@ from dask_operator.controller.objects import Obj
 
 # Set by the executor while the API server refuses a write (ReplicaSet's condition of the same name).
 CONDITION_REPLICA_FAILURE = "ReplicaFailure"
+# On a DaskCluster: True when the operator talks to the scheduler through its HTTP API, False when only
+# through the comm RPC (the user's routes left alone); the reason says which routes the scheduler got.
+CONDITION_SCHEDULER_API = "SchedulerAPI"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ Held by test/unit/test_scheduler.py.
 
 from __future__ import annotations
 
+import ast
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # The scheduler's HTTP API (distributed.http.scheduler.api) is off by default (dask/distributed#6407).
 # Scheduler pods made by this operator get it through this configuration variable, next to the defaults.
@@ -22,6 +25,80 @@ DEFAULT_HTTP_ROUTES = (
 )
 API_ROUTE = "distributed.http.scheduler.api"
 HTTP_ROUTES_VALUE = repr([*DEFAULT_HTTP_ROUTES, API_ROUTE])
+
+
+@dataclass(frozen=True)
+class RoutesDecision:
+    """How the operator reaches a scheduler it makes: the routes value to set (None: leave the container's
+    environment alone) and a sentence for the DaskCluster's SchedulerAPI condition."""
+
+    value: str | None
+    http_api: bool  # False: the operator talks to this scheduler over the comm RPC only
+    reason: str
+    message: str
+
+
+def routes_decision(container: Mapping[str, Any]) -> RoutesDecision:
+    """Never override routes the user gave: add the API route to Dask's defaults when none are given; leave
+    routes the user set (or may set through envFrom) as they are, and use the comm RPC unless they
+    include the API route."""
+    env = {e.get("name"): e for e in container.get("env") or []}
+    given = env.get(HTTP_ROUTES_ENV)
+    if given is None:
+        if container.get("envFrom"):
+            return RoutesDecision(
+                None,
+                False,
+                "RPCOnly",
+                f"The scheduler container takes variables from envFrom, which may set {HTTP_ROUTES_ENV}; "
+                "the operator leaves its routes alone and talks to the scheduler over the comm port. Set "
+                f"{HTTP_ROUTES_ENV} in env (with {API_ROUTE}) to use the HTTP API.",
+            )
+        return RoutesDecision(
+            HTTP_ROUTES_VALUE,
+            True,
+            "RouteAdded",
+            f"Dask's default routes plus {API_ROUTE} (set by the operator).",
+        )
+    if "valueFrom" in given or not isinstance(given.get("value"), str):
+        return RoutesDecision(
+            None,
+            False,
+            "RPCOnly",
+            f"{HTTP_ROUTES_ENV} comes from a reference the operator does not read; it is left alone and the "
+            "operator talks to the scheduler over the comm port.",
+        )
+    routes = _parse_routes(given["value"])
+    if routes is None:
+        return RoutesDecision(
+            None,
+            False,
+            "RPCOnly",
+            f"{HTTP_ROUTES_ENV} is not a list of module names; it is left alone and the operator talks to "
+            "the scheduler over the comm port.",
+        )
+    if API_ROUTE in routes:
+        return RoutesDecision(None, True, "RoutesGiven", f"Your routes include {API_ROUTE}.")
+    # Routes listed explicitly are a choice about what the dashboard port exposes (the API can retire
+    # workers, unauthenticated): the operator does not add to them.
+    return RoutesDecision(
+        None,
+        False,
+        "RPCOnly",
+        f"Your {HTTP_ROUTES_ENV} does not include {API_ROUTE}; the operator leaves it as you set it and "
+        "talks to the scheduler over the comm port. Add the route to use the HTTP API.",
+    )
+
+
+def _parse_routes(value: str) -> list[str] | None:
+    """The routes list as Dask reads the variable (a Python literal), or None if it is not a list of str."""
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(parsed, list | tuple) and all(isinstance(r, str) for r in parsed):
+        return list(parsed)
+    return None
 
 
 # A worker's status while the scheduler retires it (distributed.core.Status.closing_gracefully).

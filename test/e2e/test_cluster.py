@@ -9,6 +9,7 @@ The operator process, the `plane` and `dask_operator` fixtures and the helpers l
 from __future__ import annotations
 
 import operator
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import cloudpickle
 import pytest
 from support.operator import (
+    REPO,
     OperatorProcess,
     apply,
     cluster_manifest,
@@ -600,3 +602,21 @@ def test_zero_workers_never_create_a_worker_pod(
         assert workers == []
     finally:
         kube.close()
+
+
+def test_the_sample_cluster_runs_as_a_non_root_user(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    """manifests/samples/daskcluster.yaml as a user applies it: its non-root securityContext is applied by
+    the process node (setpriv), and the scheduler and workers start, connect and compute as uid 1000."""
+    plane.kubectl("apply", "-n", namespace, "-f", str(REPO / "manifests" / "samples" / "daskcluster.yaml"))
+    wait_running(plane, namespace, "simple")
+    wait_for(lambda: len(worker_pods(plane, namespace, "simple-default")) == 3, timeout=60,
+             message="3 worker pods")  # fmt: skip
+    with dask_client(plane, namespace, "simple") as client:
+        wait_workers(client, 3, timeout=120)
+        assert set(client.run(os.getuid).values()) == {1000}
+        assert client.run_on_scheduler(os.getuid) == 1000
+        assert client.submit(sum, range(10)).result(timeout=60) == 45
+    cluster = get(plane, namespace, "daskcluster", "simple")
+    assert condition(cluster, "SchedulerAPI")["reason"] == "RouteAdded"

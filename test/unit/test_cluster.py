@@ -18,9 +18,10 @@ from dask_operator.controller.cluster import (
     desired_scheduler_service,
     idle_decision,
     plan_cluster,
+    scheduler_api_condition,
 )
 from dask_operator.controller.plans import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Apply
-from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV
+from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV, routes_decision
 
 NOW = 1_700_000_000.0
 
@@ -94,6 +95,37 @@ def test_scheduler_pod_gets_http_api_route_unless_user_set_routes() -> None:
     cluster["spec"]["scheduler"]["spec"]["containers"][0]["env"] = [{"name": HTTP_ROUTES_ENV, "value": "[]"}]
     env = desired_scheduler_pod(cluster)["spec"]["containers"][0]["env"]
     assert env == [{"name": HTTP_ROUTES_ENV, "value": "[]"}]
+
+
+@pytest.mark.parametrize(
+    ("container", "value", "http_api", "reason"),
+    [
+        ({}, "added", True, "RouteAdded"),
+        ({"env": [{"name": HTTP_ROUTES_ENV, "value": "['distributed.http.health']"}]}, None, False, "RPCOnly"),
+        ({"env": [{"name": HTTP_ROUTES_ENV, "value": "['distributed.http.scheduler.api']"}]}, None, True,
+         "RoutesGiven"),
+        ({"env": [{"name": HTTP_ROUTES_ENV, "value": "not a list"}]}, None, False, "RPCOnly"),
+        ({"env": [{"name": HTTP_ROUTES_ENV, "valueFrom": {"configMapKeyRef": {"name": "x", "key": "y"}}}]},
+         None, False, "RPCOnly"),
+        ({"envFrom": [{"configMapRef": {"name": "dask-config"}}]}, None, False, "RPCOnly"),
+    ],
+)  # fmt: skip
+def test_routes_the_user_gave_are_never_overridden_and_the_status_says_how_the_scheduler_is_reached(
+    container: dict[str, Any], value: str | None, http_api: bool, reason: str
+) -> None:
+    decision = routes_decision({"name": "scheduler", **container})
+    assert (decision.value is not None, decision.http_api, decision.reason) == (
+        value is not None,
+        http_api,
+        reason,
+    )
+    cluster = make_cluster()
+    cluster["spec"]["scheduler"]["spec"]["containers"][0].update(container)
+    pod_env = desired_scheduler_pod(cluster)["spec"]["containers"][0]["env"]
+    if value is None:  # left exactly as the user wrote it
+        assert pod_env == container.get("env", [])
+    cond = scheduler_api_condition(cluster)
+    assert (cond.type, cond.status, cond.reason) == ("SchedulerAPI", http_api, reason)
 
 
 def test_service_is_the_users_spec_verbatim_without_istio_label() -> None:
