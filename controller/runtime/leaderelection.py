@@ -97,6 +97,7 @@ class LeaderElector:
         self._observed_spec: Obj | None = None
         self._observed_time = 0.0
         self._leading = threading.Event()
+        self._forbidden: str | None = None  # the API server's 403 on the lease, until an access succeeds
         self._status = metrics.LEADER_ELECTION_MASTER_STATUS.labels(config.name)
         self._status.set(0)
         self._log = log.bind(lease=f"{self.namespace}/{config.name}", identity=config.identity)
@@ -110,6 +111,24 @@ class LeaderElector:
         hangs (a dead connection) ends leadership by the clock, before another candidate can take the
         lease (lease_duration > renew_deadline), not when the attempt finally fails."""
         return self._leading.is_set() and self._clock() < self._observed_time + self.config.renew_deadline
+
+    def access_check(self) -> str | None:
+        """For /readyz: fails while the API server forbids this replica the lease (it can never lead)."""
+        return self._forbidden
+
+    def _refused(self, verb: str, error: ApiError | ConnectionFailure) -> None:
+        """A 403 on the lease is a configuration error a user must fix: said loudly, and kept for /readyz."""
+        if isinstance(error, ApiError) and error.status == 403:
+            message = (
+                f"forbidden to {verb} Lease {self.namespace}/{self.config.name}: grant this service account "
+                "get/create/update on leases in that namespace (manifests/rbac), or set "
+                f"--leader-election-namespace to a namespace where it has them ({error.message or error})"
+            )
+            if self._forbidden != message:
+                self._log.error("leader election forbidden", error=message)
+            self._forbidden = message
+        else:
+            self._log.info(f"lease {verb} failed", error=str(error))
 
     def check(self, max_tolerable_expired: float = 20.0) -> str | None:
         """For /healthz: fails when we lead on a lease we have not renewed for too long."""
@@ -192,7 +211,7 @@ class LeaderElector:
         try:
             current = self.client.get(LEASE, self.namespace, cfg.name)
         except (ApiError, ConnectionFailure) as error:
-            self._log.info("error retrieving lease", error=str(error))
+            self._refused("get", error)
             return False
         if current is None:
             lease = {
@@ -231,8 +250,9 @@ class LeaderElector:
         try:
             written = self.client.create(lease) if create else self.client.replace(lease)
         except (ApiError, ConnectionFailure) as error:
-            self._log.info("lease write failed", error=str(error))
+            self._refused("create" if create else "update", error)
             return False
+        self._forbidden = None
         self._lease = written
         self._observed_spec = written.get("spec") or {}
         self._observed_time = self._clock()

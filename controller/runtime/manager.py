@@ -169,6 +169,7 @@ class Manager:
             on_stopped_leading=self._on_lost_leadership,
         )
         self.healthz.add("leader-election", self.elector.check)
+        self.readyz.add("leader-election-access", self.elector.access_check)
         self._elector_thread = threading.Thread(
             target=self.elector.run, args=(self._leader_stop,), name="leader-election", daemon=True
         )

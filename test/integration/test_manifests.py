@@ -205,31 +205,65 @@ def test_cluster_rbac_is_all_the_operator_needs(
     assert_no_forbidden(log)
 
 
-def test_namespaced_rbac_is_enough_for_a_single_namespace_install(
-    installed: Any, namespace: str, run_operator: Any, tmp_path: Path
-) -> None:
-    """The Role from manifests/rbac/namespaced, bound in one namespace: no cluster-scoped permission at all."""
+def namespaced_install(installed: Any, namespace: str) -> Path:
+    """manifests/rbac/namespaced (and nothing else) bound in `namespace` to a new ServiceAccount; its
+    kubeconfig. The Role gets no cluster-scoped permission at all."""
     account = "dask-operator-ns"
     installed.kubectl("create", "serviceaccount", account, "-n", namespace)
     rbac = kustomize(installed, MANIFESTS / "rbac" / "namespaced")
-    leader = [o for o in yaml.safe_load_all((MANIFESTS / "rbac" / "leader-election.yaml").read_text()) if o]
-    for obj in rbac + leader:
+    for obj in rbac:
         obj["metadata"]["namespace"] = namespace
         obj["metadata"]["name"] = f"{obj['metadata']['name']}-{namespace}"[:63]
         if obj["kind"] == "RoleBinding":
             obj["roleRef"]["name"] = f"{obj['roleRef']['name']}-{namespace}"[:63]
             obj["subjects"] = [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
-    apply_objects(installed, rbac + leader)
+    apply_objects(installed, rbac)
     can_list_everywhere = installed.kubectl(
         "auth", "can-i", "list", "pods", "--all-namespaces", f"--as=system:serviceaccount:{namespace}:{account}",
         check=False,
     )  # fmt: skip
     assert can_list_everywhere.stdout.strip() == "no"
+    path = Path(installed.kubeconfig).parent / f"{namespace}-{account}.kubeconfig"
+    return token_kubeconfig(installed, namespace, account, path)
 
-    kubeconfig = token_kubeconfig(installed, namespace, account, tmp_path / "ns.kubeconfig")
-    log = run_operator(kubeconfig, namespace, "--leader-elect", f"--leader-election-namespace={namespace}")
+
+def test_namespaced_rbac_is_enough_for_a_single_namespace_install_with_leader_election(
+    installed: Any, namespace: str, run_operator: Any
+) -> None:
+    """`--namespace X --leader-elect` with only the namespaced Role: the Lease defaults to X, where the Role
+    grants it, so the operator becomes leader and reconciles."""
+    kubeconfig = namespaced_install(installed, namespace)
+    log = run_operator(kubeconfig, namespace, "--leader-elect")
     installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(simulated_cluster("solo")))
     wait_for(
         lambda: converged(installed, namespace, "solo"), timeout=90, message="cluster Running with 2 workers"
     )
+    lease = json.loads(
+        installed.kubectl("get", "lease", "dask-operator", "-n", namespace, "-o", "json").stdout
+    )
+    assert lease["spec"]["holderIdentity"]
     assert_no_forbidden(log)
+
+
+def test_a_forbidden_lease_is_a_loud_error_and_a_failing_readyz(
+    installed: Any, namespace: str, tmp_path: Path
+) -> None:
+    """The Lease asked for in a namespace the Role does not cover: the API server's 403 is logged as an
+    error naming the Lease and what to grant, and /readyz fails with it (no silent standby forever)."""
+    kubeconfig = namespaced_install(installed, namespace)
+    op = OperatorProcess(installed, namespace, tmp_path / "operator.log", kubeconfig=kubeconfig,
+                         extra_args=("--leader-elect", "--leader-election-namespace=default"))  # fmt: skip
+    op.start(wait_ready=False)
+    try:
+
+        def failing() -> str | None:
+            status, body = op.readyz()
+            return body if status == 500 and "forbidden" in body else None
+
+        body = wait_for(failing, timeout=60, interval=0.5, message="/readyz failing with the 403")
+        assert "leader-election-access" in body and "default/dask-operator" in body
+        wait_for(lambda: "leader election forbidden" in op.log_path.read_text(errors="replace"), timeout=30,
+                 message="the error in the log")  # fmt: skip
+        assert "[error" in op.tail(200) or '"level": "error"' in op.tail(200)
+    finally:
+        op.stop()

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,9 +79,11 @@ class OperatorProcess:
         self.extra_args = extra_args
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.health_port = 0
 
-    def start(self) -> OperatorProcess:
-        port = free_port()
+    def start(self, wait_ready: bool = True) -> OperatorProcess:
+        """Start it; with wait_ready, return once /readyz answers 200."""
+        port = self.health_port = free_port()
         scope = f"--namespace={self.namespace}" if self.namespace else "--all-namespaces"
         cmd = [
             sys.executable, "-m", "dask_operator.controller", "run",
@@ -100,8 +103,21 @@ class OperatorProcess:
             except OSError:
                 return False
 
-        wait_for(ready, timeout=60, interval=0.2, message="operator /readyz")
+        if wait_ready:
+            wait_for(ready, timeout=60, interval=0.2, message="operator /readyz")
         return self
+
+    def readyz(self) -> tuple[int, str]:
+        """/readyz?verbose: (HTTP status, body); (0, reason) while nothing answers."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/readyz?verbose", timeout=2
+            ) as r:
+                return int(r.status), r.read().decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            return int(error.code), error.read().decode(errors="replace")
+        except OSError as error:
+            return 0, str(error)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
