@@ -103,6 +103,9 @@ class RetiringPod:
 
     delete: Delete
     workers: tuple[DaskWorker, ...]
+    restarts: int = (
+        0  # the pod's container restarts when asked: more later means its workers' processes ended
+    )
 
 
 @dataclass(frozen=True)

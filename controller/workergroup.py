@@ -592,7 +592,9 @@ def _remove_victims(
         # Scaling to zero: no worker remains (or is coming) to take the data, so retiring cannot succeed.
         draft.deletions += [_deletion(p, Cause.LAST_WORKERS) for p, _ in to_retire]
     elif to_retire and not retiring:
-        draft.retire = Retire(tuple(RetiringPod(_deletion(p, Cause.RETIRED), ws) for p, ws in to_retire))
+        draft.retire = Retire(
+            tuple(RetiringPod(_deletion(p, Cause.RETIRED), ws, _restarts(p)) for p, ws in to_retire)
+        )
         return _still_degraded(previous, retirement)
     return problem
 
@@ -685,15 +687,31 @@ def _without_scheduler(
 
 
 def _retired_pods(retirement: RetirementView | None, pods: Sequence[Obj]) -> list[Obj]:
-    """Pods (same UID, not yet being deleted) every worker of which the latest answered request retired."""
+    """Pods (same UID, not yet being deleted) every worker of which the latest answered request retired, or
+    whose containers restarted since it was asked: a retired worker's process ends (and its container
+    restarts) once the scheduler lets it go, even when the answer was lost to a timeout; a restarted
+    worker holds nothing, so asking again would only retire an empty worker a second time."""
     if retirement is None or retirement.in_flight:
         return []
+    asked = {rp.delete.ref.uid: rp for rp in retirement.retire.pods}
     done = {
-        rp.delete.ref.uid
-        for rp in retirement.retire.pods
+        uid
+        for uid, rp in asked.items()
         if rp.workers and all(w.name in retirement.retired for w in rp.workers)
     }
-    return [p for p in pods if p["metadata"].get("uid") in done and not is_terminating(p)]
+    return [
+        p
+        for p in pods
+        if not is_terminating(p)
+        and (uid := p["metadata"].get("uid")) in asked
+        and (uid in done or _restarts(p) > asked[uid].restarts)
+    ]
+
+
+def _restarts(pod: Mapping[str, Any]) -> int:
+    return sum(
+        int(cs.get("restartCount") or 0) for cs in pod.get("status", {}).get("containerStatuses") or []
+    )
 
 
 def _unreachable_since(previous: Sequence[Mapping[str, Any]] | None, now: float) -> float:

@@ -480,10 +480,8 @@ def test_resource_quota_refusal_shows_in_status_and_lifting_it_converges(
 MULTI_WORKER_ARGS = [
     "dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
 ]  # fmt: skip
-# Four workers in one process (no nanny): the shape of a big node's pod, at the cost of one process per pod.
 QUAD_WORKER_ARGS = [
-    "dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nworkers", "4", "--nthreads", "1", "--no-nanny",
-    "--no-dashboard",
+    "dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nworkers", "4", "--nthreads", "1", "--no-dashboard",
 ]  # fmt: skip
 
 
@@ -510,32 +508,34 @@ def test_pods_running_two_workers_each_scale_down_without_losing_or_recomputing_
         _assert_nothing_lost_or_recomputed(client, blocks, scattered)
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(420)
 def test_two_groups_of_four_worker_pods_one_scaled_down_without_touching_the_other(
     plane: Any, namespace: str, dask_operator: OperatorProcess
 ) -> None:
-    """Two groups side by side, each of two pods running `--nworkers 4`: scaling one group 2 -> 1 retires the
-    four workers of one of its pods and only those; the other group's eight workers keep their addresses."""
+    """Two groups side by side whose pods run `--nworkers 4` (12 workers in 3 pods): scaling the cluster's
+    default group 2 -> 1 retires the four workers of one of its pods and only those; the other group's four
+    workers keep their addresses, and no persisted or scattered key is lost or computed twice."""
     apply(plane, namespace, cluster_manifest("quad", 2, worker_args=QUAD_WORKER_ARGS))
-    apply(plane, namespace, group_manifest("quad-extra", "quad", 2, worker_args=QUAD_WORKER_ARGS))
+    apply(plane, namespace, group_manifest("quad-extra", "quad", 1, worker_args=QUAD_WORKER_ARGS))
     wait_running(plane, namespace, "quad")
-    wait_for(lambda: len(worker_pods(plane, namespace, "quad-extra")) == 2, timeout=60,
-             message="2 extra worker pods")  # fmt: skip
+    wait_for(lambda: len(worker_pods(plane, namespace, "quad-default")) == 2
+             and len(worker_pods(plane, namespace, "quad-extra")) == 1, timeout=90,
+             message="3 worker pods")  # fmt: skip
     default_pods = pod_names(worker_pods(plane, namespace, "quad-default"))
     extra_pods = pod_names(worker_pods(plane, namespace, "quad-extra"))
     with dask_client(plane, namespace, "quad") as client:
-        wait_workers(client, _workers_of(default_pods | extra_pods, 4), timeout=180)
-        default_before = _addresses(client, _workers_of(default_pods, 4))
-        blocks, scattered = _spread_data(client, blocks=64, scattered=32)
+        wait_workers(client, _workers_of(default_pods | extra_pods, 4), timeout=240)
+        extra_before = _addresses(client, _workers_of(extra_pods, 4))
+        blocks, scattered = _spread_data(client, blocks=60, scattered=24)
 
-        plane.kubectl("scale", "-n", namespace, "daskworkergroup/quad-extra", "--replicas=1")
-        wait_for(lambda: len(worker_pods(plane, namespace, "quad-extra")) == 1, timeout=180,
-                 message="1 extra worker pod")  # fmt: skip
-        (kept,) = pod_names(worker_pods(plane, namespace, "quad-extra"))
-        assert kept in extra_pods
-        wait_workers(client, _workers_of(default_pods | {kept}, 4))
-        assert pod_names(worker_pods(plane, namespace, "quad-default")) == default_pods
-        assert _addresses(client, _workers_of(default_pods, 4)) == default_before
+        plane.kubectl("scale", "-n", namespace, "daskcluster/quad", "--replicas=1")
+        wait_for(lambda: len(worker_pods(plane, namespace, "quad-default")) == 1, timeout=180,
+                 message="1 default worker pod")  # fmt: skip
+        (kept,) = pod_names(worker_pods(plane, namespace, "quad-default"))
+        assert kept in default_pods
+        wait_workers(client, _workers_of(extra_pods | {kept}, 4))
+        assert pod_names(worker_pods(plane, namespace, "quad-extra")) == extra_pods
+        assert _addresses(client, _workers_of(extra_pods, 4)) == extra_before
         _assert_nothing_lost_or_recomputed(client, blocks, scattered)
 
 

@@ -103,8 +103,9 @@ def test_a_refused_retirement_is_named_and_converges_once_the_worker_is_free(
         pods = pod_names(worker_pods(plane, namespace, "refuse-default"))
         with dask_client(plane, namespace, "refuse") as client:
             wait_workers(client, pods)
-            (light, heavy), data = _two_workers_one_heavier(client, pods)
-            client.run(_set_status, "paused", workers=[heavy])
+            address, data = _two_workers_one_heavier(client, pods)
+            light, heavy = address
+            client.run(_set_status, "paused", workers=[address[heavy]])
             wait_for(lambda: any(w["status"] == "paused" for w in client.scheduler_info(n_workers=-1)[
                 "workers"].values()), timeout=30, interval=0.3, message="paused")  # fmt: skip
 
@@ -118,7 +119,7 @@ def test_a_refused_retirement_is_named_and_converges_once_the_worker_is_free(
                        for e in warning_events(plane, namespace, "refuse-default"))  # fmt: skip
             assert pod_names(worker_pods(plane, namespace, "refuse-default")) == pods
 
-            client.run(_set_status, "running", workers=[heavy])
+            client.run(_set_status, "running", workers=[address[heavy]])
             wait_for(lambda: pod_names(worker_pods(plane, namespace, "refuse-default")) == {heavy},
                      timeout=90, interval=0.5, message="the light pod retired once the other resumed")  # fmt: skip
             wait_workers(client, {heavy})
@@ -149,11 +150,14 @@ def test_a_stuck_retirement_holds_up_no_other_cluster_and_is_asked_once(
             wait_running(plane, namespace, name)
             wait_for(lambda name=name: len(worker_pods(plane, namespace, f"{name}-default")) == 2,
                      timeout=60, message=f"2 {name} worker pods")  # fmt: skip
+        with dask_client(plane, namespace, "quick") as quick:  # joined: its scale-down needs a retirement
+            wait_workers(quick, pod_names(worker_pods(plane, namespace, "quick-default")))
         pods = pod_names(worker_pods(plane, namespace, "stuck-default"))
         with dask_client(plane, namespace, "stuck") as client:
             wait_workers(client, pods)
-            (light, heavy), data = _two_workers_one_heavier(client, pods)
-            pid = client.run(os.getpid, workers=[heavy])[heavy]
+            address, data = _two_workers_one_heavier(client, pods)
+            light, heavy = address
+            pid = client.run(os.getpid, workers=[address[heavy]])[address[heavy]]
             os.kill(pid, signal.SIGSTOP)
             try:
                 plane.kubectl("scale", "-n", namespace, "daskcluster/stuck", "--replicas=1")
@@ -185,7 +189,8 @@ def test_a_stuck_retirement_holds_up_no_other_cluster_and_is_asked_once(
                      interval=0.5, message="the retired pod deleted once the retirement completed")  # fmt: skip
             wait_workers(client, {heavy})
             assert client.gather(data)[:2] == ["light-0", "light-1"]
-            assert client.run_on_scheduler(_retire_requests) == 1
+            logs = [m for _, m in client.get_scheduler_logs(n=400) if "etir" in m or "worker" in m.lower()]
+            assert client.run_on_scheduler(_retire_requests) == 1, "\n".join(reversed(logs))
             events = get(plane, namespace, "events", "--field-selector",
                          "involvedObject.name=stuck-default")["items"]  # fmt: skip
             assert any(e["reason"] == "RetirementTimedOut" for e in events)

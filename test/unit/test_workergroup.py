@@ -523,6 +523,15 @@ def test_retirement_that_timed_out_is_never_asked_again_while_the_scheduler_reti
     gone = tuple(w for w in still if w.name != name)
     done = plan(group, pods, retirement=timed_out, scheduler=SchedulerView(gone), now=NOW + 5001)
     assert [(d.ref.name, d.cause) for d in done.deletes] == [(name, Cause.RETIRED)]
+    # or it finished and the worker's process ended, its container restarted and the new (empty) worker
+    # joined again under the same name: the pod goes without a second request
+    restarted = copy.deepcopy(pods)
+    for pod in restarted:
+        if pod["metadata"]["name"] == name:
+            pod["status"]["containerStatuses"] = [{"name": "worker", "restartCount": 1, "ready": True}]
+    rejoined = SchedulerView(holding(pods, {}))
+    again = plan(group, restarted, retirement=timed_out, scheduler=rejoined, now=NOW + 5001)
+    assert again.retire is None and [(d.ref.name, d.cause) for d in again.deletes] == [(name, Cause.RETIRED)]
 
 
 def test_retry_delay_doubles_up_to_five_minutes() -> None:
