@@ -572,7 +572,8 @@ class WatchStream:
         """Abandon the stream now: shuts the socket down so a reader blocked on it returns."""
         self._closed = True
         shutdown = getattr(self._response, "shutdown", None)
-        with contextlib.suppress(OSError, urllib3.exceptions.HTTPError):
+        # RuntimeError: urllib3's answer when the stream already ended and its connection went back to the pool
+        with contextlib.suppress(OSError, urllib3.exceptions.HTTPError, RuntimeError):
             if shutdown is not None:
                 shutdown()
             self._response.close()
