@@ -107,12 +107,12 @@ class OperatorProcess:
             wait_for(ready, timeout=60, interval=0.2, message="operator /readyz")
         return self
 
-    def readyz(self) -> tuple[int, str]:
-        """/readyz?verbose: (HTTP status, body); (0, reason) while nothing answers."""
+    def readyz(self, check: str = "") -> tuple[int, str]:
+        """/readyz?verbose (or /readyz/<check>, which gives the failure's reason): (HTTP status, body);
+        (0, reason) while nothing answers."""
+        url = f"http://127.0.0.1:{self.health_port}/readyz" + (f"/{check}" if check else "?verbose")
         try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.health_port}/readyz?verbose", timeout=2
-            ) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 return int(r.status), r.read().decode(errors="replace")
         except urllib.error.HTTPError as error:
             return int(error.code), error.read().decode(errors="replace")
