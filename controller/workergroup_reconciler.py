@@ -17,6 +17,7 @@ import structlog
 from dask_operator.api.v1.names import scheduler_service_name
 from dask_operator.controller import indexes, operator_metrics
 from dask_operator.controller.children import is_terminating
+from dask_operator.controller.hold import hold_of
 from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
 from dask_operator.controller.objects import Obj
 from dask_operator.controller.plans import Question, Retire
@@ -54,7 +55,10 @@ class DaskWorkerGroupReconciler(DaskReconciler):
         if cluster is not None and is_terminating(cluster):
             return Result()  # the garbage collector is removing everything
         observation = GroupObservation(
-            group=group, cluster=cluster, pods=self.cache.by_owner(POD, group["metadata"]["uid"])
+            group=group,
+            cluster=cluster,
+            pods=self.cache.by_owner(POD, group["metadata"]["uid"]),
+            hold=hold_of(cluster) if cluster is not None else None,
         )
         settings = self.group_settings(cluster)
         plan = plan_group(observation, now, settings)
