@@ -8,8 +8,8 @@ data the scheduler can move: pods that never joined go first, then the pods hold
 newest), never one whose workers are receiving data from a retirement in progress; only workers of this
 group are retired by name through the scheduler, one request at a time per group, never twice while the
 scheduler still retires them; a pod is deleted only once the scheduler retired every worker it runs; a
-request that did not retire them all is asked again after a growing delay. Held by
-test/unit/test_workergroup.py.
+request that did not retire them all is asked again after a growing delay. A group whose cluster is held (`GroupObservation.hold`) deletes all its pods and creates none,
+keeping `spec.worker.replicas` for the resume. Held by test/unit/test_workergroup.py.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from dask_operator.controller.conditions import (
     find_condition,
     merge_conditions,
 )
+from dask_operator.controller.hold import Hold
 from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
 from dask_operator.controller.plans import (
     ADOPTION_FIELD_MANAGER,
@@ -141,6 +142,7 @@ class GroupObservation:
     previous_conditions: Sequence[Mapping[str, Any]] | None = None  # defaults to the group's status
     retirement: RetirementView | None = None  # the group's latest retirement request, if any
     autoscaled: bool = True  # a DaskAutoscaler names the group's cluster (False: none does)
+    hold: Hold | None = None  # hold_of(its cluster): a held cluster's groups run no pod
 
 
 # -- worker pods --------------------------------------------------------------------------------------------
@@ -315,6 +317,8 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     pods = _PodSets.of(obs, {p["metadata"]["uid"] for p in retired})
     if obs.cluster is None:
         return _waiting_for_cluster(group, pods, previous, now)
+    if obs.hold is not None:
+        return _held(group, obs.pods, obs.hold, previous, now)
 
     cluster = obs.cluster
     template = worker_template(group, cluster, settings.cluster_domain)
@@ -444,6 +448,32 @@ def _waiting_for_cluster(
     status = _status(group, pods.live, None, conditions, previous, now)
     events = condition_events(previous, status["conditions"], ready_events=False)
     return Plan(steps=(SetStatus(status), *(Emit(e) for e in events)))
+
+
+def _held(
+    group: Obj, pods: Sequence[Obj], hold: Hold, previous: Sequence[Mapping[str, Any]] | None, now: float
+) -> Plan:
+    """The cluster is held: every pod of the group goes at once, without retirement (the scheduler goes
+    too, so no worker could take the data); spec.worker.replicas is kept for the resume."""
+    going = [p for p in pods if not is_terminating(p)]
+    if pods:
+        progressing = Condition(
+            CONDITION_PROGRESSING,
+            True,
+            "Suspending",
+            f"Removing {len(pods)} worker pods: the cluster is held.",
+        )
+    else:
+        progressing = Condition(CONDITION_PROGRESSING, False, hold.reason, "No worker runs while held.")
+    conditions = [
+        Condition(CONDITION_READY, False, hold.reason, hold.message),
+        progressing,
+        Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
+    ]
+    status = _status(group, [], None, conditions, previous, now)
+    events = condition_events(previous, status["conditions"], ready_events=False)
+    steps: list[Step] = [_deletion(p, Cause.HELD) for p in going]
+    return Plan(steps=(*steps, SetStatus(status), *(Emit(e) for e in events)))
 
 
 def _scale_up(draft: _Draft, settings: GroupSettings, now: float) -> None:

@@ -20,6 +20,7 @@ import structlog
 from dask_operator.api.v1.names import default_worker_group_name, scheduler_service_name
 from dask_operator.controller import indexes, operator_metrics
 from dask_operator.controller.children import is_terminating
+from dask_operator.controller.hold import hold_of
 from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
 from dask_operator.controller.objects import Obj
 from dask_operator.controller.plans import Question, Retire
@@ -84,6 +85,7 @@ class DaskWorkerGroupReconciler(DaskReconciler):
                     self.cache, request.namespace, group["spec"].get("cluster", "")
                 )
             ),
+            hold=hold_of(cluster) if cluster is not None else None,
         )
         settings = self.group_settings(cluster)
         plan = plan_group(observation, now, settings)
