@@ -37,6 +37,7 @@ class Cause(enum.Enum):
     RETIRED = ("retired by the scheduler", "retired")
     JOB_FINISHED = ("the job finished", None)
     IDLE_TIMEOUT = ("the scheduler was idle for longer than spec.idleTimeout", None)
+    BUDGET_REMOVED = ("spec.worker.disruptionBudget removed", None)
 
     @property
     def sentence(self) -> str:

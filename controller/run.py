@@ -58,6 +58,13 @@ def add_run_parser(subparsers: Any) -> None:
         help="seconds a scale-down waits for an unreachable scheduler before deleting workers anyway "
         "(default 300; per cluster: annotation kubernetes.dask.org/scale-down-force-timeout)",
     )
+    run.add_argument(
+        "--worker-termination-grace-period",
+        type=float,
+        default=None,
+        help="seconds a deleted or evicted worker pod may take to hand its data to other workers "
+        "(default 60; a worker pod spec's own terminationGracePeriodSeconds wins; 0 disables the hook)",
+    )
     run.add_argument("--log-level", default=os.environ.get("DASK_OPERATOR_LOG_LEVEL", "info"))
     run.add_argument("--log-format", choices=("json", "console"), default="json")
     run.set_defaults(handler=run_command)
@@ -94,7 +101,9 @@ def run_command(args: argparse.Namespace) -> int:
     )
     namespace = args.namespace if not args.all_namespaces else None
     settings = from_dask_config(
-        cluster_domain=args.cluster_domain, force_scale_down_after=args.scale_down_force_timeout
+        cluster_domain=args.cluster_domain,
+        force_scale_down_after=args.scale_down_force_timeout,
+        worker_grace=args.worker_termination_grace_period,
     )
     election = None
     if args.leader_elect:
