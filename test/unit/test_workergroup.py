@@ -387,3 +387,38 @@ def test_every_worker_of_a_multi_worker_pod_is_retired_with_it_and_no_other() ->
     # a deleted pod's worker still listed on the IP a new pod was given is not the new pod's
     stale = DaskWorker(pods[0]["metadata"]["name"], f"tcp://{pods[2]['status']['podIP']}:4000")
     assert workers_in_pod(pods[2], [stale]) == ()
+
+
+def test_a_disruption_budget_is_applied_when_asked_and_deleted_when_the_field_goes() -> None:
+    group = make_group(2)
+    assert builders.applied(plan(group), "PodDisruptionBudget") is None
+    group["spec"]["worker"]["disruptionBudget"] = {"maxUnavailable": 1}
+    pdb = builders.applied(plan(group), "PodDisruptionBudget")
+    assert pdb is not None and pdb["spec"]["maxUnavailable"] == 1
+    observed = builders.running(pdb, uid="pdb-uid")
+    assert plan(group, disruption_budgets=[observed]).deletes == ()
+    del group["spec"]["worker"]["disruptionBudget"]
+    result = plan(group, disruption_budgets=[observed])
+    assert [(d.ref.kind, d.ref.name, d.ref.uid) for d in result.deletes] == [
+        ("PodDisruptionBudget", "c-default", "pdb-uid")
+    ]
+
+
+def test_worker_pods_get_the_drain_hook_and_grace_without_changing_their_template_hash() -> None:
+    with_hook = plan(make_group(1)).creates[0]
+    without = plan(make_group(1), settings=GroupSettings(worker_grace=0)).creates[0]
+    assert with_hook["spec"]["terminationGracePeriodSeconds"] == 60
+    assert "preStop" in with_hook["spec"]["containers"][0]["lifecycle"]
+    assert "lifecycle" not in without["spec"]["containers"][0]
+    # Running workers made by an operator without the hook are not rolled by one with it.
+    labels = [p["metadata"]["labels"][TEMPLATE_HASH_LABEL] for p in (with_hook, without)]
+    assert labels[0] == labels[1]
+
+
+def test_a_worker_pod_deleted_from_outside_is_replaced_at_once() -> None:
+    pods = scaled_to(3)
+    drained = builders.terminating(pods[0])
+    result = plan(make_group(3), [drained, *pods[1:]])
+    (replacement,) = result.creates
+    assert replacement["metadata"]["name"] not in {p["metadata"]["name"] for p in pods}
+    assert result.deletes == () and result.retire is None and not asks_scheduler(result)
