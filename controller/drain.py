@@ -28,9 +28,10 @@ DEFAULT_WORKER_GRACE_SECONDS = 60.0
 HOOK_MARGIN_SECONDS = 5.0
 WORKER_CONTAINER_NAME = "worker"
 
-# The preStop hook, run as `python -c HOOK <seconds>`. Exit 0: nothing to do, or every worker of this pod was
-# retired (its data now lives on other workers). Exit 1, with a sentence the kubelet's FailedPreStopHook
-# Event shows: the scheduler could not be asked, or could not move the data within the time.
+# The preStop hook, run as `python -c HOOK <seconds>`. Exit 0: nothing to do, every worker of this pod was
+# retired (its data now lives on other workers), or there is no scheduler to ask (without it the workers'
+# data is unreachable anyway, e.g. while the whole cluster is deleted). Exit 1, with a sentence the kubelet's
+# FailedPreStopHook Event shows: the scheduler could not move the data, or not within the time.
 PRESTOP_HOOK = """\
 import asyncio, os, re, sys
 from distributed.core import rpc
@@ -56,8 +57,8 @@ try:
     print(asyncio.run(asyncio.wait_for(retire(name, address), budget)))
 except (asyncio.TimeoutError, TimeoutError):
     sys.exit(f"retiring {name} took longer than {budget:g} s: data not moved yet is lost")
-except OSError as e:
-    sys.exit(f"cannot reach the scheduler at {address} to retire {name}: {e}")
+except OSError as e:  # no scheduler (e.g. the whole cluster is being deleted): its workers' data is gone anyway
+    print(f"cannot reach the scheduler at {address} to retire {name}: {e}")
 """
 
 
