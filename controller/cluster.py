@@ -87,6 +87,9 @@ from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV, routes_decis
 # default group while a direct scale of the group (or the autoscaler's) is not undone (as upstream).
 PROPAGATED_REPLICAS_ANNOTATION = f"{GROUP}/propagated-replicas"
 
+# Degraded reason while a scheduler deleted from outside the operator is replaced (its state is gone).
+SCHEDULER_LOST = "SchedulerLost"
+
 
 def cluster_port(cluster: Mapping[str, Any], port_name: str, default: int) -> int:
     """The port named `port_name` in the cluster's scheduler Service spec (the user's), else `default`."""
@@ -268,9 +271,11 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
     steps = [Apply(desired_scheduler_service(cluster)), Apply(group)]
     if replicas is not None:
         steps.append(Apply(replicas, REPLICAS_FIELD_MANAGER))
-    pod_steps, events, scheduler_state = _scheduler_pod_changes(obs, desired_scheduler_pod(cluster), now)
+    pod = desired_scheduler_pod(cluster)
+    pod_steps, events, scheduler_state = _scheduler_pod_changes(obs, pod, now)
     steps += pod_steps
-    status = cluster_status(obs, scheduler_state, now, cluster_domain)
+    lost = scheduler_lost(obs.scheduler_pods, pod["metadata"]["labels"][TEMPLATE_HASH_LABEL])
+    status = cluster_status(obs, scheduler_state, now, cluster_domain, lost)
     previous = cluster.get("status", {}).get("conditions")
     events += condition_events(previous, status["conditions"]) + hold_events(previous, status["conditions"])
 
@@ -337,7 +342,54 @@ def _scheduler_pod_changes(
     return steps, events, state
 
 
-def cluster_status(obs: ClusterObservation, scheduler_state: str, now: float, cluster_domain: str) -> Obj:
+# Why Kubernetes is deleting a pod, from its DisruptionTarget condition (reason -> what a user recognises).
+_DISRUPTIONS = {
+    "EvictionByEvictionAPI": "was evicted (kubectl drain or the Eviction API)",
+    "PreemptionByScheduler": "was preempted by a higher-priority pod",
+    "DeletionByTaintManager": "was deleted because its node failed or was tainted NoExecute",
+    "TerminationByKubelet": "was terminated by its node (node pressure or shutdown)",
+}
+
+
+def scheduler_lost(pods: Sequence[Obj], want_hash: str) -> str | None:
+    """A sentence saying what it costs when someone other than the operator deletes the current scheduler
+    pod (a drain, an eviction, `kubectl delete pod`); None otherwise.
+
+    The operator itself deletes a scheduler pod only when it was built from an old template or has finished,
+    so a terminating pod of the current template that was still running is someone else's doing.
+    """
+    for p in pods:
+        if not is_terminating(p) or p["metadata"].get("labels", {}).get(TEMPLATE_HASH_LABEL) != want_hash:
+            continue
+        target = next(
+            (
+                c
+                for c in p.get("status", {}).get("conditions") or []
+                if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+            ),
+            None,
+        )
+        if target is None and is_pod_finished(p):
+            continue
+        how = _DISRUPTIONS.get(
+            str((target or {}).get("reason")),
+            "was deleted from outside the operator (e.g. kubectl delete pod)",
+        )
+        return (
+            f"Scheduler pod {p['metadata']['name']} {how}: all of the scheduler's in-memory state is lost "
+            "(every task, persisted result and scattered value the cluster held). A new scheduler starts "
+            "empty, the workers reconnect to it, and clients must submit their work again."
+        )
+    return None
+
+
+def cluster_status(
+    obs: ClusterObservation,
+    scheduler_state: str,
+    now: float,
+    cluster_domain: str,
+    scheduler_lost: str | None = None,
+) -> Obj:
     cluster = obs.cluster
     meta = cluster["metadata"]
     name = meta["name"]
@@ -371,7 +423,7 @@ def cluster_status(obs: ClusterObservation, scheduler_state: str, now: float, cl
     conditions = [
         _ready_condition(phase, scheduler_ready, service_ok, ready_total, desired_total, len(live_workers)),
         _progressing_condition(scheduler_state, service_ok, len(live_workers), desired_total, obs.groups),
-        _degraded_condition(obs, scheduler_state, now),
+        _degraded_condition(obs, scheduler_state, now, scheduler_lost),
         scheduler_api_condition(cluster),
     ]
     suspended = suspended_condition(obs.hold, cluster.get("status", {}).get("conditions"))
@@ -473,10 +525,18 @@ def _progressing_condition(
     return Condition(CONDITION_PROGRESSING, False, "Stable", "Scheduler and workers match the spec.")
 
 
-def _degraded_condition(obs: ClusterObservation, scheduler_state: str, now: float) -> Condition:
+def _degraded_condition(
+    obs: ClusterObservation, scheduler_state: str, now: float, lost: str | None
+) -> Condition:
     if scheduler_state == "Failing":
         failures = [f for f in (pod_failure(p, now) for p in obs.scheduler_pods) if f]
         return Condition(CONDITION_DEGRADED, True, "SchedulerFailing", failures[0] if failures else "")
+    if lost is not None:
+        return Condition(CONDITION_DEGRADED, True, SCHEDULER_LOST, lost)
+    # Once seen, the loss stays on the status until the new scheduler is ready (the old pod may be gone).
+    before = find_condition(obs.cluster.get("status", {}).get("conditions"), CONDITION_DEGRADED)
+    if before and before.get("reason") == SCHEDULER_LOST and scheduler_state != "Ready":
+        return Condition(CONDITION_DEGRADED, True, SCHEDULER_LOST, str(before.get("message") or ""))
     return _group_condition(obs.groups, CONDITION_DEGRADED, "WorkerGroupDegraded") or Condition(
         CONDITION_DEGRADED, False, "AsExpected", ""
     )

@@ -41,6 +41,7 @@ class Cause(enum.Enum):
     RUNNER_RETRY = ("the runner failed and is retried (spec.backoffLimit)", None)
     DEADLINE_EXCEEDED = ("the job ran longer than spec.activeDeadlineSeconds", None)
     TTL_EXPIRED = ("the job finished longer than spec.ttlSecondsAfterFinished ago", None)
+    BUDGET_REMOVED = ("spec.worker.disruptionBudget removed", None)
 
     @property
     def sentence(self) -> str:

@@ -65,6 +65,13 @@ def add_run_parser(subparsers: Any) -> None:
         help="seconds one request to a scheduler to retire workers may take (default 120); one that times "
         "out is not asked again while the scheduler is still retiring those workers",
     )
+    run.add_argument(
+        "--worker-termination-grace-period",
+        type=float,
+        default=None,
+        help="seconds a deleted or evicted worker pod may take to hand its data to other workers "
+        "(default 60; a worker pod spec's own terminationGracePeriodSeconds wins; 0 disables the hook)",
+    )
     run.add_argument("--log-level", default=os.environ.get("DASK_OPERATOR_LOG_LEVEL", "info"))
     run.add_argument("--log-format", choices=("json", "console"), default="json")
     run.set_defaults(handler=run_command)
@@ -104,6 +111,7 @@ def run_command(args: argparse.Namespace) -> int:
         cluster_domain=args.cluster_domain,
         force_scale_down_after=args.scale_down_force_timeout,
         retire_timeout=args.retire_timeout,
+        worker_grace=args.worker_termination_grace_period,
     )
     election = None
     if args.leader_elect:

@@ -8,7 +8,8 @@ data the scheduler can move: pods that never joined go first, then the pods hold
 newest), never one whose workers are receiving data from a retirement in progress; only workers of this
 group are retired by name through the scheduler, one request at a time per group, never twice while the
 scheduler still retires them; a pod is deleted only once the scheduler retired every worker it runs; a
-request that did not retire them all is asked again after a growing delay. A group whose cluster is held (`GroupObservation.hold`) deletes all its pods and creates none,
+request that did not retire them all is asked again after a growing delay. A group whose cluster is held
+(`GroupObservation.hold`) deletes all its pods and creates none,
 keeping `spec.worker.replicas` for the resume. Held by test/unit/test_workergroup.py.
 """
 
@@ -52,6 +53,11 @@ from dask_operator.controller.conditions import (
     find_condition,
     merge_conditions,
 )
+from dask_operator.controller.drain import (
+    DEFAULT_WORKER_GRACE_SECONDS,
+    desired_disruption_budget,
+    with_drain_hook,
+)
 from dask_operator.controller.hold import Hold
 from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
 from dask_operator.controller.plans import (
@@ -89,6 +95,9 @@ class GroupSettings:
     batch_delay: float = 0.0  # seconds between rounds
     force_timeout: float = DEFAULT_FORCE_SCALE_DOWN_SECONDS
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    worker_grace: float = (
+        DEFAULT_WORKER_GRACE_SECONDS  # terminationGracePeriodSeconds unless the spec sets it
+    )
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,7 @@ class GroupObservation:
     group: Obj
     cluster: Obj | None
     pods: Sequence[Obj] = ()  # pods the group controls
+    disruption_budgets: Sequence[Obj] = ()  # PodDisruptionBudgets the group controls
     scheduler: SchedulerView | None = None  # None: not asked (yet)
     previous_conditions: Sequence[Mapping[str, Any]] | None = None  # defaults to the group's status
     retirement: RetirementView | None = None  # the group's latest retirement request, if any
@@ -148,8 +158,17 @@ class GroupObservation:
 # -- worker pods --------------------------------------------------------------------------------------------
 
 
-def worker_template(group: Mapping[str, Any], cluster: Mapping[str, Any], cluster_domain: str) -> Obj:
-    """The pod every worker of the group is made from, minus its name and DASK_WORKER_NAME."""
+def worker_template(
+    group: Mapping[str, Any],
+    cluster: Mapping[str, Any],
+    cluster_domain: str,
+    worker_grace: float = DEFAULT_WORKER_GRACE_SECONDS,
+) -> Obj:
+    """The pod every worker of the group is made from, minus its name and DASK_WORKER_NAME.
+
+    The drain hook and default grace period are added after the template hash is taken: they are the
+    operator's, not the user's, so an operator upgrade that changes them rolls no running worker.
+    """
     gmeta = group["metadata"]
     cluster_name = group["spec"]["cluster"]
     worker = group["spec"]["worker"]
@@ -168,6 +187,7 @@ def worker_template(group: Mapping[str, Any], cluster: Mapping[str, Any], cluste
         {SCHEDULER_ADDRESS_ENV: cluster_scheduler_address(cluster, cluster_domain)},
     )
     labels[TEMPLATE_HASH_LABEL] = template_hash(spec)
+    spec = with_drain_hook(spec, worker_grace)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -321,7 +341,7 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
         return _held(group, obs.pods, obs.hold, previous, now)
 
     cluster = obs.cluster
-    template = worker_template(group, cluster, settings.cluster_domain)
+    template = worker_template(group, cluster, settings.cluster_domain, settings.worker_grace)
     draft = _Draft(group, template, pods, int(group["spec"]["worker"].get("replicas", 1)))
     draft.deletions += [_deletion(p, Cause.POD_FINISHED) for p in pods.finished]
     draft.deletions += [_deletion(p, Cause.RETIRED) for p in retired]
@@ -358,6 +378,7 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     release = autoscaler_release(group, obs.autoscaled)
     if release is not None:
         steps.append(release)
+    steps += _disruption_budget_steps(group, obs.disruption_budgets)
     steps += draft.deletions
     steps += [Create(pod) for pod in draft.creates]
     if draft.retire is not None:
@@ -429,6 +450,19 @@ def autoscaler_release(group: Obj, autoscaled: bool) -> ReleaseFields | None:
     if autoscaled or ANNOTATION_AUTOSCALED_BY not in (group["metadata"].get("annotations") or {}):
         return None
     return ReleaseFields(Ref.of(group), AUTOSCALER_FIELD_MANAGER, ANNOTATION_AUTOSCALED_BY)
+
+
+def _disruption_budget_steps(group: Obj, observed: Sequence[Obj]) -> list[Step]:
+    """Apply the group's PodDisruptionBudget when its spec asks for one; delete the ones it no longer wants."""
+    budget = desired_disruption_budget(group)
+    keep = budget["metadata"]["name"] if budget is not None else None
+    steps: list[Step] = [Apply(budget)] if budget is not None else []
+    steps += [
+        Delete(Ref.of(b), Cause.BUDGET_REMOVED)
+        for b in observed
+        if b["metadata"]["name"] != keep and not is_terminating(b)
+    ]
+    return steps
 
 
 def _waiting_for_cluster(

@@ -26,7 +26,7 @@ from dask_operator.controller.objects import Obj
 from dask_operator.controller.plans import Question, Retire
 from dask_operator.controller.reconciler import DaskReconciler
 from dask_operator.controller.runtime.builder import ControllerBuilder
-from dask_operator.controller.runtime.kinds import POD, SERVICE
+from dask_operator.controller.runtime.kinds import POD, PODDISRUPTIONBUDGET, SERVICE
 from dask_operator.controller.runtime.predicate import (
     AnnotationsChanged,
     GenerationChanged,
@@ -75,10 +75,11 @@ class DaskWorkerGroupReconciler(DaskReconciler):
         cluster = self.cache.get(DASK_CLUSTER_KIND, request.namespace, group["spec"].get("cluster", ""))
         if cluster is not None and is_terminating(cluster):
             return Result()  # the garbage collector is removing everything
+        uid = group["metadata"]["uid"]
         observation = GroupObservation(
             group=group,
             cluster=cluster,
-            pods=self.cache.by_owner(POD, group["metadata"]["uid"]),
+            pods=self.cache.by_owner(POD, uid),
             retirement=self.retirement_view(request),
             autoscaled=bool(
                 indexes.autoscalers_of_cluster(
@@ -86,6 +87,7 @@ class DaskWorkerGroupReconciler(DaskReconciler):
                 )
             ),
             hold=hold_of(cluster) if cluster is not None else None,
+            disruption_budgets=self.cache.by_owner(PODDISRUPTIONBUDGET, uid),
         )
         settings = self.group_settings(cluster)
         plan = plan_group(observation, now, settings)
@@ -117,6 +119,7 @@ class DaskWorkerGroupReconciler(DaskReconciler):
             batch_delay=self.settings.batch_delay,
             force_timeout=force,
             cluster_domain=self.settings.cluster_domain,
+            worker_grace=self.settings.worker_grace,
         )
 
     def scheduler_view(self, request: Request, cluster: Obj, now: float) -> SchedulerView | None:
@@ -214,14 +217,15 @@ def default_group_of_autoscaler(autoscaler: Obj) -> list[Request]:
 
 
 def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: int) -> None:
-    """DaskWorkerGroups; their worker Pods; the DaskCluster they name (its spec, labels and annotations,
-    e.g. the force timeout, matter to its groups; its status does not)."""
+    """DaskWorkerGroups; their worker Pods and PodDisruptionBudget; the DaskCluster they name (its spec, labels
+    and annotations, e.g. the force timeout, matter to its groups; its status does not)."""
     reconciler = DaskWorkerGroupReconciler(manager, settings)
     controller = (
         ControllerBuilder(manager)
         .named("daskworkergroup")
         .for_(DASK_WORKER_GROUP_KIND)
         .owns(POD)
+        .owns(PODDISRUPTIONBUDGET)
         .watches(
             DASK_CLUSTER_KIND,
             groups_of_cluster(manager),

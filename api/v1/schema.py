@@ -238,12 +238,34 @@ def status_schema(description: str, properties: dict[str, Schema]) -> Schema:
 # --- the kinds --------------------------------------------------------------------------------------
 
 
+def disruption_budget() -> Schema:
+    max_unavailable = {
+        "x-kubernetes-int-or-string": True,
+        "description": "How many worker pods (a number, or a percentage like '25%') a voluntary disruption "
+        "such as `kubectl drain` may take down at once.",
+        "x-kubernetes-validations": [
+            rule(
+                "type(self) == int ? self >= 0 : self.matches('^[0-9]{1,3}%$')",
+                "spec.worker.disruptionBudget.maxUnavailable must be a non-negative number of pods or a "
+                "percentage such as '25%'",
+            )
+        ],
+    }
+    return obj(
+        {"maxUnavailable": max_unavailable},
+        required=("maxUnavailable",),
+        description="Create a PodDisruptionBudget (named after the worker group) for these workers. "
+        "Unset: none (the default).",
+    )
+
+
 def worker_template(target: str) -> Schema:
     return obj(
         {
             "replicas": replicas(f"Number of workers in {target}. Defaults to 1."),
             "metadata": simple_object_meta("the worker pods"),
             "spec": pod_spec("Pod spec of every worker"),
+            "disruptionBudget": disruption_budget(),
         },
         required=("spec",),
         description=f"Template for the Dask workers of {target}.",

@@ -113,12 +113,19 @@ class Condition(TypedDict):
     observedGeneration: NotRequired[int]
 
 
+class DisruptionBudget(TypedDict):
+    """`spec.worker.disruptionBudget`: the worker group's PodDisruptionBudget."""
+
+    maxUnavailable: int | str
+
+
 class DaskWorker(TypedDict, total=False):
     """A worker template: `spec.worker` of DaskCluster and DaskWorkerGroup."""
 
     replicas: int
     metadata: SimpleObjectMeta
     spec: Required[PodSpec]
+    disruptionBudget: DisruptionBudget
 
 
 class DaskScheduler(TypedDict, total=False):

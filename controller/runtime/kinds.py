@@ -78,6 +78,7 @@ PERSISTENTVOLUMECLAIM = Kind("", "v1", "PersistentVolumeClaim", "persistentvolum
 ENDPOINTS = Kind("", "v1", "Endpoints", "endpoints")
 LEASE = Kind("coordination.k8s.io", "v1", "Lease", "leases")
 DEPLOYMENT = Kind("apps", "v1", "Deployment", "deployments")
+PODDISRUPTIONBUDGET = Kind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets")
 JOB = Kind("batch", "v1", "Job", "jobs")
 ROLE = Kind("rbac.authorization.k8s.io", "v1", "Role", "roles")
 ROLEBINDING = Kind("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings")

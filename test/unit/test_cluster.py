@@ -408,3 +408,52 @@ def test_a_cluster_never_held_has_no_suspended_condition() -> None:
     p = plan_cluster(ClusterObservation(cluster=make_cluster()), NOW)
     assert p.status is not None
     assert all(c["type"] != "Suspended" for c in p.status["conditions"])
+
+
+def _conditions(cluster: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    plan = plan_cluster(ClusterObservation(cluster, pods, desired_scheduler_service(cluster)), NOW)
+    assert plan.status is not None
+    return {c["type"]: c for c in plan.status["conditions"]}, [e.reason for e in plan.events]
+
+
+@pytest.mark.parametrize(
+    ("disruption", "words"),
+    [
+        (None, "deleted from outside the operator"),
+        ("EvictionByEvictionAPI", "evicted (kubectl drain"),
+        ("PreemptionByScheduler", "preempted"),
+    ],
+)
+def test_a_scheduler_deleted_from_outside_says_its_state_is_lost_until_a_new_one_is_ready(
+    disruption: str | None, words: str
+) -> None:
+    cluster = make_cluster()
+    pod = terminating(ready_pod(desired_scheduler_pod(cluster)))
+    if disruption is not None:
+        pod["status"]["conditions"].append(
+            {"type": "DisruptionTarget", "status": "True", "reason": disruption}
+        )
+    conds, events = _conditions(cluster, [pod])
+    degraded = conds["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "SchedulerLost")
+    assert words in degraded["message"] and "in-memory state is lost" in degraded["message"]
+    assert events == ["SchedulerLost"]  # the Warning, once: the next plans see it in the status
+    cluster["status"] = {"conditions": [degraded]}
+    # The old pod is gone and the new one is starting: still degraded, no second Event.
+    conds, events = _conditions(cluster, [])
+    assert conds["Degraded"]["reason"] == "SchedulerLost" and events == []
+    # The new scheduler is ready: recovered.
+    conds, events = _conditions(cluster, [ready_pod(desired_scheduler_pod(cluster))])
+    assert conds["Degraded"]["status"] == "False" and "Recovered" in events
+
+
+def test_the_operators_own_scheduler_deletions_are_not_a_loss() -> None:
+    old = make_cluster()
+    new = make_cluster()
+    new["spec"]["scheduler"]["spec"]["containers"][0]["image"] = "dask:2"
+    replaced = terminating(ready_pod(desired_scheduler_pod(old)))  # old template: the operator's doing
+    finished = terminating(ready_pod(desired_scheduler_pod(new)))
+    finished["status"]["phase"] = "Succeeded"  # finished first, then deleted by the operator
+    for cluster, pod in ((new, replaced), (new, finished)):
+        conds, events = _conditions(cluster, [pod])
+        assert conds["Degraded"]["reason"] != "SchedulerLost" and "SchedulerLost" not in events

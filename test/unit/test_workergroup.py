@@ -554,6 +554,8 @@ def test_autoscaler_ownership_of_replicas_is_released_once_no_autoscaler_names_t
     assert release.ref.uid == group["metadata"]["uid"] and release.field_manager == AUTOSCALER_FIELD_MANAGER
     assert release.annotation == ANNOTATION_AUTOSCALED_BY
     assert list(plan(make_group(2), pods, autoscaled=False).of_type(ReleaseFields)) == []
+
+
 # -- a held cluster ----------------------------------------------------------------------------------------
 
 
@@ -578,3 +580,38 @@ def test_a_held_clusters_empty_group_creates_nothing_and_is_stable() -> None:
 
 def test_lifting_the_hold_restores_the_same_worker_count() -> None:
     assert len(plan(make_group(3), [], hold=None).creates) == 3
+
+
+def test_a_disruption_budget_is_applied_when_asked_and_deleted_when_the_field_goes() -> None:
+    group = make_group(2)
+    assert builders.applied(plan(group), "PodDisruptionBudget") is None
+    group["spec"]["worker"]["disruptionBudget"] = {"maxUnavailable": 1}
+    pdb = builders.applied(plan(group), "PodDisruptionBudget")
+    assert pdb is not None and pdb["spec"]["maxUnavailable"] == 1
+    observed = builders.running(pdb, uid="pdb-uid")
+    assert plan(group, disruption_budgets=[observed]).deletes == ()
+    del group["spec"]["worker"]["disruptionBudget"]
+    result = plan(group, disruption_budgets=[observed])
+    assert [(d.ref.kind, d.ref.name, d.ref.uid) for d in result.deletes] == [
+        ("PodDisruptionBudget", "c-default", "pdb-uid")
+    ]
+
+
+def test_worker_pods_get_the_drain_hook_and_grace_without_changing_their_template_hash() -> None:
+    with_hook = plan(make_group(1)).creates[0]
+    without = plan(make_group(1), settings=GroupSettings(worker_grace=0)).creates[0]
+    assert with_hook["spec"]["terminationGracePeriodSeconds"] == 60
+    assert "preStop" in with_hook["spec"]["containers"][0]["lifecycle"]
+    assert "lifecycle" not in without["spec"]["containers"][0]
+    # Running workers made by an operator without the hook are not rolled by one with it.
+    labels = [p["metadata"]["labels"][TEMPLATE_HASH_LABEL] for p in (with_hook, without)]
+    assert labels[0] == labels[1]
+
+
+def test_a_worker_pod_deleted_from_outside_is_replaced_at_once() -> None:
+    pods = scaled_to(3)
+    drained = builders.terminating(pods[0])
+    result = plan(make_group(3), [drained, *pods[1:]])
+    (replacement,) = result.creates
+    assert replacement["metadata"]["name"] not in {p["metadata"]["name"] for p in pods}
+    assert result.deletes == () and result.retire is None and not asks_scheduler(result)

@@ -1,0 +1,268 @@
+"""Worker pods deleted from outside the operator hand their data over first: `kubectl drain`, `kubectl delete
+pod`, and a drain paced by the group's PodDisruptionBudget; and a deleted scheduler says what it cost.
+
+Layout on the 3-node plane (`three_node_plane`): the scheduler is pinned to node 0; four workers avoid node 0
+and spread two per node over nodes 1 and 2 (tolerating node 2's taint; cordoned nodes do not count in the
+spread). Real Dask: 80 persisted and 20 scattered keys are held on the workers before the fault, and the
+ledger (support.chaos_workload) reads the scheduler's transition log afterwards: 0 recomputed, 0 lost.
+The operator is a `dask-operator run` subprocess on the host watching the test's namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import pytest
+from support.chaos_workload import HeldData, data_cost, hold_data, says_data_lost
+from support.fixtures import REPO, KubePlane
+from support.operator import (
+    CRD_PLURALS,
+    OperatorProcess,
+    apply,
+    cluster_manifest,
+    condition,
+    crd_established,
+    get,
+    wait_running,
+    wait_workers,
+    worker_pods,
+)
+from support.wait import wait_for
+
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(os.geteuid() != 0, reason="process nodes need root for network namespaces"),
+]
+
+NAME, GROUP = "drain", "drain-default"
+REPLICAS = 4
+WORKER_SELECTOR = f"dask.org/component=worker,dask.org/workergroup-name={GROUP}"
+
+
+@pytest.fixture
+def env(three_node_plane: KubePlane, tmp_path: Path) -> Iterator[tuple[KubePlane, str]]:
+    kp = three_node_plane
+    kp.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
+    for crd in CRD_PLURALS:
+        wait_for(lambda crd=crd: crd_established(kp, crd), timeout=60, message=f"CRD {crd} Established")
+    ns = f"drain-{uuid.uuid4().hex[:6]}"
+    kp.kubectl("create", "namespace", ns)
+    wait_for(lambda: kp.kubectl("-n", ns, "get", "sa", "default", check=False).returncode == 0, timeout=30,
+             message=f"ServiceAccount {ns}/default")  # fmt: skip
+    op = OperatorProcess(kp, ns, tmp_path / "operator.log").start()
+    try:
+        yield kp, ns
+    except BaseException:
+        print(f"--- operator log tail ---\n{op.tail(80)}")
+        raise
+    finally:
+        op.stop()
+        kp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def _cluster(nodes: list[str], budget: int | None = None) -> dict[str, Any]:
+    obj = cluster_manifest(NAME, REPLICAS)
+    obj["spec"]["scheduler"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": nodes[0]}
+    worker = obj["spec"]["worker"]
+    if budget is not None:
+        worker["disruptionBudget"] = {"maxUnavailable": budget}
+    avoid_0 = {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": [nodes[0]]}
+    worker["spec"]["tolerations"] = [
+        {"key": "dedicated", "operator": "Equal", "value": "batch", "effect": "NoSchedule"}
+    ]
+    worker["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [avoid_0]}]}}}  # fmt: skip
+    worker["spec"]["topologySpreadConstraints"] = [{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+        "nodeTaintsPolicy": "Honor", "labelSelector": {"matchLabels": {"dask.org/workergroup-name": GROUP}},
+    }]  # fmt: skip
+    return obj
+
+
+def _ready_workers(kp: KubePlane, ns: str) -> dict[str, str]:
+    """Ready worker pods not being deleted: pod -> node."""
+    return {
+        p["metadata"]["name"]: p["spec"]["nodeName"]
+        for p in worker_pods(kp, ns, GROUP)
+        if condition(p, "Ready").get("status") == "True"
+    }
+
+
+def _spread(kp: KubePlane, ns: str, avoid: str = "") -> dict[str, str] | None:
+    placed = _ready_workers(kp, ns)
+    return placed if len(placed) == REPLICAS and avoid not in placed.values() else None
+
+
+class PodWatch:
+    """Worker pods as a watch sees them: after every event, how many are available (Ready, not deleting)."""
+
+    def __init__(self, kp: KubePlane, ns: str) -> None:
+        from kubernetes import client, watch
+
+        self.api, self.watch, self.ns = client.CoreV1Api(kp.api_client()), watch.Watch(), ns
+        self.state: dict[str, bool] = {}
+        self.available: list[tuple[float, int]] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.watch.stop()
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        stream = self.watch.stream(self.api.list_namespaced_pod, self.ns, label_selector=WORKER_SELECTOR,
+                                   timeout_seconds=600)  # fmt: skip
+        for event in stream:
+            pod = event["object"]
+            ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+            up = event["type"] != "DELETED" and ready and pod.metadata.deletion_timestamp is None
+            self.state[pod.metadata.name] = up
+            self.available.append((time.monotonic(), sum(self.state.values())))
+
+    def fewest_available_since(self, t0: float) -> int:
+        return min(n for t, n in self.available if t >= t0)
+
+
+def _hold(client: Any, placed: dict[str, str]) -> HeldData:
+    wait_workers(client, set(placed), timeout=120)
+    return hold_data(client, blocks=80, scattered=20)
+
+
+def _assert_lossless(client: Any, held: HeldData, kp: KubePlane, ns: str) -> None:
+    cost = data_cost(client, held)
+    print(cost.line())
+    assert not cost.recomputed and not cost.scattered_lost and not cost.erred, cost
+    events = get(kp, ns, "events")["items"]
+    failed_hooks = [e["message"] for e in events if e.get("reason") == "FailedPreStopHook"]
+    assert not failed_hooks, failed_hooks
+
+
+def _retired_by_scheduler(client: Any) -> set[str]:
+    """Worker addresses the scheduler retired gracefully (its event log)."""
+    return {
+        addr
+        for _, msg in client.get_events("all")
+        if isinstance(msg, dict) and msg.get("action") == "retire-workers"
+        for addr in msg.get("retired", [])
+    }
+
+
+def _scheduler_client(kp: KubePlane, ns: str) -> Any:
+    from distributed import Client
+
+    # The scheduler's pod IP: the host reaches pods on every node directly.
+    ip = get(kp, ns, "pod", f"{NAME}-scheduler")["status"]["podIP"]
+    return Client(f"tcp://{ip}:8786", timeout=30)
+
+
+def _start(kp: KubePlane, ns: str, budget: int | None = None) -> tuple[list[str], dict[str, str]]:
+    assert kp.plane is not None
+    nodes = list(kp.plane.node_names)
+    apply(kp, ns, _cluster(nodes, budget))
+    wait_running(kp, ns, NAME, timeout=120)
+    placed = wait_for(lambda: _spread(kp, ns), timeout=180, interval=0.5, message=f"{REPLICAS} ready workers")
+    assert sorted(placed.values()) == sorted([nodes[1]] * 2 + [nodes[2]] * 2), placed
+    return nodes, placed
+
+
+def _drain(kp: KubePlane, node: str) -> tuple[float, str]:
+    t0 = time.monotonic()
+    out = kp.kubectl("drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=150s",
+                     timeout=180)  # fmt: skip
+    return time.monotonic() - t0, out.stdout + out.stderr
+
+
+def test_drain_of_a_node_with_two_of_four_workers_loses_and_recomputes_nothing(
+    env: tuple[KubePlane, str],
+) -> None:
+    kp, ns = env
+    nodes, placed = _start(kp, ns)
+    victim = nodes[1]
+    with _scheduler_client(kp, ns) as client:
+        held = _hold(client, placed)
+        addresses = {str(w["name"]): a for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+        try:
+            took, _ = _drain(kp, victim)
+            after = wait_for(lambda: _spread(kp, ns, avoid=victim), timeout=120, interval=0.5,
+                             message=f"{REPLICAS} ready workers off {victim}")  # fmt: skip
+            wait_workers(client, set(after), timeout=120)
+        finally:
+            kp.kubectl("uncordon", victim, check=False)
+        print(f"DRAIN drain_s={took:.1f} replaced_on={sorted(after.values())}")
+        assert set(after.values()) == {nodes[2]}
+        drained = {addresses[p] for p, n in placed.items() if n == victim}
+        assert drained <= _retired_by_scheduler(client), "the drained workers were retired, not lost"
+        _assert_lossless(client, held, kp, ns)
+
+
+def test_kubectl_delete_of_a_worker_loses_nothing_and_of_the_scheduler_says_what_is_lost(
+    env: tuple[KubePlane, str],
+) -> None:
+    kp, ns = env
+    _, placed = _start(kp, ns)
+    victim = min(placed)
+    with _scheduler_client(kp, ns) as client:
+        held = _hold(client, placed)
+        t0 = time.monotonic()
+        kp.kubectl("-n", ns, "delete", "pod", victim, timeout=120)
+        took = time.monotonic() - t0
+        after = wait_for(lambda: _spread(kp, ns), timeout=120, interval=0.5, message="replacement ready")
+        assert victim not in after
+        wait_workers(client, set(after), timeout=120)
+        print(f"DELETE delete_s={took:.1f}")
+        _assert_lossless(client, held, kp, ns)
+
+    kp.kubectl("-n", ns, "delete", "pod", f"{NAME}-scheduler", "--wait=false")
+
+    def lost_warning() -> list[dict[str, Any]]:
+        events = get(kp, ns, "events", "--field-selector", f"involvedObject.name={NAME}")["items"]
+        return [e for e in says_data_lost(events) if e.get("reason") == "SchedulerLost"]
+
+    warning = wait_for(lost_warning, timeout=60, interval=0.5, message="SchedulerLost Warning Event")
+    assert "in-memory state is lost" in warning[0]["message"], warning
+    wait_for(lambda: condition(get(kp, ns, "daskcluster", NAME), "Ready").get("status") == "True",
+             timeout=120, interval=0.5, message="cluster Ready again with a new scheduler")  # fmt: skip
+
+
+def test_a_disruption_budget_of_one_drains_one_worker_at_a_time(env: tuple[KubePlane, str]) -> None:
+    kp, ns = env
+    nodes, placed = _start(kp, ns, budget=1)
+    pdb = wait_for(
+        lambda: (
+            (get(kp, ns, "pdb", GROUP) or {}).get("status", {}).get("expectedPods") == REPLICAS
+            and get(kp, ns, "pdb", GROUP)
+        ),
+        timeout=60,
+        interval=0.5,
+        message="the disruption controller to count the group's pods",
+    )
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["metadata"]["ownerReferences"][0]["kind"] == "DaskWorkerGroup"
+    victim = nodes[1]
+    with _scheduler_client(kp, ns) as client:
+        held = _hold(client, placed)
+        with PodWatch(kp, ns) as watch:
+            wait_for(lambda: watch.available and watch.available[-1][1] == REPLICAS, timeout=30,
+                     message="the watch sees every worker")  # fmt: skip
+            t0 = time.monotonic()
+            try:
+                took, output = _drain(kp, victim)
+                wait_for(lambda: _spread(kp, ns, avoid=victim), timeout=120, interval=0.5,
+                         message=f"{REPLICAS} ready workers off {victim}")  # fmt: skip
+            finally:
+                kp.kubectl("uncordon", victim, check=False)
+            fewest = watch.fewest_available_since(t0)
+        print(f"DRAIN-PDB drain_s={took:.1f} fewest_available={fewest}")
+        assert "disruption budget" in output, output  # the second eviction waited for the first worker
+        assert fewest == REPLICAS - 1, f"{fewest} of {REPLICAS} workers available during the drain"
+        wait_workers(client, set(_ready_workers(kp, ns)), timeout=120)
+        _assert_lossless(client, held, kp, ns)
