@@ -60,6 +60,11 @@ from dask_operator.controller.conditions import (
     find_condition,
     merge_conditions,
 )
+from dask_operator.controller.losses import (
+    CONDITION_WORKER_LOST,
+    REASON_WORKER_KILLED,
+    scheduler_restarted,
+)
 from dask_operator.controller.objects import Obj, rfc3339
 from dask_operator.controller.plans import (
     REPLICAS_FIELD_MANAGER,
@@ -116,8 +121,18 @@ def cluster_dashboard_address(
 # -- children ------------------------------------------------------------------------------------------
 
 
+# Dask removes a worker whose heartbeats stopped after `distributed.scheduler.worker-ttl` (5 minutes by
+# default, and checked as often). A worker on a stopped or partitioned node sends nothing, and until then the
+# scheduler believes its data still exists and keeps tasks waiting on it. One minute (so gone within 1-2
+# minutes) is far above the heartbeat interval (0.5-2 s for up to 200 workers; Dask itself raises the TTL to
+# 10 heartbeats on larger clusters) and above a stall of a busy worker's event loop. The user's value wins.
+WORKER_TTL_ENV = "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL"
+DEFAULT_WORKER_TTL = "60s"
+
+
 def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
-    """The scheduler Pod: `spec.scheduler.spec` plus the HTTP API route (unless the user configured routes).
+    """The scheduler Pod: `spec.scheduler.spec` plus the HTTP API route (unless the user configured routes)
+    and a worker TTL of DEFAULT_WORKER_TTL (unless the user set one).
 
     Its template-hash label covers the pod spec only: label/annotation edits never restart a scheduler.
     """
@@ -135,6 +150,9 @@ def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
     spec = copy.deepcopy(cluster["spec"]["scheduler"]["spec"])
     spec["containers"] = with_env_defaults(spec.get("containers") or [], {HTTP_ROUTES_ENV: HTTP_ROUTES_VALUE})
     labels[TEMPLATE_HASH_LABEL] = template_hash(spec)
+    # Added after hashing: an operator upgrade that brings this default never restarts a running scheduler
+    # (a restart loses the cluster's state).
+    spec["containers"] = with_env_defaults(spec["containers"], {WORKER_TTL_ENV: DEFAULT_WORKER_TTL})
     return owned_child(cluster, "v1", "Pod", scheduler_name(name), (labels, annotations), spec)
 
 
@@ -244,22 +262,28 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
     steps += pod_steps
     status = cluster_status(obs, scheduler_state, now, cluster_domain)
     events += condition_events(cluster.get("status", {}).get("conditions"), status["conditions"])
+    lost = scheduler_restarted(obs.scheduler_pods, cluster.get("status", {}).get("conditions"), now)
+    events += lost.events
 
-    requeue = None
+    requeue = lost.wake_in
     if int(cluster.get("spec", {}).get("idleTimeout") or 0) and scheduler_state == "Ready":
         if obs.idle is None:
             return Plan(question=Question.IDLE_SINCE)
         decision = idle_decision(cluster, obs.idle.idle_since, obs.idle.reachable, now)
-        requeue = decision.requeue_after
+        requeue = _sooner(requeue, decision.requeue_after)
         if decision.delete:
             steps.append(Delete(Ref.of(cluster), Cause.IDLE_TIMEOUT))
         if decision.event is not None:
             events.append(decision.event)
     elif int(cluster.get("spec", {}).get("idleTimeout") or 0):
-        requeue = IDLE_POLL_SECONDS
+        requeue = _sooner(requeue, IDLE_POLL_SECONDS)
     steps.append(SetStatus(status))
     steps += [Emit(e) for e in events]
     return Plan(steps=tuple(steps), requeue_after=requeue)
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _scheduler_pod_changes(
@@ -343,6 +367,9 @@ def cluster_status(obs: ClusterObservation, scheduler_state: str, now: float, cl
         _ready_condition(phase, scheduler_ready, service_ok, ready_total, desired_total, len(live_workers)),
         _progressing_condition(scheduler_state, service_ok, len(live_workers), desired_total, obs.groups),
         _degraded_condition(obs, scheduler_state, now),
+        scheduler_restarted(obs.scheduler_pods, cluster.get("status", {}).get("conditions"), now).condition,
+        _group_condition(obs.groups, CONDITION_WORKER_LOST, REASON_WORKER_KILLED)
+        or Condition(CONDITION_WORKER_LOST, False, "NoneLost", ""),
     ]
     status: Obj = {
         "observedGeneration": meta.get("generation", 0),

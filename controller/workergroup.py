@@ -45,6 +45,7 @@ from dask_operator.controller.conditions import (
     find_condition,
     merge_conditions,
 )
+from dask_operator.controller.losses import worker_lost
 from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
 from dask_operator.controller.plans import (
     ADOPTION_FIELD_MANAGER,
@@ -252,10 +253,12 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     if draft.victims:
         degraded = _remove_victims(draft, obs.scheduler, previous, now, settings) or degraded
 
+    lost = _worker_losses(draft, pods, previous, now)
     conditions = [
         _ready_condition(pods.live, draft.current, draft.replicas),
         draft.progressing,
         degraded,
+        lost,
     ]
     status = _status(group, pods.live, draft.want, conditions, previous, now)
     # A group's readiness is reported by its cluster's Ready Event; a group only warns.
@@ -486,6 +489,17 @@ def _unreachable_since(previous: Sequence[Mapping[str, Any]] | None, now: float)
         if since is not None:
             return since
     return now
+
+
+def _worker_losses(
+    draft: _Draft, pods: _PodSets, previous: Sequence[Mapping[str, Any]] | None, now: float
+) -> Condition:
+    """WorkerLost: workers killed while holding data (controller/losses.py), with their Warning Events."""
+    report = worker_lost([*pods.live, *pods.finished], previous, now)
+    draft.events += report.events
+    if report.wake_in is not None:
+        draft.wake_in(report.wake_in)
+    return report.condition
 
 
 def _failure_condition(live: Sequence[Obj], now: float) -> Condition:

@@ -62,6 +62,7 @@ class DaskWorkerGroupReconciler(DaskReconciler):
             observation = dataclasses.replace(observation, scheduler=self.scheduler_view(cluster))
             plan = plan_group(observation, now, settings)
         _, result = self.execute(group, plan, now, lambda retire: self.retire_workers(group, retire))
+        operator_metrics.count_losses(request.namespace, group["spec"].get("cluster", ""), plan.events)
         if plan.status is not None:
             operator_metrics.set_group(group, plan.status)
         return result
