@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from support.builders import running
+from support.builders import killed, running
 
 from dask_operator.controller.conditions import merge_conditions
 from dask_operator.controller.losses import (
@@ -21,16 +21,6 @@ NOW = 1_700_000_000.0
 
 def _pod(name: str = "g-worker-0123456789") -> dict[str, Any]:
     return {"metadata": {"name": name, "namespace": "ns"}, "spec": {"containers": [{"name": "worker"}]}}
-
-
-def killed(
-    pod: dict[str, Any], at: float, code: int = 137, reason: str = "Error", restarts: int = 1
-) -> dict[str, Any]:
-    pod = running(pod)
-    cs = pod["status"]["containerStatuses"][0]
-    cs["restartCount"] = restarts
-    cs["lastState"] = {"terminated": {"exitCode": code, "reason": reason, "finishedAt": rfc3339(at)}}
-    return pod
 
 
 def _stored(report: Any, previous: Any = None, now: float = NOW) -> list[dict[str, Any]]:
