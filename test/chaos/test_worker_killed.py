@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 NAME, GROUP = "oom", "oom-default"
 
 
+@pytest.mark.chaos_smoke
 def test_worker_sigkilled_while_holding_data_is_replaced_and_the_loss_is_reported(
     plane: Any, namespace: str, dask_operator: OperatorProcess
 ) -> None:
