@@ -31,6 +31,11 @@ LOSS_REPORT_SECONDS = 600.0
 _KILLED_EXIT_CODE = 137
 
 
+# A pod deleted because its node is gone (no retirement: the worker's process died with the node).
+# Evictions through the API (a drain) are not here: a drained worker may hand its data over first.
+_NODE_LOST_REASONS = frozenset({"DeletionByTaintManager", "DeletionByPodGC"})
+
+
 @dataclass(frozen=True)
 class Loss:
     """One container of one pod that stopped without being asked to: when, and how."""
@@ -60,7 +65,7 @@ def container_losses(pod: Mapping[str, Any], now: float, any_exit: bool = False)
     """Containers of `pod` that were killed (or, with `any_exit`, stopped at all) and restarted or finished.
 
     A restarted container shows the kill in `lastState.terminated`; a finished pod in `state.terminated`;
-    an evicted pod in its status' reason.
+    an evicted pod in its status' reason; a pod deleted with its lost node in its DisruptionTarget condition.
     """
     meta = pod.get("metadata", {})
     status = pod.get("status", {})
@@ -83,6 +88,14 @@ def container_losses(pod: Mapping[str, Any], now: float, any_exit: bool = False)
     if status.get("phase") == "Failed" and status.get("reason") == "Evicted" and not out:
         at = parse_rfc3339(meta.get("deletionTimestamp")) or now
         out.append(Loss(name, "*", f"evicted ({status.get('message') or 'no message'})", at, 0))
+    lost_node = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "DisruptionTarget"
+         and c.get("status") == "True" and c.get("reason") in _NODE_LOST_REASONS),
+        None,
+    )  # fmt: skip
+    if lost_node is not None and meta.get("deletionTimestamp"):
+        at = parse_rfc3339(lost_node.get("lastTransitionTime")) or now
+        out.append(Loss(name, "*", f"deleted with its lost node ({lost_node['reason']})", at, 0))
     return out
 
 

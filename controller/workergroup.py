@@ -253,7 +253,7 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     if draft.victims:
         degraded = _remove_victims(draft, obs.scheduler, previous, now, settings) or degraded
 
-    lost = _worker_losses(draft, pods, previous, now)
+    lost = _worker_losses(draft, obs.pods, previous, now)
     conditions = [
         _ready_condition(pods.live, draft.current, draft.replicas),
         draft.progressing,
@@ -492,10 +492,10 @@ def _unreachable_since(previous: Sequence[Mapping[str, Any]] | None, now: float)
 
 
 def _worker_losses(
-    draft: _Draft, pods: _PodSets, previous: Sequence[Mapping[str, Any]] | None, now: float
+    draft: _Draft, pods: Sequence[Obj], previous: Sequence[Mapping[str, Any]] | None, now: float
 ) -> Condition:
     """WorkerLost: workers killed while holding data (controller/losses.py), with their Warning Events."""
-    report = worker_lost([*pods.live, *pods.finished], previous, now)
+    report = worker_lost(pods, previous, now)
     draft.events += report.events
     if report.wake_in is not None:
         draft.wake_in(report.wake_in)

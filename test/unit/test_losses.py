@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from support.builders import killed, running
+from support.builders import killed, running, terminating
 
 from dask_operator.controller.conditions import merge_conditions
 from dask_operator.controller.losses import (
@@ -93,3 +93,17 @@ def test_each_reported_loss_counts_once_in_its_metric() -> None:
     operator_metrics.count_losses("ns", "c", [*worker.events, *scheduler.events])
     after = value("dask_operator_workers_lost_total"), value("dask_operator_scheduler_state_lost_total")
     assert (after[0] - before[0], after[1] - before[1]) == (1.0, 1.0)
+
+
+def test_a_pod_deleted_with_its_lost_node_is_a_loss_a_drained_one_is_not() -> None:
+    pod = terminating(running(_pod()))
+    pod["status"]["conditions"].append(
+        {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+         "lastTransitionTime": rfc3339(NOW - 3)}
+    )  # fmt: skip
+    (loss,) = container_losses(pod, NOW)
+    assert "lost node" in loss.how and loss.at == NOW - 3
+    assert worker_lost([pod], None, NOW).events
+    drained = copy.deepcopy(pod)
+    drained["status"]["conditions"][-1]["reason"] = "EvictionByEvictionAPI"
+    assert not container_losses(drained, NOW)

@@ -8,16 +8,17 @@
 
 A small in-memory world applies a plan the way the API server and the kubelet would (creates appear
 running and joined, deletes and retirements remove, applies and statuses are stored). Examples are bounded
-so the default suite stays quick.
+so the default suite stays quick (~5 s).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from support.builders import controlled_by, finished, killed, pending, running, terminating
 
@@ -45,7 +46,16 @@ from dask_operator.controller.workergroup import (
 )
 
 NOW = 1_700_000_000.0
-EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The default suite runs the same 60 examples each time (deterministic); PROPERTY_EXAMPLES=N explores N fresh
+# random ones per planner (a failure prints the example and its reproduction blob).
+_EXPLORE = int(os.environ.get("PROPERTY_EXAMPLES", "0"))
+EXAMPLES = settings(
+    max_examples=_EXPLORE or 60,
+    derandomize=not _EXPLORE,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 ROUNDS = 12
 
 Obj = dict[str, Any]
@@ -163,6 +173,10 @@ def _pod_in_state(pod: Obj, state: str, n: int) -> Obj:
     return killed(running(pod, **kw), NOW - 20, reason=reason)
 
 
+def _is_ready(pod: Obj) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+
+
 def _worker(pod: Obj) -> DaskWorker:
     return DaskWorker(pod["metadata"]["name"], f"tcp://{pod['status'].get('podIP', '0.0.0.0')}:4000")
 
@@ -182,7 +196,16 @@ def _apply_group(world: dict[str, Any], plan: Plan, applied: dict[tuple[str, str
     gone = {d.ref.uid for d in plan.deletes}
     if plan.retire is not None:
         gone |= {p.delete.ref.uid for p in plan.retire.pods}
-    world["pods"] = [p for p in world["pods"] if p["metadata"]["uid"] not in gone]
+    world["pods"] = [
+        p
+        for p in world["pods"]
+        if p["metadata"]["uid"] not in gone and "deletionTimestamp" not in p["metadata"]
+    ]
+    # the kubelet moves on: pods that were pending or not ready run and join the scheduler
+    for i, pod in enumerate(world["pods"]):
+        if pod["status"].get("phase") in ("Pending", "Running") and not _is_ready(pod):
+            world["pods"][i] = running(pod, created_at=NOW - 1000 + i, ip=pod["status"]["podIP"])
+    world["joined"] += [p["metadata"]["name"] for p in world["pods"] if p["status"].get("phase") == "Running"]
     for n, pod in enumerate(plan.creates):
         world["pods"].append(running(pod, created_at=NOW - 100 + n, ip=f"10.0.1.{n + 1}"))
         world["joined"].append(pod["metadata"]["name"])
@@ -194,6 +217,7 @@ def _apply_group(world: dict[str, Any], plan: Plan, applied: dict[tuple[str, str
 @EXAMPLES
 @given(group_worlds())
 def test_worker_group_planner(world: dict[str, Any]) -> None:
+    note(f"initial world: {copy.deepcopy(world)}")
     plan = _plan_group(world)
     own = {p["metadata"]["uid"]: p for p in world["pods"]}
     # never another group's pod or worker
@@ -211,6 +235,7 @@ def test_worker_group_planner(world: dict[str, Any]) -> None:
     for _ in range(ROUNDS):
         _apply_group(world, plan, applied)
         again = _plan_group(world)
+        note(f"then: {_writes(again, world['group'].get('status'), applied)} {again.notes}")
         _no_repeat(plan, again)
         plan = again
         if not _writes(plan, world["group"].get("status"), applied):
@@ -265,7 +290,12 @@ def _plan_cluster(world: dict[str, Any]) -> Plan:
 
 def _apply_cluster(world: dict[str, Any], plan: Plan, applied: dict[tuple[str, str, str], Obj]) -> None:
     gone = {d.ref.uid for d in plan.deletes}
-    world["scheduler"] = [p for p in world["scheduler"] if p["metadata"]["uid"] not in gone]
+    # pods deleted now, or terminating since the last round (the kubelet finished them), are gone
+    world["scheduler"] = [
+        p
+        for p in world["scheduler"]
+        if p["metadata"]["uid"] not in gone and "deletionTimestamp" not in p["metadata"]
+    ]
     world["deleted"] = world["cluster"]["metadata"]["uid"] in gone
     for pod in plan.creates:
         world["scheduler"].append(running(pod, created_at=NOW - 50))
