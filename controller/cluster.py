@@ -55,6 +55,7 @@ from dask_operator.controller.children import (
     is_terminating,
     owned_child,
     template_hash,
+    with_env_defaults,
 )
 from dask_operator.controller.conditions import (
     CONDITION_SCHEDULER_API,
@@ -65,6 +66,11 @@ from dask_operator.controller.conditions import (
     merge_conditions,
 )
 from dask_operator.controller.hold import Hold, hold_events, suspended_condition
+from dask_operator.controller.losses import (
+    CONDITION_WORKER_LOST,
+    REASON_WORKER_KILLED,
+    scheduler_restarted,
+)
 from dask_operator.controller.objects import Obj, rfc3339
 from dask_operator.controller.plans import (
     REPLICAS_FIELD_MANAGER,
@@ -124,8 +130,18 @@ def cluster_dashboard_address(
 # -- children ------------------------------------------------------------------------------------------
 
 
+# Dask removes a worker whose heartbeats stopped after `distributed.scheduler.worker-ttl` (5 minutes by
+# default, and checked as often). A worker on a stopped or partitioned node sends nothing, and until then the
+# scheduler believes its data still exists and keeps tasks waiting on it. One minute (so gone within 1-2
+# minutes) is far above the heartbeat interval (0.5-2 s for up to 200 workers; Dask itself raises the TTL to
+# 10 heartbeats on larger clusters) and above a stall of a busy worker's event loop. The user's value wins.
+WORKER_TTL_ENV = "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL"
+DEFAULT_WORKER_TTL = "60s"
+
+
 def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
-    """The scheduler Pod: `spec.scheduler.spec` plus the HTTP API route (unless the user configured routes).
+    """The scheduler Pod: `spec.scheduler.spec` plus the HTTP API route (unless the user configured routes)
+    and a worker TTL of DEFAULT_WORKER_TTL (unless the user set one).
 
     Its template-hash label covers the pod spec only: label/annotation edits never restart a scheduler.
     """
@@ -143,6 +159,9 @@ def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
     spec = copy.deepcopy(cluster["spec"]["scheduler"]["spec"])
     spec["containers"] = [_with_api_route(c) for c in spec.get("containers") or []]
     labels[TEMPLATE_HASH_LABEL] = template_hash(spec)
+    # Added after hashing: an operator upgrade that brings this default never restarts a running scheduler
+    # (a restart loses the cluster's state).
+    spec["containers"] = with_env_defaults(spec["containers"], {WORKER_TTL_ENV: DEFAULT_WORKER_TTL})
     return owned_child(cluster, "v1", "Pod", scheduler_name(name), (labels, annotations), spec)
 
 
@@ -278,22 +297,28 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
     status = cluster_status(obs, scheduler_state, now, cluster_domain, lost)
     previous = cluster.get("status", {}).get("conditions")
     events += condition_events(previous, status["conditions"]) + hold_events(previous, status["conditions"])
+    restarted = scheduler_restarted(obs.scheduler_pods, previous, now)
+    events += restarted.events
 
-    requeue = None
+    requeue = restarted.wake_in
     if int(cluster.get("spec", {}).get("idleTimeout") or 0) and scheduler_state == "Ready":
         if obs.idle is None:
             return Plan(question=Question.IDLE_SINCE)
         decision = idle_decision(cluster, obs.idle.idle_since, obs.idle.reachable, now)
-        requeue = decision.requeue_after
+        requeue = _sooner(requeue, decision.requeue_after)
         if decision.delete:
             steps.append(Delete(Ref.of(cluster), Cause.IDLE_TIMEOUT))
         if decision.event is not None:
             events.append(decision.event)
     elif int(cluster.get("spec", {}).get("idleTimeout") or 0):
-        requeue = IDLE_POLL_SECONDS
+        requeue = _sooner(requeue, IDLE_POLL_SECONDS)
     steps.append(SetStatus(status))
     steps += [Emit(e) for e in events]
     return Plan(steps=tuple(steps), requeue_after=requeue)
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _scheduler_pod_changes(
@@ -425,6 +450,9 @@ def cluster_status(
         _progressing_condition(scheduler_state, service_ok, len(live_workers), desired_total, obs.groups),
         _degraded_condition(obs, scheduler_state, now, scheduler_lost),
         scheduler_api_condition(cluster),
+        scheduler_restarted(obs.scheduler_pods, cluster.get("status", {}).get("conditions"), now).condition,
+        _group_condition(obs.groups, CONDITION_WORKER_LOST, REASON_WORKER_KILLED)
+        or Condition(CONDITION_WORKER_LOST, False, "NoneLost", ""),
     ]
     suspended = suspended_condition(obs.hold, cluster.get("status", {}).get("conditions"))
     if suspended is not None:

@@ -51,6 +51,7 @@ class DaskClusterReconciler(DaskReconciler):
             observation = dataclasses.replace(observation, idle=self.ask_idle(cluster, observation.service))
             plan = plan_cluster(observation, now, self.settings.cluster_domain)
         _, result = self.execute(cluster, plan, now)
+        operator_metrics.count_losses(request.namespace, request.name, plan.events)
         if plan.status is not None:
             running = plan.status.get("phase") == PHASE_RUNNING
             operator_metrics.CLUSTER_RUNNING.labels(request.namespace, request.name).set(int(running))

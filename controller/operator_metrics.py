@@ -8,7 +8,7 @@ Held by test/integration/test_manifests.py.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -75,6 +75,29 @@ AUTOSCALER_SCALINGS = Counter(
     ["namespace", "direction"],
     registry=REGISTRY,
 )
+WORKERS_LOST = Counter(
+    "dask_operator_workers_lost_total",
+    "Worker containers killed while holding data (SIGKILL, OOMKilled, evicted): their in-memory data was lost",
+    ["namespace", "cluster"],
+    registry=REGISTRY,
+)
+SCHEDULER_STATE_LOST = Counter(
+    "dask_operator_scheduler_state_lost_total",
+    "Scheduler restarts: each one lost the cluster's state (tasks, futures, persisted and scattered data)",
+    ["namespace", "cluster"],
+    registry=REGISTRY,
+)
+
+# Event reasons (controller/losses.py) -> the counter each one's occurrence increments.
+_LOSS_COUNTERS = {"WorkerLost": WORKERS_LOST, "SchedulerStateLost": SCHEDULER_STATE_LOST}
+
+
+def count_losses(namespace: str, cluster: str, events: Iterable[Any]) -> None:
+    """Count the losses a plan reported: each loss has exactly one Event (controller/losses.py)."""
+    for event in events:
+        counter = _LOSS_COUNTERS.get(event.reason)
+        if counter is not None:
+            counter.labels(namespace, cluster).inc()
 
 
 def forget_autoscaler(namespace: str, autoscaler: str) -> None:
@@ -108,6 +131,6 @@ def forget_group_named(namespace: str, group: str) -> None:
 
 
 def forget_cluster(namespace: str, cluster: str) -> None:
-    for gauge in (SCHEDULER_REACHABLE, CLUSTER_RUNNING):
+    for gauge in (SCHEDULER_REACHABLE, CLUSTER_RUNNING, WORKERS_LOST, SCHEDULER_STATE_LOST):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, cluster)

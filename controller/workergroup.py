@@ -59,6 +59,7 @@ from dask_operator.controller.drain import (
     with_drain_hook,
 )
 from dask_operator.controller.hold import Hold
+from dask_operator.controller.losses import worker_lost
 from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
 from dask_operator.controller.plans import (
     ADOPTION_FIELD_MANAGER,
@@ -361,10 +362,12 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
         retirement_problem = _remove_victims(draft, obs, previous, now, settings)
         degraded = retirement_problem or degraded
 
+    lost = _worker_losses(draft, obs.pods, previous, now)
     conditions = [
         _ready_condition(pods.live, draft.current, draft.replicas),
         draft.progressing,
         degraded,
+        lost,
     ]
     if retirement_problem is not None and retirement_problem.reason in RETIREMENT_PROBLEMS:
         conditions.append(dataclasses.replace(retirement_problem, type=CONDITION_REPLICA_FAILURE))
@@ -785,6 +788,17 @@ def _unreachable_since(previous: Sequence[Mapping[str, Any]] | None, now: float)
         if since is not None:
             return since
     return now
+
+
+def _worker_losses(
+    draft: _Draft, pods: Sequence[Obj], previous: Sequence[Mapping[str, Any]] | None, now: float
+) -> Condition:
+    """WorkerLost: workers killed while holding data (controller/losses.py), with their Warning Events."""
+    report = worker_lost(pods, previous, now)
+    draft.events += report.events
+    if report.wake_in is not None:
+        draft.wake_in(report.wake_in)
+    return report.condition
 
 
 def _failure_condition(live: Sequence[Obj], now: float) -> Condition:

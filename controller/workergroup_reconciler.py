@@ -100,6 +100,7 @@ class DaskWorkerGroupReconciler(DaskReconciler):
         _, result = self.execute(
             group, plan, now, lambda retire: self.start_retirement(request, group, retire)
         )
+        operator_metrics.count_losses(request.namespace, group["spec"].get("cluster", ""), plan.events)
         if plan.status is not None:
             operator_metrics.set_group(group, plan.status)
         return result

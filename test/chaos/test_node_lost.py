@@ -169,3 +169,6 @@ def test_node_lost_while_workers_hold_data_converges_and_loses_only_its_keys(
             assert set(cost.recomputed) | set(cost.scattered_lost) == at_risk, cost
     group = get(kp, ns, "daskworkergroup", GROUP)
     assert group["status"]["replicas"] == 2
+    # whether the operator reported the loss (WorkerLost: a pod deleted with its lost node); a figure only
+    lost = next((c for c in group["status"]["conditions"] if c["type"] == "WorkerLost"), {})
+    figure(f"node-{fault}-reported", worker_lost=lost.get("status"), message=repr(lost.get("message", "")))

@@ -6,7 +6,7 @@ The pods are simulated by the process node (Running without processes): five rea
 for a minute are too heavy for a shared 2-core machine. With no scheduler answering, each cluster's force
 timeout annotation is 0, so a scale-down deletes at once (the retirement path with real Dask is covered by
 the other chaos modules). Replay a run with CHAOS_SEED=<the printed seed>; CHAOS_STORM_SECONDS sets the
-storm's length (default 60).
+storm's length (default 60). A 20 s cut of it (marker chaos_smoke) runs in the default suite.
 """
 
 from __future__ import annotations
@@ -31,13 +31,25 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 
 CLUSTERS = [f"storm-{i}" for i in range(5)]
 MAX_REPLICAS = 4
+SHORT_STORM_SECONDS = 20.0
 
 
 def test_operator_killed_every_few_seconds_during_a_scale_storm_on_five_clusters(
     plane: Any, namespace: str, tmp_path: Path
 ) -> None:
+    _storm(plane, namespace, tmp_path, float(os.environ.get("CHAOS_STORM_SECONDS", "60")))
+
+
+@pytest.mark.chaos_smoke
+def test_operator_killed_during_a_short_scale_storm_on_five_clusters(
+    plane: Any, namespace: str, tmp_path: Path
+) -> None:
+    """The default suite's cut of the storm: 20 s, a handful of kills (the matrix runs the full minute)."""
+    _storm(plane, namespace, tmp_path, SHORT_STORM_SECONDS)
+
+
+def _storm(plane: Any, namespace: str, tmp_path: Path, storm_seconds: float) -> None:
     seed = int(os.environ.get("CHAOS_SEED", str(random.SystemRandom().randrange(2**32))))
-    storm_seconds = float(os.environ.get("CHAOS_STORM_SECONDS", "60"))
     print(f"CHAOS storm seed={seed} (replay: CHAOS_SEED={seed})", flush=True)
     storm, killer_rng = random.Random(seed), random.Random(seed + 1)
 

@@ -3,7 +3,8 @@
 Story: a 3-worker cluster holds persisted and scattered data; the user scales it to 1 and the scheduler dies
 mid-retirement. A scheduler's state (tasks, who holds what) lives only in its memory, so all data is lost by
 Dask's design; what the operator owes is convergence (scheduler back, exactly 1 worker, joined) and saying
-so: a Warning Event on the DaskCluster that the scheduler restarted and its state was lost.
+so: a Warning Event on the DaskCluster that the scheduler restarted (exit code 137), and one (reason
+SchedulerStateLost) that the cluster lost its state, which the SchedulerRestarted condition also says.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from support.operator import (
     OperatorProcess,
     apply,
     cluster_manifest,
+    condition,
     dask_client,
     get,
     pod_names,
@@ -64,19 +66,12 @@ def test_scheduler_killed_during_scale_down_converges(
     restarted = [e for e in _events(plane, namespace) if e.get("type") == "Warning" and f"{NAME}-scheduler" in
                  e.get("message", "") and "137" in e.get("message", "")]  # fmt: skip
     assert restarted, f"no Warning Event reports the scheduler's SIGKILL: {_events(plane, namespace)}"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16: a scheduler restarted in place (SIGKILL) is reported as 'exited with code 137 and is being "
-    "restarted' (SchedulerFailing), but nothing says the cluster lost its state (tasks, persisted and scattered data)",
-)
-def test_scheduler_killed_during_scale_down_is_reported_as_lost_state(
-    plane: Any, namespace: str, dask_operator: OperatorProcess
-) -> None:
-    _kill_scheduler_during_scale_down(plane, namespace)
-    events = _events(plane, namespace)
-    assert says_data_lost(events), f"no Warning Event on DaskCluster {NAME} says its state was lost: {events}"
+    # and says the cluster lost its state, once; the status says so too, with the time (for 10 minutes)
+    lost = [e for e in says_data_lost(_events(plane, namespace)) if e["reason"] == "SchedulerStateLost"]
+    assert len(lost) == 1, f"not exactly one Event says the state was lost: {_events(plane, namespace)}"
+    cond = condition(get(plane, namespace, "daskcluster", NAME), "SchedulerRestarted")
+    assert cond.get("status") == "True" and cond["reason"] == "SchedulerStateLost", cond
+    assert "lost its state" in cond["message"] and "137" in cond["message"], cond
 
 
 def _events(plane: Any, namespace: str) -> list[dict[str, Any]]:

@@ -4,8 +4,8 @@ Story: a 3-worker cluster holds data on every worker; one worker's process gets 
 its container, the worker rejoins, the cluster is back to 3 workers. Dask's own semantics decide the data:
 exactly the persisted keys that lived only on the killed worker are recomputed (once each), exactly its
 scattered keys are lost (they cannot be recomputed), nothing else. The operator must not hide it: the worker
-group's Degraded condition names the pod and its exit code 137, and a Warning Event says so; that Event
-should also say the worker's in-memory data was lost (a strict xfail until it does).
+group's Degraded condition names the pod and its exit code 137; its WorkerLost condition (surfaced on the
+cluster too) and exactly one WorkerLost Warning Event say the worker's in-memory data was lost.
 """
 
 from __future__ import annotations
@@ -38,26 +38,22 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 NAME, GROUP = "oom", "oom-default"
 
 
-def test_worker_sigkilled_while_holding_data_is_replaced_and_the_failure_is_reported(
+@pytest.mark.chaos_smoke
+def test_worker_sigkilled_while_holding_data_is_replaced_and_the_loss_is_reported(
     plane: Any, namespace: str, dask_operator: OperatorProcess
 ) -> None:
-    _kill_a_worker_holding_data(plane, namespace)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16: a worker SIGKILLed (OOM-like) is reported as 'exited with code 137 and is being restarted. "
-    "Check the worker command and image' (WorkerFailing), but nothing says its in-memory data was lost",
-)
-def test_worker_sigkilled_while_holding_data_is_reported_as_data_lost(
-    plane: Any, namespace: str, dask_operator: OperatorProcess
-) -> None:
-    _kill_a_worker_holding_data(plane, namespace)
+    victim = _kill_a_worker_holding_data(plane, namespace)
     events = warning_events(plane, namespace, GROUP) + warning_events(plane, namespace, NAME)
-    assert says_data_lost(events), f"no Warning Event says the worker's data was lost: {events}"
+    lost = [e for e in says_data_lost(events) if e["reason"] == "WorkerLost" and victim in e["message"]]
+    assert len(lost) == 1, f"not exactly one WorkerLost Event names {victim} and its lost data: {events}"
+    for kind, name in (("daskworkergroup", GROUP), ("daskcluster", NAME)):
+        cond = condition(get(plane, namespace, kind, name), "WorkerLost")
+        assert cond.get("status") == "True" and cond["reason"] == "WorkerKilled", (kind, cond)
+        assert victim in cond["message"] and "137" in cond["message"], (kind, cond)
 
 
-def _kill_a_worker_holding_data(plane: Any, namespace: str) -> None:
+def _kill_a_worker_holding_data(plane: Any, namespace: str) -> str:
+    """Kill one worker holding data, wait until it rejoined; returns its pod's name."""
     name, group = NAME, GROUP
     apply(plane, namespace, cluster_manifest(name, 3))
     wait_running(plane, namespace, name, timeout=120)
@@ -98,6 +94,7 @@ def _kill_a_worker_holding_data(plane: Any, namespace: str) -> None:
     events = warning_events(plane, namespace, group) + warning_events(plane, namespace, name)
     assert any(victim in e["message"] for e in events), f"no Warning Event names {victim}: {events}"
     assert len(worker_pods(plane, namespace, group)) == 3
+    return victim
 
 
 def _degraded(plane: Any, namespace: str, group: str) -> dict[str, Any] | None:

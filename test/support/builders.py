@@ -69,3 +69,34 @@ def condition(plan: Plan, kind: str) -> Obj:
     """The condition `kind` of the status the plan writes."""
     assert plan.status is not None, "the plan writes no status"
     return next(c for c in plan.status["conditions"] if c["type"] == kind)
+
+
+def killed(pod: Obj, at: float, *, code: int = 137, reason: str = "Error", restarts: int = 1) -> Obj:
+    """`pod` running again after its container was killed (`code` 137: SIGKILL, the OOM killer's signal)."""
+    pod = running(pod) if "status" not in pod else copy.deepcopy(pod)
+    cs = pod["status"]["containerStatuses"][0]
+    cs["restartCount"] = restarts
+    cs["lastState"] = {"terminated": {"exitCode": code, "reason": reason, "finishedAt": rfc3339(at)}}
+    return pod
+
+
+def finished(pod: Obj, phase: str = "Failed", *, code: int = 1, at: float = 1_700_000_000.0) -> Obj:
+    """`pod` as the cache shows it once it stopped for good (restartPolicy Never, or evicted)."""
+    pod = running(pod) if "status" not in pod else copy.deepcopy(pod)
+    cs = pod["status"]["containerStatuses"][0]
+    cs["ready"] = False
+    cs["state"] = {"terminated": {"exitCode": code, "reason": "Error", "finishedAt": rfc3339(at)}}
+    pod["status"]["phase"] = phase
+    pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    return pod
+
+
+def controlled_by(obj: Obj, owner: Obj) -> Obj:
+    """`obj` with `owner` as its controller (what the garbage collector and the cache's owner index read)."""
+    obj = copy.deepcopy(obj)
+    meta = owner["metadata"]
+    obj["metadata"]["ownerReferences"] = [
+        {"apiVersion": owner.get("apiVersion", "v1"), "kind": owner.get("kind"), "name": meta["name"],
+         "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+    ]  # fmt: skip
+    return obj

@@ -9,9 +9,11 @@ import pytest
 from support.builders import condition, created, running, terminating
 
 from dask_operator.api.v1.types import PHASE_SUSPENDED
-from dask_operator.controller.children import TEMPLATE_HASH_LABEL
+from dask_operator.controller.children import TEMPLATE_HASH_LABEL, template_hash
 from dask_operator.controller.cluster import (
+    DEFAULT_WORKER_TTL,
     PROPAGATED_REPLICAS_ANNOTATION,
+    WORKER_TTL_ENV,
     ClusterObservation,
     default_group_replicas,
     desired_default_group,
@@ -96,7 +98,21 @@ def test_scheduler_pod_gets_http_api_route_unless_user_set_routes() -> None:
     cluster = make_cluster()
     cluster["spec"]["scheduler"]["spec"]["containers"][0]["env"] = [{"name": HTTP_ROUTES_ENV, "value": "[]"}]
     env = desired_scheduler_pod(cluster)["spec"]["containers"][0]["env"]
-    assert env == [{"name": HTTP_ROUTES_ENV, "value": "[]"}]
+    assert [e for e in env if e["name"] == HTTP_ROUTES_ENV] == [{"name": HTTP_ROUTES_ENV, "value": "[]"}]
+
+
+def test_scheduler_pod_gets_a_short_worker_ttl_unless_the_user_set_one() -> None:
+    pod = desired_scheduler_pod(make_cluster())
+    env = pod["spec"]["containers"][0]["env"]
+    assert {"name": WORKER_TTL_ENV, "value": DEFAULT_WORKER_TTL} in env
+    cluster = make_cluster()
+    cluster["spec"]["scheduler"]["spec"]["containers"][0]["env"] = [{"name": WORKER_TTL_ENV, "value": "5m"}]
+    env = desired_scheduler_pod(cluster)["spec"]["containers"][0]["env"]
+    assert [e for e in env if e["name"] == WORKER_TTL_ENV] == [{"name": WORKER_TTL_ENV, "value": "5m"}]
+    # the default is not part of the template hash: an operator upgrade bringing it restarts no scheduler
+    without = copy.deepcopy(pod)
+    without["spec"]["containers"][0]["env"].remove({"name": WORKER_TTL_ENV, "value": DEFAULT_WORKER_TTL})
+    assert pod["metadata"]["labels"][TEMPLATE_HASH_LABEL] == template_hash(without["spec"])
 
 
 @pytest.mark.parametrize(
@@ -124,8 +140,8 @@ def test_routes_the_user_gave_are_never_overridden_and_the_status_says_how_the_s
     cluster = make_cluster()
     cluster["spec"]["scheduler"]["spec"]["containers"][0].update(container)
     pod_env = desired_scheduler_pod(cluster)["spec"]["containers"][0]["env"]
-    if value is None:  # left exactly as the user wrote it
-        assert pod_env == container.get("env", [])
+    if value is None:  # left exactly as the user wrote it (the worker TTL default is another variable)
+        assert [e for e in pod_env if e["name"] != WORKER_TTL_ENV] == container.get("env", [])
     cond = scheduler_api_condition(cluster)
     assert (cond.type, cond.status, cond.reason) == ("SchedulerAPI", http_api, reason)
 
