@@ -5,12 +5,14 @@ Invariant: every step is idempotent under a stale cache (a create of an existing
 UID precondition no longer holds are "already done"); a write the API server refuses (a ResourceQuota,
 Pod Security admission, a webhook, RBAC) never hides in a log: the object's status gets a `ReplicaFailure`
 condition and `Degraded` with the server's message and what to do, and a Warning Event says the same; the
-status is compared with the cached one and written only when it differs. Held by
+status is compared with the cached one and written only when it differs (and, with a status window, when
+status_writes.decide says so: at once if it settled or deserves an Event, else within the window). Held by
 test/unit/test_executor.py and test/e2e/test_cluster.py::test_resource_quota_refusal_shows_in_status.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +21,7 @@ import structlog
 
 from dask_operator.api.v1.types import CONDITION_DEGRADED
 from dask_operator.controller import operator_metrics
+from dask_operator.controller.children import relabel_patch
 from dask_operator.controller.conditions import (
     CONDITION_REPLICA_FAILURE,
     Condition,
@@ -39,8 +42,9 @@ from dask_operator.controller.plans import (
 )
 from dask_operator.controller.runtime.applier import Applier
 from dask_operator.controller.runtime.client import ApiError, Client
-from dask_operator.controller.runtime.kinds import lookup
+from dask_operator.controller.runtime.kinds import kind_of, lookup
 from dask_operator.controller.scheduler import SchedulerUnreachable
+from dask_operator.controller.status_writes import decide
 
 log = structlog.get_logger("dask_operator.controller")
 
@@ -71,11 +75,22 @@ class Outcome:
 
 
 class Executor:
-    def __init__(self, client: Client, applier: Applier, recorder: Any, events_enabled: bool = True) -> None:
+    def __init__(
+        self,
+        client: Client,
+        applier: Applier,
+        recorder: Any,
+        events_enabled: bool = True,
+        status_window: float = 0.0,
+    ) -> None:
         self.client = client
         self.applier = applier
         self.recorder = recorder
         self.events_enabled = events_enabled
+        # status changes within this many seconds are written as one (status_writes.decide); 0: at once
+        self.status_window = status_window
+        self._status_pending: dict[str, float] = {}  # object UID -> since when a status change waits
+        self._lock = threading.Lock()
 
     def run(self, obj: Obj, plan: Plan, now: float, retire_workers: RetireWorkers | None = None) -> Outcome:
         """Run `plan` for the reconciled object `obj`; the status step is held back and written last."""
@@ -100,7 +115,7 @@ class Executor:
                     status, outcome.refusals, obj.get("status") or {}, now, obj["metadata"].get("generation")
                 )
         if status is not None:
-            outcome.status_written = self.write_status(obj, status)
+            outcome.status_written = self.write_status(obj, status, now, outcome)
         for refusal in outcome.refusals:
             self.emit(obj, EventSpec("Warning", refusal.reason, refusal.message))
         return outcome
@@ -128,6 +143,20 @@ class Executor:
         except ApiError as error:
             if not error.already_exists:  # a stale cache: it exists, the next reconcile sees it
                 raise
+            self.relabel(obj)
+
+    def relabel(self, obj: Obj) -> None:
+        """An existing child the cache cannot see lost the label the cache selects by: put it back (only if
+        the same owner controls it), so it comes back into view instead of being created again forever."""
+        operations = relabel_patch(obj)
+        if operations is None:
+            return
+        meta = obj["metadata"]
+        try:
+            self.client.patch_json(kind_of(obj), meta["namespace"], meta["name"], operations)
+            log.info("relabelled", kind=obj["kind"], object=meta["name"])
+        except ApiError as error:  # not ours (another owner) or gone meanwhile: leave it alone
+            log.info("not relabelled", kind=obj["kind"], object=meta["name"], error=str(error))
 
     def delete(self, step: Delete) -> None:
         ref = step.ref
@@ -176,10 +205,23 @@ class Executor:
             )
         return None
 
-    def write_status(self, obj: Obj, status: Obj) -> bool:
-        if dict(obj.get("status") or {}) == status:
-            return False
+    def write_status(self, obj: Obj, status: Obj, now: float = 0.0, outcome: Outcome | None = None) -> bool:
+        """Write `status` if it differs from the cached one and status_writes.decide says now; a change held
+        back wakes the reconcile (through `outcome`) when its window ends."""
         meta = obj["metadata"]
+        uid = str(meta.get("uid", ""))
+        with self._lock:
+            pending_since = self._status_pending.get(uid)
+        decision = decide(obj.get("status") or {}, status, pending_since, now, self.status_window)
+        with self._lock:
+            if decision.pending_since is None:
+                self._status_pending.pop(uid, None)
+            else:
+                self._status_pending[uid] = decision.pending_since
+        if not decision.write:
+            if outcome is not None:
+                outcome.wake_in(decision.wake_in)
+            return False
         self.applier.apply_status(
             {
                 "apiVersion": obj["apiVersion"],

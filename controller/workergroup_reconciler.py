@@ -32,6 +32,7 @@ from dask_operator.controller.runtime.predicate import (
 from dask_operator.controller.runtime.reconcile import Request, Result, remaining_time
 from dask_operator.controller.scheduler import SchedulerClient, SchedulerUnreachable, scheduler_endpoint
 from dask_operator.controller.settings import OperatorSettings
+from dask_operator.controller.status_writes import DEFAULT_WINDOW
 from dask_operator.controller.workergroup import (
     FORCE_SCALE_DOWN_ANNOTATION,
     GroupObservation,
@@ -44,6 +45,9 @@ log = structlog.get_logger("dask_operator.controller.workergroup")
 
 
 class DaskWorkerGroupReconciler(DaskReconciler):
+    # pod-level transitions (each pod created, scheduled, Ready) within 1 s are one status write
+    status_window = DEFAULT_WINDOW
+
     def reconcile(self, request: Request) -> Result:
         group = self.cache.get(DASK_WORKER_GROUP_KIND, request.namespace, request.name)
         if group is None or is_terminating(group):

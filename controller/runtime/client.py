@@ -14,7 +14,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -33,6 +33,7 @@ Obj = dict[str, Any]
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 JSON = "application/json"
 USER_AGENT = "dask-operator/runtime"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -368,6 +369,13 @@ class Client:
     ) -> Obj:
         path = kind.object_path(namespace, name, subresource)
         patched = self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+        note_write(kind, patched)
+        return _with_header(patched, kind)
+
+    def patch_json(self, kind: Kind, namespace: str | None, name: str, operations: Sequence[Obj]) -> Obj:
+        """An RFC 6902 JSON patch: its `test` operations make it conditional on the live object."""
+        path = kind.object_path(namespace, name)
+        patched = self.request("PATCH", path, body=operations, content_type=JSON_PATCH)
         note_write(kind, patched)
         return _with_header(patched, kind)
 
