@@ -1,7 +1,8 @@
 """The one executor: runs any plan's steps in order, writes the status last whether or not a step failed,
 and turns every refused write into a status condition and a Warning Event.
 
-Invariant: every step is idempotent under a stale cache (a create of an existing name and a delete whose
+Invariant: steps run in plan order, except that consecutive writes to distinct objects run concurrently
+(write_waves); every step is idempotent under a stale cache (a create of an existing name and a delete whose
 UID precondition no longer holds are "already done"); a write the API server refuses (a ResourceQuota,
 Pod Security admission, a webhook, RBAC) never hides in a log: the object's status gets a `ReplicaFailure`
 condition and `Degraded` with the server's message and what to do, and a Warning Event says the same; the
@@ -12,8 +13,10 @@ test/unit/test_executor.py and test/e2e/test_cluster.py::test_resource_quota_ref
 
 from __future__ import annotations
 
+import contextvars
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +53,9 @@ log = structlog.get_logger("dask_operator.controller")
 
 # A refused write is tried again this often (a quota lifted or a webhook fixed converges without a restart).
 REFUSED_WRITE_RETRY_SECONDS = 5.0
+
+# At most this many writes of one plan in flight at once (per executor, i.e. per reconciler).
+WRITE_CONCURRENCY = 8
 
 # Retire -> names of the workers the scheduler retired; raises SchedulerUnreachable.
 RetireWorkers = Callable[[Retire], set[str]]
@@ -91,6 +97,7 @@ class Executor:
         self.status_window = status_window
         self._status_pending: dict[str, float] = {}  # object UID -> since when a status change waits
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # for the independent writes of one plan
 
     def run(self, obj: Obj, plan: Plan, now: float, retire_workers: RetireWorkers | None = None) -> Outcome:
         """Run `plan` for the reconciled object `obj`; the status step is held back and written last."""
@@ -99,15 +106,15 @@ class Executor:
         if plan.notes:
             log.info("planned", notes=list(plan.notes))
         status: Obj | None = None
-        for step in plan.steps:
+        for wave in write_waves(plan.steps):
+            step = wave[0]
             if isinstance(step, SetStatus):
                 status = step.status
             elif isinstance(step, Emit):
                 self.emit(obj, step.event)
             else:
-                refusal = self._write(obj, step, retire_workers)
-                if refusal is not None:
-                    outcome.refusals.append(refusal)
+                refusals = self._write_wave(obj, wave, retire_workers)
+                outcome.refusals += [r for r in refusals if r is not None]
         if outcome.refusals:
             outcome.wake_in(REFUSED_WRITE_RETRY_SECONDS)
             if status is not None:
@@ -121,6 +128,23 @@ class Executor:
         return outcome
 
     # -- steps -----------------------------------------------------------------------------------------
+
+    def _write_wave(
+        self, obj: Obj, wave: tuple[Step, ...], retire_workers: RetireWorkers | None
+    ) -> list[Refusal | None]:
+        """One write inline; several (on distinct objects) concurrently, each in a copy of this reconcile's
+        context (its deadline, its record of own writes, its log bindings); refusals in plan order."""
+        if len(wave) == 1:
+            return [self._write(obj, wave[0], retire_workers)]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(WRITE_CONCURRENCY, thread_name_prefix="plan-writes")
+            pool = self._pool
+        futures = [
+            pool.submit(contextvars.copy_context().run, self._write, obj, step, retire_workers)
+            for step in wave
+        ]
+        return [future.result() for future in futures]
 
     def _write(self, obj: Obj, step: Step, retire_workers: RetireWorkers | None) -> Refusal | None:
         try:
@@ -237,6 +261,48 @@ class Executor:
         log.info("event", type=event.type, reason=event.reason, message=event.message)
         if self.events_enabled:
             self.recorder.event(dict(obj), event.type, event.reason, event.message)
+
+
+# -- the order of writes -------------------------------------------------------------------------------
+
+
+def write_waves(steps: Sequence[Step]) -> list[tuple[Step, ...]]:
+    """The plan's steps in order, consecutive applies, creates and deletes of distinct objects grouped into
+    one wave (issued concurrently); a second write to an object already in the wave (a group's replicas after
+    the group itself, a create after a delete of the same name) starts the next wave, and every other step
+    (retire, status, event) stands alone, so whatever the plan orders stays ordered."""
+    waves: list[tuple[Step, ...]] = []
+    wave: list[Step] = []
+    targets: set[tuple[str, str, str, str]] = set()
+    for step in steps:
+        if isinstance(step, Apply | Create | Delete):
+            target = _target(step)
+            if target in targets:
+                waves.append(tuple(wave))
+                wave, targets = [], set()
+            wave.append(step)
+            targets.add(target)
+            continue
+        if wave:
+            waves.append(tuple(wave))
+            wave, targets = [], set()
+        waves.append((step,))
+    if wave:
+        waves.append(tuple(wave))
+    return waves
+
+
+def _target(step: Apply | Create | Delete) -> tuple[str, str, str, str]:
+    if isinstance(step, Delete):
+        ref = step.ref
+        return (ref.api_version, ref.kind, ref.namespace, ref.name)
+    meta = step.obj.get("metadata") or {}
+    return (
+        str(step.obj.get("apiVersion")),
+        str(step.obj.get("kind")),
+        str(meta.get("namespace")),
+        str(meta.get("name")),
+    )
 
 
 # -- refusals as status --------------------------------------------------------------------------------
