@@ -2,7 +2,9 @@
 
 Invariant: pure functions of their arguments. Precedence is "parent metadata <= sub-resource metadata <=
 reserved labels", then fill-only owner labels; annotations whose key starts
-with `kopf.zalando.org` or `kubectl.kubernetes.io` are never copied to a child.
+with `kopf.zalando.org` or `kubectl.kubernetes.io` are never copied to a child. Every child carries
+`dask.org/cluster-name` (the label the cache selects Pods and Services by); `relabel_patch` restores it on a
+child that lost it, and only on a child still controlled by the same owner.
 Held by test/unit/test_cluster.py, test/unit/test_job.py, test/unit/test_workergroup.py.
 """
 
@@ -14,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dask_operator.api.v1.group import API_VERSION, GROUP
-from dask_operator.api.v1.names import UNPROPAGATED_ANNOTATION_PREFIXES
+from dask_operator.api.v1.names import LABEL_CLUSTER_NAME, UNPROPAGATED_ANNOTATION_PREFIXES
 from dask_operator.controller.objects import Obj
 
 # Ours: which pod template a pod was made from (a hash of its spec), so a changed template is seen
@@ -96,6 +98,23 @@ def adoption(child: Mapping[str, Any], owner: Mapping[str, Any]) -> Obj | None:
             "ownerReferences": [owner_reference(owner)],
         },
     }
+
+
+def relabel_patch(desired: Mapping[str, Any]) -> list[Obj] | None:
+    """The JSON patch that puts `dask.org/cluster-name` back on the live object named like `desired`, applied
+    only if its first ownerReference is still desired's controller (a `test` operation); None when desired
+    carries neither. A child whose label was removed (or made before the cache selected by it) is invisible
+    to the cache, so creating it again answers AlreadyExists: this patch brings it back into view."""
+    meta = desired.get("metadata") or {}
+    value = (meta.get("labels") or {}).get(LABEL_CLUSTER_NAME)
+    owner = next((ref for ref in meta.get("ownerReferences") or [] if ref.get("controller")), None)
+    if value is None or owner is None:
+        return None
+    label_path = "/metadata/labels/" + LABEL_CLUSTER_NAME.replace("~", "~0").replace("/", "~1")
+    return [
+        {"op": "test", "path": "/metadata/ownerReferences/0/uid", "value": owner["uid"]},
+        {"op": "add", "path": label_path, "value": value},
+    ]
 
 
 def is_controlled_by(child: Mapping[str, Any], owner_uid: str) -> bool:

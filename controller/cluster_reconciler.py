@@ -34,11 +34,15 @@ from dask_operator.controller.runtime.kinds import POD, SERVICE
 from dask_operator.controller.runtime.reconcile import Request, Result
 from dask_operator.controller.scheduler import SchedulerClient, SchedulerUnreachable, scheduler_endpoint
 from dask_operator.controller.settings import OperatorSettings
+from dask_operator.controller.status_writes import DEFAULT_WINDOW
 
 log = structlog.get_logger("dask_operator.controller.cluster")
 
 
 class DaskClusterReconciler(DaskReconciler):
+    # pod-level transitions (each pod created, scheduled, Ready) within 1 s are one status write
+    status_window = DEFAULT_WINDOW
+
     def reconcile(self, request: Request) -> Result:
         cluster = self.cache.get(DASK_CLUSTER_KIND, request.namespace, request.name)
         if cluster is None or is_terminating(cluster):

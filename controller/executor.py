@@ -1,17 +1,22 @@
 """The one executor: runs any plan's steps in order, writes the status last whether or not a step failed,
 and turns every refused write into a status condition and a Warning Event.
 
-Invariant: every step is idempotent under a stale cache (a create of an existing name and a delete whose
+Invariant: steps run in plan order, except that consecutive writes to distinct objects run concurrently
+(write_waves); every step is idempotent under a stale cache (a create of an existing name and a delete whose
 UID precondition no longer holds are "already done"); a write the API server refuses (a ResourceQuota,
 Pod Security admission, a webhook, RBAC) never hides in a log: the object's status gets a `ReplicaFailure`
 condition and `Degraded` with the server's message and what to do, and a Warning Event says the same; the
-status is compared with the cached one and written only when it differs. Held by
+status is compared with the cached one and written only when it differs (and, with a status window, when
+status_writes.decide says so: at once if it settled or deserves an Event, else within the window). Held by
 test/unit/test_executor.py and test/e2e/test_cluster.py::test_resource_quota_refusal_shows_in_status.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextvars
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +24,7 @@ import structlog
 
 from dask_operator.api.v1.types import CONDITION_DEGRADED
 from dask_operator.controller import operator_metrics
+from dask_operator.controller.children import relabel_patch
 from dask_operator.controller.conditions import (
     CONDITION_REPLICA_FAILURE,
     Condition,
@@ -40,12 +46,16 @@ from dask_operator.controller.plans import (
 )
 from dask_operator.controller.runtime.applier import Applier
 from dask_operator.controller.runtime.client import ApiError, Client
-from dask_operator.controller.runtime.kinds import lookup
+from dask_operator.controller.runtime.kinds import kind_of, lookup
+from dask_operator.controller.status_writes import decide
 
 log = structlog.get_logger("dask_operator.controller")
 
 # A refused write is tried again this often (a quota lifted or a webhook fixed converges without a restart).
 REFUSED_WRITE_RETRY_SECONDS = 5.0
+
+# At most this many writes of one plan in flight at once (per executor, i.e. per reconciler).
+WRITE_CONCURRENCY = 8
 
 # Starts the retirement a Retire step asks for, without waiting for it.
 RetireWorkers = Callable[[Retire], None]
@@ -71,11 +81,23 @@ class Outcome:
 
 
 class Executor:
-    def __init__(self, client: Client, applier: Applier, recorder: Any, events_enabled: bool = True) -> None:
+    def __init__(
+        self,
+        client: Client,
+        applier: Applier,
+        recorder: Any,
+        events_enabled: bool = True,
+        status_window: float = 0.0,
+    ) -> None:
         self.client = client
         self.applier = applier
         self.recorder = recorder
         self.events_enabled = events_enabled
+        # status changes within this many seconds are written as one (status_writes.decide); 0: at once
+        self.status_window = status_window
+        self._status_pending: dict[str, float] = {}  # object UID -> since when a status change waits
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # for the independent writes of one plan
 
     def run(self, obj: Obj, plan: Plan, now: float, retire_workers: RetireWorkers | None = None) -> Outcome:
         """Run `plan` for the reconciled object `obj`; the status step is held back and written last."""
@@ -84,15 +106,15 @@ class Executor:
         if plan.notes:
             log.info("planned", notes=list(plan.notes))
         status: Obj | None = None
-        for step in plan.steps:
+        for wave in write_waves(plan.steps):
+            step = wave[0]
             if isinstance(step, SetStatus):
                 status = step.status
             elif isinstance(step, Emit):
                 self.emit(obj, step.event)
             else:
-                refusal = self._write(obj, step, retire_workers)
-                if refusal is not None:
-                    outcome.refusals.append(refusal)
+                refusals = self._write_wave(obj, wave, retire_workers)
+                outcome.refusals += [r for r in refusals if r is not None]
         if outcome.refusals:
             outcome.wake_in(REFUSED_WRITE_RETRY_SECONDS)
             if status is not None:
@@ -100,12 +122,29 @@ class Executor:
                     status, outcome.refusals, obj.get("status") or {}, now, obj["metadata"].get("generation")
                 )
         if status is not None:
-            outcome.status_written = self.write_status(obj, status)
+            outcome.status_written = self.write_status(obj, status, now, outcome)
         for refusal in outcome.refusals:
             self.emit(obj, EventSpec("Warning", refusal.reason, refusal.message))
         return outcome
 
     # -- steps -----------------------------------------------------------------------------------------
+
+    def _write_wave(
+        self, obj: Obj, wave: tuple[Step, ...], retire_workers: RetireWorkers | None
+    ) -> list[Refusal | None]:
+        """One write inline; several (on distinct objects) concurrently, each in a copy of this reconcile's
+        context (its deadline, its record of own writes, its log bindings); refusals in plan order."""
+        if len(wave) == 1:
+            return [self._write(obj, wave[0], retire_workers)]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(WRITE_CONCURRENCY, thread_name_prefix="plan-writes")
+            pool = self._pool
+        futures = [
+            pool.submit(contextvars.copy_context().run, self._write, obj, step, retire_workers)
+            for step in wave
+        ]
+        return [future.result() for future in futures]
 
     def _write(self, obj: Obj, step: Step, retire_workers: RetireWorkers | None) -> Refusal | None:
         try:
@@ -130,6 +169,20 @@ class Executor:
         except ApiError as error:
             if not error.already_exists:  # a stale cache: it exists, the next reconcile sees it
                 raise
+            self.relabel(obj)
+
+    def relabel(self, obj: Obj) -> None:
+        """An existing child the cache cannot see lost the label the cache selects by: put it back (only if
+        the same owner controls it), so it comes back into view instead of being created again forever."""
+        operations = relabel_patch(obj)
+        if operations is None:
+            return
+        meta = obj["metadata"]
+        try:
+            self.client.patch_json(kind_of(obj), meta["namespace"], meta["name"], operations)
+            log.info("relabelled", kind=obj["kind"], object=meta["name"])
+        except ApiError as error:  # not ours (another owner) or gone meanwhile: leave it alone
+            log.info("not relabelled", kind=obj["kind"], object=meta["name"], error=str(error))
 
     def delete(self, step: Delete) -> None:
         ref = step.ref
@@ -188,10 +241,23 @@ class Executor:
             return
         log.info("released fields", kind=ref.kind, object=ref.name, field_manager=step.field_manager)
 
-    def write_status(self, obj: Obj, status: Obj) -> bool:
-        if dict(obj.get("status") or {}) == status:
-            return False
+    def write_status(self, obj: Obj, status: Obj, now: float = 0.0, outcome: Outcome | None = None) -> bool:
+        """Write `status` if it differs from the cached one and status_writes.decide says now; a change held
+        back wakes the reconcile (through `outcome`) when its window ends."""
         meta = obj["metadata"]
+        uid = str(meta.get("uid", ""))
+        with self._lock:
+            pending_since = self._status_pending.get(uid)
+        decision = decide(obj.get("status") or {}, status, pending_since, now, self.status_window)
+        with self._lock:
+            if decision.pending_since is None:
+                self._status_pending.pop(uid, None)
+            else:
+                self._status_pending[uid] = decision.pending_since
+        if not decision.write:
+            if outcome is not None:
+                outcome.wake_in(decision.wake_in)
+            return False
         self.applier.apply_status(
             {
                 "apiVersion": obj["apiVersion"],
@@ -207,6 +273,48 @@ class Executor:
         log.info("event", type=event.type, reason=event.reason, message=event.message)
         if self.events_enabled:
             self.recorder.event(dict(obj), event.type, event.reason, event.message)
+
+
+# -- the order of writes -------------------------------------------------------------------------------
+
+
+def write_waves(steps: Sequence[Step]) -> list[tuple[Step, ...]]:
+    """The plan's steps in order, consecutive applies, creates and deletes of distinct objects grouped into
+    one wave (issued concurrently); a second write to an object already in the wave (a group's replicas after
+    the group itself, a create after a delete of the same name) starts the next wave, and every other step
+    (retire, status, event) stands alone, so whatever the plan orders stays ordered."""
+    waves: list[tuple[Step, ...]] = []
+    wave: list[Step] = []
+    targets: set[tuple[str, str, str, str]] = set()
+    for step in steps:
+        if isinstance(step, Apply | Create | Delete):
+            target = _target(step)
+            if target in targets:
+                waves.append(tuple(wave))
+                wave, targets = [], set()
+            wave.append(step)
+            targets.add(target)
+            continue
+        if wave:
+            waves.append(tuple(wave))
+            wave, targets = [], set()
+        waves.append((step,))
+    if wave:
+        waves.append(tuple(wave))
+    return waves
+
+
+def _target(step: Apply | Create | Delete) -> tuple[str, str, str, str]:
+    if isinstance(step, Delete):
+        ref = step.ref
+        return (ref.api_version, ref.kind, ref.namespace, ref.name)
+    meta = step.obj.get("metadata") or {}
+    return (
+        str(step.obj.get("apiVersion")),
+        str(step.obj.get("kind")),
+        str(meta.get("namespace")),
+        str(meta.get("name")),
+    )
 
 
 # -- refusals as status --------------------------------------------------------------------------------

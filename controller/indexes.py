@@ -1,8 +1,10 @@
-"""Cache indexes the reconcilers look objects up by, beyond the runtime's namespace and owner ones: pods by
-`dask.org/cluster-name`, groups and autoscalers by the cluster they name.
+"""What the cache holds and the indexes the reconcilers look objects up by, beyond the runtime's namespace
+and owner ones: pods by `dask.org/cluster-name`, groups and autoscalers by the cluster they name.
 
-Invariant: `register` runs before the cache starts; every lookup here returns what a full scan of the
-namespace with the same filter would return. Held by test/unit/test_runtime_store.py and test/e2e/.
+Invariant: Pods and Services are cached only if they carry `dask.org/cluster-name` (every child the operator
+makes does), so unrelated workloads cost the operator nothing; `register` runs before the cache starts;
+every lookup here returns what a full scan of the namespace with the same filter would return. Held by
+test/unit/test_runtime_store.py, test/integration/test_runtime_cache_selector.py and test/e2e/.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from typing import Any
 from dask_operator.api.v1.names import LABEL_CLUSTER_NAME
 from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_WORKER_GROUP_KIND
 from dask_operator.controller.objects import Obj
-from dask_operator.controller.runtime.kinds import POD
+from dask_operator.controller.runtime.kinds import POD, SERVICE, Kind
+
+# The label selector each child kind is watched with (an existence selector: any cluster's children).
+CACHE_SELECTORS: dict[Kind, str] = {POD: LABEL_CLUSTER_NAME, SERVICE: LABEL_CLUSTER_NAME}
 
 # DaskWorkerGroups and DaskAutoscalers by the cluster they name in spec.cluster (adopted or not yet).
 GROUP_CLUSTER_INDEX = "spec.cluster"

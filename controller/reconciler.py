@@ -20,11 +20,20 @@ from dask_operator.controller.settings import OperatorSettings
 
 
 class DaskReconciler:
+    # Seconds within which status changes are coalesced into one write (0: every change at once).
+    status_window = 0.0
+
     def __init__(
         self, manager: Any, settings: OperatorSettings, clock: Callable[[], float] = time.time
     ) -> None:
         self.cache = manager.cache
-        self.executor = Executor(manager.client, manager.applier, manager.recorder, settings.events_enabled)
+        self.executor = Executor(
+            manager.client,
+            manager.applier,
+            manager.recorder,
+            settings.events_enabled,
+            status_window=self.status_window,
+        )
         self.settings = settings
         self.clock = clock
 

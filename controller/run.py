@@ -124,6 +124,7 @@ def run_command(args: argparse.Namespace) -> int:
         leader_election=election,
         metrics_address=parse_address(args.metrics_bind_address),
         health_address=parse_address(args.health_probe_bind_address),
+        label_selectors=indexes.CACHE_SELECTORS,
     )
     build(manager, settings, args.concurrency)
     return manager.run()

@@ -37,6 +37,7 @@ from dask_operator.controller.runtime.reconcile import Request, Result
 from dask_operator.controller.scheduler import SchedulerClient, SchedulerUnreachable, scheduler_endpoint
 from dask_operator.controller.scheduler_calls import SchedulerCalls
 from dask_operator.controller.settings import OperatorSettings
+from dask_operator.controller.status_writes import DEFAULT_WINDOW
 from dask_operator.controller.workergroup import (
     FORCE_SCALE_DOWN_ANNOTATION,
     GroupObservation,
@@ -60,6 +61,9 @@ WORKERS, RETIRE = "workers", "retire"
 class DaskWorkerGroupReconciler(DaskReconciler):
     """Scheduler calls (the worker list, a retirement) run in `calls`, off the controller's workers; their
     answers are observed inputs of the next reconcile, which their arrival enqueues."""
+
+    # pod-level transitions (each pod created, scheduled, Ready) within 1 s are one status write
+    status_window = DEFAULT_WINDOW
 
     def __init__(self, manager: Any, settings: OperatorSettings, calls: SchedulerCalls | None = None) -> None:
         super().__init__(manager, settings)

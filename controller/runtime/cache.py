@@ -1,9 +1,11 @@
 """The shared cache: one informer per kind for the whole process, read through copies of plain dicts.
 
-Invariant: each kind is watched at most once per cache (namespace-scoped or cluster-wide as configured);
-reads block until that kind's informer has synced, and return copies, so a reconciler can neither see a
-half-filled store nor corrupt the shared one.
-Held by test/integration/test_runtime_client.py, test/unit/test_runtime_store.py.
+Invariant: each kind is watched at most once per cache (namespace-scoped or cluster-wide as configured,
+and narrowed by that kind's label selector if one was given, so the store holds only matching objects: one
+that loses the label leaves it as a delete); reads block until that kind's informer has synced, and return
+copies, so a reconciler can neither see a half-filled store nor corrupt the shared one.
+Held by test/integration/test_runtime_client.py, test/integration/test_runtime_cache_selector.py,
+test/unit/test_runtime_store.py.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Cache:
         namespace: str | None = None,
         *,
         indexed_labels: Iterable[str] = (),
+        label_selectors: Mapping[Kind, str] | None = None,
         sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
         min_watch_timeout: int = DEFAULT_MIN_WATCH_TIMEOUT,
         read_timeout_margin: float = DEFAULT_READ_TIMEOUT_MARGIN,
@@ -59,6 +62,7 @@ class Cache:
     ) -> None:
         self.client = client
         self.namespace = namespace
+        self.label_selectors = dict(label_selectors or {})  # kind -> labelSelector its informer watches with
         self.sync_timeout = sync_timeout
         self.min_watch_timeout = min_watch_timeout
         self.read_timeout_margin = read_timeout_margin
@@ -85,6 +89,7 @@ class Cache:
                     self.client,
                     kind,
                     namespace=self.namespace,
+                    label_selector=self.label_selectors.get(kind),
                     indexers=self._indexers,
                     min_watch_timeout=self.min_watch_timeout,
                     read_timeout_margin=self.read_timeout_margin,

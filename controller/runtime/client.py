@@ -373,7 +373,7 @@ class Client:
         return _with_header(patched, kind)
 
     def patch_json(self, kind: Kind, namespace: str | None, name: str, operations: Sequence[Obj]) -> Obj:
-        """An RFC 6902 patch; guard it with `test` operations (a failed test is a 422, nothing changes)."""
+        """An RFC 6902 JSON patch: its `test` operations make it conditional on the live object."""
         path = kind.object_path(namespace, name)
         patched = self.request("PATCH", path, body=[dict(op) for op in operations], content_type=JSON_PATCH)
         note_write(kind, patched)

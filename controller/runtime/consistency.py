@@ -23,6 +23,7 @@ from dask_operator.controller.runtime.kinds import Kind
 _writes: contextvars.ContextVar[dict[Kind, int] | None] = contextvars.ContextVar("own_writes", default=None)
 
 DEFAULT_MAX_WAIT = 30.0
+_note_lock = threading.Lock()
 
 
 def note_write(kind: Kind, written: Any) -> None:
@@ -32,7 +33,8 @@ def note_write(kind: Kind, written: Any) -> None:
         return
     rv = _as_int((written.get("metadata") or {}).get("resourceVersion"))
     if rv is not None and written.get("kind") != "Status":
-        writes[kind] = max(writes.get(kind, 0), rv)
+        with _note_lock:  # one reconcile's writes may run on several threads (a plan's independent writes)
+            writes[kind] = max(writes.get(kind, 0), rv)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
@@ -25,6 +26,7 @@ from dask_operator.controller.runtime.client import Client
 from dask_operator.controller.runtime.controller import Controller
 from dask_operator.controller.runtime.events import EventRecorder
 from dask_operator.controller.runtime.health import Checks
+from dask_operator.controller.runtime.kinds import Kind
 from dask_operator.controller.runtime.leaderelection import LeaderElectionConfig, LeaderElector, exit_now
 from dask_operator.controller.runtime.reflector import DEFAULT_MIN_WATCH_TIMEOUT, DEFAULT_READ_TIMEOUT_MARGIN
 from dask_operator.controller.runtime.serving import EndpointServer, Route
@@ -49,6 +51,7 @@ class Manager:
         exit_on_lost_leadership: bool = True,
         min_watch_timeout: int = DEFAULT_MIN_WATCH_TIMEOUT,
         read_timeout_margin: float = DEFAULT_READ_TIMEOUT_MARGIN,
+        label_selectors: Mapping[Kind, str] | None = None,
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -61,6 +64,7 @@ class Manager:
         self.cache = Cache(
             client,
             namespace,
+            label_selectors=label_selectors,
             sync_timeout=cache_sync_timeout,
             min_watch_timeout=min_watch_timeout,
             read_timeout_margin=read_timeout_margin,

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,14 @@ from support.wait import wait_for
 REPO = Path(__file__).resolve().parents[2]
 CLUSTERS = int(os.environ.get("BENCH_CLUSTERS", "200"))
 QUIET_SECONDS = float(os.environ.get("BENCH_QUIET_SECONDS", "60"))
+
+
 # Convergence measured at ~0.1 s per cluster on a loaded 2-core machine: 1 s per cluster leaves room.
-CONVERGE_TIMEOUT = 300 + 1.0 * CLUSTERS
+def converge_timeout(clusters: int) -> float:
+    return 300 + 1.0 * clusters
+
+
+CONVERGE_TIMEOUT = converge_timeout(CLUSTERS)
 pytestmark = pytest.mark.timeout(int(600 + QUIET_SECONDS + 3 * CONVERGE_TIMEOUT))
 
 # Writes a converged cluster needs at least: scheduler Pod, Service, default DaskWorkerGroup (+ its
@@ -133,9 +141,11 @@ def _ready_condition_at(obj: dict[str, Any]) -> float | None:
     return None
 
 
-def run_operator(kube_plane: Any, namespace: str, tmp_path: Path, client: TightClient) -> dict[str, Any]:
+@contextmanager
+def operator_process(kube_plane: Any, namespace: str, log_path: Path) -> Iterator[tuple[Any, int]]:
+    """Our operator on one namespace, ready (caches synced); yields (process, metrics port)."""
     metrics_port, health_port = _free_port(), _free_port()
-    log = (tmp_path / "operator.log").open("wb")
+    log = log_path.open("wb")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -162,6 +172,29 @@ def run_operator(kube_plane: Any, namespace: str, tmp_path: Path, client: TightC
                 return False
 
         wait_for(ready, timeout=60, message="operator ready")
+        yield proc, metrics_port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def run_operator(
+    kube_plane: Any,
+    namespace: str,
+    tmp_path: Path,
+    client: TightClient,
+    clusters: int = CLUSTERS,
+    quiet_seconds: float = QUIET_SECONDS,
+) -> dict[str, Any]:
+    CLUSTERS, QUIET_SECONDS, CONVERGE_TIMEOUT = clusters, quiet_seconds, converge_timeout(clusters)
+    with operator_process(kube_plane, namespace, tmp_path / f"operator-{namespace}.log") as (
+        proc,
+        metrics_port,
+    ):
         before = scrape(metrics_port)
         cpu0 = cpu_seconds(proc.pid)
         started = time.monotonic()
@@ -221,20 +254,15 @@ def run_operator(kube_plane: Any, namespace: str, tmp_path: Path, client: TightC
             "operator_cpu_seconds_to_converge": round(cpu_converged, 1),
             "operator_rss_mib": round(rss_mib(proc.pid), 1),
             "operator_peak_rss_mib": round(peak_rss_mib(proc.pid), 1),
+            "operator_cpu_seconds_total": round(cpu_seconds(proc.pid), 1),
             "latency_seconds_p50_max": timeline(kube_plane, namespace),
         }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
-def run_limit(namespace: str, client: TightClient) -> dict[str, Any]:
+def run_limit(namespace: str, client: TightClient, clusters: int = CLUSTERS) -> dict[str, Any]:
     """No operator: the same objects a converged cluster holds, written as fast as the API server takes
     them, then both statuses once the node reports the pods Ready (polled every 0.5 s)."""
+    CLUSTERS, CONVERGE_TIMEOUT = clusters, converge_timeout(clusters)
     client.requests.clear()
     started = time.monotonic()
     client.apply(obj for i in range(CLUSTERS) for obj in converged_objects(namespace, f"l{i:04d}"))

@@ -28,7 +28,15 @@ from typing import Any
 
 import pytest
 import yaml
-from support.bench_workload import WORKERS, TightClient, cluster_path, manifest, rss_mib
+from support.bench_workload import (
+    WORKERS,
+    TightClient,
+    cluster_path,
+    cpu_seconds,
+    manifest,
+    peak_rss_mib,
+    rss_mib,
+)
 from support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +47,14 @@ VENV = Path(
 )
 REFERENCE_MODULE = "dask_kubernetes.operator.controller"
 PHASE_GRACE = 30.0
-TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", str(300 + 3 * CLUSTERS)))  # convergence, per operator
+
+
+def convergence_timeout(clusters: int) -> float:
+    """Per operator; BENCH_TIMEOUT overrides."""
+    return float(os.environ.get("BENCH_TIMEOUT", str(300 + 3 * clusters)))
+
+
+TIMEOUT = convergence_timeout(CLUSTERS)
 pytestmark = pytest.mark.timeout(int(1800 + 3 * TIMEOUT))
 REFERENCE_NO_STATUS = ("daskclusters", "daskworkergroups")
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
@@ -132,8 +147,18 @@ def ready(pod: dict[str, Any]) -> bool:
 # -- one run -----------------------------------------------------------------------------------------------
 
 
-def run_one(kube_plane: Any, label: str, namespace: str, argv: list[str], tmp_path: Path) -> dict[str, Any]:
+def run_one(
+    kube_plane: Any,
+    label: str,
+    namespace: str,
+    argv: list[str],
+    tmp_path: Path,
+    clusters: int = CLUSTERS,
+    quiet_seconds: float = QUIET_SECONDS,
+) -> dict[str, Any]:
     from support.runtime_plane import http_proxy
+
+    CLUSTERS, QUIET_SECONDS, TIMEOUT = clusters, quiet_seconds, convergence_timeout(clusters)
 
     kube_plane.kubectl("create", "namespace", namespace)
     proxy = http_proxy(kube_plane)
@@ -240,6 +265,8 @@ def run_one(kube_plane: Any, label: str, namespace: str, argv: list[str], tmp_pa
             "events_per_cluster": round(events_posted(through_settle) / CLUSTERS, 2),
             "quiet_events": events_posted(quiet),
             "rss_mib": round(rss, 1),
+            "peak_rss_mib": round(peak_rss_mib(proc.pid), 1),
+            "cpu_seconds": round(cpu_seconds(proc.pid), 1),
             "deployments": deployments,
             "pods": pods,
         }
@@ -293,6 +320,33 @@ def table(ours: dict[str, Any], ref: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# The reference's own CRDs declare no status subresource for DaskCluster and DaskWorkerGroup, and it
+# relies on that: it sets phase Running with a plain PATCH of the object (kr8s), which the API server
+# drops when /status is a subresource, leaving every cluster Pending. So during its run our CRDs go
+# without that subresource (same group, kinds and schema otherwise), and get it back for ours.
+def status_subresource(kube_plane: Any, enabled: bool) -> None:
+    if enabled:
+        kube_plane.kubectl(
+            "apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd")
+        )
+    else:
+        for plural in REFERENCE_NO_STATUS:
+            kube_plane.kubectl("patch", f"crd/{plural}.kubernetes.dask.org", "--type=json", "-p",
+                               '[{"op": "remove", "path": "/spec/versions/0/subresources/status"}]')  # fmt: skip
+    for plural in REFERENCE_NO_STATUS:
+        wait_for(
+            lambda plural=plural: enabled == bool(kube_plane.kubectl(
+                "get", f"crd/{plural}.kubernetes.dask.org", "-o", "jsonpath={.spec.versions[0].subresources.status}"
+            ).stdout.strip()),
+            timeout=30, message=f"{plural} status subresource {enabled}",
+        )  # fmt: skip
+    time.sleep(5)  # the API server rebuilds its handler for the CRD asynchronously; nothing reports it
+
+
+def reference_cmd(venv: Path) -> list[str]:
+    return [str(venv / "bin" / "kopf"), "run", "--standalone", "--namespace={ns}", "-m", REFERENCE_MODULE]
+
+
 def test_ours_vs_kopf_reference(kube_plane: Any, tmp_path: Path) -> None:
     from support.operator import CRD_PLURALS, crd_established
 
@@ -309,37 +363,15 @@ def test_ours_vs_kopf_reference(kube_plane: Any, tmp_path: Path) -> None:
         "--metrics-bind-address=0", "--health-probe-bind-address=0", "--concurrency=8", "--log-level=warning",
     ]  # fmt: skip
 
-    # The reference's own CRDs declare no status subresource for DaskCluster and DaskWorkerGroup, and it
-    # relies on that: it sets phase Running with a plain PATCH of the object (kr8s), which the API server
-    # drops when /status is a subresource, leaving every cluster Pending. So during its run our CRDs go
-    # without that subresource (same group, kinds and schema otherwise), and get it back for ours.
-    def status_subresource(enabled: bool) -> None:
-        if enabled:
-            kube_plane.kubectl(
-                "apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd")
-            )
-        else:
-            for plural in REFERENCE_NO_STATUS:
-                kube_plane.kubectl("patch", f"crd/{plural}.kubernetes.dask.org", "--type=json", "-p",
-                                   '[{"op": "remove", "path": "/spec/versions/0/subresources/status"}]')  # fmt: skip
-        for plural in REFERENCE_NO_STATUS:
-            wait_for(
-                lambda plural=plural: enabled == bool(kube_plane.kubectl(
-                    "get", f"crd/{plural}.kubernetes.dask.org", "-o", "jsonpath={.spec.versions[0].subresources.status}"
-                ).stdout.strip()),
-                timeout=30, message=f"{plural} status subresource {enabled}",
-            )  # fmt: skip
-        time.sleep(5)  # the API server rebuilds its handler for the CRD asynchronously; nothing reports it
-
     # one after the other, never both at once: they reconcile the same kinds; each in its own namespace
     namespaces = {label: f"bench-{label}-{uuid.uuid4().hex[:6]}" for label in ("reference", "ours")}
     try:
-        status_subresource(False)
+        status_subresource(kube_plane, False)
         ref = run_one(kube_plane, "reference", namespaces["reference"], reference_cmd, tmp_path)
-        status_subresource(True)
+        status_subresource(kube_plane, True)
         ours = run_one(kube_plane, "ours", namespaces["ours"], ours_cmd, tmp_path)
     finally:
-        status_subresource(True)
+        status_subresource(kube_plane, True)
         for ns in namespaces.values():
             kube_plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
     report = {"clusters": CLUSTERS, "workers_per_cluster": WORKERS, "reference": reference_versions(venv),

@@ -4,6 +4,7 @@ while the refusal lasts and dropping it once a plan succeeds."""
 
 from __future__ import annotations
 
+from dask_operator.controller.conditions import EventSpec
 from dask_operator.controller.executor import Refusal, refusal_of, with_refusals
 from dask_operator.controller.objects import rfc3339
 from dask_operator.controller.plans import Cause, Create, Delete, Ref
@@ -70,3 +71,27 @@ def test_a_retirement_is_started_not_waited_for_and_deletes_nothing_by_itself() 
     assert started == [Retire((pod,))]
     refused = executor.retire(group, Retire((pod,)), None)
     assert refused is not None and refused.reason == "RetirementFailed"
+
+
+def test_write_waves_group_writes_to_distinct_objects_and_keep_everything_else_in_order() -> None:
+    from dask_operator.controller.executor import write_waves
+    from dask_operator.controller.plans import Apply, Emit, SetStatus
+
+    def obj(kind: str, name: str) -> dict[str, object]:
+        return {"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": "ns"}}
+
+    service, group, pod = (
+        Apply(obj("Service", "c")),
+        Apply(obj("DaskWorkerGroup", "c-default")),
+        Create(obj("Pod", "s")),
+    )
+    replicas = Apply(obj("DaskWorkerGroup", "c-default"), "dask-operator-replicas")
+    status, event = SetStatus({"phase": "Running"}), Emit(EventSpec("Normal", "R", "m"))
+    # the group's replicas write waits for the group's own apply; the pod goes with it
+    assert write_waves([service, group, replicas, pod, status, event]) == [
+        (service, group), (replicas, pod), (status,), (event,),
+    ]  # fmt: skip
+    # a delete and a create of the same name stay one after the other
+    old = Delete(Ref("v1", "Pod", "ns", "s", "u"), Cause.TEMPLATE_CHANGED)
+    assert write_waves([old, pod]) == [(old,), (pod,)]
+    assert write_waves([]) == []

@@ -1,0 +1,207 @@
+"""Benchmark: the whole performance table in one command, on one plane with simulated pods.
+
+For each N in BENCH_SIZES (default 100,300), one after the other: our operator converging N DaskClusters x 2
+workers (bench_clusters.run_operator), the API server's limit writing the same converged objects with no
+operator (bench_clusters.run_limit), and, unless BENCH_KOPF=0, the kopf-based reference
+(bench_vs_kopf.run_one). Then one cluster scaled 0 -> BENCH_SCALE_WORKERS (100) -> 0 workers under our
+operator. Prints one table per N with the ratios ours/kopf and ours/limit, and the scale timings. The
+test's timeout grows with the sizes. Run it explicitly:
+
+    python -m pytest test/bench/bench_table.py -m bench -s    (BENCH_SIZES=100,300 BENCH_KOPF=1)
+    BENCH_SIZES=1000 BENCH_KOPF=0 python -m pytest test/bench/bench_table.py -m bench -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bench.bench_clusters import MINIMUM_WRITES, operator_process, run_limit, run_operator
+from bench.bench_vs_kopf import reference_cmd, reference_venv, run_one, status_subresource
+from support.bench_workload import GROUP, MERGE, WORKERS, TightClient, cluster_path, manifest, pod_ready
+from support.wait import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+SIZES = [int(n) for n in os.environ.get("BENCH_SIZES", "100,300").split(",") if n.strip()]
+KOPF = os.environ.get("BENCH_KOPF", "1") != "0"
+SCALE_WORKERS = int(os.environ.get("BENCH_SCALE_WORKERS", "100"))
+QUIET_SECONDS = float(os.environ.get("BENCH_QUIET_SECONDS", "30"))
+# per N: ours ~1 s/cluster at worst, the limit less, kopf ~3 s/cluster; plus quiet periods and the scale run
+pytestmark = pytest.mark.timeout(int(900 + sum((2 + (4 if KOPF else 0)) * n + 300 for n in SIZES)))
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "-"
+    return f"{a / b:.2f}" if b else ("-" if not a else "inf")
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}".rstrip("0").rstrip(".") if value < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def table(n: int, ours: dict[str, Any], limit: dict[str, Any], kopf: dict[str, Any] | None) -> str:
+    kopf = kopf or {}
+    per = ours["seconds_per_cluster_create_to_ready"]
+    quiet_minutes = QUIET_SECONDS / 60
+    ours_writes = ours["writes_per_cluster"]
+    rows: list[tuple[str, Any, Any, Any]] = [
+        ("seconds to all Running", ours["seconds_to_all_running"], kopf.get("seconds_to_all_running"),
+         limit["seconds_to_all_running"]),
+        ("  per cluster p50 (create->Ready)", per.get("p50"), None, None),
+        ("  per cluster p99", per.get("p99"), None, None),
+        ("requests / cluster", ours["requests_per_cluster"], kopf.get("requests_per_cluster"),
+         sum(limit["requests_per_cluster_by_method"].values())),
+    ]  # fmt: skip
+    methods = sorted(
+        set(ours["requests_per_cluster_by_method"]) | set(kopf.get("requests_per_cluster_by_method", {}))
+    )
+    for m in methods:
+        rows.append(
+            (
+                f"  {m} / cluster",
+                ours["requests_per_cluster_by_method"].get(m, 0.0),
+                kopf.get("requests_per_cluster_by_method", {}).get(m) if kopf else None,
+                limit["requests_per_cluster_by_method"].get(m),
+            )
+        )
+    rows += [
+        ("writes / cluster", ours_writes, kopf.get("writes_per_cluster"), limit["operator_writes_per_cluster"]),
+        (f"writes / cluster / minimum ({MINIMUM_WRITES})", ours_writes / MINIMUM_WRITES,
+         (kopf["writes_per_cluster"] / MINIMUM_WRITES) if kopf else None,
+         limit["operator_writes_per_cluster"] / MINIMUM_WRITES),
+        ("CPU seconds (operator, whole run)", ours["operator_cpu_seconds_total"], kopf.get("cpu_seconds"), None),
+        ("peak RSS MiB", ours["operator_peak_rss_mib"], kopf.get("peak_rss_mib"), None),
+        ("writes / min once idle", ours[f"writes_in_{int(QUIET_SECONDS)}s_once_converged"] / quiet_minutes,
+         (kopf["quiet_writes"] / quiet_minutes) if kopf else None, None),
+    ]  # fmt: skip
+    lines = [
+        f"N={n} DaskClusters x {WORKERS} workers (simulated pods); limit = tight client, no operator",
+        f"{'':40} {'ours':>9} {'kopf':>9} {'limit':>9} {'ours/kopf':>10} {'ours/limit':>11}",
+    ]
+    for name, a, k, lim in rows:
+        lines.append(f"{name:40} {fmt(a):>9} {fmt(k):>9} {fmt(lim):>9} {ratio(a, k):>10} {ratio(a, lim):>11}")
+    return "\n".join(lines)
+
+
+def scale_one_cluster(kube_plane: Any, tmp_path: Path, client: TightClient, workers: int) -> dict[str, Any]:
+    """One cluster under our operator: 0 -> workers -> 0. The simulated scheduler cannot retire workers,
+    so the cluster's scale-down force timeout is 0 s: back-to-0 times pod deletion, not Dask retirement."""
+    namespace = f"bench-scale-{uuid.uuid4().hex[:6]}"
+    kube_plane.kubectl("create", "namespace", namespace)
+    name = "scale"
+    body = manifest(name)
+    body["metadata"]["annotations"] = {"kubernetes.dask.org/scale-down-force-timeout": "0"}
+    body["spec"]["worker"]["replicas"] = 0
+    pods_path = f"/api/v1/namespaces/{namespace}/pods"
+    selector = f"dask.org/cluster-name={name},dask.org/component=worker"
+
+    def worker_pods() -> list[dict[str, Any]]:
+        return [
+            p
+            for p in client.list(pods_path, labelSelector=selector)
+            if "deletionTimestamp" not in p["metadata"]
+        ]
+
+    def replicas(n: int) -> None:
+        client.client.request("PATCH", cluster_path(namespace, name), {"spec": {"worker": {"replicas": n}}},
+                              content_type=MERGE, timeout=60)  # fmt: skip
+
+    try:
+        with operator_process(kube_plane, namespace, tmp_path / "scale-operator.log") as _:
+            client.apply([(cluster_path(namespace, name), body)])
+            wait_for(
+                lambda: (
+                    client.client.request("GET", f"{GROUP}/namespaces/{namespace}/daskclusters/{name}")
+                    .get("status", {})
+                    .get("phase")
+                    == "Running"
+                ),
+                timeout=120,
+                message="scale cluster Running",
+            )
+            started = time.monotonic()
+            replicas(workers)
+            wait_for(lambda: len(worker_pods()) >= workers, timeout=600, interval=0.25, message="pod objects")
+            objects = time.monotonic() - started
+            wait_for(lambda: sum(1 for p in worker_pods() if pod_ready(p)) >= workers, timeout=600,
+                     interval=0.25, message="pods Ready")  # fmt: skip
+            ready = time.monotonic() - started
+            started = time.monotonic()
+            replicas(0)
+            wait_for(lambda: not client.list(pods_path, labelSelector=selector), timeout=600, interval=0.25,
+                     message="no worker pods")  # fmt: skip
+            gone = time.monotonic() - started
+    finally:
+        kube_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    return {
+        "workers": workers,
+        "seconds_to_pod_objects": round(objects, 1),
+        "seconds_to_ready": round(ready, 1),
+        "seconds_back_to_0_pods": round(gone, 1),
+    }
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def test_performance_table(kube_plane: Any, tmp_path: Path) -> None:
+    from support.operator import CRD_PLURALS, crd_established
+
+    venv = reference_venv() if KOPF else None
+    kube_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
+    for crd in CRD_PLURALS:
+        wait_for(lambda crd=crd: crd_established(kube_plane, crd), timeout=60, message=f"CRD {crd}")
+    client = TightClient(kube_plane.kubeconfig)
+    report: dict[str, Any] = {"load_average_at_start": load_average(), "sizes": {}}
+    tables: list[str] = []
+    started = time.monotonic()
+    for n in SIZES:
+        names = {k: f"bench-{k}-{n}-{uuid.uuid4().hex[:6]}" for k in ("ours", "limit", "kopf")}
+        for key in ("ours", "limit"):
+            kube_plane.kubectl("create", "namespace", names[key])
+        try:
+            ours = run_operator(kube_plane, names["ours"], tmp_path, client, n, QUIET_SECONDS)
+            ours["load_average"] = load_average()
+            limit = run_limit(names["limit"], client, n)
+            limit["load_average"] = load_average()
+            kopf = None
+            if venv is not None:
+                try:
+                    status_subresource(kube_plane, False)
+                    kopf = run_one(
+                        kube_plane, "kopf", names["kopf"], reference_cmd(venv), tmp_path, n, QUIET_SECONDS
+                    )
+                    kopf["load_average"] = load_average()
+                finally:
+                    status_subresource(kube_plane, True)
+        finally:
+            for ns in names.values():
+                kube_plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        report["sizes"][n] = {"ours": ours, "limit": limit, "kopf": kopf}
+        tables.append(table(n, ours, limit, kopf))
+        print("\n" + tables[-1] + f"\n(load average: {ours['load_average']})", flush=True)
+    scale = scale_one_cluster(kube_plane, tmp_path, client, SCALE_WORKERS) if SCALE_WORKERS else None
+    report["scale"] = scale
+    report["seconds_in_all"] = round(time.monotonic() - started, 1)
+    report["load_average_at_end"] = load_average()
+    print("\nBENCH " + json.dumps(report, indent=2))
+    print("\n" + "\n\n".join(tables))
+    if scale:
+        print(f"\none cluster 0 -> {scale['workers']} -> 0 workers: {scale['seconds_to_pod_objects']} s to "
+              f"{scale['workers']} pod objects, {scale['seconds_to_ready']} s to all Ready, "
+              f"{scale['seconds_back_to_0_pods']} s back to 0 pods")  # fmt: skip
+    print(f"whole run {report['seconds_in_all']} s; load average {report['load_average_at_start']} -> "
+          f"{report['load_average_at_end']}")  # fmt: skip
+    for size in report["sizes"].values():
+        assert size["ours"][f"writes_in_{int(QUIET_SECONDS)}s_once_converged"] == 0
