@@ -2,7 +2,8 @@
 
 Invariant: pure functions of their arguments. Precedence is "parent metadata <= sub-resource metadata <=
 reserved labels", then fill-only owner labels; annotations whose key starts
-with `kopf.zalando.org` or `kubectl.kubernetes.io` are never copied to a child.
+with `kopf.zalando.org` or `kubectl.kubernetes.io`, and Kueue's queue and priority labels, are never copied to a
+child.
 Held by test/unit/test_cluster.py, test/unit/test_job.py, test/unit/test_workergroup.py.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dask_operator.api.v1.group import API_VERSION, GROUP
-from dask_operator.api.v1.names import UNPROPAGATED_ANNOTATION_PREFIXES
+from dask_operator.api.v1.names import UNPROPAGATED_ANNOTATION_PREFIXES, UNPROPAGATED_LABELS
 from dask_operator.controller.objects import Obj
 
 # Ours: which pod template a pod was made from (a hash of its spec), so a changed template is seen
@@ -42,6 +43,8 @@ def child_metadata(
     for extra in fill_labels:
         for key, value in (extra or {}).items():
             labels.setdefault(key, value)
+    for key in UNPROPAGATED_LABELS:
+        labels.pop(key, None)
     annotations = {**inheritable_annotations(meta.get("annotations")), **(sub.get("annotations") or {})}
     return labels, annotations
 

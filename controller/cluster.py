@@ -1,7 +1,7 @@
 """Desired state of a DaskCluster: scheduler Pod and Service, the default worker group, status, idleness.
 
 Invariant: pure functions of the observed objects and `now`. A valid cluster always converges to exactly
-one scheduler pod built from the current `spec.scheduler` (a changed template replaces it, with an Event),
+one scheduler pod (none while Kueue holds it: see kueue.py) built from the current `spec.scheduler` (a changed template replaces it, with an Event),
 one Service `<cluster>-scheduler` equal to `spec.scheduler.service`, and a DaskWorkerGroup `<cluster>-default`
 carrying `spec.worker`; all owned by the cluster (controller=true, blockOwnerDeletion=true), no finalizers.
 Its phase means what the reference's means (Created -> Pending -> Running once the scheduler Pod and Service
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dask_operator.api.v1.group import API_VERSION, GROUP
@@ -59,6 +59,14 @@ from dask_operator.controller.conditions import (
     condition_events,
     find_condition,
     merge_conditions,
+)
+from dask_operator.controller.kueue import (
+    Queueing,
+    admission_events,
+    admitted_condition,
+    cluster_pod_sets,
+    desired_workload,
+    workload_steps,
 )
 from dask_operator.controller.objects import Obj, rfc3339
 from dask_operator.controller.plans import (
@@ -116,8 +124,9 @@ def cluster_dashboard_address(
 # -- children ------------------------------------------------------------------------------------------
 
 
-def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
-    """The scheduler Pod: `spec.scheduler.spec` plus the HTTP API route (unless the user configured routes).
+def desired_scheduler_pod(cluster: Mapping[str, Any], queue: Queueing | None = None) -> Obj:
+    """The scheduler Pod: `spec.scheduler.spec` plus the HTTP API route (unless the user configured routes),
+    and behind Kueue its admitted flavors' node selector and tolerations.
 
     Its template-hash label covers the pod spec only: label/annotation edits never restart a scheduler.
     """
@@ -134,6 +143,8 @@ def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
     )
     spec = copy.deepcopy(cluster["spec"]["scheduler"]["spec"])
     spec["containers"] = with_env_defaults(spec.get("containers") or [], {HTTP_ROUTES_ENV: HTTP_ROUTES_VALUE})
+    if queue is not None:
+        spec = queue.placement("scheduler").apply_to(spec)
     labels[TEMPLATE_HASH_LABEL] = template_hash(spec)
     return owned_child(cluster, "v1", "Pod", scheduler_name(name), (labels, annotations), spec)
 
@@ -218,6 +229,9 @@ class ClusterObservation:
     groups: Sequence[Obj] = ()  # DaskWorkerGroups whose spec.cluster names this cluster
     worker_pods: Sequence[Obj] = ()  # worker pods labelled with this cluster's name
     idle: IdleAnswer | None = None  # None: not asked (yet)
+    queue: Queueing | None = None  # None: not behind Kueue (no queue label)
+    autoscalers: Sequence[Obj] = ()  # DaskAutoscalers naming this cluster (their maximum sizes the Workload)
+    priority_classes: Mapping[str, Obj] = field(default_factory=dict)  # Kueue's, by name
 
 
 def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Plan:
@@ -240,12 +254,35 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
     steps: list[Step] = [Apply(desired_scheduler_service(cluster)), Apply(group)]
     if replicas is not None:
         steps.append(Apply(replicas, REPLICAS_FIELD_MANAGER))
-    pod_steps, events, scheduler_state = _scheduler_pod_changes(obs, desired_scheduler_pod(cluster), now)
-    steps += pod_steps
-    status = cluster_status(obs, scheduler_state, now, cluster_domain)
-    events += condition_events(cluster.get("status", {}).get("conditions"), status["conditions"])
-
+    queue = obs.queue
     requeue = None
+    if queue is not None and queue.hold is not None:
+        pod_steps, events, scheduler_state = _held_scheduler(obs, queue)
+        if queue.evicted and (obs.scheduler_pods or obs.worker_pods):
+            requeue = IDLE_POLL_SECONDS  # worker pods going away are not watched by the cluster
+    else:
+        pod_steps, events, scheduler_state = _scheduler_pod_changes(
+            obs, desired_scheduler_pod(cluster, queue), now
+        )
+    steps += pod_steps
+    if queue is not None:
+        desired = desired_workload(
+            cluster, cluster_pod_sets(cluster, obs.groups, obs.autoscalers), obs.priority_classes
+        )
+        pods_left = bool(obs.scheduler_pods or obs.worker_pods)
+        steps += workload_steps(desired, queue, pods_left, None, now)
+    status = cluster_status(obs, scheduler_state, now, cluster_domain)
+    previous_conditions = cluster.get("status", {}).get("conditions")
+    events += condition_events(previous_conditions, status["conditions"])
+    if queue is not None:
+        lost = ""
+        if pod_steps or obs.worker_pods:
+            lost = (
+                "Deleting the scheduler and worker pods: the data held in the cluster's memory is lost; it starts "
+                "again, empty, when Kueue admits it again."
+            )
+        events += admission_events(previous_conditions, queue, lost)
+
     if int(cluster.get("spec", {}).get("idleTimeout") or 0) and scheduler_state == "Ready":
         if obs.idle is None:
             return Plan(question=Question.IDLE_SINCE)
@@ -256,7 +293,7 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
         if decision.event is not None:
             events.append(decision.event)
     elif int(cluster.get("spec", {}).get("idleTimeout") or 0):
-        requeue = IDLE_POLL_SECONDS
+        requeue = requeue or IDLE_POLL_SECONDS
     steps.append(SetStatus(status))
     steps += [Emit(e) for e in events]
     return Plan(steps=tuple(steps), requeue_after=requeue)
@@ -308,6 +345,12 @@ def _scheduler_pod_changes(
     return steps, events, state
 
 
+def _held_scheduler(obs: ClusterObservation, queue: Queueing) -> tuple[list[Step], list[EventSpec], str]:
+    """Not admitted by Kueue, or evicted: no scheduler pod (a live one is deleted)."""
+    steps: list[Step] = [Delete(Ref.of(p), Cause.HELD) for p in obs.scheduler_pods if not is_terminating(p)]
+    return steps, [], "Held"
+
+
 def cluster_status(obs: ClusterObservation, scheduler_state: str, now: float, cluster_domain: str) -> Obj:
     cluster = obs.cluster
     meta = cluster["metadata"]
@@ -344,6 +387,14 @@ def cluster_status(obs: ClusterObservation, scheduler_state: str, now: float, cl
         _progressing_condition(scheduler_state, service_ok, len(live_workers), desired_total, obs.groups),
         _degraded_condition(obs, scheduler_state, now),
     ]
+    if obs.queue is not None:
+        hold = obs.queue.hold
+        if hold is not None:
+            conditions[:2] = [
+                Condition(CONDITION_READY, False, hold.reason, hold.message),
+                Condition(CONDITION_PROGRESSING, False, hold.reason, hold.message),
+            ]
+        conditions.append(admitted_condition(obs.queue))
     status: Obj = {
         "observedGeneration": meta.get("generation", 0),
         "phase": phase,

@@ -3,6 +3,8 @@
 Invariant: pure functions of the observed objects and `now`. jobStatus only moves forward
 (JobCreated -> ClusterCreated -> Running -> Successful | Failed) and a terminal status is final: from then on
 a plan never creates anything, it only deletes the job's own cluster (UID precondition) until it is gone.
+The one way back is a hold (a job behind Kueue not admitted, or evicted): no cluster and no runner exist while
+it lasts, and the job is JobCreated again until admitted.
 The terminal state is derived from the runner pod's phase, not from the cluster, so a cluster already deleted
 can never block completion (an upstream dead end). Every write a plan asks for is idempotent.
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dask_operator.api.v1.group import API_VERSION
@@ -67,6 +69,14 @@ from dask_operator.controller.conditions import (
     find_condition,
     merge_conditions,
 )
+from dask_operator.controller.kueue import (
+    Queueing,
+    admission_events,
+    admitted_condition,
+    desired_workload,
+    job_pod_sets,
+    workload_steps,
+)
 from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
 from dask_operator.controller.plans import (
     ADOPTION_FIELD_MANAGER,
@@ -102,11 +112,12 @@ _RANK = {
 # -- children ------------------------------------------------------------------------------------------
 
 
-def desired_job_cluster(job: Mapping[str, Any]) -> Obj:
+def desired_job_cluster(job: Mapping[str, Any], queue: Queueing | None = None) -> Obj:
     """DaskCluster `<job>`: `spec.cluster.spec`'s scheduler and worker (no idleTimeout), owned by the job.
 
     Labels: the job's, then `spec.cluster.metadata.labels`, then `dask.org/cluster-name`; annotations: the
-    job's (minus kubectl/kopf bookkeeping), then `spec.cluster.metadata.annotations`.
+    job's (minus kubectl/kopf bookkeeping), then `spec.cluster.metadata.annotations`. Behind Kueue, the
+    scheduler and worker pods get the node selectors and tolerations of their admitted flavors.
     """
     meta = job["metadata"]
     name = job_cluster_name(meta["name"])
@@ -119,11 +130,23 @@ def desired_job_cluster(job: Mapping[str, Any]) -> Obj:
         DASK_CLUSTER.kind,
         name,
         (labels, annotations),
-        {"scheduler": copy.deepcopy(spec["scheduler"]), "worker": copy.deepcopy(spec["worker"])},
+        _placed(
+            {"scheduler": copy.deepcopy(spec["scheduler"]), "worker": copy.deepcopy(spec["worker"])}, queue
+        ),
     )
 
 
-def desired_runner_pod(job: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Obj:
+def _placed(cluster_spec: Obj, queue: Queueing | None) -> Obj:
+    if queue is None:
+        return cluster_spec
+    for part, pod_set in (("scheduler", "scheduler"), ("worker", "worker")):
+        cluster_spec[part]["spec"] = queue.placement(pod_set).apply_to(cluster_spec[part]["spec"])
+    return cluster_spec
+
+
+def desired_runner_pod(
+    job: Mapping[str, Any], cluster_domain: str = DEFAULT_CLUSTER_DOMAIN, queue: Queueing | None = None
+) -> Obj:
     """Pod `<job>-runner` from `spec.job.spec`; each container gets DASK_SCHEDULER_ADDRESS unless it sets it
     (init containers do not: the scheduler is not up before the runner starts)."""
     meta = job["metadata"]
@@ -141,6 +164,8 @@ def desired_runner_pod(job: Mapping[str, Any], cluster_domain: str = DEFAULT_CLU
     spec = copy.deepcopy(runner["spec"])
     address = cluster_scheduler_address(desired_job_cluster(job), cluster_domain)
     spec["containers"] = with_env_defaults(spec.get("containers") or [], {SCHEDULER_ADDRESS_ENV: address})
+    if queue is not None:
+        spec = queue.placement("runner").apply_to(spec)
     return owned_child(job, "v1", "Pod", job_runner_pod_name(name), (labels, annotations), spec)
 
 
@@ -155,6 +180,9 @@ class JobObservation:
     job: Obj
     cluster: Obj | None = None
     runner: Obj | None = None
+    queue: Queueing | None = None  # None: not behind Kueue (no queue label)
+    pods_left: int = 0  # pods (terminating or not) labelled with the job's cluster name, runner included
+    priority_classes: Mapping[str, Obj] = field(default_factory=dict)  # Kueue's, by name
 
 
 def _controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -199,6 +227,10 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
     failed_reason: str | None = None
 
     phase = (runner or {}).get("status", {}).get("phase") if own_runner else None
+    queue = obs.queue
+    finished_now = before in JOB_TERMINAL_STATUSES or phase in ("Succeeded", "Failed")
+    if queue is not None and queue.hold is not None and not finished_now:
+        return _held_plan(obs, queue, now)
     if before in JOB_TERMINAL_STATUSES:
         after = before
     elif phase in ("Succeeded", "Failed"):
@@ -220,6 +252,8 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
         failed_reason = "ClusterLost"
     else:
         after, waiting, degraded = _advance(job, obs, own_cluster, own_runner, steps, cluster_domain)
+        if queue is not None:
+            steps += _workload_steps(obs, queue, None, now)
         if waiting:
             requeue = WAIT_SECONDS
         after = after if _RANK[after] >= _RANK[before] else before
@@ -227,12 +261,18 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
     terminal = after in JOB_TERMINAL_STATUSES
     if terminal and own_cluster and cluster is not None and not is_terminating(cluster):
         steps.append(Delete(Ref.of(cluster), Cause.JOB_FINISHED))
+    if terminal and queue is not None:
+        outcome = "Succeeded" if after == JOB_STATUS_SUCCESSFUL else "Failed"
+        steps += _workload_steps(obs, queue, (outcome, f"The DaskJob {after.lower()}."), now)
 
     if before in JOB_TERMINAL_STATUSES and previous.get("conditions"):
         # Final: what the job ended with stays, even once the runner pod is deleted.
         status = {**previous, "observedGeneration": meta.get("generation", 0)}
         return Plan(steps=(*steps, SetStatus(status)), requeue_after=requeue)
-    status = _status(job, previous, after, now, _conditions(after, obs, degraded, failed_reason))
+    conditions = _conditions(after, obs, degraded, failed_reason)
+    if queue is not None:
+        conditions.append(admitted_condition(queue))
+    status = _status(job, previous, after, now, conditions)
     if after == JOB_STATUS_RUNNING and not previous.get("startTime") and runner is not None:
         status["startTime"] = _runner_times(runner, now)[0]
     if terminal and before not in JOB_TERMINAL_STATUSES:
@@ -241,6 +281,55 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
         status["endTime"] = finished
     events = _transition_events(job, before, status)
     events += condition_events(previous.get("conditions"), status["conditions"], ready_events=False)
+    if queue is not None:
+        events += admission_events(previous.get("conditions"), queue, "")
+    return Plan(steps=(*steps, SetStatus(status), *(Emit(e) for e in events)), requeue_after=requeue)
+
+
+def _workload_steps(
+    obs: JobObservation, queue: Queueing, finished: tuple[str, str] | None, now: float
+) -> list[Step]:
+    desired = desired_workload(obs.job, job_pod_sets(obs.job), obs.priority_classes)
+    return workload_steps(desired, queue, obs.pods_left > 0, finished, now)
+
+
+def _held_plan(obs: JobObservation, queue: Queueing, now: float) -> Plan:
+    """Not admitted by Kueue, or evicted: no cluster and no runner. What ran is deleted (its progress and the
+    cluster's in-memory data are lost, and said so); the job goes back to JobCreated and starts from the
+    beginning once Kueue admits it again."""
+    job = obs.job
+    meta = job["metadata"]
+    uid = meta["uid"]
+    previous: Obj = dict(job.get("status") or {})
+    steps: list[Step] = []
+    lost: list[str] = []
+    for child in (obs.runner, obs.cluster):
+        if child is not None and is_controlled_by(child, uid) and not is_terminating(child):
+            steps.append(Delete(Ref.of(child), Cause.HELD))
+            lost.append(f"{child['kind']} {child['metadata']['name']}")
+    steps += _workload_steps(obs, queue, None, now)
+    hold = queue.hold
+    assert hold is not None
+    message = hold.message
+    conditions = [
+        Condition(CONDITION_READY, False, hold.reason, message),
+        Condition(CONDITION_PROGRESSING, False, hold.reason, message),
+        Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
+        Condition(CONDITION_COMPLETE, False, "NotFinished", ""),
+        Condition(CONDITION_FAILED, False, "NotFinished", ""),
+        admitted_condition(queue),
+    ]
+    status = _status(job, previous, JOB_STATUS_JOB_CREATED, now, conditions)
+    cost = (
+        f"Deleted {' and '.join(lost)}: the runner's progress and the cluster's in-memory data are lost; the "
+        "job starts again from the beginning when Kueue admits it again."
+        if lost
+        else ""
+    )
+    events = admission_events(previous.get("conditions"), queue, cost)
+    if lost and not any(e.reason == "Evicted" for e in events):
+        events.append(EventSpec("Warning", "Evicted", f"{message} {cost}"))
+    requeue = WAIT_SECONDS if obs.pods_left else None  # pods going away are not watched by the job
     return Plan(steps=(*steps, SetStatus(status), *(Emit(e) for e in events)), requeue_after=requeue)
 
 
@@ -261,7 +350,7 @@ def _advance(
 
     cluster_ready = False
     if cluster is None:
-        steps.append(Create(desired_job_cluster(job)))
+        steps.append(Create(desired_job_cluster(job, obs.queue)))
         cluster_ready = True  # created in this plan, before the runner
     elif is_terminating(cluster):
         waiting = True  # a predecessor (or a cluster deleted by hand) must go before ours can be made
@@ -280,7 +369,7 @@ def _advance(
 
     if runner is None:
         if cluster_ready:
-            steps.append(Create(desired_runner_pod(job, cluster_domain)))
+            steps.append(Create(desired_runner_pod(job, cluster_domain, obs.queue)))
         return JOB_STATUS_CLUSTER_CREATED if cluster_ready else JOB_STATUS_JOB_CREATED, waiting, degraded
     if not own_runner:
         waiting = True

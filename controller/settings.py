@@ -11,10 +11,11 @@ Held by test/unit/test_settings.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dask_operator.api.v1.names import DEFAULT_CLUSTER_DOMAIN
+from dask_operator.controller.kueue_access import KueueAccess
 from dask_operator.controller.workergroup import DEFAULT_FORCE_SCALE_DOWN_SECONDS
 
 
@@ -27,6 +28,9 @@ class OperatorSettings:
     force_scale_down_after: float = DEFAULT_FORCE_SCALE_DOWN_SECONDS
     scheduler_timeout: float = 5.0  # one HTTP/RPC call to a scheduler
     retire_timeout: float = 120.0  # a graceful retirement (data moves first)
+    kueue: KueueAccess = field(
+        default_factory=KueueAccess
+    )  # what of Kueue is served and readable (found at start-up)
 
 
 def _truthy(value: Any) -> bool:

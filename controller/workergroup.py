@@ -45,6 +45,7 @@ from dask_operator.controller.conditions import (
     find_condition,
     merge_conditions,
 )
+from dask_operator.controller.kueue import Hold, Queueing, pod_set_name
 from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
 from dask_operator.controller.plans import (
     ADOPTION_FIELD_MANAGER,
@@ -96,13 +97,17 @@ class GroupObservation:
     pods: Sequence[Obj] = ()  # pods the group controls
     scheduler: SchedulerView | None = None  # None: not asked (yet)
     previous_conditions: Sequence[Mapping[str, Any]] | None = None  # defaults to the group's status
+    queue: Queueing | None = None  # the cluster's place in Kueue; None: the cluster is not behind Kueue
 
 
 # -- worker pods --------------------------------------------------------------------------------------------
 
 
-def worker_template(group: Mapping[str, Any], cluster: Mapping[str, Any], cluster_domain: str) -> Obj:
-    """The pod every worker of the group is made from, minus its name and DASK_WORKER_NAME."""
+def worker_template(
+    group: Mapping[str, Any], cluster: Mapping[str, Any], cluster_domain: str, queue: Queueing | None = None
+) -> Obj:
+    """The pod every worker of the group is made from, minus its name and DASK_WORKER_NAME; behind Kueue, with
+    the node selector and tolerations of the flavors admitted for the group's pod set."""
     gmeta = group["metadata"]
     cluster_name = group["spec"]["cluster"]
     worker = group["spec"]["worker"]
@@ -120,6 +125,8 @@ def worker_template(group: Mapping[str, Any], cluster: Mapping[str, Any], cluste
         spec.get("containers") or [],
         {SCHEDULER_ADDRESS_ENV: cluster_scheduler_address(cluster, cluster_domain)},
     )
+    if queue is not None:
+        spec = queue.placement(pod_set_name(cluster_name, gmeta["name"])).apply_to(spec)
     labels[TEMPLATE_HASH_LABEL] = template_hash(spec)
     return {
         "apiVersion": "v1",
@@ -235,7 +242,9 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
         return _waiting_for_cluster(group, pods, previous, now)
 
     cluster = obs.cluster
-    template = worker_template(group, cluster, settings.cluster_domain)
+    if obs.queue is not None and obs.queue.hold is not None:
+        return _held(group, pods, obs.queue.hold, previous, now)
+    template = worker_template(group, cluster, settings.cluster_domain, obs.queue)
     draft = _Draft(group, template, pods, int(group["spec"]["worker"].get("replicas", 1)))
     draft.deletions += [_deletion(p, Cause.POD_FINISHED) for p in pods.finished]
     if draft.surplus < 0:
@@ -345,6 +354,22 @@ def _waiting_for_cluster(
     status = _status(group, pods.live, None, conditions, previous, now)
     events = condition_events(previous, status["conditions"], ready_events=False)
     return Plan(steps=(SetStatus(status), *(Emit(e) for e in events)))
+
+
+def _held(
+    group: Obj, pods: _PodSets, hold: Hold, previous: Sequence[Mapping[str, Any]] | None, now: float
+) -> Plan:
+    """The cluster is held by Kueue (not admitted, or evicted): no worker pods. Live ones are deleted without
+    retiring them (the scheduler goes too); the cluster's Evicted Event says the data is lost."""
+    deletions = [_deletion(p, Cause.HELD) for p in pods.live + pods.finished]
+    conditions = [
+        Condition(CONDITION_READY, False, hold.reason, hold.message),
+        Condition(CONDITION_PROGRESSING, False, hold.reason, hold.message),
+        Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
+    ]
+    status = _status(group, [], None, conditions, previous, now)
+    events = condition_events(previous, status["conditions"], ready_events=False)
+    return Plan(steps=(*deletions, SetStatus(status), *(Emit(e) for e in events)))
 
 
 def _scale_up(draft: _Draft, settings: GroupSettings, now: float) -> None:

@@ -17,7 +17,8 @@ import structlog
 from dask_operator.api.v1.names import scheduler_service_name
 from dask_operator.controller import indexes, operator_metrics
 from dask_operator.controller.children import is_terminating
-from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
+from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND, WORKLOAD
+from dask_operator.controller.kueue_access import queueing_of
 from dask_operator.controller.objects import Obj
 from dask_operator.controller.plans import Question, Retire
 from dask_operator.controller.reconciler import DaskReconciler
@@ -54,7 +55,10 @@ class DaskWorkerGroupReconciler(DaskReconciler):
         if cluster is not None and is_terminating(cluster):
             return Result()  # the garbage collector is removing everything
         observation = GroupObservation(
-            group=group, cluster=cluster, pods=self.cache.by_owner(POD, group["metadata"]["uid"])
+            group=group,
+            cluster=cluster,
+            pods=self.cache.by_owner(POD, group["metadata"]["uid"]),
+            queue=queueing_of(self.cache, self.settings.kueue, cluster) if cluster is not None else None,
         )
         settings = self.group_settings(cluster)
         plan = plan_group(observation, now, settings)
@@ -133,10 +137,29 @@ def groups_of_cluster(manager: Any) -> Any:
     return mapper
 
 
+def groups_of_workload_owner(manager: Any) -> Any:
+    """Map a Kueue Workload a DaskCluster controls to that cluster's DaskWorkerGroups."""
+
+    def mapper(workload: Obj) -> list[Request]:
+        meta = workload["metadata"]
+        owners = [
+            r["name"]
+            for r in meta.get("ownerReferences") or []
+            if r.get("controller") and r.get("kind") == DASK_CLUSTER_KIND.kind
+        ]
+        return [
+            Request(meta["namespace"], g["metadata"]["name"])
+            for owner in owners
+            for g in indexes.groups_of_cluster(manager.cache, meta["namespace"], owner)
+        ]
+
+    return mapper
+
+
 def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: int) -> None:
     """DaskWorkerGroups; their worker Pods; the DaskCluster they name (its spec, labels and annotations,
     e.g. the force timeout, matter to its groups; its status does not)."""
-    (
+    builder = (
         ControllerBuilder(manager)
         .named("daskworkergroup")
         .for_(DASK_WORKER_GROUP_KIND)
@@ -146,6 +169,9 @@ def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: in
             groups_of_cluster(manager),
             predicates=[Or(GenerationChanged(), LabelsChanged(), AnnotationsChanged())],
         )
-        .with_options(max_concurrent_reconciles=concurrency, reconcile_timeout=settings.retire_timeout + 60.0)
-        .complete(DaskWorkerGroupReconciler(manager, settings))
     )
+    if settings.kueue.workloads:
+        builder = builder.watches(WORKLOAD, groups_of_workload_owner(manager))
+    builder.with_options(
+        max_concurrent_reconciles=concurrency, reconcile_timeout=settings.retire_timeout + 60.0
+    ).complete(DaskWorkerGroupReconciler(manager, settings))

@@ -1,0 +1,272 @@
+"""A real Kueue manager on the local plane, for the tests that need it (`kueue` fixture, module scope).
+
+Invariant: Kueue is built by hack/build-kueue.sh (cached outside the repository) and runs as a process of the
+test session against the plane's API server: its CRDs installed, its webhooks for Kueue's own kinds served on
+127.0.0.1 with a self-signed certificate and registered with the API server by URL (the release's webhook
+configurations, rewritten), no integrations of its own (the operator creates the Workloads). Teardown stops
+the process and removes everything it installed (webhook configurations, CRDs, its namespace), so the modules
+after it run against a plane without Kueue; a leftover fails the teardown.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from support.operator import free_port
+from support.wait import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+KUEUE_NAMESPACE = "kueue-system"
+WEBHOOK_PREFIX = "dask-operator-test-kueue"
+
+
+@dataclass
+class KueueProcess:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    health_port: int
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def kueue_dir() -> Path:
+    proc = subprocess.run(
+        [str(REPO / "hack" / "build-kueue.sh")], capture_output=True, text=True, timeout=3600
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"hack/build-kueue.sh failed:\n{proc.stderr[-3000:]}", pytrace=False)
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def serving_certificate(directory: Path) -> bytes:
+    """A self-signed CA and a serving certificate for 127.0.0.1 signed by it (tls.crt/tls.key, as
+    controller-runtime's webhook server reads them); returns the CA's PEM for the caBundle."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kueue-webhook-test-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kueue-webhook")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "tls.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return ca.public_bytes(serialization.Encoding.PEM)
+
+
+def webhook_configurations(manifests: Path, port: int, ca: bytes) -> list[dict[str, Any]]:
+    """The release's webhook configurations for Kueue's own kinds only (the integrations' webhooks are not
+    served: no integration is enabled), each pointed at https://127.0.0.1:<port><path> with our CA."""
+    out = []
+    for doc in yaml.safe_load_all(manifests.read_text()):
+        if not doc or doc.get("kind") not in (
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
+        ):
+            continue
+        hooks = []
+        for hook in doc.get("webhooks") or []:
+            groups = {g for rule in hook.get("rules") or [] for g in rule.get("apiGroups") or []}
+            if groups != {"kueue.x-k8s.io"}:
+                continue
+            path = hook["clientConfig"]["service"]["path"]
+            hook["clientConfig"] = {
+                "url": f"https://127.0.0.1:{port}{path}",
+                "caBundle": base64.b64encode(ca).decode(),
+            }
+            hook.pop("namespaceSelector", None)
+            hooks.append(hook)
+        if hooks:
+            suffix = "mutating" if doc["kind"].startswith("Mutating") else "validating"
+            out.append(
+                {
+                    "apiVersion": doc["apiVersion"],
+                    "kind": doc["kind"],
+                    "metadata": {"name": f"{WEBHOOK_PREFIX}-{suffix}"},
+                    "webhooks": hooks,
+                }
+            )
+    return out
+
+
+def kueue_config(webhook_port: int, health_port: int, cert_dir: Path, visibility_port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+        "kind": "Configuration",
+        "namespace": KUEUE_NAMESPACE,
+        "health": {"healthProbeBindAddress": f"127.0.0.1:{health_port}"},
+        "metrics": {"bindAddress": "0"},
+        "webhook": {"port": webhook_port, "host": "127.0.0.1", "certDir": str(cert_dir)},
+        "leaderElection": {"leaderElect": False},
+        "internalCertManagement": {"enable": False},
+        "visibilityServer": {"bindAddress": "127.0.0.1", "bindPort": visibility_port},
+        # Workloads are created by the operator; Kueue needs no job integration of its own. The operator's
+        # kinds are named so Kueue knows who owns those Workloads.
+        "integrations": {
+            "frameworks": [],
+            "externalFrameworks": ["DaskJob.v1.kubernetes.dask.org", "DaskCluster.v1.kubernetes.dask.org"],
+        },
+    }
+
+
+def _crds_established(plane: Any, crd_dir: Path) -> bool:
+    for path in sorted(crd_dir.glob("*.yaml")):
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        out = plane.kubectl("get", f"crd/{name}", "-o", "json", check=False)
+        if out.returncode != 0:
+            return False
+        conditions = json.loads(out.stdout).get("status", {}).get("conditions") or []
+        if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            return False
+    return True
+
+
+KUEUE_KINDS = ("workloads", "localqueues", "clusterqueues", "resourceflavors", "workloadpriorityclasses")
+
+
+def _kueue_objects(plane: Any) -> list[tuple[str, str, str]]:
+    """(kind, namespace, name) of every object of Kueue's kinds the tests may have made."""
+    found = []
+    for kind in KUEUE_KINDS:
+        out = plane.kubectl("get", f"{kind}.kueue.x-k8s.io", "-A", "-o", "json", check=False)
+        if out.returncode != 0:
+            continue
+        for item in json.loads(out.stdout).get("items", []):
+            meta = item["metadata"]
+            found.append((kind, meta.get("namespace", ""), meta["name"]))
+    return found
+
+
+def _leftovers(plane: Any) -> list[str]:
+    left = []
+    crds = plane.kubectl("get", "crd", "-o", "name", check=False).stdout.split()
+    left += [c for c in crds if c.endswith(".kueue.x-k8s.io")]
+    for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+        names = plane.kubectl("get", kind, "-o", "name", check=False).stdout.split()
+        left += [n for n in names if WEBHOOK_PREFIX in n]
+    ns = plane.kubectl("get", "namespace", KUEUE_NAMESPACE, "--ignore-not-found", "-o", "name", check=False)
+    left += ns.stdout.split()
+    return left
+
+
+@pytest.fixture(scope="module")
+def kueue(plane: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KueueProcess]:
+    """Kueue running against the plane for one test module; gone, with everything it installed, after it."""
+    if plane.backend != "local":
+        pytest.skip("Kueue is run by the tests only on the local control plane")
+    built = kueue_dir()
+    work = tmp_path_factory.mktemp("kueue")
+    webhook_port, health_port, visibility_port = free_port(), free_port(), free_port()
+    ca = serving_certificate(work / "certs")
+    config = work / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(kueue_config(webhook_port, health_port, work / "certs", visibility_port))
+    )
+    plane.kubectl("create", "namespace", KUEUE_NAMESPACE)
+    plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(built / "crd"), timeout=120)
+    wait_for(lambda: _crds_established(plane, built / "crd"), timeout=60, message="Kueue's CRDs Established")
+    log = work / "kueue.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [str(built / "bin" / "kueue"), f"--config={config}", f"--kubeconfig={plane.kubeconfig}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    kueue = KueueProcess(proc, log, health_port)
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"kueue exited:\n{kueue.tail()}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=1) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(ready, timeout=120, interval=0.5, message="kueue /readyz")
+        hooks = webhook_configurations(built / "webhook" / "manifests.yaml", webhook_port, ca)
+        plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(hooks))
+        yield kueue
+    finally:
+        # Kueue's own objects first, while Kueue runs to release its finalizers; then whatever is left.
+        for kind in KUEUE_KINDS:
+            plane.kubectl("delete", f"{kind}.kueue.x-k8s.io", "--all", "-A", "--wait=false", check=False)
+        with contextlib.suppress(Exception):  # what is left loses its finalizers below
+            wait_for(
+                lambda: not _kueue_objects(plane), timeout=60, interval=0.5, message="Kueue objects gone"
+            )
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        plane.kubectl(
+            "delete", "mutatingwebhookconfiguration", f"{WEBHOOK_PREFIX}-mutating", "--ignore-not-found"
+        )
+        plane.kubectl(
+            "delete", "validatingwebhookconfiguration", f"{WEBHOOK_PREFIX}-validating", "--ignore-not-found"
+        )
+        for kind, namespace, name in _kueue_objects(plane):
+            where = ["-n", namespace] if namespace else []
+            plane.kubectl("patch", f"{kind}.kueue.x-k8s.io", name, *where, "--type=merge",
+                          "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+        plane.kubectl("delete", "-f", str(built / "crd"), "--ignore-not-found", "--wait=true", timeout=180)
+        plane.kubectl(
+            "delete", "namespace", KUEUE_NAMESPACE, "--ignore-not-found", "--wait=true", timeout=120
+        )
+        left = _leftovers(plane)
+        assert not left, f"Kueue left behind: {', '.join(left)}\n{kueue.tail()}"
