@@ -3,7 +3,8 @@
 Invariant: Kueue is built by hack/build-kueue.sh (cached outside the repository) and runs as a process of the
 test session against the plane's API server: its CRDs installed, its webhooks for Kueue's own kinds served on
 127.0.0.1 with a self-signed certificate and registered with the API server by URL (the release's webhook
-configurations, rewritten), no integrations of its own (the operator creates the Workloads). Teardown stops
+configurations, rewritten; Kueue's certificate rotator keeps the certificate we give it in its Secret), no
+integrations of its own (the operator creates the Workloads). Teardown stops
 the process and removes everything it installed (webhook configurations, CRDs, its namespace), so the modules
 after it run against a plane without Kueue; a leftover fails the teardown.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import datetime as dt
 import ipaddress
 import json
@@ -32,7 +34,12 @@ from support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 KUEUE_NAMESPACE = "kueue-system"
-WEBHOOK_PREFIX = "dask-operator-test-kueue"
+# Kueue's certificate management is on (with it off, Kueue insists on a metrics certificate under /etc/kueue):
+# its rotator finds our certificate valid in this Secret, keeps it, and injects the CA into the webhook
+# configurations it knows by these names.
+WEBHOOK_PREFIX = "kueue"
+WEBHOOK_SERVICE_DNS = f"kueue-webhook-service.{KUEUE_NAMESPACE}.svc"
+WEBHOOK_SECRET = "kueue-webhook-server-cert"
 
 
 @dataclass
@@ -57,17 +64,21 @@ def kueue_dir() -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def serving_certificate(directory: Path) -> bytes:
-    """A self-signed CA and a serving certificate for 127.0.0.1 signed by it (tls.crt/tls.key, as
-    controller-runtime's webhook server reads them); returns the CA's PEM for the caBundle."""
+def serving_certificate(directory: Path) -> dict[str, bytes]:
+    """A CA and a serving certificate signed by it, valid for 127.0.0.1 (the URL the API server calls) and for
+    the Service name Kueue's certificate rotator checks, for ten years (the rotator renews what expires within
+    90 days, and would then drop the IP). RSA, PKCS#1: the rotator parses the CA key that way.
+
+    Returns the Secret data Kueue's rotator reads: ca.crt, ca.key, tls.crt, tls.key."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kueue-webhook-test-ca")])
+    life = dt.timedelta(days=3650)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kueue-ca")])
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -75,34 +86,49 @@ def serving_certificate(directory: Path) -> bytes:
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_after(now + life)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, True, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("kueue-ca")]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    sans = [x509.DNSName(WEBHOOK_SERVICE_DNS), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kueue-webhook")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, WEBHOOK_SERVICE_DNS)]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_after(now + life)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    pkcs1 = serialization.PrivateFormat.TraditionalOpenSSL
+    data = {
+        "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+        "ca.key": ca_key.private_bytes(serialization.Encoding.PEM, pkcs1, serialization.NoEncryption()),
+        "tls.crt": cert.public_bytes(serialization.Encoding.PEM),
+        "tls.key": key.private_bytes(serialization.Encoding.PEM, pkcs1, serialization.NoEncryption()),
+    }
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "tls.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return ca.public_bytes(serialization.Encoding.PEM)
+    for name in ("tls.crt", "tls.key"):
+        (directory / name).write_bytes(data[name])
+    return data
+
+
+def certificate_secret(data: dict[str, bytes]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": WEBHOOK_SECRET, "namespace": KUEUE_NAMESPACE},
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
 
 
 def webhook_configurations(manifests: Path, port: int, ca: bytes) -> list[dict[str, Any]]:
@@ -133,11 +159,38 @@ def webhook_configurations(manifests: Path, port: int, ca: bytes) -> list[dict[s
                 {
                     "apiVersion": doc["apiVersion"],
                     "kind": doc["kind"],
-                    "metadata": {"name": f"{WEBHOOK_PREFIX}-{suffix}"},
+                    "metadata": {"name": f"{WEBHOOK_PREFIX}-{suffix}-webhook-configuration"},
                     "webhooks": hooks,
                 }
             )
     return out
+
+
+# The kinds served in v1beta1 and v1beta2 whose conversion Kueue's webhook does (its rotator injects the CA).
+CONVERTED = ("localqueues", "clusterqueues", "workloads", "cohorts", "multikueueclusters")
+
+
+def release_crds(built: Path) -> list[dict[str, Any]]:
+    return [yaml.safe_load(p.read_text()) for p in sorted((built / "crd").glob("*.yaml"))]
+
+
+def with_conversion_webhook(crd: dict[str, Any], port: int, ca: bytes) -> dict[str, Any]:
+    """The release's CRD, with conversion by Kueue's webhook at https://127.0.0.1:<port>/convert where the
+    release's kustomization adds one (its patches/webhook_in_*.yaml, by Service there)."""
+    if crd["metadata"]["name"] not in {f"{k}.kueue.x-k8s.io" for k in CONVERTED}:
+        return crd
+    crd = copy.deepcopy(crd)
+    crd["spec"]["conversion"] = {
+        "strategy": "Webhook",
+        "webhook": {
+            "clientConfig": {
+                "url": f"https://127.0.0.1:{port}/convert",
+                "caBundle": base64.b64encode(ca).decode(),
+            },
+            "conversionReviewVersions": ["v1"],
+        },
+    }
+    return crd
 
 
 def kueue_config(webhook_port: int, health_port: int, cert_dir: Path, visibility_port: int) -> dict[str, Any]:
@@ -149,7 +202,7 @@ def kueue_config(webhook_port: int, health_port: int, cert_dir: Path, visibility
         "metrics": {"bindAddress": "0"},
         "webhook": {"port": webhook_port, "host": "127.0.0.1", "certDir": str(cert_dir)},
         "leaderElection": {"leaderElect": False},
-        "internalCertManagement": {"enable": False},
+        "internalCertManagement": {"enable": True},
         "visibilityServer": {"bindAddress": "127.0.0.1", "bindPort": visibility_port},
         # Workloads are created by the operator; Kueue needs no job integration of its own. The operator's
         # kinds are named so Kueue knows who owns those Workloads.
@@ -192,9 +245,12 @@ def _leftovers(plane: Any) -> list[str]:
     left = []
     crds = plane.kubectl("get", "crd", "-o", "name", check=False).stdout.split()
     left += [c for c in crds if c.endswith(".kueue.x-k8s.io")]
-    for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
-        names = plane.kubectl("get", kind, "-o", "name", check=False).stdout.split()
-        left += [n for n in names if WEBHOOK_PREFIX in n]
+    for kind in ("mutating", "validating"):
+        name = f"{WEBHOOK_PREFIX}-{kind}-webhook-configuration"
+        out = plane.kubectl(
+            "get", f"{kind}webhookconfiguration", name, "--ignore-not-found", "-o", "name", check=False
+        )
+        left += out.stdout.split()
     ns = plane.kubectl("get", "namespace", KUEUE_NAMESPACE, "--ignore-not-found", "-o", "name", check=False)
     left += ns.stdout.split()
     return left
@@ -208,13 +264,19 @@ def kueue(plane: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueu
     built = kueue_dir()
     work = tmp_path_factory.mktemp("kueue")
     webhook_port, health_port, visibility_port = free_port(), free_port(), free_port()
-    ca = serving_certificate(work / "certs")
+    certificate = serving_certificate(work / "certs")
     config = work / "config.yaml"
     config.write_text(
         yaml.safe_dump(kueue_config(webhook_port, health_port, work / "certs", visibility_port))
     )
     plane.kubectl("create", "namespace", KUEUE_NAMESPACE)
-    plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(built / "crd"), timeout=120)
+    plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(certificate_secret(certificate)))
+    # Registered before Kueue starts: its certificate bootstrap waits until it has injected the CA into them.
+    hooks = webhook_configurations(built / "webhook" / "manifests.yaml", webhook_port, certificate["ca.crt"])
+    plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(hooks))
+    crds = [with_conversion_webhook(crd, webhook_port, certificate["ca.crt"]) for crd in release_crds(built)]
+    plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(crds),
+                  timeout=120)  # fmt: skip
     wait_for(lambda: _crds_established(plane, built / "crd"), timeout=60, message="Kueue's CRDs Established")
     log = work / "kueue.log"
     with log.open("ab") as out:
@@ -236,8 +298,6 @@ def kueue(plane: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueu
                 return False
 
         wait_for(ready, timeout=120, interval=0.5, message="kueue /readyz")
-        hooks = webhook_configurations(built / "webhook" / "manifests.yaml", webhook_port, ca)
-        plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(hooks))
         yield kueue
     finally:
         # Kueue's own objects first, while Kueue runs to release its finalizers; then whatever is left.
@@ -254,12 +314,9 @@ def kueue(plane: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueu
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-        plane.kubectl(
-            "delete", "mutatingwebhookconfiguration", f"{WEBHOOK_PREFIX}-mutating", "--ignore-not-found"
-        )
-        plane.kubectl(
-            "delete", "validatingwebhookconfiguration", f"{WEBHOOK_PREFIX}-validating", "--ignore-not-found"
-        )
+        for hook in ("mutating", "validating"):
+            name = f"{WEBHOOK_PREFIX}-{hook}-webhook-configuration"
+            plane.kubectl("delete", f"{hook}webhookconfiguration", name, "--ignore-not-found")
         for kind, namespace, name in _kueue_objects(plane):
             where = ["-n", namespace] if namespace else []
             plane.kubectl("patch", f"{kind}.kueue.x-k8s.io", name, *where, "--type=merge",
