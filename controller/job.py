@@ -228,6 +228,8 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
 
     phase = (runner or {}).get("status", {}).get("phase") if own_runner else None
     queue = obs.queue
+    if queue is not None and queue.hold is not None and runner is not None and is_terminating(runner):
+        phase = None  # a runner the hold is deleting fails as it stops: that is not the job's outcome
     finished_now = before in JOB_TERMINAL_STATUSES or phase in ("Succeeded", "Failed")
     if queue is not None and queue.hold is not None and not finished_now:
         return _held_plan(obs, queue, now)

@@ -272,3 +272,17 @@ def test_an_admitted_clusters_workers_get_their_groups_placement() -> None:
     g = plan_group(GroupObservation(group=group, cluster=owner, queue=state), NOW)
     assert len(g.creates) == 2
     assert all(p["spec"]["nodeSelector"] == {"pool": "batch"} for p in g.creates)
+
+
+def test_a_runner_failing_while_the_eviction_deletes_it_does_not_fail_the_job() -> None:
+    wl = evicted_workload(admitted_workload(stored_workload(job_workload())))
+    owner = [{"kind": "DaskJob", "name": "j", "uid": "job-uid", "controller": True}]
+    runner = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "j-runner", "namespace": "ns", "uid": "r",
+              "ownerReferences": owner, "deletionTimestamp": "2023-11-14T22:00:00Z"},
+              "status": {"phase": "Failed"}}  # fmt: skip
+    p = plan_job(
+        JobObservation(job=job(status={"jobStatus": "Running"}), runner=runner, queue=queueing(job(), wl, {}),
+                       pods_left=1),
+        NOW,
+    )  # fmt: skip
+    assert p.status is not None and p.status["jobStatus"] == "JobCreated"
