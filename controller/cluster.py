@@ -5,7 +5,9 @@ one scheduler pod (none while Kueue holds it: see kueue.py) built from the curre
 one Service `<cluster>-scheduler` equal to `spec.scheduler.service`, and a DaskWorkerGroup `<cluster>-default`
 carrying `spec.worker`; all owned by the cluster (controller=true, blockOwnerDeletion=true), no finalizers.
 Its phase means what the reference's means (Created -> Pending -> Running once the scheduler Pod and Service
-exist). Held by test/unit/test_cluster.py.
+exist). A held cluster (`Hold`, from `hold_of`) keeps its object and its worker groups (so their replica
+counts) and converges to no scheduler pod and no Service, phase Suspended; lifting the hold rebuilds both
+from the unchanged spec. Held by test/unit/test_cluster.py.
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ from dask_operator.api.v1.types import (
     CONDITION_DEGRADED,
     CONDITION_PROGRESSING,
     CONDITION_READY,
+    CONDITION_SUSPENDED,
     PHASE_CREATED,
     PHASE_ERROR,
     PHASE_PENDING,
     PHASE_RUNNING,
+    PHASE_SUSPENDED,
 )
 from dask_operator.controller.children import (
     TEMPLATE_HASH_LABEL,
@@ -60,6 +64,7 @@ from dask_operator.controller.conditions import (
     find_condition,
     merge_conditions,
 )
+from dask_operator.controller.hold import Hold, hold_events, suspended_condition
 from dask_operator.controller.kueue import (
     Queueing,
     admission_events,
@@ -232,6 +237,7 @@ class ClusterObservation:
     queue: Queueing | None = None  # None: not behind Kueue (no queue label)
     autoscalers: Sequence[Obj] = ()  # DaskAutoscalers naming this cluster (their maximum sizes the Workload)
     priority_classes: Mapping[str, Obj] = field(default_factory=dict)  # Kueue's, by name
+    hold: Hold | None = None  # hold_of(cluster): held clusters run nothing
 
 
 def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Plan:
@@ -251,7 +257,13 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
         # gets a throwaway worker from the CRD's default; the replicas write below then co-owns the value
         # (same value, shared ownership), which the main manager's later applies (without it) leave alone.
         group["spec"]["worker"]["replicas"] = replicas["spec"]["worker"]["replicas"]
-    steps: list[Step] = [Apply(desired_scheduler_service(cluster)), Apply(group)]
+    if obs.hold is not None:
+        # The group and its replica count stay (resume restores them); what runs goes.
+        steps: list[Step] = [Apply(group)]
+        if replicas is not None:
+            steps.append(Apply(replicas, REPLICAS_FIELD_MANAGER))
+        return _held_plan(obs, obs.hold, steps, now)
+    steps = [Apply(desired_scheduler_service(cluster)), Apply(group)]
     if replicas is not None:
         steps.append(Apply(replicas, REPLICAS_FIELD_MANAGER))
     queue = obs.queue
@@ -274,6 +286,7 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
     status = cluster_status(obs, scheduler_state, now, cluster_domain)
     previous_conditions = cluster.get("status", {}).get("conditions")
     events += condition_events(previous_conditions, status["conditions"])
+    events += hold_events(previous_conditions, status["conditions"])
     if queue is not None:
         lost = ""
         if pod_steps or obs.worker_pods:
@@ -395,6 +408,9 @@ def cluster_status(obs: ClusterObservation, scheduler_state: str, now: float, cl
                 Condition(CONDITION_PROGRESSING, False, hold.reason, hold.message),
             ]
         conditions.append(admitted_condition(obs.queue))
+    suspended = suspended_condition(obs.hold, cluster.get("status", {}).get("conditions"))
+    if suspended is not None:
+        conditions.append(suspended)
     status: Obj = {
         "observedGeneration": meta.get("generation", 0),
         "phase": phase,
@@ -409,6 +425,53 @@ def cluster_status(obs: ClusterObservation, scheduler_state: str, now: float, cl
         status["schedulerAddress"] = cluster_scheduler_address(cluster, cluster_domain)
         status["dashboardAddress"] = cluster_dashboard_address(cluster, cluster_domain)
     return status
+
+
+def _held_plan(obs: ClusterObservation, hold: Hold, steps: list[Step], now: float) -> Plan:
+    """A held cluster: its scheduler pod and Service are deleted (its worker groups delete their pods);
+    phase Suspended once nothing of it runs."""
+    cluster = obs.cluster
+    meta = cluster["metadata"]
+    name = meta["name"]
+    running: list[Obj] = [p for p in obs.scheduler_pods if not is_terminating(p)]
+    if obs.service is not None and not is_terminating(obs.service):
+        running.append(obs.service)
+    steps += [Delete(Ref.of(o), Cause.HELD) for o in running]
+    left = len(obs.scheduler_pods) + (obs.service is not None) + len(obs.worker_pods)
+    default_name = default_worker_group_name(name)
+    default_pods = [
+        p
+        for p in obs.worker_pods
+        if not is_terminating(p)
+        and p["metadata"].get("labels", {}).get("dask.org/workergroup-name") == default_name
+    ]
+    if left:
+        progressing = Condition(
+            CONDITION_PROGRESSING,
+            True,
+            "Suspending",
+            f"Removing the scheduler and workers: {left} objects left.",
+        )
+    else:
+        progressing = Condition(CONDITION_PROGRESSING, False, hold.reason, "Nothing runs while held.")
+    conditions = [
+        Condition(CONDITION_READY, False, hold.reason, hold.message),
+        progressing,
+        Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
+        Condition(CONDITION_SUSPENDED, True, hold.reason, hold.message),
+    ]
+    previous = cluster.get("status", {}).get("conditions")
+    merged = merge_conditions(previous, conditions, rfc3339(now), meta.get("generation"))
+    status: Obj = {
+        "observedGeneration": meta.get("generation", 0),
+        "phase": PHASE_SUSPENDED,
+        "replicas": len(default_pods),
+        "readyReplicas": sum(1 for p in default_pods if is_pod_ready(p)),
+        "selector": label_selector_string(worker_selector_labels(name, default_name)),
+        "conditions": merged,
+    }
+    events = condition_events(previous, merged) + hold_events(previous, merged)
+    return Plan(steps=(*steps, SetStatus(status), *(Emit(e) for e in events)))
 
 
 def _ready_condition(

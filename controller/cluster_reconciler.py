@@ -23,6 +23,7 @@ from dask_operator.api.v1.types import PHASE_RUNNING
 from dask_operator.controller import operator_metrics
 from dask_operator.controller.children import is_terminating
 from dask_operator.controller.cluster import ClusterObservation, IdleAnswer, plan_cluster
+from dask_operator.controller.hold import hold_of
 from dask_operator.controller.indexes import autoscalers_of_cluster, groups_of_cluster
 from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND, WORKLOAD
 from dask_operator.controller.kueue_access import priority_classes, queueing_of
@@ -71,6 +72,7 @@ class DaskClusterReconciler(DaskReconciler):
             worker_pods=_with_component(
                 self.cache.by_label(POD, LABEL_CLUSTER_NAME, name, namespace), COMPONENT_WORKER
             ),
+            hold=hold_of(cluster),
         )
 
     def ask_idle(self, cluster: Obj, service: Obj | None) -> IdleAnswer:

@@ -3,7 +3,8 @@ requeue; and its wiring.
 
 Invariant: reads only from the cache; the plan derives completion from the runner pod, so an error anywhere
 is repaired by the next reconcile, and a terminal jobStatus is final. Deletes only the DaskCluster this job
-controls, by UID; never a finalizer. Held by test/e2e/test_job.py and test/unit/test_job.py.
+controls, by UID (never the one spec.clusterRef names), and the job itself once its TTL has passed; never a
+finalizer. Held by test/e2e/test_job.py and test/unit/test_job.py.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from dask_operator.api.v1.names import LABEL_CLUSTER_NAME, job_cluster_name, job
 from dask_operator.api.v1.types import JOB_TERMINAL_STATUSES
 from dask_operator.controller import operator_metrics
 from dask_operator.controller.children import is_terminating
+from dask_operator.controller.hold import hold_of
 from dask_operator.controller.job import JobObservation, plan_job
 from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_JOB_KIND, WORKLOAD
 from dask_operator.controller.kueue_access import priority_classes, queueing_of
+from dask_operator.controller.objects import Obj
 from dask_operator.controller.reconciler import DaskReconciler
 from dask_operator.controller.runtime.builder import ControllerBuilder
 from dask_operator.controller.runtime.kinds import POD
@@ -32,9 +35,12 @@ class DaskJobReconciler(DaskReconciler):
             return Result()  # the garbage collector deletes the runner and the cluster
         now = self.clock()
         queue = queueing_of(self.cache, self.settings.kueue, job)
+        ref = job["spec"].get("clusterRef") or {}
         observation = JobObservation(
             job=job,
-            cluster=self.cache.get(DASK_CLUSTER_KIND, request.namespace, job_cluster_name(request.name)),
+            cluster=self.cache.get(
+                DASK_CLUSTER_KIND, request.namespace, ref.get("name") or job_cluster_name(request.name)
+            ),
             runner=self.cache.get(POD, request.namespace, job_runner_pod_name(request.name)),
             queue=queue,
             pods_left=len(
@@ -45,6 +51,7 @@ class DaskJobReconciler(DaskReconciler):
             if queue is not None
             else 0,
             priority_classes=priority_classes(self.cache, self.settings.kueue) if queue is not None else {},
+            hold=hold_of(job),
         )
         plan = plan_job(observation, now, self.settings.cluster_domain)
         outcome, result = self.execute(job, plan, now)
@@ -55,15 +62,30 @@ class DaskJobReconciler(DaskReconciler):
         return result
 
 
+def jobs_on_cluster(manager: Any) -> Any:
+    """Map a DaskCluster to the DaskJobs whose spec.clusterRef names it (they do not own it)."""
+
+    def mapper(cluster: Obj) -> list[Request]:
+        meta = cluster["metadata"]
+        return [
+            Request(meta["namespace"], j["metadata"]["name"])
+            for j in manager.cache.list(DASK_JOB_KIND, meta["namespace"])
+            if (j.get("spec", {}).get("clusterRef") or {}).get("name") == meta["name"]
+        ]
+
+    return mapper
+
+
 def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: int) -> None:
-    """DaskJobs; their runner Pod; their DaskCluster (when it appears, goes or starts terminating, not on
-    each of its status changes)."""
+    """DaskJobs; their runner Pod; their DaskCluster, or the one spec.clusterRef names (when it appears,
+    goes, starts terminating or its spec changes, not on each of its status changes); their Kueue Workload."""
     builder = (
         ControllerBuilder(manager)
         .named("daskjob")
         .for_(DASK_JOB_KIND)
         .owns(POD)
         .owns(DASK_CLUSTER_KIND, predicates=[GenerationChanged()])
+        .watches(DASK_CLUSTER_KIND, jobs_on_cluster(manager), predicates=[GenerationChanged()])
     )
     if settings.kueue.workloads:
         builder = builder.owns(WORKLOAD)  # admission, eviction

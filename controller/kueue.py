@@ -32,6 +32,7 @@ from dask_operator.api.v1.names import (
 )
 from dask_operator.controller.children import owner_reference, template_hash
 from dask_operator.controller.conditions import Condition, EventSpec, find_condition
+from dask_operator.controller.hold import Hold
 from dask_operator.controller.objects import Obj, rfc3339
 from dask_operator.controller.plans import Cause, Create, Delete, PatchStatus, Ref, Step
 
@@ -53,6 +54,7 @@ REASON_ADMITTED = "Admitted"
 REASON_EVICTED = "Evicted"
 REASON_KUEUE_UNAVAILABLE = "KueueUnavailable"
 MAX_POD_SETS = 8  # Kueue's limit
+KUEUE_HOLD_REASONS = (REASON_QUEUED, REASON_EVICTED, REASON_KUEUE_UNAVAILABLE)
 
 
 def queue_name(obj: Mapping[str, Any]) -> str | None:
@@ -66,15 +68,6 @@ def workload_name(owner: Mapping[str, Any]) -> str:
 
 
 # -- what the operator knows about Kueue and what Kueue says ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Hold:
-    """Why an object may run no pods now: `reason` a CamelCase word (Queued, Evicted, KueueUnavailable),
-    `message` a sentence for the user."""
-
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)

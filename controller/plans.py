@@ -37,8 +37,11 @@ class Cause(enum.Enum):
     RETIRED = ("retired by the scheduler", "retired")
     JOB_FINISHED = ("the job finished", None)
     IDLE_TIMEOUT = ("the scheduler was idle for longer than spec.idleTimeout", None)
-    HELD = ("held: not admitted by Kueue, or evicted by it", None)
+    HELD = ("held: spec.suspend, or not admitted by Kueue (or evicted by it)", None)
     WORKLOAD_CHANGED = ("the pod sets changed while the Workload held no quota", None)
+    RUNNER_RETRY = ("the runner failed and is retried (spec.backoffLimit)", None)
+    DEADLINE_EXCEEDED = ("the job ran longer than spec.activeDeadlineSeconds", None)
+    TTL_EXPIRED = ("the job finished longer than spec.ttlSecondsAfterFinished ago", None)
 
     @property
     def sentence(self) -> str:

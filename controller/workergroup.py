@@ -5,7 +5,8 @@ to exactly `spec.worker.replicas` live pods built from its current template. Wor
 (group UID, template hash, ordinal), so a restarted operator recomputes the same names and cannot duplicate
 a worker. Removing a worker never loses data the scheduler can move: pods that never joined go first, then
 only workers of this group are retired by name through the scheduler, and only the retired ones are deleted.
-Held by test/unit/test_workergroup.py.
+A group whose cluster is held (`GroupObservation.hold`) deletes all its pods and creates none, keeping
+`spec.worker.replicas` for the resume. Held by test/unit/test_workergroup.py.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from dask_operator.controller.conditions import (
     find_condition,
     merge_conditions,
 )
-from dask_operator.controller.kueue import Hold, Queueing, pod_set_name
+from dask_operator.controller.hold import Hold
+from dask_operator.controller.kueue import Queueing, pod_set_name
 from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
 from dask_operator.controller.plans import (
     ADOPTION_FIELD_MANAGER,
@@ -98,6 +100,7 @@ class GroupObservation:
     scheduler: SchedulerView | None = None  # None: not asked (yet)
     previous_conditions: Sequence[Mapping[str, Any]] | None = None  # defaults to the group's status
     queue: Queueing | None = None  # the cluster's place in Kueue; None: the cluster is not behind Kueue
+    hold: Hold | None = None  # hold_of(its cluster): a held cluster's groups run no pod
 
 
 # -- worker pods --------------------------------------------------------------------------------------------
@@ -240,10 +243,12 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     pods = _PodSets.of(obs)
     if obs.cluster is None:
         return _waiting_for_cluster(group, pods, previous, now)
+    if obs.hold is not None:
+        return _held(group, obs.pods, obs.hold, previous, now)
 
     cluster = obs.cluster
     if obs.queue is not None and obs.queue.hold is not None:
-        return _held(group, pods, obs.queue.hold, previous, now)
+        return _held(group, obs.pods, obs.queue.hold, previous, now)
     template = worker_template(group, cluster, settings.cluster_domain, obs.queue)
     draft = _Draft(group, template, pods, int(group["spec"]["worker"].get("replicas", 1)))
     draft.deletions += [_deletion(p, Cause.POD_FINISHED) for p in pods.finished]
@@ -357,19 +362,29 @@ def _waiting_for_cluster(
 
 
 def _held(
-    group: Obj, pods: _PodSets, hold: Hold, previous: Sequence[Mapping[str, Any]] | None, now: float
+    group: Obj, pods: Sequence[Obj], hold: Hold, previous: Sequence[Mapping[str, Any]] | None, now: float
 ) -> Plan:
-    """The cluster is held by Kueue (not admitted, or evicted): no worker pods. Live ones are deleted without
-    retiring them (the scheduler goes too); the cluster's Evicted Event says the data is lost."""
-    deletions = [_deletion(p, Cause.HELD) for p in pods.live + pods.finished]
+    """The cluster is held: every pod of the group goes at once, without retirement (the scheduler goes
+    too, so no worker could take the data); spec.worker.replicas is kept for the resume."""
+    going = [p for p in pods if not is_terminating(p)]
+    if pods:
+        progressing = Condition(
+            CONDITION_PROGRESSING,
+            True,
+            "Suspending",
+            f"Removing {len(pods)} worker pods: the cluster is held.",
+        )
+    else:
+        progressing = Condition(CONDITION_PROGRESSING, False, hold.reason, "No worker runs while held.")
     conditions = [
         Condition(CONDITION_READY, False, hold.reason, hold.message),
-        Condition(CONDITION_PROGRESSING, False, hold.reason, hold.message),
+        progressing,
         Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
     ]
     status = _status(group, [], None, conditions, previous, now)
     events = condition_events(previous, status["conditions"], ready_events=False)
-    return Plan(steps=(*deletions, SetStatus(status), *(Emit(e) for e in events)))
+    steps: list[Step] = [_deletion(p, Cause.HELD) for p in going]
+    return Plan(steps=(*steps, SetStatus(status), *(Emit(e) for e in events)))
 
 
 def _scale_up(draft: _Draft, settings: GroupSettings, now: float) -> None:

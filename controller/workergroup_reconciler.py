@@ -17,6 +17,7 @@ import structlog
 from dask_operator.api.v1.names import scheduler_service_name
 from dask_operator.controller import indexes, operator_metrics
 from dask_operator.controller.children import is_terminating
+from dask_operator.controller.hold import hold_of
 from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND, WORKLOAD
 from dask_operator.controller.kueue_access import queueing_of
 from dask_operator.controller.objects import Obj
@@ -59,6 +60,7 @@ class DaskWorkerGroupReconciler(DaskReconciler):
             cluster=cluster,
             pods=self.cache.by_owner(POD, group["metadata"]["uid"]),
             queue=queueing_of(self.cache, self.settings.kueue, cluster) if cluster is not None else None,
+            hold=hold_of(cluster) if cluster is not None else None,
         )
         settings = self.group_settings(cluster)
         plan = plan_group(observation, now, settings)

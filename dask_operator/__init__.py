@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from dask_operator.api.kubecluster import (
+        ClusterSuspendedError,
         CreateMode,
         KubeCluster,
         SchedulerStartupError,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 # name -> module that defines it
 _LAZY = {
+    "ClusterSuspendedError": "dask_operator.api.kubecluster",
     "KubeCluster": "dask_operator.api.kubecluster",
     "CreateMode": "dask_operator.api.kubecluster",
     "SchedulerStartupError": "dask_operator.api.kubecluster",
@@ -38,6 +40,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "ClusterSuspendedError",
     "CreateMode",
     "KubeCluster",
     "SchedulerStartupError",

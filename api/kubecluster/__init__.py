@@ -7,10 +7,16 @@
 from __future__ import annotations
 
 from dask_operator.api.kubecluster.cluster import KubeCluster, discover
-from dask_operator.api.kubecluster.options import CreateMode, SchedulerStartupError, SchedulerUnreachableError
+from dask_operator.api.kubecluster.options import (
+    ClusterSuspendedError,
+    CreateMode,
+    SchedulerStartupError,
+    SchedulerUnreachableError,
+)
 from dask_operator.api.v1 import ValidationError, make_cluster_spec, make_scheduler_spec, make_worker_spec
 
 __all__ = [
+    "ClusterSuspendedError",
     "CreateMode",
     "KubeCluster",
     "SchedulerStartupError",

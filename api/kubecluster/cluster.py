@@ -46,6 +46,7 @@ from dask_operator.api.kubecluster.options import (
     DEFAULT_NAME_TEMPLATE,
     DEFAULT_RESOURCE_TIMEOUT,
     ClusterOptions,
+    ClusterSuspendedError,
     CreateMode,
     SchedulerStartupError,
     SchedulerUnreachableError,
@@ -64,6 +65,7 @@ from dask_operator.api.kubecluster.options import (
     scheduler_pod_selector,
     service_port,
     status_summary,
+    suspended_message,
     validate_name,
     validate_resources,
     validate_service_type,
@@ -247,7 +249,10 @@ class KubeCluster(Cluster):
 
     @classmethod
     def from_name(cls, name: str, **kwargs: Any) -> KubeCluster:
-        """Connect to the existing DaskCluster `name` without owning it (closing leaves it running)."""
+        """Connect to the existing DaskCluster `name` without owning it (closing leaves it running).
+
+        A suspended cluster (`spec.suspend: true`) raises ClusterSuspendedError at once, saying how to resume
+        it: it runs no scheduler, and waiting for one would only end in a timeout."""
         kwargs.setdefault("create_mode", CreateMode.CONNECT_ONLY)
         kwargs.setdefault("shutdown_on_close", False)
         return cls(name=name, **kwargs)
@@ -311,6 +316,9 @@ class KubeCluster(Cluster):
         if existing is not None:
             if self.create_mode is CreateMode.CREATE_ONLY:
                 raise ValueError(f"DaskCluster {namespace}/{name} already exists (create_mode=CREATE_ONLY)")
+            suspended = suspended_message(existing)
+            if suspended is not None:
+                raise ClusterSuspendedError(suspended)
             self._log(f"Connecting to existing DaskCluster {namespace}/{name}")
             self._options = options_from_cluster(existing)
 

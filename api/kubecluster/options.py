@@ -71,6 +71,23 @@ class SchedulerUnreachableError(ConnectionError):
     """The scheduler runs but does not answer, directly or through the port-forward."""
 
 
+class ClusterSuspendedError(RuntimeError):
+    """The DaskCluster exists but `spec.suspend` is true: it runs no scheduler to connect to."""
+
+
+def suspended_message(cluster: Mapping[str, Any]) -> str | None:
+    """Why connecting to `cluster` cannot work (it is suspended), or None."""
+    if not ((cluster.get("spec") or {}).get("suspend") is True):
+        return None
+    meta = cluster["metadata"]
+    name, namespace = meta["name"], meta.get("namespace", "default")
+    return (
+        f"DaskCluster {namespace}/{name} is suspended (spec.suspend: true), so it runs no scheduler. Resume it "
+        f"with: kubectl -n {namespace} patch daskcluster {name} --type merge -p "
+        """'{"spec":{"suspend":false}}' and connect again."""
+    )
+
+
 # -- options ------------------------------------------------------------------------------------------------
 
 

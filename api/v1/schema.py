@@ -41,6 +41,9 @@ LABEL_VALUE_PATTERN = "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 # The job runner must be able to finish, so its pod may not use restartPolicy Always. (Every other closed
 # value set of the embedded specs, e.g. imagePullPolicy or Service type, comes as an enum from Kubernetes.)
 JOB_RESTART_POLICIES = ("OnFailure", "Never")
+# Bounds on the job controls: retries far beyond any real use, and the failures a status keeps.
+MAX_BACKOFF_LIMIT = 1000
+MAX_RECORDED_FAILURES = 10
 
 # --- schema vocabulary ------------------------------------------------------------------------------
 
@@ -289,13 +292,33 @@ def root(spec: Schema, status: Schema, rules: list[dict[str, str]]) -> Schema:
     return schema
 
 
+def suspend(kind: str, what: str) -> Schema:
+    return {
+        "type": "boolean",
+        "description": (
+            f"While true the {kind} runs nothing: {what}. The object and its spec are kept; setting it back "
+            "to false (or removing it) starts everything again. Status condition Suspended says which."
+        ),
+    }
+
+
 def dask_cluster_schema() -> Schema:
+    spec = cluster_spec("A Dask scheduler, its Service and a default group of workers.")
+    spec["properties"]["suspend"] = suspend(
+        DASK_CLUSTER.kind,
+        "its scheduler pod, Service and the worker pods of all its worker groups are deleted (in-memory "
+        "data goes with them); the worker groups keep their replicas, so a resume restores the same "
+        "number of workers",
+    )
     return root(
-        cluster_spec("A Dask scheduler, its Service and a default group of workers."),
+        spec,
         status_schema(
             "Observed state; written by the operator.",
             {
-                "phase": string("Created, Pending, Running or Error (the reference operator's values)."),
+                "phase": string(
+                    "Created, Pending, Running or Error (the reference operator's values); Suspended while "
+                    "spec.suspend holds the cluster."
+                ),
                 "replicas": count(
                     "Worker pods of the default worker group that exist and are not terminating."
                 ),
@@ -351,6 +374,18 @@ def dask_worker_group_schema() -> Schema:
     )
 
 
+def failure_record() -> Schema:
+    return obj(
+        {
+            "podUID": string("UID of the runner pod that failed."),
+            "time": date_time("When it failed (its containers' end, UTC)."),
+            "reason": string("Why, in CamelCase: the pod's reason or the first failing container's."),
+            "message": string("What the pod said about its failure.", maxLength=4096),
+        },
+        required=("podUID", "reason"),
+    )
+
+
 def dask_job_schema() -> Schema:
     nullable_time = date_time(nullable=True)
     spec = obj(
@@ -376,11 +411,81 @@ def dask_job_schema() -> Schema:
                     ),
                 },
                 required=("spec",),
-                description="The DaskCluster to create for the job.",
+                description="The DaskCluster to create for the job (or set spec.clusterRef instead).",
+            ),
+            "clusterRef": obj(
+                {
+                    "name": string(
+                        "Name of the DaskCluster.",
+                        minLength=1,
+                        maxLength=MAX_CLUSTER_NAME_LENGTH,
+                        pattern=DNS1035_LABEL_PATTERN,
+                    )
+                },
+                required=("name",),
+                description=(
+                    "Run the job on this existing DaskCluster (same namespace) instead of creating one from "
+                    "spec.cluster. The job never creates, changes, suspends or deletes it."
+                ),
+                **{
+                    "x-kubernetes-validations": [
+                        rule(
+                            "self.name == oldSelf.name",
+                            "spec.clusterRef.name is immutable: create a new DaskJob to use another cluster",
+                        )
+                    ]
+                },
+            ),
+            "suspend": suspend(
+                DASK_JOB.kind,
+                "no runner pod and no cluster of its own exist; setting it true on a running job deletes "
+                "its runner pod (not counted as a failure) and its DaskCluster",
+            ),
+            "backoffLimit": integer(
+                "How many times a failed runner pod is replaced by a new one before the job fails "
+                "(reason BackoffLimitExceeded). Needs spec.job.spec.restartPolicy Never (with OnFailure "
+                "the kubelet restarts the runner in place and the pod never fails). Absent or 0: the "
+                "first failure fails the job.",
+                minimum=0,
+                maximum=MAX_BACKOFF_LIMIT,
+            ),
+            "activeDeadlineSeconds": integer(
+                "The job fails (reason DeadlineExceeded, runner and cluster deleted) once it has been "
+                "active this many seconds, counted from its creation or its last resume.",
+                fmt="int64",
+                minimum=1,
+            ),
+            "ttlSecondsAfterFinished": integer(
+                "Delete the DaskJob (and with it its runner pod) this many seconds after it finished; "
+                "absent keeps it forever.",
+                minimum=0,
             ),
         },
-        required=("job", "cluster"),
-        description="A runner pod plus a DaskCluster that lives as long as the runner.",
+        required=("job",),
+        description=(
+            "A runner pod plus a DaskCluster that lives as long as the runner (or an existing cluster named "
+            "by spec.clusterRef)."
+        ),
+        **{
+            "x-kubernetes-validations": [
+                rule(
+                    "has(self.cluster) != has(self.clusterRef)",
+                    "spec.cluster and spec.clusterRef: set exactly one (a cluster made for the job, or the "
+                    "name of an existing DaskCluster)",
+                ),
+                rule(
+                    "has(self.cluster) == has(oldSelf.cluster)",
+                    "spec.cluster and spec.clusterRef cannot be swapped on an existing DaskJob",
+                ),
+                rule(
+                    "!has(self.backoffLimit) || self.backoffLimit == 0 || "
+                    "self.job.spec.restartPolicy == 'Never'",
+                    "spec.backoffLimit needs spec.job.spec.restartPolicy: Never (with OnFailure the runner "
+                    "restarts in place and never fails)",
+                    fieldPath=".backoffLimit",
+                ),
+            ]
+        },
     )
     spec["properties"]["job"]["properties"]["spec"]["properties"]["restartPolicy"]["default"] = (
         DEFAULT_JOB_RESTART_POLICY
@@ -391,13 +496,22 @@ def dask_job_schema() -> Schema:
             "Observed state; written by the operator.",
             {
                 "jobStatus": string(
-                    "JobCreated, ClusterCreated, Running, Successful or Failed.",
+                    "JobCreated, ClusterCreated, Running, Successful or Failed; Suspended while spec.suspend "
+                    "holds the job.",
                     nullable=True,
                 ),
-                "clusterName": string("Name of the DaskCluster created for the job."),
+                "clusterName": string("Name of the DaskCluster the job runs on."),
                 "jobRunnerPodName": string("Name of the runner pod.", nullable=True),
                 "startTime": {**nullable_time, "description": "When the runner started (UTC)."},
                 "endTime": {**nullable_time, "description": "When the runner finished (UTC)."},
+                "attempts": count("Runner pods created for the job so far."),
+                "failed": count("Runner pods that failed (counted against spec.backoffLimit)."),
+                "failures": {
+                    "type": "array",
+                    "description": f"The last {MAX_RECORDED_FAILURES} runner failures, oldest first.",
+                    "items": failure_record(),
+                    "maxItems": MAX_RECORDED_FAILURES,
+                },
             },
         ),
         cluster_name_rules(DASK_JOB.kind, "because the job's DaskCluster takes the job's name"),

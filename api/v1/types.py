@@ -14,11 +14,13 @@ Every kind:
                               {type, status: True|False|Unknown, observedGeneration, lastTransitionTime,
                               reason (CamelCase, non-empty), message}. Types used by all kinds:
                               Ready, Progressing, Degraded. DaskJob adds Complete and Failed (as batch/v1 Job
-                              does, so `kubectl wait --for=condition=Complete` works).
+                              does, so `kubectl wait --for=condition=Complete` works). DaskCluster and DaskJob
+                              add Suspended once they have been held (True while held, then False Resumed).
 
 DaskCluster (scale subresource: spec `.spec.worker.replicas`, status `.status.replicas`, selector
 `.status.selector`; all three describe the *default* worker group, which is what `kubectl scale` resizes):
-  phase               string  reference values: Created -> Pending -> Running; Error for an unusable spec.
+  phase               string  reference values: Created -> Pending -> Running; Error for an unusable spec;
+                              Suspended while `spec.suspend` holds it (pods and Service removed).
   replicas            int32   worker pods of the default worker group that exist and are not terminating.
   readyReplicas       int32   of those, pods whose Ready condition is True.
   selector            string  label selector of those pods, e.g.
@@ -38,6 +40,10 @@ DaskJob (reference fields keep their names, types and nullability):
   clusterName         string  the DaskCluster created for the job (= job name).
   jobRunnerPodName    string  `<job>-runner`.
   startTime, endTime  string  RFC 3339 UTC, second precision with a literal Z (`YYYY-MM-DDTHH:MM:SSZ`).
+  attempts            int32   runner pods created so far (an attempt whose pod vanished unseen fails the job).
+  failed              int32   runner pods that failed (counted against spec.backoffLimit).
+  failures            list    the last 10 failures: {podUID, time, reason, message}.
+  (jobStatus is Suspended while spec.suspend holds the job.)
 
 DaskAutoscaler:
   desiredWorkers      int32   the worker count last requested of the default worker group (within min..max).
@@ -58,19 +64,22 @@ PHASE_CREATED = "Created"
 PHASE_PENDING = "Pending"
 PHASE_RUNNING = "Running"
 PHASE_ERROR = "Error"
-CLUSTER_PHASES = (PHASE_CREATED, PHASE_PENDING, PHASE_RUNNING, PHASE_ERROR)
+PHASE_SUSPENDED = "Suspended"
+CLUSTER_PHASES = (PHASE_CREATED, PHASE_PENDING, PHASE_RUNNING, PHASE_ERROR, PHASE_SUSPENDED)
 
 JOB_STATUS_JOB_CREATED = "JobCreated"
 JOB_STATUS_CLUSTER_CREATED = "ClusterCreated"
 JOB_STATUS_RUNNING = "Running"
 JOB_STATUS_SUCCESSFUL = "Successful"
 JOB_STATUS_FAILED = "Failed"
+JOB_STATUS_SUSPENDED = "Suspended"
 JOB_STATUSES = (
     JOB_STATUS_JOB_CREATED,
     JOB_STATUS_CLUSTER_CREATED,
     JOB_STATUS_RUNNING,
     JOB_STATUS_SUCCESSFUL,
     JOB_STATUS_FAILED,
+    JOB_STATUS_SUSPENDED,
 )
 JOB_TERMINAL_STATUSES = (JOB_STATUS_SUCCESSFUL, JOB_STATUS_FAILED)
 
@@ -79,6 +88,7 @@ CONDITION_PROGRESSING = "Progressing"
 CONDITION_DEGRADED = "Degraded"
 CONDITION_COMPLETE = "Complete"
 CONDITION_FAILED = "Failed"
+CONDITION_SUSPENDED = "Suspended"
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -124,6 +134,7 @@ class DaskScheduler(TypedDict, total=False):
 
 class DaskClusterSpec(TypedDict, total=False):
     idleTimeout: int
+    suspend: bool
     scheduler: Required[DaskScheduler]
     worker: Required[DaskWorker]
 
@@ -180,9 +191,29 @@ class DaskJobCluster(TypedDict, total=False):
     status: DaskJobClusterStatus
 
 
+class DaskJobClusterRef(TypedDict):
+    """`spec.clusterRef`: an existing DaskCluster the job runs on (never created or deleted by it)."""
+
+    name: str
+
+
+class DaskJobFailure(TypedDict, total=False):
+    """One runner failure in `status.failures`."""
+
+    podUID: Required[str]
+    time: str
+    reason: Required[str]
+    message: str
+
+
 class DaskJobSpec(TypedDict):
     job: DaskJobRunner
-    cluster: DaskJobCluster
+    cluster: NotRequired[DaskJobCluster]
+    clusterRef: NotRequired[DaskJobClusterRef]
+    suspend: NotRequired[bool]
+    backoffLimit: NotRequired[int]
+    activeDeadlineSeconds: NotRequired[int]
+    ttlSecondsAfterFinished: NotRequired[int]
 
 
 class DaskJobStatus(TypedDict, total=False):
@@ -193,6 +224,9 @@ class DaskJobStatus(TypedDict, total=False):
     jobRunnerPodName: str | None
     startTime: str | None
     endTime: str | None
+    attempts: int
+    failed: int
+    failures: list[DaskJobFailure]
 
 
 # --- DaskAutoscaler ---------------------------------------------------------------------------------

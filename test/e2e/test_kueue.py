@@ -198,7 +198,7 @@ def test_jobs_beyond_the_quota_run_one_after_the_other(
         assert QUEUE_LABEL not in pod["metadata"].get("labels", {})
     assert get(plane, namespace, "daskcluster", "second") is None
     assert not dask_pods(plane, namespace, "second")
-    assert job_status(plane, namespace, "second").get("jobStatus") == "JobCreated"
+    assert job_status(plane, namespace, "second").get("jobStatus") == "Suspended"  # held, as by spec.suspend
 
     wait_for(lambda: workload_condition(plane, namespace, "daskjob-first", "Finished").get("status") == "True",
              timeout=240, interval=0.2, message="first's Workload Finished")  # fmt: skip

@@ -6,8 +6,9 @@ import copy
 from typing import Any
 
 import pytest
-from support.builders import running
+from support.builders import condition, created, running, terminating
 
+from dask_operator.api.v1.types import PHASE_SUSPENDED
 from dask_operator.controller.children import TEMPLATE_HASH_LABEL
 from dask_operator.controller.cluster import (
     PROPAGATED_REPLICAS_ANNOTATION,
@@ -19,7 +20,8 @@ from dask_operator.controller.cluster import (
     idle_decision,
     plan_cluster,
 )
-from dask_operator.controller.plans import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Apply
+from dask_operator.controller.hold import hold_of
+from dask_operator.controller.plans import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Apply, Cause
 from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV
 
 NOW = 1_700_000_000.0
@@ -298,3 +300,79 @@ def test_idle_timeout(timeout: int, idle_since: float | None, reachable: bool, d
     assert (decision.event is not None) is delete
     if timeout and not delete:
         assert decision.requeue_after is not None and decision.requeue_after <= 5
+
+
+# -- suspend ------------------------------------------------------------------------------------------------
+
+
+def suspended_cluster(**status: Any) -> dict[str, Any]:
+    cluster = make_cluster(suspend=True)
+    cluster["status"] = status
+    return cluster
+
+
+def held_observation(cluster: dict[str, Any], **observed: Any) -> ClusterObservation:
+    return ClusterObservation(cluster=cluster, hold=hold_of(cluster), **observed)
+
+
+def test_a_held_cluster_deletes_its_scheduler_pod_and_service_and_keeps_its_group() -> None:
+    cluster = suspended_cluster()
+    pod = ready_pod(desired_scheduler_pod(cluster), uid="sched-uid")
+    service = running(desired_scheduler_service(cluster), uid="svc-uid")
+    p = plan_cluster(held_observation(cluster, scheduler_pods=[pod], service=service), NOW)
+    assert {(d.ref.kind, d.ref.name, d.ref.uid, d.cause) for d in p.deletes} == {
+        ("Pod", "c-scheduler", "sched-uid", Cause.HELD),
+        ("Service", "c-scheduler", "svc-uid", Cause.HELD),
+    }
+    assert not p.creates
+    group = next(o for o in p.applies if o["kind"] == "DaskWorkerGroup")
+    assert group["metadata"]["name"] == "c-default"  # kept, with its replica count
+    assert p.status is not None and p.status["phase"] == PHASE_SUSPENDED
+    assert "schedulerAddress" not in p.status
+    assert condition(p, "Suspended")["status"] == "True"
+    assert condition(p, "Suspended")["reason"] == "Suspended"
+    assert condition(p, "Ready")["reason"] == "Suspended"
+    assert condition(p, "Progressing")["reason"] == "Suspending"
+    assert ("Normal", "Suspended") in [(e.type, e.reason) for e in p.events]
+
+
+def test_a_held_cluster_with_nothing_left_is_stable_and_quiet() -> None:
+    first = plan_cluster(held_observation(suspended_cluster()), NOW)
+    assert first.status is not None
+    again = plan_cluster(held_observation(suspended_cluster(**first.status)), NOW + 10)
+    assert not again.deletes and not again.creates
+    assert condition(again, "Progressing")["status"] == "False"
+    assert not again.events
+
+
+def test_terminating_children_of_a_held_cluster_are_not_deleted_twice() -> None:
+    cluster = suspended_cluster()
+    pod = terminating(ready_pod(desired_scheduler_pod(cluster)))
+    p = plan_cluster(held_observation(cluster, scheduler_pods=[pod]), NOW)
+    assert not p.deletes
+    assert condition(p, "Progressing")["reason"] == "Suspending"
+
+
+def test_a_held_cluster_with_idle_timeout_never_asks_the_scheduler() -> None:
+    cluster = make_cluster(suspend=True, idleTimeout=5)
+    p = plan_cluster(held_observation(cluster), NOW)
+    assert p.question is None and p.requeue_after is None
+
+
+def test_resume_recreates_scheduler_and_service_and_says_so() -> None:
+    held = plan_cluster(held_observation(suspended_cluster()), NOW)
+    assert held.status is not None
+    cluster = make_cluster(suspend=False)
+    cluster["status"] = held.status
+    p = plan_cluster(ClusterObservation(cluster=cluster, hold=hold_of(cluster)), NOW + 5)
+    assert created(p, "Pod") is not None
+    assert any(o["kind"] == "Service" for o in p.applies)
+    assert condition(p, "Suspended")["status"] == "False"
+    assert condition(p, "Suspended")["reason"] == "Resumed"
+    assert ("Normal", "Resumed") in [(e.type, e.reason) for e in p.events]
+
+
+def test_a_cluster_never_held_has_no_suspended_condition() -> None:
+    p = plan_cluster(ClusterObservation(cluster=make_cluster()), NOW)
+    assert p.status is not None
+    assert all(c["type"] != "Suspended" for c in p.status["conditions"])

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from support.builders import applied, created
 
+from dask_operator.controller.hold import hold_of
 from dask_operator.controller.job import (
     RUNNER_REFUSED_TIMEOUT,
     WAIT_SECONDS,
@@ -17,7 +18,7 @@ from dask_operator.controller.job import (
     plan_job,
 )
 from dask_operator.controller.objects import rfc3339
-from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Plan
+from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Cause, Plan
 
 NOW = 1_700_000_000.0
 UID = "job-uid"
@@ -300,7 +301,8 @@ def test_finished_runner_ends_the_job_and_deletes_its_cluster(phase: str, after:
         "jobStatus",
         "startTime",
         "endTime",
-    }
+        "attempts",  # one runner, the one seen Running
+    } | ({"failed", "failures"} if phase == "Failed" else set())
     assert p.status["startTime"] == "2023-11-14T22:13:11Z"  # kept from Running
     assert p.status["endTime"] == "2023-11-14T22:13:40Z"
     assert deleted(p) == ("ns", "j", "j-uid")
@@ -456,3 +458,316 @@ def test_a_cluster_deleted_under_a_running_runner_fails_the_job_and_is_not_recre
             failed["reason"] == "ClusterLost"
             and "was deleted while the runner was running" in failed["message"]
         )
+
+
+# -- backoffLimit --------------------------------------------------------------------------------------------
+
+
+def failed_runner(uid: str = "j-runner-uid") -> dict[str, Any]:
+    pod = runner(
+        "Failed",
+        containerStatuses=[
+            {
+                "name": "job",
+                "state": {
+                    "terminated": {"exitCode": 3, "reason": "Error", "finishedAt": "2023-11-14T22:13:40Z"}
+                },
+            }
+        ],
+    )
+    pod["metadata"]["uid"] = uid
+    return pod
+
+
+def retry_plan(status: dict[str, Any], pod: dict[str, Any] | None, limit: int = 2) -> Plan:
+    job = make_job(status, backoffLimit=limit)
+    return plan_job(JobObservation(job=job, cluster=cluster(), runner=pod), NOW)
+
+
+def test_a_failure_within_the_backoff_limit_is_recorded_before_its_pod_is_deleted() -> None:
+    first = retry_plan(status_of("Running", attempts=1), failed_runner())
+    assert first.status is not None and first.status["jobStatus"] == "Running"
+    assert first.status["failed"] == 1
+    (record,) = first.status["failures"]
+    assert record["podUID"] == "j-runner-uid" and record["attempt"] == 1 and record["reason"] == "Error"
+    assert record["time"] == "2023-11-14T22:13:40Z"
+    assert not first.deletes and first.requeue_after is not None  # recorded first, deleted next time
+    assert ("Warning", "RunnerFailed") in [(e.type, e.reason) for e in first.events]
+    assert condition(first, "Progressing")["reason"] == "RetryingRunner"
+
+    second = retry_plan(first.status, failed_runner())
+    assert [d.cause for d in second.deletes] == [Cause.RUNNER_RETRY]
+    assert second.status is not None and second.status["failed"] == 1  # counted once
+    assert "RunnerFailed" not in reasons(second)
+
+    third = retry_plan(second.status, None)  # the failed pod is gone: a new runner, attempt 2
+    assert created(third, "Pod") is not None
+    assert (
+        third.status is not None and third.status["attempts"] == 2 and third.status["jobStatus"] == "Running"
+    )
+
+
+def test_the_failure_past_the_backoff_limit_fails_the_job() -> None:
+    failures = [{"podUID": "a", "attempt": 1, "reason": "Error", "message": "m"}]
+    status = status_of("Running", attempts=2, failed=1, failures=failures)
+    p = retry_plan(status, failed_runner("b"), limit=1)
+    assert p.status is not None and p.status["jobStatus"] == "Failed" and p.status["failed"] == 2
+    failed = condition(p, "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded" and "failed 2 times" in failed["message"]
+    assert [d.cause for d in p.deletes] == [Cause.JOB_FINISHED]  # the cluster; the runner is kept
+
+
+def test_without_backoff_limit_the_first_failure_fails_the_job_as_before() -> None:
+    p = plan_job(JobObservation(make_job(status_of("Running")), cluster(), failed_runner()), NOW)
+    assert p.status is not None and p.status["jobStatus"] == "Failed"
+    assert condition(p, "Failed")["reason"] == "RunnerFailed"
+
+
+def test_success_after_failures_keeps_them_in_status() -> None:
+    failures = [
+        {"podUID": u, "attempt": n, "reason": "Error", "message": "m"} for n, u in ((1, "a"), (2, "b"))
+    ]
+    status = status_of("Running", attempts=3, failed=2, failures=failures)
+    p = retry_plan(status, runner("Succeeded"))
+    assert p.status is not None and p.status["jobStatus"] == "Successful"
+    assert p.status["failed"] == 2 and len(p.status["failures"]) == 2
+
+
+def test_only_the_last_failures_are_kept() -> None:
+    failures = [{"podUID": str(n), "attempt": n, "reason": "Error", "message": "m"} for n in range(1, 11)]
+    status = status_of("Running", attempts=11, failed=10, failures=failures)
+    p = retry_plan(status, failed_runner("eleven"), limit=20)
+    assert p.status is not None and p.status["failed"] == 11
+    assert len(p.status["failures"]) == 10 and p.status["failures"][-1]["podUID"] == "eleven"
+
+
+# -- a runner gone unseen, a cluster gone under the runner (issue 12) ---------------------------------------
+
+
+def test_a_runner_created_and_gone_unseen_is_never_run_again() -> None:
+    for before in ("ClusterCreated", "Running"):
+        p = plan(status_of(before, attempts=1), cluster=cluster())
+        assert created(p, "Pod") is None
+        assert p.status is not None and p.status["jobStatus"] == "Failed"
+        failed = condition(p, "Failed")
+        assert failed["reason"] == "RunnerLost" and "not run again" in failed["message"]
+        assert deleted(p) == ("ns", "j", "j-uid")
+
+
+def test_a_runner_deleted_after_its_recorded_failure_is_replaced_not_lost() -> None:
+    failures = [{"podUID": "a", "attempt": 1, "reason": "Error", "message": "m"}]
+    p = retry_plan(status_of("ClusterCreated", attempts=1, failed=1, failures=failures), None)
+    assert created(p, "Pod") is not None
+    assert p.status is not None and p.status["jobStatus"] == "ClusterCreated" and p.status["attempts"] == 2
+
+
+def test_a_refused_runner_create_is_tried_again_without_counting_an_attempt() -> None:
+    refused = {
+        "type": "ReplicaFailure",
+        "status": "True",
+        "reason": "FailedCreate",
+        "message": "exceeded quota",
+        "lastTransitionTime": rfc3339(NOW - 10),
+    }
+    p = plan(status_of("ClusterCreated", attempts=1, conditions=[refused]), cluster=cluster())
+    assert created(p, "Pod") is not None
+    assert p.status is not None and p.status["attempts"] == 1
+
+
+def test_a_cluster_deleted_under_a_runner_seen_running_fails_the_job_even_before_the_status_said_so() -> None:
+    p = plan(status_of("ClusterCreated", attempts=1), cluster=None, runner=runner("Running"))
+    assert created(p, "DaskCluster") is None
+    assert p.status is not None and p.status["jobStatus"] == "Failed"
+    assert condition(p, "Failed")["reason"] == "ClusterLost"
+
+
+# -- activeDeadlineSeconds ------------------------------------------------------------------------------------
+
+
+def deadline_job(status: dict[str, Any], deadline: int = 30, created_at: float = NOW - 10) -> dict[str, Any]:
+    job = make_job(status, activeDeadlineSeconds=deadline)
+    job["metadata"]["creationTimestamp"] = rfc3339(created_at)
+    return job
+
+
+def test_a_deadline_not_reached_requeues_exactly_when_it_is() -> None:
+    p = plan_job(
+        JobObservation(deadline_job(status_of("Running", attempts=1)), cluster(), runner("Running")), NOW
+    )
+    assert p.status is not None and p.status["jobStatus"] == "Running"
+    assert p.requeue_after == pytest.approx(20)
+
+
+def test_a_deadline_reached_fails_the_job_deletes_the_runner_and_the_cluster() -> None:
+    job = deadline_job(status_of("Running", attempts=1), deadline=5)
+    p = plan_job(JobObservation(job, cluster(), runner("Running")), NOW)
+    assert p.status is not None and p.status["jobStatus"] == "Failed"
+    assert condition(p, "Failed")["reason"] == "DeadlineExceeded"
+    assert {(d.ref.kind, d.cause) for d in p.deletes} == {
+        ("Pod", Cause.DEADLINE_EXCEEDED),
+        ("DaskCluster", Cause.JOB_FINISHED),
+    }
+    assert p.status["endTime"] == rfc3339(NOW)
+
+
+def test_the_deadline_counts_from_the_last_resume() -> None:
+    resumed = {
+        "type": "Suspended",
+        "status": "False",
+        "reason": "Resumed",
+        "message": "",
+        "lastTransitionTime": rfc3339(NOW - 2),
+    }
+    job = deadline_job(status_of("ClusterCreated", conditions=[resumed]), deadline=5, created_at=NOW - 100)
+    p = plan_job(JobObservation(job, cluster()), NOW)
+    assert p.status is not None and p.status["jobStatus"] != "Failed"
+    assert p.requeue_after == pytest.approx(3)  # resumed 2 s ago, 5 s allowed
+
+
+def test_no_deadline_runs_while_held() -> None:
+    job = deadline_job(status_of("Suspended"), deadline=5, created_at=NOW - 100)
+    job["spec"]["suspend"] = True
+    p = plan_job(JobObservation(job, hold=hold_of(job)), NOW)
+    assert p.status is not None and p.status["jobStatus"] == "Suspended" and p.requeue_after is None
+
+
+# -- ttlSecondsAfterFinished -------------------------------------------------------------------------------
+
+
+def finished_job(ttl: int, ended: float) -> dict[str, Any]:
+    status = status_of(
+        "Successful", endTime=rfc3339(ended), conditions=[{"type": "Complete", "status": "True"}]
+    )
+    return make_job(status, ttlSecondsAfterFinished=ttl)
+
+
+def test_a_finished_job_is_kept_until_its_ttl_then_deleted() -> None:
+    early = plan_job(JobObservation(finished_job(10, NOW - 4)), NOW)
+    assert not early.deletes and early.requeue_after == pytest.approx(6)
+    late = plan_job(JobObservation(finished_job(10, NOW - 11)), NOW)
+    assert [(d.ref.kind, d.ref.name, d.ref.uid, d.cause) for d in late.deletes] == [
+        ("DaskJob", "j", UID, Cause.TTL_EXPIRED)
+    ]
+    assert "TTLExpired" in reasons(late)
+
+
+def test_the_ttl_starts_only_once_the_job_has_finished() -> None:
+    job = make_job(status_of("Running", attempts=1), ttlSecondsAfterFinished=0)
+    p = plan_job(JobObservation(job, runner=runner("Succeeded")), NOW)  # the first terminal write
+    assert p.status is not None and p.status["jobStatus"] == "Successful"
+    assert not [d for d in p.deletes if d.ref.kind == "DaskJob"]
+    assert p.requeue_after == pytest.approx(0.5)
+
+
+# -- suspend --------------------------------------------------------------------------------------------
+
+
+def held_plan(status: dict[str, Any], **observed: Any) -> Plan:
+    job = make_job(status, suspend=True)
+    return plan_job(JobObservation(job=job, hold=hold_of(job), **observed), NOW)
+
+
+def test_suspending_a_running_job_deletes_runner_and_cluster_without_a_failure() -> None:
+    p = held_plan(status_of("Running", attempts=1), cluster=cluster(), runner=runner("Running"))
+    assert {(d.ref.kind, d.cause) for d in p.deletes} == {("Pod", Cause.HELD), ("DaskCluster", Cause.HELD)}
+    assert not p.creates
+    assert p.status is not None and p.status["jobStatus"] == "Suspended" and "failed" not in p.status
+    assert condition(p, "Suspended")["status"] == "True"
+    assert condition(p, "Progressing")["reason"] == "Suspending"
+    assert reasons(p) == ["Suspended"]
+
+
+def test_a_suspended_job_with_nothing_left_is_quiet_and_creates_nothing() -> None:
+    first = held_plan(status_of("Running", attempts=1))
+    assert first.status is not None
+    again = held_plan(first.status)
+    assert not again.creates and not again.deletes and not again.events
+    assert condition(again, "Progressing")["status"] == "False"
+
+
+def test_a_job_created_suspended_never_creates_anything() -> None:
+    p = held_plan(status_of("JobCreated"))
+    assert not p.creates and p.status is not None and p.status["jobStatus"] == "Suspended"
+
+
+def test_resuming_creates_cluster_and_a_new_runner_and_says_so() -> None:
+    held = held_plan(status_of("Running", attempts=1))
+    assert held.status is not None
+    p = plan(held.status)
+    assert created(p, "DaskCluster") is not None and created(p, "Pod") is not None
+    assert p.status is not None and p.status["jobStatus"] == "ClusterCreated" and p.status["attempts"] == 2
+    assert condition(p, "Suspended")["reason"] == "Resumed"
+    assert "Resumed" in reasons(p)
+
+
+def test_resuming_waits_for_the_stopped_runner_to_go() -> None:
+    held = held_plan(status_of("Running", attempts=1))
+    assert held.status is not None
+    p = plan(held.status, cluster=cluster(), runner=runner("Running", terminating=True))
+    assert created(p, "Pod") is None and p.requeue_after == WAIT_SECONDS
+
+
+def test_a_runner_that_succeeded_as_the_job_was_suspended_completes_it() -> None:
+    p = held_plan(status_of("Running", attempts=1), cluster=cluster(), runner=runner("Succeeded"))
+    assert p.status is not None and p.status["jobStatus"] == "Successful"
+
+
+def test_a_held_job_on_an_existing_cluster_never_touches_it() -> None:
+    job = make_job(status_of("Running", attempts=1), suspend=True, clusterRef={"name": "shared"})
+    del job["spec"]["cluster"]
+    p = plan_job(
+        JobObservation(job, cluster=shared_cluster(), runner=runner("Running"), hold=hold_of(job)), NOW
+    )
+    assert [(d.ref.kind, d.cause) for d in p.deletes] == [("Pod", Cause.HELD)]
+
+
+# -- spec.clusterRef ----------------------------------------------------------------------------------------
+
+
+def ref_job(status: dict[str, Any] | None) -> dict[str, Any]:
+    job = make_job(status, clusterRef={"name": "shared"})
+    del job["spec"]["cluster"]
+    return job
+
+
+def shared_cluster(**spec: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(desired_job_cluster(make_job()))
+    obj["metadata"].update(name="shared", uid="shared-uid", ownerReferences=[])
+    obj["spec"].update(spec)
+    return obj
+
+
+def test_a_job_on_an_existing_cluster_creates_only_its_runner_pointing_there() -> None:
+    p = plan_job(JobObservation(ref_job(status_of("JobCreated")), cluster=shared_cluster()), NOW)
+    assert created(p, "DaskCluster") is None and adopted(p) is None
+    pod = created(p, "Pod")
+    assert pod is not None
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["DASK_SCHEDULER_ADDRESS"].startswith("tcp://shared-scheduler.ns.svc.")
+    assert pod["metadata"]["labels"]["dask.org/cluster-name"] == "shared"
+    assert p.status is not None and p.status["clusterName"] == "shared"
+
+
+def test_a_job_on_an_existing_cluster_leaves_it_when_it_ends() -> None:
+    p = plan_job(
+        JobObservation(ref_job(status_of("Running", attempts=1)), shared_cluster(), runner("Succeeded")), NOW
+    )
+    assert p.status is not None and p.status["jobStatus"] == "Successful"
+    assert not p.deletes
+    assert "deleting DaskCluster" not in " ".join(e.message for e in p.events)
+
+
+@pytest.mark.parametrize(
+    ("observed", "reason"),
+    [(None, "ClusterNotFound"), (shared_cluster(suspend=True), "ClusterSuspended")],
+)
+def test_a_job_waits_for_a_missing_or_suspended_existing_cluster(observed: Any, reason: str) -> None:
+    p = plan_job(JobObservation(ref_job(status_of("JobCreated")), cluster=observed), NOW)
+    assert not p.creates and p.requeue_after == WAIT_SECONDS
+    assert condition(p, "Degraded")["reason"] == reason
+
+
+def test_an_existing_cluster_deleted_under_the_runner_fails_the_job() -> None:
+    p = plan_job(JobObservation(ref_job(status_of("Running", attempts=1)), None, runner("Running")), NOW)
+    assert p.status is not None and p.status["jobStatus"] == "Failed"
+    assert condition(p, "Failed")["reason"] == "ClusterLost" and not p.creates

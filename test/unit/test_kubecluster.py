@@ -272,3 +272,12 @@ def test_client_kinds_address_the_same_resources_as_the_operators() -> None:
 
     for name in ("DASK_CLUSTER_KIND", "DASK_WORKER_GROUP_KIND", "DASK_AUTOSCALER_KIND"):
         assert getattr(client_kinds, name) == getattr(operator_kinds, name)
+
+
+def test_a_suspended_cluster_is_named_with_how_to_resume_it() -> None:
+    cluster = {"metadata": {"name": "c", "namespace": "ns"}, "spec": {"suspend": True}}
+    message = opts.suspended_message(cluster)
+    assert message is not None
+    assert "ns/c is suspended" in message and "kubectl -n ns patch daskcluster c" in message
+    assert opts.suspended_message({"metadata": {"name": "c"}, "spec": {"suspend": False}}) is None
+    assert opts.suspended_message({"metadata": {"name": "c"}, "spec": {}}) is None

@@ -204,7 +204,7 @@ def test_a_queued_job_creates_nothing_but_its_workload() -> None:
         JobObservation(job=job(status={"jobStatus": "JobCreated"}), queue=queueing(job(), None, {})), NOW
     )
     assert [o["kind"] for o in p.creates] == ["Workload"]
-    assert p.status is not None and p.status["jobStatus"] == "JobCreated"
+    assert p.status is not None and p.status["jobStatus"] == "Suspended"  # held, as by spec.suspend
     admitted = next(c for c in p.status["conditions"] if c["type"] == "Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "Queued")
     assert [e.reason for e in p.events] == ["Queued"]
@@ -236,7 +236,7 @@ def test_an_evicted_running_job_deletes_its_runner_and_cluster_and_says_what_is_
     p = plan_job(JobObservation(job=running_job, cluster=dc, runner=runner, queue=state, pods_left=3), NOW)
     assert sorted(d.ref.name for d in p.deletes) == ["j", "j-runner"]
     assert not p.creates and not list(p.of_type(PatchStatus))  # pods still there: the quota is kept
-    assert p.status is not None and p.status["jobStatus"] == "JobCreated"
+    assert p.status is not None and p.status["jobStatus"] == "Suspended"
     (evicted,) = [e for e in p.events if e.reason == "Evicted"]
     assert evicted.type == "Warning" and "lost" in evicted.message
     assert p.requeue_after is not None
@@ -285,4 +285,4 @@ def test_a_runner_failing_while_the_eviction_deletes_it_does_not_fail_the_job() 
                        pods_left=1),
         NOW,
     )  # fmt: skip
-    assert p.status is not None and p.status["jobStatus"] == "JobCreated"
+    assert p.status is not None and p.status["jobStatus"] == "Suspended"

@@ -9,8 +9,9 @@ import pytest
 from support import builders
 
 from dask_operator.controller.children import TEMPLATE_HASH_LABEL
+from dask_operator.controller.hold import Hold
 from dask_operator.controller.objects import rfc3339
-from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Plan, Question
+from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Cause, Plan, Question
 from dask_operator.controller.scheduler_api import DaskWorker
 from dask_operator.controller.workergroup import (
     GroupObservation,
@@ -387,3 +388,29 @@ def test_every_worker_of_a_multi_worker_pod_is_retired_with_it_and_no_other() ->
     # a deleted pod's worker still listed on the IP a new pod was given is not the new pod's
     stale = DaskWorker(pods[0]["metadata"]["name"], f"tcp://{pods[2]['status']['podIP']}:4000")
     assert workers_in_pod(pods[2], [stale]) == ()
+
+
+# -- a held cluster ----------------------------------------------------------------------------------------
+
+
+def test_a_held_clusters_group_deletes_every_pod_without_retiring_and_keeps_replicas() -> None:
+    pods = scaled_to(3)
+    going = builders.terminating(pods[0])
+    result = plan(make_group(3), [going, *pods[1:]], hold=Hold("Suspended", "held"))
+    assert {d.ref.name for d in result.deletes} == {p["metadata"]["name"] for p in pods[1:]}
+    assert all(d.cause is Cause.HELD for d in result.deletes)
+    assert not result.creates and result.retire is None and result.question is None
+    assert result.status is not None and result.status["replicas"] == 0
+    assert builders.condition(result, "Ready")["reason"] == "Suspended"
+    assert builders.condition(result, "Progressing")["reason"] == "Suspending"
+
+
+def test_a_held_clusters_empty_group_creates_nothing_and_is_stable() -> None:
+    result = plan(make_group(3), [], hold=Hold("Queued", "waiting"))
+    assert not result.creates and not result.deletes
+    assert builders.condition(result, "Progressing")["status"] == "False"
+    assert builders.condition(result, "Ready")["reason"] == "Queued"
+
+
+def test_lifting_the_hold_restores_the_same_worker_count() -> None:
+    assert len(plan(make_group(3), [], hold=None).creates) == 3

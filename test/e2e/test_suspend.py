@@ -1,0 +1,84 @@
+"""spec.suspend end to end: a DaskCluster and a DaskJob held and resumed, with real Dask processes.
+
+Each test has its own namespace and operator (support/operator.py). Waits have deadlines; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from typing import Any
+
+import pytest
+from support.operator import (
+    OperatorProcess,
+    apply,
+    cluster_manifest,
+    condition,
+    dask_client,
+    get,
+    pods,
+    wait_running,
+    wait_workers,
+    worker_pods,
+)
+from support.wait import wait_for
+
+from dask_operator import ClusterSuspendedError, KubeCluster
+from dask_operator.controller.runtime.client import Client as RestClient
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def patch_suspend(plane: Any, namespace: str, kind: str, name: str, value: bool) -> None:
+    body = json.dumps({"spec": {"suspend": value}})
+    plane.kubectl("patch", "-n", namespace, kind, name, "--type", "merge", "-p", body)
+
+
+def event_reasons(plane: Any, namespace: str, name: str) -> list[str]:
+    events = get(plane, namespace, "events", "--field-selector", f"involvedObject.name={name}") or {}
+    return [e.get("reason") for e in events.get("items", [])]
+
+
+def test_a_suspended_cluster_runs_nothing_and_resumes_with_its_worker_count(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    apply(plane, namespace, cluster_manifest("held", 2))
+    wait_running(plane, namespace, "held")
+    wait_for(lambda: len(worker_pods(plane, namespace, "held-default")) == 2, timeout=60, message="2 workers")
+
+    patch_suspend(plane, namespace, "daskcluster", "held", True)
+
+    def suspended() -> dict[str, Any] | None:
+        cluster = get(plane, namespace, "daskcluster", "held")
+        if not cluster or cluster.get("status", {}).get("phase") != "Suspended":
+            return None
+        if pods(plane, namespace, "dask.org/cluster-name=held") or get(
+            plane, namespace, "service", "held-scheduler"
+        ):
+            return None
+        return dict(cluster)
+
+    cluster = wait_for(suspended, timeout=90, interval=0.5, message="no pod and no Service, phase Suspended")
+    assert condition(cluster, "Suspended")["status"] == "True"
+    assert condition(cluster, "Suspended")["reason"] == "Suspended"
+    group = get(plane, namespace, "daskworkergroup", "held-default")
+    assert group["spec"]["worker"]["replicas"] == 2  # the object, its groups and spec are kept
+    assert "Suspended" in event_reasons(plane, namespace, "held")
+
+    api = RestClient.from_kubeconfig(str(plane.kubeconfig))
+    with pytest.raises(ClusterSuspendedError, match="is suspended"):
+        KubeCluster.from_name("held", namespace=namespace, kube_client=api, quiet=True)
+
+    patch_suspend(plane, namespace, "daskcluster", "held", False)
+    wait_running(plane, namespace, "held")
+    wait_for(
+        lambda: len(worker_pods(plane, namespace, "held-default")) == 2, timeout=90, message="2 workers back"
+    )
+    with dask_client(plane, namespace, "held") as client:
+        wait_workers(client, 2)
+        assert client.submit(operator.add, 40, 2).result(timeout=60) == 42
+    cluster = get(plane, namespace, "daskcluster", "held")
+    assert condition(cluster, "Suspended")["status"] == "False"
+    assert condition(cluster, "Suspended")["reason"] == "Resumed"
+    assert "Resumed" in event_reasons(plane, namespace, "held")
