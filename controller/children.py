@@ -1,10 +1,10 @@
 """Metadata every child inherits: labels, annotations, owner references, template hashes.
 
 Invariant: pure functions of their arguments. Precedence is "parent metadata <= sub-resource metadata <=
-reserved labels", then fill-only owner labels; annotations whose key starts
-with `kopf.zalando.org` or `kubectl.kubernetes.io` are never copied to a child. Every child carries
-`dask.org/cluster-name` (the label the cache selects Pods and Services by); `relabel_patch` restores it on a
-child that lost it, and only on a child still controlled by the same owner.
+reserved labels", then fill-only owner labels; annotations whose key starts with `kopf.zalando.org` or
+`kubectl.kubernetes.io`, and Kueue's queue and priority labels, are never copied to a child. Every child
+carries `dask.org/cluster-name` (the label the cache selects Pods and Services by); `relabel_patch` restores
+it on a child that lost it, and only on a child still controlled by the same owner.
 Held by test/unit/test_cluster.py, test/unit/test_job.py, test/unit/test_workergroup.py.
 """
 
@@ -16,7 +16,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dask_operator.api.v1.group import API_VERSION, GROUP
-from dask_operator.api.v1.names import LABEL_CLUSTER_NAME, UNPROPAGATED_ANNOTATION_PREFIXES
+from dask_operator.api.v1.names import (
+    LABEL_CLUSTER_NAME,
+    UNPROPAGATED_ANNOTATION_PREFIXES,
+    UNPROPAGATED_LABELS,
+)
 from dask_operator.controller.objects import Obj
 
 # Ours: which pod template a pod was made from (a hash of its spec), so a changed template is seen
@@ -44,6 +48,8 @@ def child_metadata(
     for extra in fill_labels:
         for key, value in (extra or {}).items():
             labels.setdefault(key, value)
+    for key in UNPROPAGATED_LABELS:
+        labels.pop(key, None)
     annotations = {**inheritable_annotations(meta.get("annotations")), **(sub.get("annotations") or {})}
     return labels, annotations
 

@@ -1,7 +1,7 @@
 """Desired state of a DaskCluster: scheduler Pod and Service, the default worker group, status, idleness.
 
 Invariant: pure functions of the observed objects and `now`. A valid cluster always converges to exactly
-one scheduler pod built from the current `spec.scheduler` (a changed template replaces it, with an Event),
+one scheduler pod (none while Kueue holds it: see kueue.py) built from the current `spec.scheduler` (a changed template replaces it, with an Event),
 one Service `<cluster>-scheduler` equal to `spec.scheduler.service`, and a DaskWorkerGroup `<cluster>-default`
 carrying `spec.worker`; all owned by the cluster (controller=true, blockOwnerDeletion=true), no finalizers.
 Its phase means what the reference's means (Created -> Pending -> Running once the scheduler Pod and Service
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dask_operator.api.v1.group import API_VERSION, GROUP
@@ -66,6 +66,14 @@ from dask_operator.controller.conditions import (
     merge_conditions,
 )
 from dask_operator.controller.hold import Hold, hold_events, suspended_condition
+from dask_operator.controller.kueue import (
+    Queueing,
+    admission_events,
+    admitted_condition,
+    cluster_pod_sets,
+    desired_workload,
+    workload_steps,
+)
 from dask_operator.controller.losses import (
     CONDITION_WORKER_LOST,
     REASON_WORKER_KILLED,
@@ -139,9 +147,10 @@ WORKER_TTL_ENV = "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL"
 DEFAULT_WORKER_TTL = "60s"
 
 
-def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
+def desired_scheduler_pod(cluster: Mapping[str, Any], queue: Queueing | None = None) -> Obj:
     """The scheduler Pod: `spec.scheduler.spec` plus the HTTP API route (unless the user configured routes)
-    and a worker TTL of DEFAULT_WORKER_TTL (unless the user set one).
+    a worker TTL of DEFAULT_WORKER_TTL (unless the user set one), and behind Kueue its admitted flavors'
+    node selector and tolerations.
 
     Its template-hash label covers the pod spec only: label/annotation edits never restart a scheduler.
     """
@@ -158,6 +167,8 @@ def desired_scheduler_pod(cluster: Mapping[str, Any]) -> Obj:
     )
     spec = copy.deepcopy(cluster["spec"]["scheduler"]["spec"])
     spec["containers"] = [_with_api_route(c) for c in spec.get("containers") or []]
+    if queue is not None:
+        spec = queue.placement("scheduler").apply_to(spec)
     labels[TEMPLATE_HASH_LABEL] = template_hash(spec)
     # Added after hashing: an operator upgrade that brings this default never restarts a running scheduler
     # (a restart loses the cluster's state).
@@ -261,6 +272,9 @@ class ClusterObservation:
     groups: Sequence[Obj] = ()  # DaskWorkerGroups whose spec.cluster names this cluster
     worker_pods: Sequence[Obj] = ()  # worker pods labelled with this cluster's name
     idle: IdleAnswer | None = None  # None: not asked (yet)
+    queue: Queueing | None = None  # None: not behind Kueue (no queue label)
+    autoscalers: Sequence[Obj] = ()  # DaskAutoscalers naming this cluster (their maximum sizes the Workload)
+    priority_classes: Mapping[str, Obj] = field(default_factory=dict)  # Kueue's, by name
     hold: Hold | None = None  # hold_of(cluster): held clusters run nothing
 
 
@@ -290,17 +304,43 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
     steps = [Apply(desired_scheduler_service(cluster)), Apply(group)]
     if replicas is not None:
         steps.append(Apply(replicas, REPLICAS_FIELD_MANAGER))
-    pod = desired_scheduler_pod(cluster)
-    pod_steps, events, scheduler_state = _scheduler_pod_changes(obs, pod, now)
+    queue = obs.queue
+    requeue: float | None = None
+    pod: Obj | None = None
+    if queue is not None and queue.hold is not None:
+        pod_steps, events, scheduler_state = _held_scheduler(obs, queue)
+        if queue.evicted and (obs.scheduler_pods or obs.worker_pods):
+            requeue = IDLE_POLL_SECONDS  # worker pods going away are not watched by the cluster
+    else:
+        pod = desired_scheduler_pod(cluster, queue)
+        pod_steps, events, scheduler_state = _scheduler_pod_changes(obs, pod, now)
     steps += pod_steps
-    lost = scheduler_lost(obs.scheduler_pods, pod["metadata"]["labels"][TEMPLATE_HASH_LABEL])
+    if queue is not None:
+        desired = desired_workload(
+            cluster, cluster_pod_sets(cluster, obs.groups, obs.autoscalers), obs.priority_classes
+        )
+        pods_left = bool(obs.scheduler_pods or obs.worker_pods)
+        steps += workload_steps(desired, queue, pods_left, None, now)
+    lost = (
+        scheduler_lost(obs.scheduler_pods, pod["metadata"]["labels"][TEMPLATE_HASH_LABEL])
+        if pod is not None
+        else None
+    )
     status = cluster_status(obs, scheduler_state, now, cluster_domain, lost)
     previous = cluster.get("status", {}).get("conditions")
     events += condition_events(previous, status["conditions"]) + hold_events(previous, status["conditions"])
+    if queue is not None:
+        dropped = ""
+        if pod_steps or obs.worker_pods:
+            dropped = (
+                "Deleting the scheduler and worker pods: the data held in the cluster's memory is lost; it starts "
+                "again, empty, when Kueue admits it again."
+            )
+        events += admission_events(previous, queue, dropped)
     restarted = scheduler_restarted(obs.scheduler_pods, previous, now)
     events += restarted.events
+    requeue = _sooner(requeue, restarted.wake_in)
 
-    requeue = restarted.wake_in
     if int(cluster.get("spec", {}).get("idleTimeout") or 0) and scheduler_state == "Ready":
         if obs.idle is None:
             return Plan(question=Question.IDLE_SINCE)
@@ -408,6 +448,12 @@ def scheduler_lost(pods: Sequence[Obj], want_hash: str) -> str | None:
     return None
 
 
+def _held_scheduler(obs: ClusterObservation, queue: Queueing) -> tuple[list[Step], list[EventSpec], str]:
+    """Not admitted by Kueue, or evicted: no scheduler pod (a live one is deleted)."""
+    steps: list[Step] = [Delete(Ref.of(p), Cause.HELD) for p in obs.scheduler_pods if not is_terminating(p)]
+    return steps, [], "Held"
+
+
 def cluster_status(
     obs: ClusterObservation,
     scheduler_state: str,
@@ -454,6 +500,14 @@ def cluster_status(
         _group_condition(obs.groups, CONDITION_WORKER_LOST, REASON_WORKER_KILLED)
         or Condition(CONDITION_WORKER_LOST, False, "NoneLost", ""),
     ]
+    if obs.queue is not None:
+        hold = obs.queue.hold
+        if hold is not None:
+            conditions[:2] = [
+                Condition(CONDITION_READY, False, hold.reason, hold.message),
+                Condition(CONDITION_PROGRESSING, False, hold.reason, hold.message),
+            ]
+        conditions.append(admitted_condition(obs.queue))
     suspended = suspended_condition(obs.hold, cluster.get("status", {}).get("conditions"))
     if suspended is not None:
         conditions.append(suspended)

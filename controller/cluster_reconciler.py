@@ -24,8 +24,9 @@ from dask_operator.controller import operator_metrics
 from dask_operator.controller.children import is_terminating
 from dask_operator.controller.cluster import ClusterObservation, IdleAnswer, plan_cluster
 from dask_operator.controller.hold import hold_of
-from dask_operator.controller.indexes import groups_of_cluster
-from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
+from dask_operator.controller.indexes import autoscalers_of_cluster, groups_of_cluster
+from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND, WORKLOAD
+from dask_operator.controller.kueue_access import priority_classes, queueing_of
 from dask_operator.controller.objects import Obj
 from dask_operator.controller.plans import Question
 from dask_operator.controller.reconciler import DaskReconciler
@@ -64,8 +65,12 @@ class DaskClusterReconciler(DaskReconciler):
     def observe(self, cluster: Obj) -> ClusterObservation:
         meta = cluster["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        queue = queueing_of(self.cache, self.settings.kueue, cluster)
         return ClusterObservation(
             cluster=cluster,
+            queue=queue,
+            autoscalers=autoscalers_of_cluster(self.cache, namespace, name) if queue is not None else (),
+            priority_classes=priority_classes(self.cache, self.settings.kueue) if queue is not None else {},
             scheduler_pods=_with_component(self.cache.by_owner(POD, meta["uid"]), COMPONENT_SCHEDULER),
             service=self.cache.get(SERVICE, namespace, scheduler_service_name(name)),
             groups=groups_of_cluster(self.cache, namespace, name),
@@ -102,13 +107,16 @@ def cluster_of_group(group: Obj) -> list[Request]:
 
 def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: int) -> None:
     """DaskClusters; their scheduler Pod and Service; the DaskWorkerGroups that name them."""
-    (
+    builder = (
         ControllerBuilder(manager)
         .named("daskcluster")
         .for_(DASK_CLUSTER_KIND)
         .owns(POD)
         .owns(SERVICE)
         .watches(DASK_WORKER_GROUP_KIND, cluster_of_group)
-        .with_options(max_concurrent_reconciles=concurrency, reconcile_timeout=settings.retire_timeout + 60.0)
-        .complete(DaskClusterReconciler(manager, settings))
     )
+    if settings.kueue.workloads:
+        builder = builder.owns(WORKLOAD)
+    builder.with_options(
+        max_concurrent_reconciles=concurrency, reconcile_timeout=settings.retire_timeout + 60.0
+    ).complete(DaskClusterReconciler(manager, settings))

@@ -38,6 +38,7 @@ from dask_operator.controller.plans import (
     Create,
     Delete,
     Emit,
+    PatchStatus,
     Plan,
     ReleaseFields,
     Retire,
@@ -158,6 +159,8 @@ class Executor:
                 return self.retire(obj, step, retire_workers)
             elif isinstance(step, ReleaseFields):
                 self.release(step)
+            elif isinstance(step, PatchStatus):
+                self.patch_status(step)
         except ApiError as error:
             return refusal_of(step, error)
         return None
@@ -199,6 +202,19 @@ class Executor:
             how = step.cause.retirement_metric
             if how is not None:
                 operator_metrics.RETIREMENTS.labels(ref.namespace, how).inc()
+
+    def patch_status(self, step: PatchStatus) -> None:
+        ref = step.ref
+        patch = {**step.patch, "metadata": {"resourceVersion": step.resource_version}}
+        try:
+            self.client.patch_merge(
+                lookup(ref.api_version, ref.kind), ref.namespace, ref.name, patch, subresource="status"
+            )
+        except ApiError as error:
+            if not (error.conflict or error.not_found):  # newer or gone: the next reconcile sees it
+                raise
+            return
+        log.info("status patched", kind=ref.kind, object=ref.name)
 
     def retire(self, obj: Obj, step: Retire, retire_workers: RetireWorkers | None) -> Refusal | None:
         """Start the retirement of the workers; it runs off this thread, and its answer (which pods may go,
@@ -330,6 +346,8 @@ def refusal_of(step: Step, error: ApiError) -> Refusal:
         reason, verb, target = "FailedDelete", "Deleting", "retired worker pods"
     elif isinstance(step, ReleaseFields):
         reason, verb, target = "FailedApply", f"Releasing {step.field_manager}'s fields of", step.ref.name
+    elif isinstance(step, PatchStatus):
+        reason, verb, target = "FailedApply", "Updating the status of", f"{step.ref.kind} {step.ref.name}"
     else:
         obj = step.obj if isinstance(step, Apply) else {}
         reason, verb, target = "FailedApply", "Applying", _describe(obj)

@@ -4,8 +4,8 @@ Invariant: `hold_of(obj)` is the only place that decides whether an object is he
 result (a `Hold`, or None when the object may run) as an input and never read `spec.suspend` themselves.
 A held object keeps its spec and its own object; the planners remove what runs (pods, the scheduler
 Service, a job's runner and cluster) and restore it from the unchanged spec once the hold is lifted.
-Today the only source is `spec.suspend: true`; another source (a queue that has not admitted the object)
-adds a branch here and nothing else. Held by test/unit/test_hold.py.
+Two sources: `spec.suspend: true` here, and Kueue (controller/kueue.py: a labelled object whose Workload is
+not admitted, or evicted), whose `Queueing.hold` the planners take as the hold when spec.suspend gives none. Held by test/unit/test_hold.py.
 """
 
 from __future__ import annotations

@@ -30,8 +30,9 @@ Held by test/unit/test_job.py.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dask_operator.api.v1.group import API_VERSION
@@ -81,6 +82,15 @@ from dask_operator.controller.conditions import (
     merge_conditions,
 )
 from dask_operator.controller.hold import Hold, hold_events, hold_of, suspended_condition
+from dask_operator.controller.kueue import (
+    KUEUE_HOLD_REASONS,
+    Queueing,
+    admission_events,
+    admitted_condition,
+    desired_workload,
+    job_pod_sets,
+    workload_steps,
+)
 from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
 from dask_operator.controller.plans import (
     ADOPTION_FIELD_MANAGER,
@@ -117,11 +127,12 @@ _RANK = {
 # -- children ------------------------------------------------------------------------------------------
 
 
-def desired_job_cluster(job: Mapping[str, Any]) -> Obj:
+def desired_job_cluster(job: Mapping[str, Any], queue: Queueing | None = None) -> Obj:
     """DaskCluster `<job>`: `spec.cluster.spec`'s scheduler and worker (no idleTimeout), owned by the job.
 
     Labels: the job's, then `spec.cluster.metadata.labels`, then `dask.org/cluster-name`; annotations: the
-    job's (minus kubectl/kopf bookkeeping), then `spec.cluster.metadata.annotations`.
+    job's (minus kubectl/kopf bookkeeping), then `spec.cluster.metadata.annotations`. Behind Kueue, the
+    scheduler and worker pods get the node selectors and tolerations of their admitted flavors.
     """
     meta = job["metadata"]
     name = job_cluster_name(meta["name"])
@@ -134,14 +145,25 @@ def desired_job_cluster(job: Mapping[str, Any]) -> Obj:
         DASK_CLUSTER.kind,
         name,
         (labels, annotations),
-        {"scheduler": copy.deepcopy(spec["scheduler"]), "worker": copy.deepcopy(spec["worker"])},
+        _placed(
+            {"scheduler": copy.deepcopy(spec["scheduler"]), "worker": copy.deepcopy(spec["worker"])}, queue
+        ),
     )
+
+
+def _placed(cluster_spec: Obj, queue: Queueing | None) -> Obj:
+    if queue is None:
+        return cluster_spec
+    for part in ("scheduler", "worker"):  # the pod sets of job_pod_sets have these names
+        cluster_spec[part]["spec"] = queue.placement(part).apply_to(cluster_spec[part]["spec"])
+    return cluster_spec
 
 
 def desired_runner_pod(
     job: Mapping[str, Any],
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
     cluster: Mapping[str, Any] | None = None,
+    queue: Queueing | None = None,
 ) -> Obj:
     """Pod `<job>-runner` from `spec.job.spec`; each container gets DASK_SCHEDULER_ADDRESS unless it sets it
     (init containers do not: the scheduler is not up before the runner starts). The address is that of
@@ -162,6 +184,8 @@ def desired_runner_pod(
     on = cluster if job["spec"].get("clusterRef") and cluster is not None else desired_job_cluster(job)
     address = cluster_scheduler_address(on, cluster_domain)
     spec["containers"] = with_env_defaults(spec.get("containers") or [], {SCHEDULER_ADDRESS_ENV: address})
+    if queue is not None:
+        spec = queue.placement("runner").apply_to(spec)
     return owned_child(job, "v1", "Pod", job_runner_pod_name(name), (labels, annotations), spec)
 
 
@@ -172,12 +196,15 @@ def desired_runner_pod(
 class JobObservation:
     """What the cache shows about one DaskJob: the job (its status as last written), the DaskCluster it runs
     on (its own, or the one spec.clusterRef names) and the Pod that carries the runner's name (whoever owns
-    them); and whether the job is held (hold_of(job))."""
+    them); whether the job is held (hold_of(job)); and behind Kueue, its place in the queue."""
 
     job: Obj
     cluster: Obj | None = None
     runner: Obj | None = None
     hold: Hold | None = None
+    queue: Queueing | None = None  # None: not behind Kueue (no queue label)
+    pods_left: int = 0  # pods (terminating or not) labelled with the job's cluster name, runner included
+    priority_classes: Mapping[str, Obj] = field(default_factory=dict)  # Kueue's, by name
 
 
 @dataclass(frozen=True)
@@ -322,6 +349,9 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
     previous: Obj = dict(job.get("status") or {})
     before = previous.get("jobStatus")
 
+    queue = obs.queue
+    if obs.hold is None and queue is not None and queue.hold is not None:
+        obs = dataclasses.replace(obs, hold=queue.hold)  # Kueue is the second source of holds
     if before is None:
         # First sight: record JobCreated before creating anything (the reference's sequence, 7E-50).
         conditions = _conditions(JOB_STATUS_JOB_CREATED, obs)
@@ -342,6 +372,8 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
     events: list[EventSpec] = []
     requeue: float | None = None
     phase = (runner or {}).get("status", {}).get("phase") if own_runner else None
+    if obs.hold is not None and runner is not None and is_terminating(runner):
+        phase = None  # a runner the hold is deleting fails as it stops: that is not the job's outcome
     deadline = deadline_left(job, previous, now) if obs.hold is None else None
     refused = runner is None and _refused_for(previous, now) > 0
 
@@ -467,11 +499,26 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
         elif ttl is not None:
             requeue = max(ttl, 0.5) if requeue is None else min(requeue, max(ttl, 0.5))
 
+    if queue is not None:
+        outcome_of_job = None
+        if terminal:
+            outcome_of_job = (
+                "Succeeded" if after == JOB_STATUS_SUCCESSFUL else "Failed",
+                f"The DaskJob is {after}.",
+            )
+        desired = desired_workload(job, job_pod_sets(job), obs.priority_classes)
+        steps += workload_steps(desired, queue, obs.pods_left > 0, outcome_of_job, now)
+        if queue.evicted and obs.pods_left and requeue is None:
+            requeue = WAIT_SECONDS  # the pods going away are not all watched by the job
+
     if before in JOB_TERMINAL_STATUSES and previous.get("conditions"):
         # Final: what the job ended with stays, even once the runner pod is deleted.
         status = {**previous, "observedGeneration": meta.get("generation", 0)}
         return Plan(steps=(*steps, SetStatus(status), *(Emit(e) for e in events)), requeue_after=requeue)
-    status = _status(job, previous, after, now, _conditions(after, obs, outcome), attempts)
+    conditions = _conditions(after, obs, outcome)
+    if queue is not None:
+        conditions.append(admitted_condition(queue))
+    status = _status(job, previous, after, now, conditions, attempts)
     if after == JOB_STATUS_RUNNING and not previous.get("startTime") and runner is not None:
         status["startTime"] = _runner_times(runner, now)[0]
     if terminal and before not in JOB_TERMINAL_STATUSES:
@@ -482,7 +529,17 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
         status["endTime"] = finished
     events += _transition_events(job, before, status)
     events += condition_events(previous.get("conditions"), status["conditions"], ready_events=False)
-    events += hold_events(previous.get("conditions"), status["conditions"])
+    held = hold_events(previous.get("conditions"), status["conditions"])
+    if queue is not None:  # Kueue's holds have their own Events (Queued, Admitted, Evicted)
+        held = [e for e in held if e.reason not in KUEUE_HOLD_REASONS]
+        lost = ""
+        if queue.evicted and any(isinstance(s, Delete) and s.cause is Cause.HELD for s in steps):
+            lost = (
+                "Deleting the runner pod and the job's cluster: the runner's progress and the cluster's in-memory "
+                "data are lost; the job starts again from the beginning when Kueue admits it again."
+            )
+        events += admission_events(previous.get("conditions"), queue, lost)
+    events += held
     return Plan(steps=(*steps, SetStatus(status), *(Emit(e) for e in events)), requeue_after=requeue)
 
 
@@ -535,7 +592,7 @@ def _advance(
         else:
             cluster_ready = True
     elif cluster is None:
-        steps.append(Create(desired_job_cluster(job)))
+        steps.append(Create(desired_job_cluster(job, obs.queue)))
         cluster_ready = True  # created in this plan, before the runner
     elif is_terminating(cluster):
         waiting = True  # a predecessor (or a cluster deleted by hand) must go before ours can be made
@@ -554,7 +611,7 @@ def _advance(
 
     if runner is None:
         if cluster_ready:
-            steps.append(Create(desired_runner_pod(job, cluster_domain, cluster)))
+            steps.append(Create(desired_runner_pod(job, cluster_domain, cluster, obs.queue)))
         return (
             JOB_STATUS_CLUSTER_CREATED if cluster_ready else JOB_STATUS_JOB_CREATED,
             waiting,

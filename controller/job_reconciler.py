@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from dask_operator.api.v1.names import job_cluster_name, job_runner_pod_name
+from dask_operator.api.v1.names import LABEL_CLUSTER_NAME, job_cluster_name, job_runner_pod_name
 from dask_operator.api.v1.types import JOB_TERMINAL_STATUSES
 from dask_operator.controller import operator_metrics
 from dask_operator.controller.children import is_terminating
 from dask_operator.controller.hold import hold_of
 from dask_operator.controller.job import JobObservation, plan_job
-from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_JOB_KIND
+from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_JOB_KIND, WORKLOAD
+from dask_operator.controller.kueue_access import priority_classes, queueing_of
 from dask_operator.controller.objects import Obj
 from dask_operator.controller.reconciler import DaskReconciler
 from dask_operator.controller.runtime.builder import ControllerBuilder
@@ -33,6 +34,7 @@ class DaskJobReconciler(DaskReconciler):
         if job is None or is_terminating(job):
             return Result()  # the garbage collector deletes the runner and the cluster
         now = self.clock()
+        queue = queueing_of(self.cache, self.settings.kueue, job)
         ref = job["spec"].get("clusterRef") or {}
         observation = JobObservation(
             job=job,
@@ -40,6 +42,15 @@ class DaskJobReconciler(DaskReconciler):
                 DASK_CLUSTER_KIND, request.namespace, ref.get("name") or job_cluster_name(request.name)
             ),
             runner=self.cache.get(POD, request.namespace, job_runner_pod_name(request.name)),
+            queue=queue,
+            pods_left=len(
+                self.cache.by_label(
+                    POD, LABEL_CLUSTER_NAME, job_cluster_name(request.name), request.namespace
+                )
+            )
+            if queue is not None
+            else 0,
+            priority_classes=priority_classes(self.cache, self.settings.kueue) if queue is not None else {},
             hold=hold_of(job),
         )
         plan = plan_job(observation, now, self.settings.cluster_domain)
@@ -67,14 +78,15 @@ def jobs_on_cluster(manager: Any) -> Any:
 
 def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: int) -> None:
     """DaskJobs; their runner Pod; their DaskCluster, or the one spec.clusterRef names (when it appears,
-    goes, starts terminating or its spec changes, not on each of its status changes)."""
-    (
+    goes, starts terminating or its spec changes, not on each of its status changes); their Kueue Workload."""
+    builder = (
         ControllerBuilder(manager)
         .named("daskjob")
         .for_(DASK_JOB_KIND)
         .owns(POD)
         .owns(DASK_CLUSTER_KIND, predicates=[GenerationChanged()])
         .watches(DASK_CLUSTER_KIND, jobs_on_cluster(manager), predicates=[GenerationChanged()])
-        .with_options(max_concurrent_reconciles=concurrency)
-        .complete(DaskJobReconciler(manager, settings))
     )
+    if settings.kueue.workloads:
+        builder = builder.owns(WORKLOAD)  # admission, eviction
+    builder.with_options(max_concurrent_reconciles=concurrency).complete(DaskJobReconciler(manager, settings))

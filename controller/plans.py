@@ -37,7 +37,8 @@ class Cause(enum.Enum):
     RETIRED = ("retired by the scheduler", "retired")
     JOB_FINISHED = ("the job finished", None)
     IDLE_TIMEOUT = ("the scheduler was idle for longer than spec.idleTimeout", None)
-    HELD = ("held (spec.suspend): nothing may run", None)
+    HELD = ("held: spec.suspend, or not admitted by Kueue (or evicted by it)", None)
+    WORKLOAD_CHANGED = ("the pod sets changed while the Workload held no quota", None)
     RUNNER_RETRY = ("the runner failed and is retried (spec.backoffLimit)", None)
     DEADLINE_EXCEEDED = ("the job ran longer than spec.activeDeadlineSeconds", None)
     TTL_EXPIRED = ("the job finished longer than spec.ttlSecondsAfterFinished ago", None)
@@ -144,14 +145,24 @@ class SetStatus:
 
 
 @dataclass(frozen=True)
+class PatchStatus:
+    """Merge-patch the status of another object (`ref`, e.g. a Kueue Workload this object owns), guarded by the
+    resourceVersion it was planned from; a conflict means a newer object the next reconcile sees."""
+
+    ref: Ref
+    resource_version: str
+    patch: Obj
+
+
+@dataclass(frozen=True)
 class Emit:
     """Record an Event on the reconciled object."""
 
     event: EventSpec
 
 
-Step = Apply | Create | Delete | Retire | ReleaseFields | SetStatus | Emit
-S = TypeVar("S", Apply, Create, Delete, Retire, ReleaseFields, SetStatus, Emit)
+Step = Apply | Create | Delete | Retire | ReleaseFields | PatchStatus | SetStatus | Emit
+S = TypeVar("S", Apply, Create, Delete, Retire, ReleaseFields, PatchStatus, SetStatus, Emit)
 
 
 @dataclass(frozen=True)

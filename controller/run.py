@@ -16,6 +16,7 @@ from dask_operator.controller import (
     cluster_reconciler,
     indexes,
     job_reconciler,
+    kueue_access,
     workergroup_reconciler,
 )
 from dask_operator.controller.runtime.client import Client
@@ -88,6 +89,7 @@ def parse_address(value: str | None) -> tuple[str, int] | None:
 def build(manager: Manager, settings: OperatorSettings, concurrency: int) -> None:
     """Register the four controllers with the manager (each says what it watches beside its reconciler)."""
     indexes.register(manager.cache)
+    kueue_access.register(manager.cache, settings.kueue)
     for setup in (
         cluster_reconciler.setup_with_manager,
         workergroup_reconciler.setup_with_manager,
@@ -112,6 +114,7 @@ def run_command(args: argparse.Namespace) -> int:
         force_scale_down_after=args.scale_down_force_timeout,
         retire_timeout=args.retire_timeout,
         worker_grace=args.worker_termination_grace_period,
+        kueue=kueue_access.detect(client),
     )
     election = None
     if args.leader_elect:

@@ -14,11 +14,12 @@ Held by test/unit/test_settings.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dask_operator.api.v1.names import DEFAULT_CLUSTER_DOMAIN
 from dask_operator.controller.drain import DEFAULT_WORKER_GRACE_SECONDS
+from dask_operator.controller.kueue_access import KueueAccess
 from dask_operator.controller.workergroup import DEFAULT_FORCE_SCALE_DOWN_SECONDS
 
 
@@ -32,6 +33,9 @@ class OperatorSettings:
     scheduler_timeout: float = 5.0  # one HTTP/RPC call to a scheduler
     retire_timeout: float = 120.0  # a graceful retirement (data moves first)
     worker_grace: float = DEFAULT_WORKER_GRACE_SECONDS  # worker pods' default terminationGracePeriodSeconds
+    kueue: KueueAccess = field(
+        default_factory=KueueAccess
+    )  # what of Kueue is served and readable (found at start-up)
 
 
 def _truthy(value: Any) -> bool:

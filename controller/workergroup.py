@@ -59,6 +59,7 @@ from dask_operator.controller.drain import (
     with_drain_hook,
 )
 from dask_operator.controller.hold import Hold
+from dask_operator.controller.kueue import Queueing, pod_set_name
 from dask_operator.controller.losses import worker_lost
 from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
 from dask_operator.controller.plans import (
@@ -153,6 +154,7 @@ class GroupObservation:
     previous_conditions: Sequence[Mapping[str, Any]] | None = None  # defaults to the group's status
     retirement: RetirementView | None = None  # the group's latest retirement request, if any
     autoscaled: bool = True  # a DaskAutoscaler names the group's cluster (False: none does)
+    queue: Queueing | None = None  # the cluster's place in Kueue; None: the cluster is not behind Kueue
     hold: Hold | None = None  # hold_of(its cluster): a held cluster's groups run no pod
 
 
@@ -164,8 +166,10 @@ def worker_template(
     cluster: Mapping[str, Any],
     cluster_domain: str,
     worker_grace: float = DEFAULT_WORKER_GRACE_SECONDS,
+    queue: Queueing | None = None,
 ) -> Obj:
-    """The pod every worker of the group is made from, minus its name and DASK_WORKER_NAME.
+    """The pod every worker of the group is made from, minus its name and DASK_WORKER_NAME; behind Kueue,
+    with the node selector and tolerations of the flavors admitted for the group's pod set.
 
     The drain hook and default grace period are added after the template hash is taken: they are the
     operator's, not the user's, so an operator upgrade that changes them rolls no running worker.
@@ -187,6 +191,8 @@ def worker_template(
         spec.get("containers") or [],
         {SCHEDULER_ADDRESS_ENV: cluster_scheduler_address(cluster, cluster_domain)},
     )
+    if queue is not None:
+        spec = queue.placement(pod_set_name(cluster_name, gmeta["name"])).apply_to(spec)
     labels[TEMPLATE_HASH_LABEL] = template_hash(spec)
     spec = with_drain_hook(spec, worker_grace)
     return {
@@ -342,7 +348,9 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
         return _held(group, obs.pods, obs.hold, previous, now)
 
     cluster = obs.cluster
-    template = worker_template(group, cluster, settings.cluster_domain, settings.worker_grace)
+    if obs.queue is not None and obs.queue.hold is not None:
+        return _held(group, obs.pods, obs.queue.hold, previous, now)
+    template = worker_template(group, cluster, settings.cluster_domain, settings.worker_grace, obs.queue)
     draft = _Draft(group, template, pods, int(group["spec"]["worker"].get("replicas", 1)))
     draft.deletions += [_deletion(p, Cause.POD_FINISHED) for p in pods.finished]
     draft.deletions += [_deletion(p, Cause.RETIRED) for p in retired]

@@ -21,7 +21,13 @@ from dask_operator.api.v1.names import default_worker_group_name, scheduler_serv
 from dask_operator.controller import indexes, operator_metrics
 from dask_operator.controller.children import is_terminating
 from dask_operator.controller.hold import hold_of
-from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
+from dask_operator.controller.kinds import (
+    DASK_AUTOSCALER_KIND,
+    DASK_CLUSTER_KIND,
+    DASK_WORKER_GROUP_KIND,
+    WORKLOAD,
+)
+from dask_operator.controller.kueue_access import queueing_of
 from dask_operator.controller.objects import Obj
 from dask_operator.controller.plans import Question, Retire
 from dask_operator.controller.reconciler import DaskReconciler
@@ -90,6 +96,7 @@ class DaskWorkerGroupReconciler(DaskReconciler):
                     self.cache, request.namespace, group["spec"].get("cluster", "")
                 )
             ),
+            queue=queueing_of(self.cache, self.settings.kueue, cluster) if cluster is not None else None,
             hold=hold_of(cluster) if cluster is not None else None,
             disruption_budgets=self.cache.by_owner(PODDISRUPTIONBUDGET, uid),
         )
@@ -221,11 +228,30 @@ def default_group_of_autoscaler(autoscaler: Obj) -> list[Request]:
     return [Request(meta["namespace"], default_worker_group_name(cluster))] if cluster else []
 
 
+def groups_of_workload_owner(manager: Any) -> Any:
+    """Map a Kueue Workload a DaskCluster controls to that cluster's DaskWorkerGroups."""
+
+    def mapper(workload: Obj) -> list[Request]:
+        meta = workload["metadata"]
+        owners = [
+            r["name"]
+            for r in meta.get("ownerReferences") or []
+            if r.get("controller") and r.get("kind") == DASK_CLUSTER_KIND.kind
+        ]
+        return [
+            Request(meta["namespace"], g["metadata"]["name"])
+            for owner in owners
+            for g in indexes.groups_of_cluster(manager.cache, meta["namespace"], owner)
+        ]
+
+    return mapper
+
+
 def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: int) -> None:
     """DaskWorkerGroups; their worker Pods and PodDisruptionBudget; the DaskCluster they name (its spec, labels
     and annotations, e.g. the force timeout, matter to its groups; its status does not)."""
     reconciler = DaskWorkerGroupReconciler(manager, settings)
-    controller = (
+    builder = (
         ControllerBuilder(manager)
         .named("daskworkergroup")
         .for_(DASK_WORKER_GROUP_KIND)
@@ -237,9 +263,12 @@ def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: in
             predicates=[Or(GenerationChanged(), LabelsChanged(), AnnotationsChanged())],
         )
         .watches(DASK_AUTOSCALER_KIND, default_group_of_autoscaler, predicates=[GenerationChanged()])
-        .with_options(max_concurrent_reconciles=concurrency, reconcile_timeout=RECONCILE_TIMEOUT_SECONDS)
-        .complete(reconciler)
     )
+    if settings.kueue.workloads:
+        builder = builder.watches(WORKLOAD, groups_of_workload_owner(manager))
+    controller = builder.with_options(
+        max_concurrent_reconciles=concurrency, reconcile_timeout=RECONCILE_TIMEOUT_SECONDS
+    ).complete(reconciler)
 
     def answered(key: Hashable) -> None:
         if isinstance(key, Request):

@@ -69,6 +69,12 @@ ANNOTATION_AUTOSCALED_BY = f"{GROUP}/autoscaled-by"
 # Annotations whose key starts with one of these are never copied from a parent to its children.
 UNPROPAGATED_ANNOTATION_PREFIXES: tuple[str, ...] = ("kopf.zalando.org", "kubectl.kubernetes.io")
 
+# Kueue's labels put the object that carries them behind a LocalQueue; its children are admitted with it, so
+# they never carry them (a child pod with the queue label would be gated again by Kueue's pod integration).
+LABEL_KUEUE_QUEUE_NAME = "kueue.x-k8s.io/queue-name"
+LABEL_KUEUE_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
+UNPROPAGATED_LABELS: tuple[str, ...] = (LABEL_KUEUE_QUEUE_NAME, LABEL_KUEUE_PRIORITY_CLASS)
+
 # --- ports ------------------------------------------------------------------------------------------
 
 SCHEDULER_COMM_PORT = 8786

@@ -100,3 +100,43 @@ def controlled_by(obj: Obj, owner: Obj) -> Obj:
          "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
     ]  # fmt: skip
     return obj
+
+
+# -- Kueue's answers ---------------------------------------------------------------------------------------
+
+
+def _with_condition(workload: Obj, kind: str, status: bool, reason: str, message: str = "") -> Obj:
+    conditions = [c for c in workload.setdefault("status", {}).get("conditions", []) if c["type"] != kind]
+    conditions.append({"type": kind, "status": "True" if status else "False", "reason": reason,
+                       "message": message, "lastTransitionTime": "2023-11-14T22:00:00Z"})  # fmt: skip
+    workload["status"]["conditions"] = conditions
+    return workload
+
+
+def stored_workload(workload: Obj, *, uid: str = "wl-uid", resource_version: str = "7") -> Obj:
+    """A desired Workload as the cache shows it after its creation (queued, nothing reserved yet)."""
+    workload = copy.deepcopy(workload)
+    workload["metadata"].update(uid=uid, resourceVersion=resource_version, generation=1)
+    return _with_condition(workload, "QuotaReserved", False, "Pending", "insufficient unused quota for cpu")
+
+
+def admitted_workload(workload: Obj, cluster_queue: str = "cq", flavor: str = "rf") -> Obj:
+    """`workload` admitted by Kueue: every pod set assigned `flavor` for cpu."""
+    workload = copy.deepcopy(workload)
+    workload.setdefault("status", {})["admission"] = {
+        "clusterQueue": cluster_queue,
+        "podSetAssignments": [
+            {"name": p["name"], "flavors": {"cpu": flavor}, "count": p["count"]}
+            for p in workload["spec"]["podSets"]
+        ],
+    }
+    _with_condition(
+        workload, "QuotaReserved", True, "QuotaReserved", f"Quota reserved in ClusterQueue {cluster_queue}"
+    )
+    return _with_condition(workload, "Admitted", True, "Admitted", "The workload is admitted")
+
+
+def evicted_workload(workload: Obj, reason: str = "Preempted") -> Obj:
+    """An admitted `workload` Kueue evicted (its admission still set until the owner's pods are gone)."""
+    workload = copy.deepcopy(workload)
+    return _with_condition(workload, "Evicted", True, reason, "Preempted to accommodate a workload (UID: x)")

@@ -1,0 +1,114 @@
+"""What the operator may use of Kueue, found once at start-up, and the cache reads that give a planner its
+`Queueing`.
+
+Invariant: informers for Kueue's kinds exist only when Kueue's API is served (and, for its cluster-scoped
+ResourceFlavors and WorkloadPriorityClasses, only when the operator may list them), so an operator on a
+cluster without Kueue starts and runs exactly as before; a labelled object then gets a KueueUnavailable hold
+instead of running around the quota. Held by test/e2e/test_kueue.py and the e2e tests without Kueue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from dask_operator.controller.kinds import RESOURCE_FLAVOR, WORKLOAD, WORKLOAD_PRIORITY_CLASS
+from dask_operator.controller.kueue import (
+    KUEUE_GROUP,
+    KUEUE_VERSION,
+    Queueing,
+    flavors_by_name,
+    queue_name,
+    queueing,
+    workload_name,
+)
+from dask_operator.controller.objects import Obj
+from dask_operator.controller.runtime.client import ApiError, Client
+from dask_operator.controller.runtime.kinds import Kind
+
+log = structlog.get_logger("dask_operator.controller.kueue")
+
+SELF_SUBJECT_ACCESS_REVIEW = Kind(
+    "authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", namespaced=False
+)
+
+
+@dataclass(frozen=True)
+class KueueAccess:
+    """Kueue's Workload API is served (`workloads`); the operator may list flavors and priority classes."""
+
+    workloads: bool = False
+    flavors: bool = False
+    priority_classes: bool = False
+
+
+def _may_list(client: Client, resource: str) -> bool:
+    review = {
+        "apiVersion": SELF_SUBJECT_ACCESS_REVIEW.api_version,
+        "kind": SELF_SUBJECT_ACCESS_REVIEW.kind,
+        "metadata": {},
+        "spec": {"resourceAttributes": {"group": KUEUE_GROUP, "resource": resource, "verb": "list"}},
+    }
+    try:
+        answer = client.create(review)
+    except ApiError as error:
+        log.info("cannot review own access; assuming no access", resource=resource, error=str(error))
+        return False
+    return bool((answer.get("status") or {}).get("allowed"))
+
+
+def detect(client: Client) -> KueueAccess:
+    """Ask discovery whether Kueue's API is served, and the API server whether the operator may list Kueue's
+    cluster-scoped kinds (a single-namespace install may not)."""
+    try:
+        served = client.request("GET", f"/apis/{KUEUE_GROUP}/{KUEUE_VERSION}", retry=False)
+    except ApiError as error:
+        if not error.not_found:
+            log.warning("Kueue discovery failed; running without Kueue", error=str(error))
+        return KueueAccess()
+    names = {r.get("name") for r in (served or {}).get("resources") or []}
+    if WORKLOAD.plural not in names:
+        return KueueAccess()
+    access = KueueAccess(
+        workloads=True,
+        flavors=RESOURCE_FLAVOR.plural in names and _may_list(client, RESOURCE_FLAVOR.plural),
+        priority_classes=WORKLOAD_PRIORITY_CLASS.plural in names
+        and _may_list(client, WORKLOAD_PRIORITY_CLASS.plural),
+    )
+    log.info("Kueue found", flavors=access.flavors, priority_classes=access.priority_classes)
+    return access
+
+
+def register(cache: Any, access: KueueAccess) -> None:
+    """Informers for the Kueue kinds the operator reads (before the cache starts)."""
+    if access.workloads:
+        cache.informer(WORKLOAD)
+    if access.flavors:
+        cache.informer(RESOURCE_FLAVOR)
+    if access.priority_classes:
+        cache.informer(WORKLOAD_PRIORITY_CLASS)
+
+
+def queueing_of(cache: Any, access: KueueAccess, owner: Obj) -> Queueing | None:
+    """The owner's `Queueing` from the cache (None when it carries no queue label)."""
+    if queue_name(owner) is None:
+        return None
+    if not access.workloads:
+        return queueing(owner, None, {}, kueue_available=False)
+    meta = owner["metadata"]
+    workload = cache.get(WORKLOAD, meta["namespace"], workload_name(owner))
+    if workload is not None and not any(
+        r.get("controller") and r.get("uid") == meta["uid"]
+        for r in workload["metadata"].get("ownerReferences") or []
+    ):
+        workload = None  # left by a deleted namesake; the garbage collector removes it
+    flavors = flavors_by_name(cache.list(RESOURCE_FLAVOR)) if access.flavors else {}
+    return queueing(owner, workload, flavors)
+
+
+def priority_classes(cache: Any, access: KueueAccess) -> dict[str, Obj]:
+    if not access.priority_classes:
+        return {}
+    return {p["metadata"]["name"]: p for p in cache.list(WORKLOAD_PRIORITY_CLASS)}
