@@ -274,12 +274,17 @@ def failure_record(pod: Mapping[str, Any], attempt: int, now: float) -> Obj:
     """What status.failures keeps of a failed runner pod: its UID, attempt, when, a CamelCase reason and why."""
     status = pod.get("status") or {}
     reason = status.get("reason")
+    message = status.get("message")
     for cs in status.get("containerStatuses") or []:
         terminated = (cs.get("state") or {}).get("terminated") or {}
         if terminated.get("exitCode", 0) != 0:
             reason = reason or terminated.get("reason") or "Error"
+            message = message or (
+                f"container {cs.get('name')} of pod {pod['metadata']['name']} exited with exit code "
+                f"{terminated.get('exitCode')}"
+            )
             break
-    message = pod_failure(pod) or status.get("message") or f"{pod['metadata']['name']} failed"
+    message = message or pod_failure(pod) or f"pod {pod['metadata']['name']} failed"
     return {
         "podUID": pod["metadata"]["uid"],
         "attempt": attempt,

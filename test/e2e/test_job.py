@@ -13,9 +13,9 @@ import pytest
 from support.operator import (
     OperatorProcess,
     apply,
-    cluster_manifest,
     condition,
     get,
+    job_manifest,
     set_pod_quota,
     wait_refused,
     warning_events,
@@ -36,25 +36,6 @@ with Client(timeout=120) as client:
     assert total == 285, total
     print("job result", total, flush=True)
 """
-
-
-def job_manifest(name: str, args: list[str], restart_policy: str = "Never") -> dict[str, Any]:
-    cluster = cluster_manifest(name, 1)
-    return {
-        "apiVersion": "kubernetes.dask.org/v1",
-        "kind": "DaskJob",
-        "metadata": {"name": name, "labels": {"team": "e2e"}},
-        "spec": {
-            "job": {
-                "metadata": {"labels": {"role": "runner"}},
-                "spec": {
-                    "restartPolicy": restart_policy,
-                    "containers": [{"name": "job", "image": "ghcr.io/dask/dask:latest", "args": args}],
-                },
-            },
-            "cluster": {"spec": cluster["spec"]},
-        },
-    }
 
 
 def job_status(plane: Any, namespace: str, name: str) -> dict[str, Any]:
