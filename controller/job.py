@@ -347,6 +347,14 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
     events: list[EventSpec] = []
     requeue: float | None = None
     phase = (runner or {}).get("status", {}).get("phase") if own_runner else None
+    if (
+        runner is not None
+        and is_terminating(runner)
+        and (obs.hold is not None or before == JOB_STATUS_SUSPENDED)
+    ):
+        phase = (
+            None  # a runner stopped by the hold: how it exits (killed, so Failed) is no outcome of the job
+        )
     deadline = deadline_left(job, previous, now) if obs.hold is None else None
     refused = runner is None and _refused_for(previous, now) > 0
 
@@ -396,7 +404,9 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
             going.append(runner)
         if own_cluster and cluster is not None and not is_terminating(cluster):
             going.append(cluster)
-        steps += [Delete(Ref.of(o), Cause.HELD) for o in going]
+        # The cluster goes in the foreground: a resume waits (it is terminating) until its pods and Service
+        # are gone, so the new cluster's Service is never the old one the garbage collector is removing.
+        steps += [Delete(Ref.of(o), Cause.HELD, foreground=o is cluster) for o in going]
         still_there = (runner is not None and own_runner) or own_cluster
         outcome.progressing = (
             Condition(
