@@ -353,6 +353,18 @@ INVALID: list[tuple[str, Callable[[], Obj], Callable[[Obj], None], tuple[str, ..
         ("spec.worker.replicas", "greater than or equal to 0"),
     ),
     ("group-name-64-chars", worker_group, renaming("g" * 64), ("metadata.name", "at most 63")),
+    (
+        "group-negative-disruption-budget",
+        worker_group,
+        setting("spec.worker.disruptionBudget", {"maxUnavailable": -1}),
+        ("spec.worker.disruptionBudget.maxUnavailable", "non-negative number of pods or a percentage"),
+    ),
+    (
+        "group-disruption-budget-not-a-percentage",
+        worker_group,
+        setting("spec.worker.disruptionBudget", {"maxUnavailable": "half"}),
+        ("spec.worker.disruptionBudget.maxUnavailable", "percentage such as '25%'"),
+    ),
     # DaskJob
     ("job-name-54-chars", job, renaming("j" * 54), ("metadata.name", "at most 53")),
     ("job-name-starts-with-digit", job, renaming("9job"), ("metadata.name", "DNS-1035")),
@@ -786,6 +798,11 @@ def defaults_worker_group() -> Obj:
     return manifest
 
 
+def _with_budget(obj: Obj, max_unavailable: int | str) -> Obj:
+    obj["spec"]["worker"]["disruptionBudget"] = {"maxUnavailable": max_unavailable}
+    return obj
+
+
 VALID: dict[str, Callable[[], Obj]] = {
     # The bases the INVALID table mutates, so each invalid case fails for its mutation alone.
     "base-cluster": cluster,
@@ -819,6 +836,8 @@ VALID: dict[str, Callable[[], Obj]] = {
         **autoscaler(),
         "spec": {"cluster": "c", "minimum": 0, "maximum": 0},
     },
+    "cluster-disruption-budget-percentage": lambda: _with_budget(cluster(), "25%"),
+    "workergroup-disruption-budget-one": lambda: _with_budget(worker_group(), 1),
     "cluster-name-53-chars": lambda: cluster("c" * 53),
     "workergroup-name-63-chars-with-dots": lambda: worker_group("g." + "g" * 61),
 }
