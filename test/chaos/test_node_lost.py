@@ -63,7 +63,11 @@ def node_ns(three_node_plane: KubePlane, tmp_path: Path) -> Iterator[tuple[KubeP
         raise
     finally:
         op.stop()
+        # Wait until the namespace's pods are gone: the next scenario's cluster has the same names and
+        # lands on the same nodes, and must not start while these pods' networks are being torn down.
         kp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        wait_for(lambda: not (get(kp, ns, "pods") or {}).get("items"), timeout=180, interval=1.0,
+                 message=f"namespace {ns} without pods")  # fmt: skip
 
 
 def _spread_cluster(nodes: list[str]) -> dict[str, Any]:
