@@ -57,6 +57,8 @@ def table(n: int, ours: dict[str, Any], limit: dict[str, Any], kopf: dict[str, A
     rows: list[tuple[str, Any, Any, Any]] = [
         ("seconds to all Running", ours["seconds_to_all_running"], kopf.get("seconds_to_all_running"),
          limit["seconds_to_all_running"]),
+        ("seconds to all pods Ready", ours["seconds_to_all_workers_ready"], kopf.get("seconds_to_all_pods_ready"),
+         limit["seconds_to_all_pods_ready"]),
         ("  per cluster p50 (create->Ready)", per.get("p50"), None, None),
         ("  per cluster p99", per.get("p99"), None, None),
         ("requests / cluster", ours["requests_per_cluster"], kopf.get("requests_per_cluster"),
@@ -84,6 +86,8 @@ def table(n: int, ours: dict[str, Any], limit: dict[str, Any], kopf: dict[str, A
         ("writes / min once idle", ours[f"writes_in_{int(QUIET_SECONDS)}s_once_converged"] / quiet_minutes,
          (kopf["quiet_writes"] / quiet_minutes) if kopf else None, None),
     ]  # fmt: skip
+    if kopf and kopf.get("seconds_to_all_running") is None:
+        rows.append(("(kopf: some clusters never showed Running)", None, None, None))
     lines = [
         f"N={n} DaskClusters x {WORKERS} workers (simulated pods); limit = tight client, no operator",
         f"{'':40} {'ours':>9} {'kopf':>9} {'limit':>9} {'ours/kopf':>10} {'ours/limit':>11}",
