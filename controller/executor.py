@@ -136,7 +136,11 @@ class Executor:
         ref = step.ref
         try:
             deleted = self.client.delete(
-                lookup(ref.api_version, ref.kind), ref.namespace, ref.name, uid=ref.uid
+                lookup(ref.api_version, ref.kind),
+                ref.namespace,
+                ref.name,
+                uid=ref.uid,
+                propagation="Foreground" if step.foreground else "Background",
             )
         except ApiError as error:
             if not error.conflict:  # 409: the UID precondition failed, that object is already gone

@@ -301,12 +301,17 @@ def failure_record(pod: Mapping[str, Any], attempt: int, now: float) -> Obj:
     """What status.failures keeps of a failed runner pod: its UID, attempt, when, a CamelCase reason and why."""
     status = pod.get("status") or {}
     reason = status.get("reason")
+    message = status.get("message")
     for cs in status.get("containerStatuses") or []:
         terminated = (cs.get("state") or {}).get("terminated") or {}
         if terminated.get("exitCode", 0) != 0:
             reason = reason or terminated.get("reason") or "Error"
+            message = message or (
+                f"container {cs.get('name')} of pod {pod['metadata']['name']} exited with exit code "
+                f"{terminated.get('exitCode')}"
+            )
             break
-    message = pod_failure(pod) or status.get("message") or f"{pod['metadata']['name']} failed"
+    message = message or pod_failure(pod) or f"pod {pod['metadata']['name']} failed"
     return {
         "podUID": pod["metadata"]["uid"],
         "attempt": attempt,
@@ -372,8 +377,14 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
     events: list[EventSpec] = []
     requeue: float | None = None
     phase = (runner or {}).get("status", {}).get("phase") if own_runner else None
-    if obs.hold is not None and runner is not None and is_terminating(runner):
-        phase = None  # a runner the hold is deleting fails as it stops: that is not the job's outcome
+    if (
+        runner is not None
+        and is_terminating(runner)
+        and (obs.hold is not None or before == JOB_STATUS_SUSPENDED)
+    ):
+        phase = (
+            None  # a runner stopped by the hold: how it exits (killed, so Failed) is no outcome of the job
+        )
     deadline = deadline_left(job, previous, now) if obs.hold is None else None
     refused = runner is None and _refused_for(previous, now) > 0
 
@@ -423,7 +434,9 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
             going.append(runner)
         if own_cluster and cluster is not None and not is_terminating(cluster):
             going.append(cluster)
-        steps += [Delete(Ref.of(o), Cause.HELD) for o in going]
+        # The cluster goes in the foreground: a resume waits (it is terminating) until its pods and Service
+        # are gone, so the new cluster's Service is never the old one the garbage collector is removing.
+        steps += [Delete(Ref.of(o), Cause.HELD, foreground=o is cluster) for o in going]
         still_there = (runner is not None and own_runner) or own_cluster
         outcome.progressing = (
             Condition(

@@ -100,6 +100,9 @@ class Delete:
 
     ref: Ref
     cause: Cause
+    # Foreground: the object stays (terminating) until the garbage collector has removed its children, so
+    # a successor of the same name never meets the predecessor's pods or Service.
+    foreground: bool = False
 
 
 @dataclass(frozen=True)

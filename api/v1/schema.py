@@ -378,11 +378,12 @@ def failure_record() -> Schema:
     return obj(
         {
             "podUID": string("UID of the runner pod that failed."),
+            "attempt": count("Which runner attempt (1 for the first runner pod) this was."),
             "time": date_time("When it failed (its containers' end, UTC)."),
             "reason": string("Why, in CamelCase: the pod's reason or the first failing container's."),
             "message": string("What the pod said about its failure.", maxLength=4096),
         },
-        required=("podUID", "reason"),
+        required=("podUID", "attempt", "reason"),
     )
 
 

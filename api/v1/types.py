@@ -42,7 +42,7 @@ DaskJob (reference fields keep their names, types and nullability):
   startTime, endTime  string  RFC 3339 UTC, second precision with a literal Z (`YYYY-MM-DDTHH:MM:SSZ`).
   attempts            int32   runner pods created so far (an attempt whose pod vanished unseen fails the job).
   failed              int32   runner pods that failed (counted against spec.backoffLimit).
-  failures            list    the last 10 failures: {podUID, time, reason, message}.
+  failures            list    the last 10 failures: {podUID, attempt, time, reason, message}.
   (jobStatus is Suspended while spec.suspend holds the job.)
 
 DaskAutoscaler:
@@ -201,6 +201,7 @@ class DaskJobFailure(TypedDict, total=False):
     """One runner failure in `status.failures`."""
 
     podUID: Required[str]
+    attempt: Required[int]
     time: str
     reason: Required[str]
     message: str

@@ -13,11 +13,13 @@ import pytest
 from support.operator import (
     OperatorProcess,
     apply,
-    cluster_manifest,
     condition,
+    dask_client,
     get,
+    job_manifest,
     set_pod_quota,
     wait_refused,
+    wait_running,
     warning_events,
 )
 from support.wait import wait_for
@@ -36,25 +38,6 @@ with Client(timeout=120) as client:
     assert total == 285, total
     print("job result", total, flush=True)
 """
-
-
-def job_manifest(name: str, args: list[str], restart_policy: str = "Never") -> dict[str, Any]:
-    cluster = cluster_manifest(name, 1)
-    return {
-        "apiVersion": "kubernetes.dask.org/v1",
-        "kind": "DaskJob",
-        "metadata": {"name": name, "labels": {"team": "e2e"}},
-        "spec": {
-            "job": {
-                "metadata": {"labels": {"role": "runner"}},
-                "spec": {
-                    "restartPolicy": restart_policy,
-                    "containers": [{"name": "job", "image": "ghcr.io/dask/dask:latest", "args": args}],
-                },
-            },
-            "cluster": {"spec": cluster["spec"]},
-        },
-    }
 
 
 def job_status(plane: Any, namespace: str, name: str) -> dict[str, Any]:
@@ -137,3 +120,69 @@ def test_a_runner_refused_by_a_quota_is_reported_and_runs_once_the_quota_is_lift
                       message="the job finishes once the quota is lifted")  # fmt: skip
     assert status["jobStatus"] == "Successful"
     assert condition({"status": status}, "ReplicaFailure") == {}
+
+
+# -- the lifecycle holes of issue 12 -------------------------------------------------------------------------
+
+# Connects to the job's cluster and waits until the test says "go" through the scheduler's metadata.
+WAITS_FOR_GO = """
+import time
+from dask.distributed import Client
+with Client(timeout=120) as client:
+    while not client.get_metadata("go", False):
+        time.sleep(0.2)
+"""
+
+
+def test_a_cluster_deleted_under_the_runner_fails_the_job_and_is_not_recreated(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    apply(plane, namespace, job_manifest("orphan", ["python", "-c", WAITS_FOR_GO], workers=0))
+    wait_for(lambda: job_status(plane, namespace, "orphan").get("jobStatus") == "Running", timeout=90,
+             interval=0.5, message="runner running")  # fmt: skip
+    plane.kubectl("delete", "-n", namespace, "daskcluster", "orphan", "--wait=false")
+    status = wait_for(lambda: finished(plane, namespace, "orphan"), timeout=60, interval=0.5,
+                      message="job finished")  # fmt: skip
+    failed = condition({"status": status}, "Failed")
+    assert status["jobStatus"] == "Failed" and failed["reason"] == "ClusterLost", status
+    assert "was deleted while the runner was running" in failed["message"]
+    wait_for(
+        lambda: get(plane, namespace, "daskcluster", "orphan") is None, timeout=60, message="cluster gone"
+    )
+    # the operator reconciles the failed job again (its runner pod changes) and still makes no cluster
+    plane.kubectl("delete", "-n", namespace, "pod", "orphan-runner", "--wait=true")
+    assert finished(plane, namespace, "orphan") == status or job_status(plane, namespace, "orphan") == status
+    assert get(plane, namespace, "daskcluster", "orphan") is None
+    assert get(plane, namespace, "pod", "orphan-runner") is None
+
+
+def test_a_runner_that_finished_while_the_operator_was_down_and_was_deleted_is_not_run_again(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    apply(plane, namespace, job_manifest("unseen", ["python", "-c", WAITS_FOR_GO], workers=0))
+    wait_for(lambda: get(plane, namespace, "pod", "unseen-runner"), timeout=60, message="runner created")
+    wait_running(plane, namespace, "unseen")
+    dask_operator.stop()
+    with dask_client(plane, namespace, "unseen") as client:
+        client.set_metadata("go", True)
+    wait_for(
+        lambda: (
+            (get(plane, namespace, "pod", "unseen-runner") or {}).get("status", {}).get("phase")
+            == "Succeeded"
+        ),
+        timeout=90,
+        interval=0.5,
+        message="runner finished with the operator down",
+    )
+    plane.kubectl("delete", "-n", namespace, "pod", "unseen-runner", "--wait=true")
+    dask_operator.start()
+    status = wait_for(lambda: finished(plane, namespace, "unseen"), timeout=60, interval=0.5,
+                      message="job finished")  # fmt: skip
+    failed = condition({"status": status}, "Failed")
+    assert status["jobStatus"] == "Failed" and failed["reason"] == "RunnerLost", status
+    assert "not run again" in failed["message"], failed
+    assert status["attempts"] == 1
+    wait_for(
+        lambda: get(plane, namespace, "daskcluster", "unseen") is None, timeout=60, message="cluster deleted"
+    )
+    assert get(plane, namespace, "pod", "unseen-runner") is None  # never created a second time

@@ -17,6 +17,7 @@ from support.operator import (
     condition,
     dask_client,
     get,
+    job_manifest,
     pods,
     wait_running,
     wait_workers,
@@ -82,3 +83,64 @@ def test_a_suspended_cluster_runs_nothing_and_resumes_with_its_worker_count(
     assert condition(cluster, "Suspended")["status"] == "False"
     assert condition(cluster, "Suspended")["reason"] == "Resumed"
     assert "Resumed" in event_reasons(plane, namespace, "held")
+
+
+# Connects to the job's cluster and waits until the test says "go" through the scheduler's metadata.
+WAITS_FOR_GO = """
+import time
+from dask.distributed import Client
+with Client(timeout=120) as client:
+    while not client.get_metadata("go", False):
+        time.sleep(0.2)
+print("done", flush=True)
+"""
+
+
+def job_status(plane: Any, namespace: str, name: str) -> dict[str, Any]:
+    return dict((get(plane, namespace, "daskjob", name) or {}).get("status") or {})
+
+
+def test_a_suspended_job_runs_nothing_and_resumes_to_success(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    apply(plane, namespace, job_manifest("pause", ["python", "-c", WAITS_FOR_GO], workers=0))
+    wait_for(lambda: job_status(plane, namespace, "pause").get("jobStatus") == "Running", timeout=90,
+             interval=0.5, message="runner running")  # fmt: skip
+    first = get(plane, namespace, "pod", "pause-runner")["metadata"]["uid"]
+
+    patch_suspend(plane, namespace, "daskjob", "pause", True)
+
+    def suspended() -> dict[str, Any] | None:
+        status = job_status(plane, namespace, "pause")
+        if status.get("jobStatus") != "Suspended":
+            return None
+        if pods(plane, namespace, "dask.org/cluster-name=pause") or get(
+            plane, namespace, "daskcluster", "pause"
+        ):
+            return None
+        return status if condition({"status": status}, "Progressing")["status"] == "False" else None
+
+    status = wait_for(suspended, timeout=90, interval=0.5, message="runner and cluster gone, Suspended")
+    assert condition({"status": status}, "Suspended")["status"] == "True"
+    assert "failed" not in status  # a stop by suspend is no failure
+    assert "Suspended" in event_reasons(plane, namespace, "pause")
+
+    patch_suspend(plane, namespace, "daskjob", "pause", False)
+    wait_for(lambda: job_status(plane, namespace, "pause").get("jobStatus") == "Running", timeout=90,
+             interval=0.5, message="a new runner running")  # fmt: skip
+    assert get(plane, namespace, "pod", "pause-runner")["metadata"]["uid"] != first
+    wait_running(plane, namespace, "pause")
+    with dask_client(plane, namespace, "pause") as client:
+        client.set_metadata("go", True)
+    status = wait_for(
+        lambda: (
+            (s := job_status(plane, namespace, "pause")).get("jobStatus") in ("Successful", "Failed") and s
+        ),
+        timeout=90,
+        interval=0.5,
+        message="job finished",
+    )
+    assert status["jobStatus"] == "Successful", status
+    assert status["attempts"] == 2 and "failed" not in status, status
+    assert condition({"status": status}, "Suspended")["reason"] == "Resumed"
+    assert "Resumed" in event_reasons(plane, namespace, "pause")

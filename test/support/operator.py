@@ -195,6 +195,30 @@ def cluster_manifest(
     }
 
 
+def job_manifest(
+    name: str, args: list[str], restart_policy: str = "Never", workers: int = 1, **spec: Any
+) -> dict[str, Any]:
+    """A DaskJob whose runner runs `args` on its own cluster of `workers` (or on spec.clusterRef's)."""
+    job: dict[str, Any] = {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskJob",
+        "metadata": {"name": name, "labels": {"team": "e2e"}},
+        "spec": {
+            "job": {
+                "metadata": {"labels": {"role": "runner"}},
+                "spec": {
+                    "restartPolicy": restart_policy,
+                    "containers": [{"name": "job", "image": "ghcr.io/dask/dask:latest", "args": args}],
+                },
+            },
+            **spec,
+        },
+    }
+    if "clusterRef" not in spec:
+        job["spec"]["cluster"] = {"spec": cluster_manifest(name, workers)["spec"]}
+    return job
+
+
 def group_manifest(name: str, cluster: str, replicas: int) -> dict[str, Any]:
     return {
         "apiVersion": "kubernetes.dask.org/v1",

@@ -669,7 +669,10 @@ def held_plan(status: dict[str, Any], **observed: Any) -> Plan:
 
 def test_suspending_a_running_job_deletes_runner_and_cluster_without_a_failure() -> None:
     p = held_plan(status_of("Running", attempts=1), cluster=cluster(), runner=runner("Running"))
-    assert {(d.ref.kind, d.cause) for d in p.deletes} == {("Pod", Cause.HELD), ("DaskCluster", Cause.HELD)}
+    assert {(d.ref.kind, d.cause, d.foreground) for d in p.deletes} == {
+        ("Pod", Cause.HELD, False),
+        ("DaskCluster", Cause.HELD, True),  # a resume waits until its pods and Service are gone
+    }
     assert not p.creates
     assert p.status is not None and p.status["jobStatus"] == "Suspended" and "failed" not in p.status
     assert condition(p, "Suspended")["status"] == "True"
@@ -771,3 +774,12 @@ def test_an_existing_cluster_deleted_under_the_runner_fails_the_job() -> None:
     p = plan_job(JobObservation(ref_job(status_of("Running", attempts=1)), None, runner("Running")), NOW)
     assert p.status is not None and p.status["jobStatus"] == "Failed"
     assert condition(p, "Failed")["reason"] == "ClusterLost" and not p.creates
+
+
+def test_a_runner_killed_by_the_hold_is_no_failure_while_held_or_after_the_resume() -> None:
+    killed = runner("Failed", terminating=True)
+    held = held_plan(status_of("Suspended", attempts=1), runner=killed)
+    assert held.status is not None and held.status["jobStatus"] == "Suspended" and "failed" not in held.status
+    resumed = plan(held.status, runner=killed)
+    assert resumed.status is not None and "failed" not in resumed.status
+    assert resumed.status["jobStatus"] != "Failed" and resumed.requeue_after == WAIT_SECONDS
