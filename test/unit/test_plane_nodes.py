@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -137,10 +138,26 @@ def test_node_flags_reach_labels_taints_capacity_and_the_pod_prefix(tmp_path: Pa
     ]
     assert capacity(cfg)["cpu"] == "3"
     assert (cfg.node_ip, cfg.node_prefixlen, cfg.prefixlen) == ("10.244.255.1", 24, 16)
-    assert cfg.simulated_cidr == "10.255.0.0/16", "keyed by the node's own index, not the shared bridge"
+    assert cfg.simulated_cidr == "100.127.128.0/17", "keyed by the node's own index, not the shared bridge"
     one = NodeConfig(tmp_path, "k", "n", "dkbr7", "10.244.7.0/24", "10.96.7.0/24", 1, "c", "k", "ca")
     assert (one.prefixlen, one.routable_pod_cidr, one.simulated_cidr) == (
         24,
         "10.244.7.0/24",
         "10.135.0.0/16",
     )
+
+
+def test_simulated_ranges_are_distinct_per_index_and_leave_the_hosts_resolvers_alone() -> None:
+    ranges = [
+        ipaddress.ip_network(
+            NodeConfig(
+                Path("/x"), "k", "n", "dkbr0", f"10.244.{i}.0/24", "10.96.0.0/24", 1, "c", "k", "ca"
+            ).simulated_cidr
+        )
+        for i in range(256)
+    ]
+    assert all(a.num_addresses - 2 >= 30_000 for a in ranges)  # a simulated node holds 30,000 pods
+    assert not any(a.overlaps(b) for k, a in enumerate(ranges) for b in ranges[k + 1 :])
+    # further nodes (indexes from 255 down) never route 10.254/16 or 10.255/16, where resolvers often live
+    resolver = ipaddress.ip_address("10.255.255.53")
+    assert not any(resolver in r for r in ranges[128:])

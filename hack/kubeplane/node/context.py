@@ -73,12 +73,18 @@ class NodeConfig:
 
     @property
     def simulated_cidr(self) -> str:
-        """Addresses for simulated pods (no process, no netns): a /16 per node, routed into the bridge.
+        """Addresses for simulated pods (no process, no netns), routed into the bridge: one range per node,
+        keyed by the pod CIDR's third octet (the node's network index), so nodes sharing a bridge differ.
 
-        Keyed by the pod CIDR's third octet (the node's network index), so nodes sharing a bridge differ.
+        Planes take indexes from 0 up: 10.<128+i>.0.0/16. Further nodes take them from 255 down: a /17 of the
+        shared address space 100.64.0.0/10, never 10.254-255.x.x, where hosts keep their resolvers (routing
+        those into a bridge cut this machine's DNS while a 3-node plane was up).
         """
         index = int(str(ipaddress.ip_network(self.pod_cidr, strict=False).network_address).split(".")[2])
-        return f"10.{128 + index % 128}.0.0/16"
+        if index < 128:
+            return f"10.{128 + index}.0.0/16"
+        j = index - 128
+        return f"100.{64 + j // 2}.{(j % 2) * 128}.0/17"
 
     @property
     def work_dir(self) -> Path:
