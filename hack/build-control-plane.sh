@@ -23,6 +23,11 @@ have_all() {
 }
 
 start=$(date +%s)
+# One build at a time: parallel test runs would otherwise remove each other's work directories; a
+# second run waits here and then finds the cache filled.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build-control-plane.lock"
+flock 9
 if have_all; then
   echo "build-control-plane: cached ($KEY) in $(( $(date +%s) - start )) s"
   echo "$BIN"

@@ -15,6 +15,11 @@ HELM="$BIN/helm"
 die() { echo "build-helm: $*" >&2; exit 1; }
 
 start=$(date +%s)
+# One build at a time: parallel test runs would otherwise remove each other's work directories; a
+# second run waits here and then finds the cache filled.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build-helm.lock"
+flock 9
 if [ -x "$HELM" ] && [ -f "$BIN/VERSIONS" ]; then
   echo "build-helm: cached (helm ${HELM_VERSION}) in $(( $(date +%s) - start )) s"
   echo "$HELM"

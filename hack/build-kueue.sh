@@ -16,6 +16,11 @@ KUEUE="$BIN/kueue"
 die() { echo "build-kueue: $*" >&2; exit 1; }
 
 start=$(date +%s)
+# One build at a time: parallel test runs would otherwise remove each other's work directories; a
+# second run waits here and then finds the cache filled.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build-kueue.lock"
+flock 9
 if [ -x "$KUEUE" ] && [ -f "$BIN/VERSIONS" ] && [ -f "$OUT/crd/kueue.x-k8s.io_workloads.yaml" ]; then
   echo "build-kueue: cached (kueue ${KUEUE_VERSION}) in $(( $(date +%s) - start )) s"
   echo "$OUT"

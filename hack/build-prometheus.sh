@@ -21,6 +21,11 @@ PROMETHEUS="$BIN/prometheus"
 die() { echo "build-prometheus: $*" >&2; exit 1; }
 
 start=$(date +%s)
+# One build at a time: parallel test runs would otherwise remove each other's work directories; a
+# second run waits here and then finds the cache filled.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build-prometheus.lock"
+flock 9
 if [ -x "$PROMETHEUS" ] && [ -f "$BIN/VERSIONS" ]; then
   echo "build-prometheus: cached (prometheus ${RELEASE}) in $(( $(date +%s) - start )) s"
   echo "$PROMETHEUS"
