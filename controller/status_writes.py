@@ -2,10 +2,11 @@
 after a short window that coalesces the pod-level transitions arriving within it.
 
 Invariant: pure (time passed in). An unchanged status is never written; a changed one is written at once
-when the observedGeneration it already showed moved, when a condition change deserves an Event (Degraded either way, Ready
-becoming True), or when it is settled (Ready True and nothing Progressing); any other change waits at most
-`window` seconds after the first unwritten change, and what is then written is the newest plan. So a
-status lags the world by at most `window`, and never hides a change that emits an Event.
+when the observedGeneration it already showed moved, when a condition change deserves an Event (Degraded either
+way, Ready becoming True), when the phase becomes one clients wait for (Running, Error, Suspended: the reference's
+`KubeCluster` polls for Running), or when it is settled (Ready True and nothing Progressing); any other change
+waits at most `window` seconds after the first unwritten change, and what is then written is the newest plan.
+So a status lags the world by at most `window`, and never hides a change that emits an Event.
 Held by test/unit/test_status_writes.py.
 """
 
@@ -15,11 +16,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dask_operator.api.v1.types import CONDITION_PROGRESSING, CONDITION_READY
+from dask_operator.api.v1.types import (
+    CONDITION_PROGRESSING,
+    CONDITION_READY,
+    PHASE_ERROR,
+    PHASE_RUNNING,
+    PHASE_SUSPENDED,
+)
 from dask_operator.controller.conditions import condition_events, find_condition
 
 # Status changes of one object within this many seconds of the first are written as one.
 DEFAULT_WINDOW = 1.0
+
+# Phases a client or `kubectl wait` waits for: reaching one is never held back.
+AWAITED_PHASES = frozenset({PHASE_RUNNING, PHASE_ERROR, PHASE_SUSPENDED})
 
 
 @dataclass(frozen=True)
@@ -51,9 +61,13 @@ def decide(
 
 
 def urgent(previous: Mapping[str, Any], planned: Mapping[str, Any]) -> bool:
-    """A change that must not wait: a new generation observed, or a condition change worth an Event."""
+    """A change that must not wait: a new generation observed, a phase clients wait for, or a condition change
+    worth an Event."""
     before = previous.get("observedGeneration")
     if before is not None and before != planned.get("observedGeneration"):
+        return True
+    phase = planned.get("phase")
+    if phase != previous.get("phase") and phase in AWAITED_PHASES:
         return True
     return bool(condition_events(previous.get("conditions"), planned.get("conditions") or []))
 

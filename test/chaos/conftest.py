@@ -1,6 +1,6 @@
 """The chaos matrix (issue 16): every module here is a fault-injection story with real Dask data, marked
 `chaos` so the default command deselects it (like `bench`), except the few also marked `chaos_smoke`
-(a worker SIGKILL, a 20 s operator kill storm: about 3 minutes), which the default command keeps. Run the
+(a worker SIGKILL, a 20 s operator kill storm: about a minute), which the default command keeps. Run the
 whole matrix with `hack/test test/chaos -m chaos`; the shared workload and its data ledger live in
 test/support/chaos_workload.py.
 

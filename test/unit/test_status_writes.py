@@ -61,3 +61,12 @@ def test_changes_that_deserve_an_event_or_a_new_generation_are_written_at_once()
 
 def test_a_zero_window_writes_every_change() -> None:
     assert decide({}, status("False", "True"), None, T, window=0.0).write
+
+
+def test_reaching_a_phase_clients_wait_for_is_written_at_once_other_phases_wait() -> None:
+    pending = status("False", "True", phase="Pending")
+    assert decide(pending, status("False", "True", phase="Running"), None, T).write
+    assert decide(pending, status("False", "True", phase="Error"), None, T).write
+    assert not decide({}, pending, None, T).write  # Created -> Pending may be coalesced
+    running = status("False", "True", phase="Running")
+    assert not decide(running, {**running, "readyReplicas": 1}, None, T).write  # counts under Running wait
