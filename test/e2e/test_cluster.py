@@ -36,7 +36,7 @@ from support.operator import (
     warning_events,
     worker_pods,
 )
-from support.wait import wait_for
+from support.wait import WaitTimeout, wait_for
 
 # Functions shipped to the scheduler by value: the scheduler cannot import this test module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -322,7 +322,15 @@ def test_template_changes_roll_workers_gracefully_and_replace_the_scheduler(
 ) -> None:
     from distributed import wait
 
-    apply(plane, namespace, cluster_manifest("roll", 2))
+    def roll_manifest() -> dict[str, Any]:
+        # The scheduler's replacement ends every worker's process (Dask workers do not reconnect) and the
+        # container restarts; a worker that exits again against the going scheduler meets the kubelet's
+        # doubling back-off (10, 20, 40 ... s). This test is about the operator's roll, not that back-off.
+        manifest = cluster_manifest("roll", 2)
+        manifest["spec"]["worker"]["metadata"] = {"annotations": {"localkube/restart-backoff-seconds": "1"}}
+        return manifest
+
+    apply(plane, namespace, roll_manifest())
     wait_running(plane, namespace, "roll")
     wait_for(lambda: len(worker_pods(plane, namespace, "roll-default")) == 2, timeout=60, message="2 workers")
     old = pod_names(worker_pods(plane, namespace, "roll-default"))
@@ -332,7 +340,7 @@ def test_template_changes_roll_workers_gracefully_and_replace_the_scheduler(
         wait(blocks, timeout=60)
         keys = [b.key for b in blocks]
 
-        changed = cluster_manifest("roll", 2)
+        changed = roll_manifest()
         changed["spec"]["worker"]["spec"]["containers"][0]["env"] = [{"name": "ROLLED", "value": "1"}]
         apply(plane, namespace, changed)
 
@@ -370,7 +378,20 @@ def test_template_changes_roll_workers_gracefully_and_replace_the_scheduler(
     assert any(e["reason"] == "SchedulerReplaced" for e in events["items"])
     wait_running(plane, namespace, "roll")
     with dask_client(plane, namespace, "roll") as client:
-        wait_workers(client, 2, timeout=150)
+        try:
+            wait_workers(client, 2, timeout=150)
+        except WaitTimeout as e:  # say what the workers did (issue 16 tracks flaky recoveries)
+            states = [
+                (
+                    p["metadata"]["name"],
+                    [
+                        (c.get("restartCount"), c.get("state"))
+                        for c in p["status"].get("containerStatuses") or []
+                    ],
+                )
+                for p in worker_pods(plane, namespace, "roll-default")
+            ]
+            raise WaitTimeout(f"{e}; worker pods: {states}") from e
         assert client.submit(operator.add, 1, 1).result(timeout=60) == 2
 
 
