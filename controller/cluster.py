@@ -65,7 +65,7 @@ from dask_operator.controller.conditions import (
     find_condition,
     merge_conditions,
 )
-from dask_operator.controller.hold import Hold, hold_events, suspended_condition
+from dask_operator.controller.hold import Hold, held_conditions, hold_events, suspended_condition
 from dask_operator.controller.kueue import (
     Queueing,
     admission_events,
@@ -545,19 +545,9 @@ def _held_plan(obs: ClusterObservation, hold: Hold, steps: list[Step], now: floa
         if not is_terminating(p)
         and p["metadata"].get("labels", {}).get("dask.org/workergroup-name") == default_name
     ]
-    if left:
-        progressing = Condition(
-            CONDITION_PROGRESSING,
-            True,
-            "Suspending",
-            f"Removing the scheduler and workers: {left} objects left.",
-        )
-    else:
-        progressing = Condition(CONDITION_PROGRESSING, False, hold.reason, "Nothing runs while held.")
+    removing = f"Removing the scheduler and workers: {left} objects left." if left else None
     conditions = [
-        Condition(CONDITION_READY, False, hold.reason, hold.message),
-        progressing,
-        Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
+        *held_conditions(hold, removing, "Nothing runs while held."),
         Condition(CONDITION_SUSPENDED, True, hold.reason, hold.message),
     ]
     previous = cluster.get("status", {}).get("conditions")

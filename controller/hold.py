@@ -14,7 +14,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dask_operator.api.v1.types import CONDITION_SUSPENDED
+from dask_operator.api.v1.types import (
+    CONDITION_DEGRADED,
+    CONDITION_PROGRESSING,
+    CONDITION_READY,
+    CONDITION_SUSPENDED,
+)
 from dask_operator.controller.conditions import Condition, EventSpec, find_condition
 
 # The reason of a hold set by the user through spec.suspend (and of the Suspended condition it causes).
@@ -40,6 +45,21 @@ def hold_of(obj: Mapping[str, Any]) -> Hold | None:
             f"spec.suspend is true: the {kind} runs nothing until it is set to false.",
         )
     return None
+
+
+def held_conditions(hold: Hold, removing: str | None, quiet: str) -> list[Condition]:
+    """Ready, Progressing and Degraded of a held object: not Ready for the hold's reason, Progressing
+    ("Suspending", saying `removing`) while something still goes, else at rest with `quiet`; never Degraded."""
+    progressing = (
+        Condition(CONDITION_PROGRESSING, True, "Suspending", removing)
+        if removing
+        else Condition(CONDITION_PROGRESSING, False, hold.reason, quiet)
+    )
+    return [
+        Condition(CONDITION_READY, False, hold.reason, hold.message),
+        progressing,
+        Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
+    ]
 
 
 def suspended_condition(hold: Hold | None, previous: Iterable[Mapping[str, Any]] | None) -> Condition | None:

@@ -58,7 +58,7 @@ from dask_operator.controller.drain import (
     desired_disruption_budget,
     with_drain_hook,
 )
-from dask_operator.controller.hold import Hold
+from dask_operator.controller.hold import Hold, held_conditions
 from dask_operator.controller.kueue import Queueing, pod_set_name
 from dask_operator.controller.losses import worker_lost
 from dask_operator.controller.objects import Obj, parse_rfc3339, rfc3339
@@ -501,20 +501,8 @@ def _held(
     """The cluster is held: every pod of the group goes at once, without retirement (the scheduler goes
     too, so no worker could take the data); spec.worker.replicas is kept for the resume."""
     going = [p for p in pods if not is_terminating(p)]
-    if pods:
-        progressing = Condition(
-            CONDITION_PROGRESSING,
-            True,
-            "Suspending",
-            f"Removing {len(pods)} worker pods: the cluster is held.",
-        )
-    else:
-        progressing = Condition(CONDITION_PROGRESSING, False, hold.reason, "No worker runs while held.")
-    conditions = [
-        Condition(CONDITION_READY, False, hold.reason, hold.message),
-        progressing,
-        Condition(CONDITION_DEGRADED, False, "AsExpected", ""),
-    ]
+    removing = f"Removing {len(pods)} worker pods: the cluster is held." if pods else None
+    conditions = held_conditions(hold, removing, "No worker runs while held.")
     status = _status(group, [], None, conditions, previous, now)
     events = condition_events(previous, status["conditions"], ready_events=False)
     steps: list[Step] = [_deletion(p, Cause.HELD) for p in going]
