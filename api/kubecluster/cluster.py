@@ -87,6 +87,7 @@ from dask_operator.api.v1 import (
 )
 from dask_operator.controller.runtime.client import ApiError
 from dask_operator.controller.runtime.client import Client as RestClient
+from dask_operator.controller.runtime.credentials import context_namespace
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -700,10 +701,7 @@ def current_namespace(config_file: str | None = None) -> str:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and SERVICE_ACCOUNT_NAMESPACE.exists():
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
     try:
-        from kubernetes import config as k8s_config
-
-        _, active = k8s_config.list_kube_config_contexts(config_file=config_file or kubeconfig_path())
-        return str((active or {}).get("context", {}).get("namespace") or "default")
+        return context_namespace(config_file or kubeconfig_path()) or "default"
     except Exception:  # noqa: BLE001 - no kubeconfig: the API client will say so when it is built
         return "default"
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -94,32 +93,6 @@ def pick_scheduler_pod(pods: Sequence[Mapping[str, Any]]) -> str | None:
 # -- the API server end -------------------------------------------------------------------------------------
 
 
-def websocket_ssl_context(configuration: Any) -> ssl.SSLContext | None:
-    """The TLS settings of a kubernetes `Configuration` (CA, client certificate, verification) for a socket."""
-    if not str(configuration.host).startswith("https"):
-        return None
-    if configuration.verify_ssl:
-        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-        if configuration.assert_hostname is False:
-            context.check_hostname = False
-    else:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
-    return context
-
-
-def auth_headers(configuration: Any) -> dict[str, str]:
-    """Bearer-token headers of a kubernetes `Configuration` (its refresh hook runs here, as for REST)."""
-    headers: dict[str, str] = {}
-    for setting in configuration.auth_settings().values():
-        if setting.get("in") == "header" and setting.get("value"):
-            headers[str(setting["key"]).title()] = str(setting["value"])
-    return headers
-
-
 class SchedulerPodTarget:
     """Which pod to forward to (looked up by label, remembered until a forward to it fails) and how to open it."""
 
@@ -148,11 +121,11 @@ class SchedulerPodTarget:
 
     async def open(self, port: int) -> tuple[str, WebSocketClientConnection]:
         pod = await self.pod()
-        configuration = self.api.configuration
+        creds = self.api.credentials
         request = HTTPRequest(
             portforward_url(self.api.base_url, self.namespace, pod, port),
-            headers={**auth_headers(configuration), "User-Agent": self.api.user_agent},
-            ssl_options=websocket_ssl_context(configuration),
+            headers={**creds.headers(), "User-Agent": self.api.user_agent},
+            ssl_options=creds.ssl_context(),
             connect_timeout=CONNECT_TIMEOUT,
             request_timeout=CONNECT_TIMEOUT,
         )

@@ -1,4 +1,4 @@
-"""A small Kubernetes REST client: kubeconfig/in-cluster credentials from `kubernetes.config`, urllib3 transport.
+"""A small Kubernetes REST client: kubeconfig/in-cluster credentials (runtime/credentials.py), urllib3 transport.
 
 Invariant: every HTTP request carries a timeout (a watch's read timeout is longer than its timeoutSeconds),
 is counted once in rest_client_requests_total{code,method,host}, and only transient failures of a single call
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,10 +20,8 @@ from urllib.parse import urlencode, urlsplit
 
 import tenacity
 import urllib3
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
-from dask_operator.controller.runtime import metrics
+from dask_operator.controller.runtime import credentials, metrics
 from dask_operator.controller.runtime.consistency import note_write
 from dask_operator.controller.runtime.kinds import Kind, kind_of
 from dask_operator.controller.runtime.reconcile import ReconcileTimeout, remaining_time
@@ -133,7 +130,7 @@ class Client:
 
     def __init__(
         self,
-        configuration: k8s_client.Configuration,
+        creds: credentials.Credentials,
         *,
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
@@ -142,15 +139,15 @@ class Client:
         user_agent: str = USER_AGENT,
         pool_size: int = 32,
     ) -> None:
-        self.configuration = configuration
+        self.credentials = creds
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_attempts = max_attempts
         self.retry_budget = retry_budget
         self.user_agent = user_agent
         self._pool_size = pool_size
-        split = urlsplit(configuration.host)
-        self.base_url = configuration.host.rstrip("/")
+        split = urlsplit(creds.host)
+        self.base_url = creds.host.rstrip("/")
         self.host = split.netloc
         self._requests_by_code: dict[tuple[str, str], Any] = {}
         self._observers: list[Callable[[RequestRecord], None]] = []
@@ -161,27 +158,18 @@ class Client:
 
     @classmethod
     def from_kubeconfig(cls, path: str | None = None, context: str | None = None, **options: Any) -> Client:
-        configuration = k8s_client.Configuration()
-        k8s_config.load_kube_config(
-            config_file=str(path) if path else None,
-            context=context,
-            client_configuration=configuration,
-            persist_config=False,
-        )
-        return cls(configuration, **options)
+        return cls(credentials.from_kubeconfig(path, context), **options)
 
     @classmethod
     def in_cluster(cls, **options: Any) -> Client:
-        configuration = k8s_client.Configuration()
-        k8s_config.load_incluster_config(client_configuration=configuration)
-        return cls(configuration, **options)
+        return cls(credentials.in_cluster(), **options)
 
     @classmethod
     def auto(cls, **options: Any) -> Client:
         """In-cluster service account when running in a pod, else $KUBECONFIG / ~/.kube/config."""
         try:
             return cls.in_cluster(**options)
-        except k8s_config.ConfigException:
+        except credentials.ConfigError:
             return cls.from_kubeconfig(**options)
 
     def clone(self, **options: Any) -> Client:
@@ -194,43 +182,23 @@ class Client:
             "user_agent": self.user_agent,
         }
         defaults.update(options)
-        return Client(self.configuration, **defaults)
-
-    def _auth_headers(self) -> dict[str, str]:
-        """Bearer tokens from the kubeconfig or the in-cluster service account (re-read on rotation).
-
-        The generated Configuration keys the token by its security scheme name ("BearerToken"), not by
-        header; auth_settings() maps schemes to headers and runs the refresh hook of in-cluster configs.
-        """
-        headers: dict[str, str] = {}
-        for setting in self.configuration.auth_settings().values():
-            if setting.get("in") == "header" and setting.get("value"):
-                headers[str(setting["key"]).title()] = str(setting["value"])
-        return headers
+        return Client(self.credentials, **defaults)
 
     def _make_pool(self) -> urllib3.PoolManager:
-        cfg = self.configuration
+        creds = self.credentials
         kwargs: dict[str, Any] = {
             "num_pools": 4,
             "maxsize": self._pool_size,
             "block": False,
             "retries": False,
         }
-        if self.base_url.startswith("https"):
-            context = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl else None
-            if context is None:
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            if cfg.cert_file:
-                context.load_cert_chain(cfg.cert_file, cfg.key_file)
+        context = creds.ssl_context()
+        if context is not None:
             kwargs["ssl_context"] = context
-            if cfg.tls_server_name:
-                kwargs["server_hostname"] = cfg.tls_server_name
-            if cfg.assert_hostname is not None:
-                kwargs["assert_hostname"] = cfg.assert_hostname
-        if cfg.proxy and not _bypasses_proxy(self.host, cfg.no_proxy):
-            return urllib3.ProxyManager(cfg.proxy, proxy_headers=cfg.proxy_headers, **kwargs)
+            if creds.tls_server_name:
+                kwargs["server_hostname"] = creds.tls_server_name
+        if creds.proxy and not _bypasses_proxy(self.host, creds.no_proxy):
+            return urllib3.ProxyManager(creds.proxy, **kwargs)
         return urllib3.PoolManager(**kwargs)
 
     def close(self) -> None:
@@ -484,7 +452,7 @@ class Client:
             connect = min(connect, remaining)
         url = self.base_url + path + (f"?{urlencode(params)}" if params else "")
         headers = {"Accept": JSON, "User-Agent": self.user_agent, **headers}
-        headers.update(self._auth_headers())
+        headers.update(self.credentials.headers())
         started = time.monotonic()
         try:
             response = self._pool.request(

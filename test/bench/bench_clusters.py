@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.bench_latency import update_latency
 from support.bench_workload import (
     WORKERS,
     TightClient,
@@ -45,6 +46,9 @@ from support.wait import wait_for
 REPO = Path(__file__).resolve().parents[2]
 CLUSTERS = int(os.environ.get("BENCH_CLUSTERS", "200"))
 QUIET_SECONDS = float(os.environ.get("BENCH_QUIET_SECONDS", "60"))
+# Once converged: updates per second spread over the clusters, and for how long (0 = no latency run).
+LATENCY_RATE = float(os.environ.get("BENCH_LATENCY_RATE", "100"))
+LATENCY_SECONDS = float(os.environ.get("BENCH_LATENCY_SECONDS", "30"))
 
 
 # Convergence measured at ~0.1 s per cluster on a loaded 2-core machine: 1 s per cluster leaves room.
@@ -236,6 +240,13 @@ def run_operator(
             k: v - settled_totals.get(k, 0) for k, v in after.items() if v != settled_totals.get(k, 0)
         }
         used = {k: settled_totals.get(k, 0) - before.get(k, 0) for k in settled_totals}
+        latency = None
+        if LATENCY_RATE > 0 and LATENCY_SECONDS > 0:
+            names = [f"b{i:04d}" for i in range(CLUSTERS)]
+            before_updates = scrape(metrics_port)
+            latency = update_latency(client, namespace, names, LATENCY_RATE, LATENCY_SECONDS)
+            made = writes(scrape(metrics_port)) - writes(before_updates)
+            latency["operator_writes_per_update"] = round(made / max(latency["new_generations"], 1), 2)
         clusters = client.list(f"/apis/kubernetes.dask.org/v1/namespaces/{namespace}/daskclusters")
         per_cluster = [
             at - _ts(c["metadata"]["creationTimestamp"]) for c in clusters if (at := _ready_condition_at(c))
@@ -256,6 +267,7 @@ def run_operator(
             "operator_peak_rss_mib": round(peak_rss_mib(proc.pid), 1),
             "operator_cpu_seconds_total": round(cpu_seconds(proc.pid), 1),
             "latency_seconds_p50_max": timeline(kube_plane, namespace),
+            "update_latency": latency,
         }
 
 

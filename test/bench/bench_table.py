@@ -86,6 +86,15 @@ def table(n: int, ours: dict[str, Any], limit: dict[str, Any], kopf: dict[str, A
         ("writes / min once idle", ours[f"writes_in_{int(QUIET_SECONDS)}s_once_converged"] / quiet_minutes,
          (kopf["quiet_writes"] / quiet_minutes) if kopf else None, None),
     ]  # fmt: skip
+    latency = ours.get("update_latency")
+    if latency:
+        rate = f"{latency['rate_achieved_per_second']}/s"
+        rows += [
+            (f"update -> reconciled p50 s ({rate})", latency["latency_seconds_p50"], None, None),
+            (f"update -> reconciled p99 s ({rate})", latency["latency_seconds_p99"], None, None),
+            ("  updates never reconciled", latency["never_observed"], None, None),
+            ("  operator writes / update", latency["operator_writes_per_update"], None, None),
+        ]
     if kopf and kopf.get("seconds_to_all_running") is None:
         rows.append(("(kopf: some clusters never showed Running)", None, None, None))
     lines = [

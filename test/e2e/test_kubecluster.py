@@ -9,7 +9,6 @@ Each test has its own namespace and operator. Waits have deadlines; nothing slee
 from __future__ import annotations
 
 import asyncio
-import copy
 import operator
 import time
 from typing import Any
@@ -321,11 +320,7 @@ def restricted_client(plane: Any, api: RestClient, namespace: str, rules: list[d
         "spec": {"expirationSeconds": 600},
     }
     token = core.create_namespaced_service_account_token("analyst", namespace, request).status.token
-    configuration = copy.copy(api.configuration)
-    configuration.cert_file = configuration.key_file = None
-    configuration.api_key = {"BearerToken": token}
-    configuration.api_key_prefix = {"BearerToken": "Bearer"}
-    return RestClient(configuration)
+    return RestClient(api.credentials.with_token(token))
 
 
 def test_rbac_refusals_name_the_verb_and_resource(plane: Any, namespace: str, api: RestClient) -> None:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from kubernetes import client as k8s_client
-
 from dask_operator.controller.runtime.cache import Cache
 from dask_operator.controller.runtime.client import Client
+from dask_operator.controller.runtime.credentials import Credentials
 
 
 def offline_client() -> Client:
     """A client for a port nobody listens on; the informers built on it are fed by hand, never started."""
-    configuration = k8s_client.Configuration()
-    configuration.host = "http://127.0.0.1:9"
-    return Client(configuration)
+    return Client(Credentials(host="http://127.0.0.1:9"))
 
 
 def offline_cache() -> Cache:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dask_operator.controller.runtime.client import Client, RequestRecord
+from dask_operator.controller.runtime.credentials import Credentials
 from support.faultproxy import FaultProxy, client_tls_context
 
 
@@ -55,12 +56,7 @@ def http_proxy(kube_plane: Any) -> FaultProxy:
 def client_via(kube_plane: Any, proxy: FaultProxy, tmp_path: Path, **options: Any) -> Client:
     """A Client whose requests all cross proxy."""
     if proxy.upstream_tls is not None:
-        from kubernetes import client as k8s_client
-
-        configuration = k8s_client.Configuration()
-        configuration.host = proxy.url
-        configuration.proxy = None
-        return Client(configuration, **options)
+        return Client(Credentials(host=proxy.url), **options)
     path = kube_plane.write_kubeconfig(proxy.url, tmp_path / f"via-{proxy.port}.kubeconfig")
     return Client.from_kubeconfig(str(path), **options)
 
