@@ -49,6 +49,8 @@ QUIET_SECONDS = float(os.environ.get("BENCH_QUIET_SECONDS", "60"))
 # Once converged: updates per second spread over the clusters, and for how long (0 = no latency run).
 LATENCY_RATE = float(os.environ.get("BENCH_LATENCY_RATE", "100"))
 LATENCY_SECONDS = float(os.environ.get("BENCH_LATENCY_SECONDS", "30"))
+# The operator's --concurrency; unset = its default, as deployed.
+CONCURRENCY = os.environ.get("BENCH_CONCURRENCY")
 
 
 # Convergence measured at ~0.1 s per cluster on a loaded 2-core machine: 1 s per cluster leaves room.
@@ -160,7 +162,7 @@ def operator_process(kube_plane: Any, namespace: str, log_path: Path) -> Iterato
             f"--namespace={namespace}",
             f"--metrics-bind-address=127.0.0.1:{metrics_port}",
             f"--health-probe-bind-address=127.0.0.1:{health_port}",
-            "--concurrency=8",
+            *([f"--concurrency={CONCURRENCY}"] if CONCURRENCY else []),
             "--log-level=warning",
         ],
         stdout=log,
@@ -240,6 +242,10 @@ def run_operator(
             k: v - settled_totals.get(k, 0) for k, v in after.items() if v != settled_totals.get(k, 0)
         }
         used = {k: settled_totals.get(k, 0) - before.get(k, 0) for k in settled_totals}
+        # Events among the writes: count from the namespace's Events (an aggregated Event is one write per count)
+        events = client.list(f"/api/v1/namespaces/{namespace}/events")
+        event_writes = sum(max(1, int(e.get("count") or 1)) for e in events
+                           if str(e.get("reportingComponent", "")).startswith("dask-operator"))  # fmt: skip
         latency = None
         if LATENCY_RATE > 0 and LATENCY_SECONDS > 0:
             names = [f"b{i:04d}" for i in range(CLUSTERS)]
@@ -260,6 +266,7 @@ def run_operator(
             "requests_per_cluster_by_method": {k: round(v / CLUSTERS, 2) for k, v in sorted(used.items())},
             "requests_per_cluster": round(sum(used.values()) / CLUSTERS, 2),
             "writes_per_cluster": round(writes(used) / CLUSTERS, 2),
+            "event_writes_per_cluster": round(event_writes / CLUSTERS, 2),
             f"writes_in_{int(QUIET_SECONDS)}s_once_converged": quiet_writes,
             "requests_while_quiet_by_method": quiet_by_method,
             "operator_cpu_seconds_to_converge": round(cpu_converged, 1),

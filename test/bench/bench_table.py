@@ -81,6 +81,7 @@ def table(n: int, ours: dict[str, Any], limit: dict[str, Any], kopf: dict[str, A
         (f"writes / cluster / minimum ({MINIMUM_WRITES})", ours_writes / MINIMUM_WRITES,
          (kopf["writes_per_cluster"] / MINIMUM_WRITES) if kopf else None,
          limit["operator_writes_per_cluster"] / MINIMUM_WRITES),
+        ("  of which Events / cluster", ours.get("event_writes_per_cluster"), None, None),
         ("CPU seconds (operator, whole run)", ours["operator_cpu_seconds_total"], kopf.get("cpu_seconds"), None),
         ("peak RSS MiB", ours["operator_peak_rss_mib"], kopf.get("peak_rss_mib"), None),
         ("writes / min once idle", ours[f"writes_in_{int(QUIET_SECONDS)}s_once_converged"] / quiet_minutes,
