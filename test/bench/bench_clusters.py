@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.bench_latency import update_latency
+from bench.bench_latency import SENDERS, update_latency
 from support.bench_workload import (
     WORKERS,
     TightClient,
@@ -250,7 +250,8 @@ def run_operator(
         if LATENCY_RATE > 0 and LATENCY_SECONDS > 0:
             names = [f"b{i:04d}" for i in range(CLUSTERS)]
             before_updates = scrape(metrics_port)
-            latency = update_latency(client, namespace, names, LATENCY_RATE, LATENCY_SECONDS)
+            sender = TightClient(kube_plane.kubeconfig, SENDERS)
+            latency = update_latency(sender, namespace, names, LATENCY_RATE, LATENCY_SECONDS)
             made = writes(scrape(metrics_port)) - writes(before_updates)
             latency["operator_writes_per_update"] = round(made / max(latency["new_generations"], 1), 2)
         clusters = client.list(f"/apis/kubernetes.dask.org/v1/namespaces/{namespace}/daskclusters")
@@ -278,9 +279,12 @@ def run_operator(
         }
 
 
-def run_limit(namespace: str, client: TightClient, clusters: int = CLUSTERS) -> dict[str, Any]:
+def run_limit(
+    namespace: str, client: TightClient, clusters: int = CLUSTERS, kubeconfig: Path | None = None
+) -> dict[str, Any]:
     """No operator: the same objects a converged cluster holds, written as fast as the API server takes
-    them, then both statuses once the node reports the pods Ready (polled every 0.5 s)."""
+    them, then both statuses once the node reports the pods Ready (polled every 0.5 s). Given the kubeconfig, it
+    then measures the update latency's limit on those clusters (bench_latency.update_latency with answer=True)."""
     CLUSTERS, CONVERGE_TIMEOUT = clusters, converge_timeout(clusters)
     client.requests.clear()
     started = time.monotonic()
@@ -296,6 +300,11 @@ def run_limit(namespace: str, client: TightClient, clusters: int = CLUSTERS) -> 
     client.patch_status(st for i in range(CLUSTERS) for st in converged_statuses(namespace, f"l{i:04d}"))
     to_running = time.monotonic() - started
     writes_made = client.requests["PATCH"]
+    latency = None
+    if LATENCY_RATE > 0 and LATENCY_SECONDS > 0 and kubeconfig is not None:
+        names = [f"l{i:04d}" for i in range(CLUSTERS)]
+        sender = TightClient(kubeconfig, SENDERS)
+        latency = update_latency(sender, namespace, names, LATENCY_RATE, LATENCY_SECONDS, answer=True)
     return {
         "seconds_to_write_all_objects": round(submitted, 1),
         "seconds_to_all_pods_ready": round(pods_ready, 1),
@@ -306,6 +315,7 @@ def run_limit(namespace: str, client: TightClient, clusters: int = CLUSTERS) -> 
         "writes_per_cluster": round(writes_made / CLUSTERS, 2),
         # what an operator would write: all but the DaskCluster, which the user creates
         "operator_writes_per_cluster": round((writes_made - CLUSTERS) / CLUSTERS, 2),
+        "update_latency": latency,
     }
 
 

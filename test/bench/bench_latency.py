@@ -8,6 +8,10 @@ showing its generation observed: an upper bound of event-to-reconcile, since it 
 the operator and back and one status write. Reported: the rate achieved, p50/p99/max, updates never observed
 within the wait, and the operator's requests per update.
 
+The same run measures the limit: with `answer=True` and no operator, the sender itself writes each update's
+`status.observedGeneration` right after the update returns, which is what a reconciler that cost nothing
+would do: two writes in a row at the same rate, on the same API server.
+
 Used by test/bench/bench_table.py once the clusters have converged, with the operator still running.
 """
 
@@ -23,6 +27,9 @@ from support.bench_workload import GROUP, MERGE, TightClient, cluster_path
 
 # Seconds an update may take to show before it counts as never observed.
 OBSERVE_WAIT = 60.0
+# Threads of the sending client (make it with TightClient(kubeconfig, SENDERS)): enough that the sender keeps
+# its rate while the API server takes ~0.5 s a write.
+SENDERS = 128
 
 
 class _Observed:
@@ -63,9 +70,15 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def update_latency(
-    client: TightClient, namespace: str, names: list[str], rate: float = 100.0, seconds: float = 30.0
+    client: TightClient,
+    namespace: str,
+    names: list[str],
+    rate: float = 100.0,
+    seconds: float = 30.0,
+    answer: bool = False,
 ) -> dict[str, Any]:
-    """Send `rate * seconds` updates at `rate` per second over `names` in turn; returns the latency figures."""
+    """Send `rate * seconds` updates at `rate` per second over `names` in turn; returns the latency figures.
+    With `answer`, each update's sender also writes its observedGeneration (the limit, with no operator)."""
     path = f"{GROUP}/namespaces/{namespace}/daskclusters"
     listed = client.client.request("GET", path, timeout=120)
     observed, stop = _Observed(), threading.Event()
@@ -91,8 +104,17 @@ def update_latency(
             content_type=MERGE,
             timeout=60,
         )
+        generation = int(body["metadata"]["generation"])
         with lock:
-            sends.append((name, int(body["metadata"]["generation"]), sent))
+            sends.append((name, generation, sent))
+        if answer:
+            client.client.request(
+                "PATCH",
+                f"{cluster_path(namespace, name)}/status",
+                {"status": {"observedGeneration": generation}},
+                content_type=MERGE,
+                timeout=60,
+            )
 
     started = time.monotonic()
     with ThreadPoolExecutor(client.threads) as pool:
