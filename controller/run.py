@@ -103,10 +103,13 @@ def run_command(args: argparse.Namespace) -> int:
     from dask_operator.controller.runtime import logs
 
     logs.configure(args.log_level, json=args.log_format == "json")
+    # A kept-alive connection for every reconcile that can run at once (four kinds) and every watch: past the
+    # pool's size each request would pay a new TLS handshake.
+    pool_size = max(32, 4 * args.concurrency + 16)
     client = (
-        Client.from_kubeconfig(args.kubeconfig, args.context)
+        Client.from_kubeconfig(args.kubeconfig, args.context, pool_size=pool_size)
         if args.kubeconfig or args.context
-        else Client.auto()
+        else Client.auto(pool_size=pool_size)
     )
     namespace = args.namespace if not args.all_namespaces else None
     settings = from_dask_config(
