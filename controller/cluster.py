@@ -288,13 +288,12 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
     default_group = next(
         (g for g in obs.groups if g["metadata"]["name"] == default_worker_group_name(meta["name"])), None
     )
+    # A new group is created without replicas (the main manager never owns them) and the replicas write
+    # follows in the next wave; until it lands, the group waits (workergroup.awaits_replicas), so the CRD's
+    # default of 1 never makes a throwaway worker. Two writes, as with the replicas in the first one, but
+    # no third to hand their ownership over.
     group = desired_default_group(cluster)
     replicas = default_group_replicas(cluster, default_group)
-    if default_group is None and replicas is not None:
-        # A new group carries its replica count from its first write, so a cluster of 0 workers never
-        # gets a throwaway worker from the CRD's default; the replicas write below then co-owns the value
-        # (same value, shared ownership), which the main manager's later applies (without it) leave alone.
-        group["spec"]["worker"]["replicas"] = replicas["spec"]["worker"]["replicas"]
     if obs.hold is not None:
         # The group and its replica count stay (resume restores them); what runs goes.
         steps: list[Step] = [Apply(group)]

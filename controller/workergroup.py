@@ -10,7 +10,8 @@ group are retired by name through the scheduler, one request at a time per group
 scheduler still retires them; a pod is deleted only once the scheduler retired every worker it runs; a
 request that did not retire them all is asked again after a growing delay. A group whose cluster is held
 (`GroupObservation.hold`) deletes all its pods and creates none,
-keeping `spec.worker.replicas` for the resume. Held by test/unit/test_workergroup.py.
+keeping `spec.worker.replicas` for the resume. A cluster's default group runs nothing until the cluster has
+written its replicas (`awaits_replicas`). Held by test/unit/test_workergroup.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dask_operator.api.v1.names import (
     DEFAULT_CLUSTER_DOMAIN,
     ISTIO_SIDECAR_INJECT_VALUE,
     LABEL_ISTIO_SIDECAR_INJECT,
+    default_worker_group_name,
     label_selector_string,
     worker_pod_name,
     worker_selector_labels,
@@ -44,7 +46,7 @@ from dask_operator.controller.children import (
     template_hash,
     with_env_defaults,
 )
-from dask_operator.controller.cluster import cluster_scheduler_address
+from dask_operator.controller.cluster import PROPAGATED_REPLICAS_ANNOTATION, cluster_scheduler_address
 from dask_operator.controller.conditions import (
     CONDITION_REPLICA_FAILURE,
     Condition,
@@ -350,6 +352,8 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     cluster = obs.cluster
     if obs.queue is not None and obs.queue.hold is not None:
         return _held(group, obs.pods, obs.queue.hold, previous, now)
+    if awaits_replicas(group, cluster):
+        return Plan(notes=("waiting for the cluster's replicas",))
     template = worker_template(group, cluster, settings.cluster_domain, settings.worker_grace, obs.queue)
     draft = _Draft(group, template, pods, int(group["spec"]["worker"].get("replicas", 1)))
     draft.deletions += [_deletion(p, Cause.POD_FINISHED) for p in pods.finished]
@@ -474,6 +478,14 @@ def _disruption_budget_steps(group: Obj, observed: Sequence[Obj]) -> list[Step]:
         if b["metadata"]["name"] != keep and not is_terminating(b)
     ]
     return steps
+
+
+def awaits_replicas(group: Mapping[str, Any], cluster: Mapping[str, Any]) -> bool:
+    """A cluster's default group before the cluster wrote its replicas: its `replicas` is the CRD's default,
+    not a count anyone asked for, so it runs nothing yet (the cluster writes them right after creating it)."""
+    if group["metadata"]["name"] != default_worker_group_name(cluster["metadata"]["name"]):
+        return False
+    return PROPAGATED_REPLICAS_ANNOTATION not in (group["metadata"].get("annotations") or {})
 
 
 def _waiting_for_cluster(

@@ -152,11 +152,16 @@ class Cache:
 
     def resource_version(self, kind: Kind, namespace: str | None, name: str) -> str | None:
         """The cached object's resourceVersion without copying it; None if absent or the cache is not running."""
+        meta = self.metadata(kind, namespace, name)
+        return None if meta is None else str(meta.get("resourceVersion", ""))
+
+    def metadata(self, kind: Kind, namespace: str | None, name: str) -> Mapping[str, Any] | None:
+        """The cached object's metadata, not copied: read it, never change it. None if absent or not running."""
         with self._lock:
             if not self._started:
                 return None
         obj = self._synced_store(kind).get(f"{namespace}/{name}" if kind.namespaced and namespace else name)
-        return None if obj is None else str(obj["metadata"].get("resourceVersion", ""))
+        return None if obj is None else obj["metadata"]
 
     def list(
         self, kind: Kind, namespace: str | None = None, labels: Mapping[str, str] | None = None

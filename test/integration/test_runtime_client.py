@@ -173,6 +173,57 @@ def test_status_goes_only_through_the_status_subresource(
     assert ("mgr", "") in managers and ("mgr-status", "status") in managers
 
 
+def test_our_own_writes_in_a_row_cost_no_extra_apply_and_a_foreign_change_still_forces_one(
+    server: Client, namespace: str, kube_plane: Any
+) -> None:
+    """A main intent, then a second field manager's field and a status on the same custom resource: applying
+    the main intent again is skipped (our writes left it whole); someone else's spec or label change is not."""
+    server.apply(WIDGET_CRD, "runtime-tests")
+    wait_for(
+        lambda: server.get(CUSTOM_RESOURCE_DEFINITION, None, "widgets.runtime.test.dask.org"), timeout=20
+    )
+    main = {"apiVersion": "runtime.test.dask.org/v1", "kind": "Widget",
+            "metadata": {"name": "w2", "namespace": namespace, "labels": {"app": "w"}},
+            "spec": {"template": {"image": "dask:1"}}}  # fmt: skip
+    size = {**main, "metadata": {"name": "w2", "namespace": namespace}, "spec": {"size": 3}}
+    wait_for(lambda: _try_apply(server, main), timeout=20)  # the CRD is served
+    cache = Cache(server, namespace)
+    cache.informer(WIDGET)
+    cache.start()
+    applier = Applier(server, cache)
+    log = RequestLog(server)
+    try:
+        assert applier.apply(main, "main") is not None  # nothing remembered yet
+        assert applier.apply(size, "size") is not None
+        done = applier.apply_status({**main, "status": {"ready": True}}, "main-status")
+        assert done is not None
+        last = done["metadata"]["resourceVersion"]
+        wait_for(lambda: cache.resource_version(WIDGET, namespace, "w2") == last, timeout=10)
+        log.clear()
+        assert applier.apply(main, "main") is None and applier.apply(size, "size") is None
+        assert log.writes() == []
+
+        # status written by someone else: the generation did not move, so the intent still holds
+        server.patch_merge(WIDGET, namespace, "w2", {"status": {"ready": False}}, subresource="status")
+        wait_for(lambda: cache.resource_version(WIDGET, namespace, "w2") != last, timeout=10)
+        assert applier.apply(main, "main") is None
+
+        kube_plane.kubectl("-n", namespace, "patch", "widget", "w2", "--type=merge",
+                           "-p", '{"spec":{"template":{"image":"dask:2"}}}')  # fmt: skip
+        wait_for(lambda: (cache.get(WIDGET, namespace, "w2") or {})["spec"]["template"]["image"] == "dask:2",
+                 timeout=10)  # fmt: skip
+        restored = applier.apply(main, "main")
+        assert restored is not None and restored["spec"]["template"]["image"] == "dask:1"
+
+        kube_plane.kubectl("-n", namespace, "label", "widget", "w2", "app-")  # no new generation
+        wait_for(lambda: "app" not in ((cache.get(WIDGET, namespace, "w2") or {})["metadata"].get("labels") or {}),
+                 timeout=10)  # fmt: skip
+        relabelled = applier.apply(main, "main")
+        assert relabelled is not None and relabelled["metadata"]["labels"] == {"app": "w"}
+    finally:
+        cache.stop()
+
+
 def _try_apply(server: Client, obj: Obj) -> Obj | None:
     try:
         return server.apply(obj, "mgr")

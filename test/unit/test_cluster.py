@@ -188,16 +188,17 @@ def test_replicas_propagate_only_when_the_cluster_value_changed(
 
 def test_new_cluster_plans_all_children_and_status_created() -> None:
     plan = plan_cluster(ClusterObservation(make_cluster()), NOW)
-    # the children, then the default group's replicas under their own field manager; a new group is
-    # created with its replicas in the first write (no worker from the CRD's default)
+    # the children, then the default group's replicas under their own field manager: the main manager
+    # never owns them, not even in the write that creates the group (so no write ever hands them over)
     applies = list(plan.of_type(Apply))
     assert [(s.obj["kind"], s.field_manager) for s in applies] == [
         ("Service", FIELD_MANAGER),
         ("DaskWorkerGroup", FIELD_MANAGER),
         ("DaskWorkerGroup", REPLICAS_FIELD_MANAGER),
     ]
-    assert applies[1].obj["spec"]["worker"]["replicas"] == 3
-    # once the group exists, the main manager never writes the replicas again
+    assert "replicas" not in applies[1].obj["spec"]["worker"]
+    assert applies[2].obj["spec"]["worker"]["replicas"] == 3
+    # the same once the group exists
     existing = plan_cluster(ClusterObservation(make_cluster(replicas=0), groups=[applies[1].obj]), NOW)
     (main_group,) = (s.obj for s in existing.of_type(Apply) if s.obj["kind"] == "DaskWorkerGroup"
                      and s.field_manager == FIELD_MANAGER)  # fmt: skip

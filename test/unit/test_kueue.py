@@ -8,7 +8,7 @@ from typing import Any
 
 from support.builders import admitted_workload, evicted_workload, stored_workload
 
-from dask_operator.controller.cluster import ClusterObservation, plan_cluster
+from dask_operator.controller.cluster import PROPAGATED_REPLICAS_ANNOTATION, ClusterObservation, plan_cluster
 from dask_operator.controller.job import JobObservation, plan_job
 from dask_operator.controller.kueue import (
     POD_SETS_HASH_ANNOTATION,
@@ -267,7 +267,8 @@ def test_an_admitted_clusters_workers_get_their_groups_placement() -> None:
     wl = desired_workload(owner, cluster_pod_sets(owner, [], []), {})
     state = queueing(owner, admitted_workload(stored_workload(wl)), FLAVORS)
     group = {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskWorkerGroup",
-             "metadata": {"name": "c-default", "namespace": "ns", "uid": "g"},
+             "metadata": {"name": "c-default", "namespace": "ns", "uid": "g",
+                          "annotations": {PROPAGATED_REPLICAS_ANNOTATION: "2"}},
              "spec": {"cluster": "c", "worker": {"replicas": 2, "spec": pod("worker")}}}  # fmt: skip
     g = plan_group(GroupObservation(group=group, cluster=owner, queue=state), NOW)
     assert len(g.creates) == 2

@@ -29,6 +29,7 @@ from dask_operator.controller.autoscaler import (
 )
 from dask_operator.controller.children import TEMPLATE_HASH_LABEL
 from dask_operator.controller.cluster import (
+    PROPAGATED_REPLICAS_ANNOTATION,
     ClusterObservation,
     IdleAnswer,
     desired_scheduler_pod,
@@ -83,7 +84,13 @@ def _group(cluster: Obj, replicas: int, name: str = "c-default", image: str = "d
     group = {
         "apiVersion": "kubernetes.dask.org/v1",
         "kind": "DaskWorkerGroup",
-        "metadata": {"name": name, "namespace": "ns", "uid": f"{name}-uid", "generation": 1},
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"{name}-uid",
+            "generation": 1,
+            "annotations": {PROPAGATED_REPLICAS_ANNOTATION: str(replicas)},
+        },
         "spec": {
             "cluster": cluster["metadata"]["name"],
             "worker": {"replicas": replicas, "spec": {"containers": [{"name": "worker", "image": image}]}},

@@ -11,6 +11,7 @@ from support import builders
 
 from dask_operator.api.v1.names import ANNOTATION_AUTOSCALED_BY
 from dask_operator.controller.children import TEMPLATE_HASH_LABEL
+from dask_operator.controller.cluster import PROPAGATED_REPLICAS_ANNOTATION
 from dask_operator.controller.hold import Hold
 from dask_operator.controller.objects import rfc3339
 from dask_operator.controller.plans import (
@@ -67,6 +68,8 @@ def make_group(replicas: int = 3, image: str = "dask:1", name: str = "c-default"
             "uid": f"{name}-uid",
             "generation": 1,
             "labels": {"k": "group"},
+            # the cluster has written its replicas (a default group waits for that: awaits_replicas)
+            "annotations": {PROPAGATED_REPLICAS_ANNOTATION: str(replicas)},
             "ownerReferences": [
                 {"kind": "DaskCluster", "uid": "cluster-uid", "name": "c", "controller": True},
             ],
@@ -548,12 +551,23 @@ def condition_of(result: Plan, kind: str) -> dict[str, Any]:
 def test_autoscaler_ownership_of_replicas_is_released_once_no_autoscaler_names_the_cluster() -> None:
     pods = scaled_to(2)
     group = make_group(2)
-    group["metadata"]["annotations"] = {ANNOTATION_AUTOSCALED_BY: "scaler"}
+    group["metadata"]["annotations"][ANNOTATION_AUTOSCALED_BY] = "scaler"
     assert list(plan(group, pods, autoscaled=True).of_type(ReleaseFields)) == []
     (release,) = plan(group, pods, autoscaled=False).of_type(ReleaseFields)
     assert release.ref.uid == group["metadata"]["uid"] and release.field_manager == AUTOSCALER_FIELD_MANAGER
     assert release.annotation == ANNOTATION_AUTOSCALED_BY
     assert list(plan(make_group(2), pods, autoscaled=False).of_type(ReleaseFields)) == []
+
+
+def test_a_clusters_new_default_group_runs_nothing_until_the_cluster_wrote_its_replicas() -> None:
+    fresh = make_group(1)  # as created: the CRD's default replicas, no propagation yet
+    del fresh["metadata"]["annotations"][PROPAGATED_REPLICAS_ANNOTATION]
+    waiting = plan(fresh, [])
+    assert not waiting.steps and waiting.question is None  # no pod, not even a status write
+    assert len(plan(make_group(1), []).creates) == 1  # the same group once the cluster wrote its replicas
+    other = make_group(1, name="c-extra")  # a group the user added: its replicas are whatever it says
+    del other["metadata"]["annotations"][PROPAGATED_REPLICAS_ANNOTATION]
+    assert len(plan(other, []).creates) == 1
 
 
 # -- a held cluster ----------------------------------------------------------------------------------------
