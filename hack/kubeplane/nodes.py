@@ -4,7 +4,8 @@ Invariant: node 0 is the plane's own network (`localkube-<i>`, 10.244.<i>.0/24, 
 one-node plane is exactly what it always was. Every further node holds a network index of its own
 (recorded in state.json, so no other plane takes it) for its pod CIDR and node IP, and all nodes of a
 plane share the bridge dkbr<i>: pods get an on-link route to 10.244.0.0/16 and reach each other over
-the bridge with IP forwarding still off. Per-node settings come from flags `NODE=...`, where NODE is
+the bridge with IP forwarding still off; their Service proxies pass each other their pods' connections
+through unix sockets in the plane's `proxy/` directory. Per-node settings come from flags `NODE=...`, where NODE is
 a node name or its ordinal (0 for the first). Held by test/unit/test_plane_nodes.py.
 """
 
@@ -214,6 +215,11 @@ def heartbeat_seconds(grace_seconds: float | None) -> float:
     return max(1.0, min(10.0, grace_seconds / 4))
 
 
+def handover_dir(plane_root: Path) -> Path:
+    """Where each node's unix socket takes the Service connections of its pods that another node accepted."""
+    return plane_root / "proxy"
+
+
 def _replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
     prefix = f"--{flag}="
     return [f"{prefix}{value}" if a.startswith(prefix) else a for a in argv]
@@ -227,7 +233,11 @@ def node_argv(st: PlaneState, component: str, base: list[str]) -> list[str]:
     argv = _replace_flag(argv, "pod-cidr", spec.pod_cidr)
     argv = _replace_flag(argv, "state-dir", str(spec.state_dir(st.root)))
     if multi_node(st):
-        argv += ["--shared-bridge", f"--cluster-cidr={CLUSTER_CIDR}"]
+        argv += [
+            "--shared-bridge",
+            f"--cluster-cidr={CLUSTER_CIDR}",
+            f"--proxy-handover-dir={handover_dir(st.root)}",
+        ]
     if runs_scheduler(st):
         argv.append("--no-bind")
     grace = st.node.get("node_monitor_grace_period")

@@ -2,8 +2,9 @@
 
 Story: the operator runs in the plane as the README installs it (`kubectl apply --server-side -k manifests/`,
 two leader-elected pods). A 3-worker Dask cluster holds persisted and scattered data; the user scales it to 1
-and the leader is lost at once. The other replica (or the replacement pod) takes the Lease and finishes the
-scale-down: exactly 1 worker pod, no persisted key recomputed, no scattered key lost.
+and the leader is lost at once. Another operator process takes the Lease (the other replica, the replacement
+pod, or, after a SIGKILL, the container its node restarts in the same pod: a new holderIdentity either way)
+and finishes the scale-down: exactly 1 worker pod, no persisted key recomputed, no scattered key lost.
 
 A plane of its own: the in-cluster operator watches every namespace and must not meet the session plane's
 per-test operators.
@@ -73,18 +74,25 @@ def _two_ready(kp: KubePlane) -> bool:
     return len(pods) == 2 and all(_ready(p) for p in pods)
 
 
-def _leader(kp: KubePlane) -> str | None:
+def _holder(kp: KubePlane) -> str | None:
+    """The Lease's holderIdentity, `<pod name>_<uuid>`: one operator process (a restart is a new one)."""
     lease = get(kp, OPERATOR_NS, "lease", "dask-operator") or {}
-    holder = (lease.get("spec") or {}).get("holderIdentity") or ""
-    return holder.split("_", 1)[0] or None
+    return (lease.get("spec") or {}).get("holderIdentity") or None
+
+
+def _pod_of(identity: str) -> str:
+    return identity.split("_", 1)[0]
 
 
 def _lose_leader(kp: KubePlane, how: str) -> str:
-    leader = wait_for(lambda: _leader(kp), timeout=60, interval=0.5, message="a leader holds the Lease")
+    """Deletes the leader's pod, or SIGKILLs its process (the node restarts the container in the same pod:
+    the new process may win the Lease back, with a new identity); returns the lost leader's identity."""
+    leader = wait_for(lambda: _holder(kp), timeout=60, interval=0.5, message="a leader holds the Lease")
+    pod_name = _pod_of(leader)
     if how == "deleted":
-        kp.kubectl("delete", "pod", "-n", OPERATOR_NS, leader, "--wait=false")
+        kp.kubectl("delete", "pod", "-n", OPERATOR_NS, pod_name, "--wait=false")
     else:
-        pod = get(kp, OPERATOR_NS, "pod", leader)
+        pod = get(kp, OPERATOR_NS, "pod", pod_name)
         pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
         os.kill(pid, signal.SIGKILL)
     return leader
@@ -106,7 +114,7 @@ def test_leader_lost_during_a_scale_down_the_other_replica_finishes_it_without_l
             kp.kubectl("scale", "-n", ns, f"daskcluster/{name}", "--replicas=1")
             clock = Stopwatch()
             lost = _lose_leader(kp, how)
-            holder = wait_for(lambda: (h := _leader(kp)) != lost and h, timeout=150, interval=0.5,
+            holder = wait_for(lambda: (h := _holder(kp)) != lost and h, timeout=150, interval=0.5,
                               message=f"a leader after {lost}")  # fmt: skip
             handed_over = clock.seconds()
             wait_for(lambda: _at_one(kp, ns, group), timeout=180, interval=0.5,
@@ -114,8 +122,8 @@ def test_leader_lost_during_a_scale_down_the_other_replica_finishes_it_without_l
             wait_workers(client, 1, timeout=60)
             cost = data_cost(client, held)
             figure(f"leader-{how}-scale-down", handed_over_s=handed_over, converged_s=clock.seconds(),
-                   new_leader=holder, recomputed=len(cost.recomputed),
-                   scattered_lost=len(cost.scattered_lost))  # fmt: skip
+                   new_leader=holder, same_pod=_pod_of(holder) == _pod_of(lost),
+                   recomputed=len(cost.recomputed), scattered_lost=len(cost.scattered_lost))  # fmt: skip
             print(cost.line())
             assert cost.recomputed == {} and cost.scattered_lost == [] and cost.erred == 0, cost
     except BaseException:

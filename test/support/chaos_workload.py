@@ -56,7 +56,10 @@ class DataCost:
 
 
 def hold_data(client: Any, blocks: int = 40, scattered: int = 12) -> HeldData:
-    """Persist `blocks` computed lists and scatter `scattered` values, spread round-robin over every worker."""
+    """Persist `blocks` computed lists and scatter `scattered` values, spread round-robin over every worker.
+
+    Each block is pinned to its worker only for placement: once in memory its restrictions are cleared, so
+    a recomputation after that worker is lost goes to any live worker, not back to a dead address."""
     from distributed import wait
 
     addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
@@ -75,7 +78,20 @@ def hold_data(client: Any, blocks: int = 40, scattered: int = 12) -> HeldData:
         client.scatter(f"scattered-{i}", workers=[addresses[i % len(addresses)]]) for i in range(scattered)
     ]
     wait(futures + values, timeout=60)
+    client.run_on_scheduler(_unpin, [str(f.key) for f in futures])
     return HeldData(futures, values)
+
+
+def _unpin(keys: list[str], dask_scheduler: Any = None) -> None:
+    """On the scheduler: the tasks of `keys` may run anywhere from now on (TaskState's restriction fields)."""
+    for key in keys:
+        task = dask_scheduler.tasks.get(key)
+        if task is None:
+            continue
+        task.worker_restrictions = None
+        task.host_restrictions = None
+        task.resource_restrictions = None
+        task.loose_restrictions = False
 
 
 def data_cost(client: Any, held: HeldData) -> DataCost:

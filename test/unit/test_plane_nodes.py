@@ -92,6 +92,7 @@ def test_extra_node_argv_changes_identity_and_adds_sharing_flags(tmp_path: Path)
     assert "--node-name=localkube-5-1" in argv and "--pod-cidr=10.244.255.0/24" in argv
     assert f"--state-dir={tmp_path / 'nodes' / 'localkube-5-1'}" in argv
     assert "--bridge=dkbr5" in argv, "every node joins the plane's bridge"
+    assert f"--proxy-handover-dir={tmp_path / 'proxy'}" in argv, "one hand-over directory for all nodes"
     assert {"--shared-bridge", "--cluster-cidr=10.244.0.0/16", "--no-bind", "--heartbeat-seconds=3.0"} <= set(
         argv
     )

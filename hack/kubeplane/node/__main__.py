@@ -34,6 +34,8 @@ def parse_args(argv: list[str]) -> NodeConfig:
     p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("--shared-bridge", action="store_true", help="other nodes of the plane use the bridge too")
     p.add_argument("--cluster-cidr", default="", help="every node's pods (on-link from each pod)")
+    p.add_argument("--proxy-handover-dir", type=Path, default=None,
+                   help="the plane's nodes pass each other their pods' Service connections here")  # fmt: skip
     p.add_argument("--no-bind", action="store_true", help="kube-scheduler places pods; never self-bind")
     p.add_argument("--heartbeat-seconds", type=float, default=10.0, help="Lease renewal period")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a Node label")
@@ -62,6 +64,7 @@ def parse_args(argv: list[str]) -> NodeConfig:
         cluster_domain=a.cluster_domain,
         shared_bridge=a.shared_bridge,
         cluster_cidr=a.cluster_cidr,
+        handover_dir=a.proxy_handover_dir,
         self_bind=not a.no_bind,
         heartbeat_seconds=a.heartbeat_seconds,
         labels=tuple(_pair(x) for x in a.label),

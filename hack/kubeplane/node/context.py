@@ -46,6 +46,8 @@ class NodeConfig:
     # `localkube down`), and pods reach every node's pods on-link inside `cluster_cidr`.
     shared_bridge: bool = False
     cluster_cidr: str = ""
+    # Where the nodes of a plane pass each other the Service connections of their own pods (handover.py).
+    handover_dir: Path | None = None
     self_bind: bool = True  # False while kube-scheduler places pods
     heartbeat_seconds: float = 10.0
     labels: tuple[tuple[str, str], ...] = ()

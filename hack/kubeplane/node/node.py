@@ -26,6 +26,7 @@ from .context import NodeConfig, NodeContext, is_simulated
 from .dnsserver import DnsServer
 from .envvars import ServiceEnv
 from .events import EventRecorder
+from .handover import HandOver
 from .informer import Informer
 from .kubeapi import ApiError, KubeClient, load_connection
 from .kubeletserver import KubeletServer, RunningContainer
@@ -167,7 +168,10 @@ class ProcessNode:
         self.netloop = NetLoop()
         self.dns = DnsServer(cfg.node_ip, 53, cfg.cluster_domain)
         self.netloop.call(self.dns.start())
-        self.proxy = ServiceProxy()
+        handover = None
+        if cfg.handover_dir is not None and cfg.cluster_cidr:
+            handover = HandOver(cfg.handover_dir, cfg.pod_cidr, cfg.cluster_cidr)
+        self.proxy = ServiceProxy(handover)
         self.logs = KubeletServer(
             cfg.node_ip,
             cfg.kubelet_port,
@@ -196,6 +200,7 @@ class ProcessNode:
         self.services.wait_synced(30)
         self.slices.wait_synced(30)
         self.sync.sync()
+        self.netloop.call(self.proxy.start())  # with its routes: a connection handed over can be served
         self.sync.start()
         self.pods = Informer(self.client, "/api/v1/pods", self._on_pod, name="pods")
         self.pods.start()

@@ -5,7 +5,10 @@ client of a Service without endpoints gets "connection refused" (as with kube-pr
 retries, instead of a connection that closes mid-handshake. Each new connection goes to the next
 backend in round-robin order; if no backend answers it is reset. Routes are replaced as a whole.
 Listeners use IP_FREEBIND, so they can bind before the address is on the bridge, and SO_REUSEPORT,
-so the nodes of one plane all listen on its ClusterIPs.
+so the nodes of one plane all listen on its ClusterIPs and the kernel spreads connections over them.
+On a plane of several nodes a connection from another node's pod is handed to that node (handover.py),
+so a pod's Service connections are proxied by its own node, as with kube-proxy: stopping a node cuts
+its own pods' connections only. Held by test/unit/test_process_node.py and test_process_node_handover.py.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import itertools
 import logging
 import socket
 import struct
+from collections.abc import Coroutine
+from typing import Any
 
+from .handover import HandOver
 from .servicetable import Backend, Frontend
 
 log = logging.getLogger(__name__)
@@ -42,40 +48,97 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 class ServiceProxy:
-    def __init__(self) -> None:
+    def __init__(self, handover: HandOver | None = None) -> None:
         self.backends: dict[Frontend, tuple[Backend, ...]] = {}
-        self._servers: dict[Frontend, asyncio.base_events.Server] = {}
+        self.handover = handover
+        self.handed_over = 0  # connections passed to their pod's node
+        self.received = 0  # connections other nodes passed to this one
+        self._listeners: dict[Frontend, socket.socket] = {}
         self._rr: dict[Frontend, itertools.count[int]] = {}
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Call on the proxy's loop: opens this node's hand-over inbox, if the plane has several nodes."""
+        if self.handover is None:
+            return
+        inbox = self.handover.open_inbox()
+        asyncio.get_running_loop().add_reader(inbox.fileno(), self._take_handed_over)
 
     async def update(self, backends: dict[Frontend, tuple[Backend, ...]]) -> None:
         """Call on the proxy's loop. Opens and closes listeners to match the new routes."""
         self.backends = {f: b for f, b in backends.items() if b}
-        for front in [f for f in self._servers if f not in self.backends]:
-            server = self._servers.pop(front)
-            server.close()
+        for front in [f for f in self._listeners if f not in self.backends]:
+            self._stop_listening(front)
         for front in self.backends:
-            if front in self._servers:
+            if front in self._listeners:
                 continue
             try:
-                self._servers[front] = await self._listen(front)
+                self._listeners[front] = self._listen(front)
             except OSError as e:
                 log.warning("proxy: cannot listen on %s:%s: %s", *front, e)
 
-    async def _listen(self, front: Frontend) -> asyncio.base_events.Server:
+    def _listen(self, front: Frontend) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Every node of a plane serves every ClusterIP on the shared bridge: the kernel spreads
-        # connections over their listeners, and a stopped node's listener just drops out.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
-        sock.bind(front)
-        sock.listen(512)
-        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Every node of a plane serves every ClusterIP on the shared bridge: the kernel spreads
+            # connections over their listeners, and a stopped node's listener just drops out.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+            sock.bind(front)
+            sock.listen(512)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        # A reader callback, not loop.sock_accept: nothing is deferred past closing (see _stop_listening).
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, front, sock)
+        return sock
 
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._forward(front, reader, writer)
+    def _stop_listening(self, front: Frontend) -> None:
+        sock = self._listeners.pop(front)
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
 
-        return await asyncio.start_server(handle, sock=sock)
+    def _accept(self, front: Frontend, sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("proxy: accept on %s:%s failed: %s", *front, e)
+                return
+            self._spawn(self.accepted(front, conn))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def accepted(self, front: Frontend, conn: socket.socket) -> None:
+        """A connection a listener of this node accepted: handed to its pod's node, or proxied here.
+
+        Nothing is read from it before the hand-over, so no byte of it stays behind in this node."""
+        conn.setblocking(False)
+        if self.handover is not None and self.handover.pass_on(front, conn):
+            self.handed_over += 1
+            return
+        await self._serve(front, conn)
+
+    def _take_handed_over(self) -> None:
+        assert self.handover is not None
+        for front, conn in self.handover.receive():
+            self.received += 1
+            self._spawn(self._serve(front, conn))
+
+    async def _serve(self, front: Frontend, conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except OSError:
+            conn.close()
+            return
+        await self._forward(front, reader, writer)
 
     async def _forward(
         self, front: Frontend, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -106,6 +169,8 @@ class ServiceProxy:
                     w.close()
 
     async def close(self) -> None:
-        for server in self._servers.values():
-            server.close()
-        self._servers.clear()
+        for front in list(self._listeners):
+            self._stop_listening(front)
+        if self.handover is not None and self.handover.inbox is not None:
+            asyncio.get_running_loop().remove_reader(self.handover.inbox.fileno())
+            self.handover.close_inbox()
