@@ -7,8 +7,8 @@ operator (bench_clusters.run_limit), and, for N up to BENCH_KOPF_MAX (300; 0 = n
 operator. Prints one table per N with the ratios ours/kopf and ours/limit, and the scale timings. The
 test's timeout grows with the sizes. Run it explicitly:
 
-    BENCH_SIZES=100,300,1000 python -m pytest test/bench/bench_table.py -m bench -s   (~45 min on 2 cores)
-    BENCH_SIZES=1000 python -m pytest test/bench/bench_table.py -m bench -s           (~20 min, no kopf)
+    BENCH_SIZES=100,300,1000 hack/test test/bench/bench_table.py -m bench -s   (~45 min on 2 cores)
+    BENCH_SIZES=1000 hack/test test/bench/bench_table.py -m bench -s           (~20 min, no kopf)
 
 The kopf operator takes ~3 s a cluster here, so it is left out above 300 clusters (an hour at 1,000).
 """
