@@ -35,8 +35,8 @@ SIZES = [int(n) for n in os.environ.get("BENCH_SIZES", "100,300").split(",") if 
 KOPF_MAX = int(os.environ.get("BENCH_KOPF_MAX", "300"))
 SCALE_WORKERS = int(os.environ.get("BENCH_SCALE_WORKERS", "100"))
 QUIET_SECONDS = float(os.environ.get("BENCH_QUIET_SECONDS", "30"))
-# per N: ours ~1 s/cluster at worst, the limit less, kopf ~3 s/cluster, deleting its pods; plus quiet periods
-# and the scale run
+# per N: ours ~1 s/cluster at worst, the limit less, kopf up to ~3 s/cluster on a busy machine, then waiting
+# for the size's namespaces to go (up to 120 s + 0.5 s/cluster); plus quiet periods and the scale run
 pytestmark = pytest.mark.timeout(int(900 + sum((2.5 + (4 if n <= KOPF_MAX else 0)) * n + 420 for n in SIZES)))
 
 
