@@ -364,6 +364,8 @@ def _describe(obj: Mapping[str, Any]) -> str:
 
 
 def _what_to_do(error: ApiError) -> str:
+    if error.status == 403 and "being terminated" in (error.message or ""):
+        return "The namespace is being deleted: nothing is created in it any more, and nothing needs doing."
     if error.status == 403:
         return (
             "Check the namespace's ResourceQuota, Pod Security admission and the operator's RBAC; "

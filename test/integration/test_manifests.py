@@ -188,8 +188,14 @@ def converged(kube_plane: Any, namespace: str, name: str) -> bool:
 
 
 def assert_no_forbidden(log: Path) -> None:
-    text = log.read_text(errors="replace")
-    assert "forbidden" not in text.lower() and " 403" not in text, text[-4000:]
+    """No 403 in the operator's log but the admission refusals of namespaces being deleted: a cluster-wide
+    operator also sees other tests' namespaces go away, and creating in those is refused whatever its RBAC."""
+    denials = [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if ("forbidden" in line.lower() or " 403" in line) and "because it is being terminated" not in line
+    ]
+    assert not denials, "\n".join(denials[-20:])
 
 
 def test_cluster_rbac_is_all_the_operator_needs(

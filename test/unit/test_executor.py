@@ -28,6 +28,9 @@ def test_a_refused_create_names_the_object_the_server_message_and_what_to_do() -
         Delete(Ref("v1", "Pod", "ns", "w", "u"), Cause.RETIRED), ApiError(500, "DELETE", "/p", "boom")
     )
     assert gone.reason == "FailedDelete" and "Pod w" in gone.message
+    ending = 'pods "c-scheduler" is forbidden: unable to create new content in namespace ns because it is being terminated'
+    closing = refusal_of(Create(pod), ApiError(403, "POST", "/p", {"message": ending}))
+    assert "namespace is being deleted" in closing.message and "RBAC" not in closing.message
 
 
 def test_refusals_become_replica_failure_and_degraded_and_keep_their_transition_time() -> None:
