@@ -25,7 +25,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dask.utils import format_bytes
-from distributed.core import rpc
 
 from dask_operator.api.kubecluster.cluster import current_namespace, forbidden_message, pod_log
 from dask_operator.api.kubecluster.kinds import (
@@ -42,11 +41,11 @@ from dask_operator.api.kubecluster.portforward import (
     pick_scheduler_pod,
     pod_port,
 )
+from dask_operator.api.scheduler_http import SchedulerHTTPError, json_count, json_object, request_json
 from dask_operator.api.v1 import (
     COMPONENT_WORKER,
     LABEL_CLUSTER_NAME,
     LABEL_COMPONENT,
-    PORT_NAME_COMM,
     PORT_NAME_DASHBOARD,
     scheduler_service_name,
     worker_group_name,
@@ -113,19 +112,20 @@ def cluster_rows(clusters: Sequence[Mapping[str, Any]], now: datetime.datetime, 
 def worker_rows(identity: Mapping[str, Any]) -> str:
     """One line per worker the scheduler knows: threads, memory against its limit, tasks held and running."""
     rows = [["WORKER", "THREADS", "MEMORY", "LIMIT", "TASKS IN MEMORY", "EXECUTING", "READY"]]
-    workers = sorted((identity.get("workers") or {}).values(), key=lambda w: str(w.get("name")))
-    for worker in workers:
-        metrics = worker.get("metrics") or {}
-        limit = worker.get("memory_limit")
+    listed = identity.get("workers")
+    workers = [w for w in listed.values() if isinstance(w, dict)] if isinstance(listed, dict) else []
+    for worker in sorted(workers, key=lambda w: str(w.get("name"))[:253]):
+        metrics = json_object(worker.get("metrics"))
+        limit = json_count(worker.get("memory_limit"))
         rows.append(
             [
-                str(worker.get("name")),
-                str(worker.get("nthreads", "")),
-                format_bytes(int(metrics.get("memory") or 0)),
-                format_bytes(int(limit)) if limit else "none",
-                str(metrics.get("in_memory", 0)),
-                str(metrics.get("executing", 0)),
-                str(metrics.get("ready", 0)),
+                str(worker.get("name"))[:253],
+                str(json_count(worker.get("nthreads"))),
+                format_bytes(json_count(metrics.get("memory"))),
+                format_bytes(limit) if limit else "none",
+                str(json_count(metrics.get("in_memory"))),
+                str(json_count(metrics.get("executing"))),
+                str(json_count(metrics.get("ready"))),
             ]
         )
     return table(rows) if workers else "(no workers connected)"
@@ -317,18 +317,23 @@ def cmd_describe(api: RestClient, args: argparse.Namespace) -> int:
     )
 
     async def ask_scheduler() -> Obj:
-        forward = await scheduler_forward(api, ns, name, PORT_NAME_COMM)
+        # The scheduler's JSON route, never its comm RPC: the answer is the tenant's data and is parsed, not
+        # unpickled, on the admin's laptop too.
+        forward = await scheduler_forward(api, ns, name, PORT_NAME_DASHBOARD)
         try:
-            async with rpc(f"tcp://localhost:{forward.local_port}") as scheduler:
-                return dict(await asyncio.wait_for(scheduler.identity(), args.timeout))
+            url = f"http://127.0.0.1:{forward.local_port}/json/identity.json"
+            answer = await asyncio.to_thread(request_json, "GET", url, timeout=args.timeout)
         finally:
             await forward.close()
+        if not isinstance(answer, dict):
+            raise SchedulerHTTPError("the scheduler's identity is not a JSON object")
+        return answer
 
     identity: Obj | None = None
     why = ""
     try:
         identity = asyncio.run(ask_scheduler())
-    except (CommandError, OSError, TimeoutError) as error:
+    except (CommandError, OSError, TimeoutError, SchedulerHTTPError) as error:
         why = str(error) or type(error).__name__
     print(description(cluster, groups, identity, why))
     return 0

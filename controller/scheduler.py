@@ -1,60 +1,45 @@
-"""Talking to a Dask scheduler: its HTTP API on the dashboard port, with the Dask comm RPC as fallback.
+"""Talking to a Dask scheduler: its JSON HTTP API on the dashboard port, and nothing else.
 
-Invariant: every call is bounded by a timeout and either returns the scheduler's answer or raises
-`SchedulerUnreachable` (naming both transports' failures); nothing here retries, sleeps or touches the
-Kubernetes API. Retirement always names the workers explicitly, so it never picks workers of another group.
-Held by test/unit/test_scheduler.py.
+Invariant: every call is bounded by a timeout and either returns the scheduler's answer, parsed strictly, or
+raises `SchedulerUnreachable`; nothing here retries, sleeps or touches the Kubernetes API. The scheduler pod
+belongs to the tenant, so its answers are data: never the Dask comm RPC (whose messages may carry pickles that
+`distributed` unpickles on receipt), never a redirect, never more than `MAX_BYTES`. Retirement always names the
+workers explicitly, so it never picks workers of another group. Held by test/unit/test_scheduler.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import urllib3
-
-from dask_operator.controller.scheduler_api import DaskWorker
+from dask_operator.api.scheduler_http import SchedulerHTTPError, json_count, json_object, request_json
+from dask_operator.controller.scheduler_api import API_ROUTE, HTTP_ROUTES_ENV, DaskWorker
 
 COMM_PORT_NAME = "tcp-comm"
 DASHBOARD_PORT_NAME = "http-dashboard"
 
 T = TypeVar("T")
 
-_POOL = urllib3.PoolManager(num_pools=64, maxsize=4, retries=False)
-
 
 class SchedulerUnreachable(Exception):
-    """Neither the HTTP API nor the RPC answered; the message says why for each. `acted`: the request may
-    have reached the scheduler (it timed out or broke after being sent), so it may still be carried out."""
+    """The scheduler's HTTP API gave no usable answer; the message says why. `acted`: the request may have
+    reached the scheduler (it timed out or broke after being sent), so it may still be carried out."""
 
     def __init__(self, message: str, acted: bool = False) -> None:
         super().__init__(message)
         self.acted = acted
 
 
-class HTTPStatusError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _may_have_acted(error: Exception) -> bool:
-    """Whether a failed HTTP request may have reached the scheduler: it answered with an error other than
-    "no such route", or the connection broke or timed out after the request was sent."""
-    if isinstance(error, HTTPStatusError):
-        return error.status != 404
-    return isinstance(error, urllib3.exceptions.ReadTimeoutError | urllib3.exceptions.ProtocolError)
+class UnexpectedAnswer(Exception):
+    """A scheduler answered with JSON of the wrong shape."""
 
 
 @dataclass(frozen=True)
 class SchedulerEndpoint:
-    """Where the scheduler of one cluster listens, as seen from the operator."""
+    """Where the scheduler of one cluster serves its HTTP API, as seen from the operator."""
 
-    comm_address: str | None  # tcp://host:port of the comm port (RPC)
-    http_url: str | None  # http://host:port of the dashboard (HTTP API)
+    http_url: str | None  # http://host:port of the dashboard port; None: the Service has no such port
 
 
 def _port(service: Mapping[str, Any], wanted: str) -> int | None:
@@ -63,45 +48,47 @@ def _port(service: Mapping[str, Any], wanted: str) -> int | None:
     matches = [
         p
         for p in service.get("spec", {}).get("ports") or []
-        if p.get("name") in (wanted, name) and "port" in p
+        if p.get("name") in (wanted, name) and isinstance(p.get("port"), int)
     ]
     return int(matches[0]["port"]) if len(matches) == 1 else None
 
 
 def scheduler_endpoint(service: Mapping[str, Any]) -> SchedulerEndpoint:
-    """The scheduler's addresses behind its Service: the ClusterIP when it has one, else the DNS name.
+    """The scheduler's HTTP API behind its Service: the ClusterIP when it has one, else the DNS name.
 
-    A Service without the named ports yields None for that transport instead of failing.
+    A Service without the dashboard port yields None instead of failing.
     """
     meta = service.get("metadata", {})
     cluster_ip = service.get("spec", {}).get("clusterIP")
     host = (
         cluster_ip if cluster_ip and cluster_ip != "None" else f"{meta.get('name')}.{meta.get('namespace')}"
     )
-    comm = _port(service, COMM_PORT_NAME)
     http = _port(service, DASHBOARD_PORT_NAME)
-    return SchedulerEndpoint(
-        comm_address=f"tcp://{host}:{comm}" if comm else None,
-        http_url=f"http://{host}:{http}" if http else None,
-    )
+    return SchedulerEndpoint(http_url=f"http://{host}:{http}" if http else None)
 
 
-def workers_of_identity(identity: Mapping[str, Any]) -> list[DaskWorker]:
-    """The workers in a scheduler's `identity()` answer."""
-    workers = []
-    for address, info in (identity.get("workers") or {}).items():
-        metrics = info.get("metrics") or {}
-        transfer = metrics.get("transfer") or {}
-        workers.append(
+def workers_of_identity(identity: Any) -> list[DaskWorker]:
+    """The workers in a scheduler's identity answer; entries of the wrong shape are skipped."""
+    workers = identity.get("workers") if isinstance(identity, dict) else None
+    if not isinstance(workers, dict):
+        raise UnexpectedAnswer("the identity answer has no workers mapping")
+    found = []
+    for address, info in workers.items():
+        if not isinstance(info, dict):
+            continue
+        metrics = json_object(info.get("metrics"))
+        transfer = json_object(metrics.get("transfer"))
+        name, status = info.get("name", address), info.get("status", "running")
+        found.append(
             DaskWorker(
-                str(info.get("name", address)),
+                str(name) if isinstance(name, str | int) else str(address),
                 str(address),
-                nbytes=int(metrics.get("managed_bytes") or 0),
-                status=str(info.get("status") or "running"),
-                incoming=int(transfer.get("incoming_count") or 0),
+                nbytes=json_count(metrics.get("managed_bytes")),
+                status=status if isinstance(status, str) else "running",
+                incoming=json_count(transfer.get("incoming_count")),
             )
         )
-    return workers
+    return found
 
 
 class SchedulerClient:
@@ -117,12 +104,8 @@ class SchedulerClient:
 
     def get_workers(self) -> list[DaskWorker]:
         """All workers connected to the scheduler (every group of the cluster), with the data each holds,
-        its status and its incoming transfers: the scheduler's identity (JSON route, else RPC)."""
-
-        async def from_rpc(rpc: Any) -> list[DaskWorker]:
-            return workers_of_identity(await rpc.identity())
-
-        return self._call("GET", "/json/identity.json", None, workers_of_identity, from_rpc, self.timeout)
+        its status and its incoming transfers: the scheduler's identity."""
+        return self._call("GET", "/json/identity.json", None, workers_of_identity, self.timeout)
 
     def retire_workers(self, workers: Collection[DaskWorker]) -> set[str]:
         """Retire exactly these workers gracefully; return the names the scheduler retired.
@@ -133,44 +116,42 @@ class SchedulerClient:
             return set()
         names_by_address = {w.address: w.name for w in workers}
 
-        def names_of(retired: Mapping[str, Any]) -> set[str]:
-            return {
-                names_by_address.get(addr, str(info.get("name", "")) if isinstance(info, dict) else "")
-                for addr, info in retired.items()
-            } - {""}
-
-        async def from_rpc(rpc: Any) -> set[str]:
-            return names_of(await rpc.retire_workers(names=[w.name for w in workers]))
+        def names_of(retired: Any) -> set[str]:
+            if not isinstance(retired, dict):
+                raise UnexpectedAnswer("the retire_workers answer is not a mapping")
+            # Only workers that were asked for count: a scheduler cannot make the operator delete others.
+            return {names_by_address[addr] for addr in retired if addr in names_by_address}
 
         body = {"workers": sorted(names_by_address)}
         return self._call(
-            "POST", "/api/v1/retire_workers", body, names_of, from_rpc, self.retire_timeout, idempotent=False
+            "POST", "/api/v1/retire_workers", body, names_of, self.retire_timeout, idempotent=False
         )
 
     def check_idle(self) -> float | None:
         """Since when (scheduler clock, epoch seconds) the scheduler has been idle; None when busy."""
 
-        def from_http(body: Any) -> float | None:
-            since = body.get("idle_since")
-            return float(since) if since is not None else None
+        def idle_since(body: Any) -> float | None:
+            since = body.get("idle_since") if isinstance(body, dict) else None
+            if since is None:
+                return None
+            if isinstance(since, int | float) and not isinstance(since, bool):
+                return float(since)
+            raise UnexpectedAnswer("idle_since is not a number")
 
-        async def from_rpc(rpc: Any) -> float | None:
-            since = await rpc.check_idle()
-            return float(since) if since is not None else None
-
-        return self._call("GET", "/api/v1/check_idle", None, from_http, from_rpc, self.timeout)
+        return self._call("GET", "/api/v1/check_idle", None, idle_since, self.timeout)
 
     def adaptive_target(self) -> int:
         """How many workers the scheduler would like, from its task backlog."""
 
-        async def from_rpc(rpc: Any) -> int:
-            return int(await rpc.adaptive_target())
+        def target(body: Any) -> int:
+            workers = body.get("workers") if isinstance(body, dict) else None
+            if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0:
+                return workers
+            raise UnexpectedAnswer("workers is not a non-negative integer")
 
-        return self._call(
-            "GET", "/api/v1/adaptive_target", None, lambda b: int(b["workers"]), from_rpc, self.timeout
-        )
+        return self._call("GET", "/api/v1/adaptive_target", None, target, self.timeout)
 
-    # -- transports ----------------------------------------------------------------------------------
+    # -- transport -----------------------------------------------------------------------------------
 
     def _call(
         self,
@@ -178,51 +159,28 @@ class SchedulerClient:
         path: str,
         body: Any,
         parse: Callable[[Any], T],
-        rpc_call: Callable[[Any], Awaitable[T]],
         timeout: float,
         idempotent: bool = True,
     ) -> T:
-        errors = []
-        if self.endpoint.http_url:
-            try:
-                return parse(self._http(method, path, body, timeout))
-            except Exception as e:  # any failure means: try the other transport (unless it may have acted)
-                if not idempotent and _may_have_acted(e):
-                    # A retirement the scheduler may be carrying out must not be asked for a second time.
-                    raise SchedulerUnreachable(
-                        f"HTTP {path}: {e} (not repeated over RPC: the scheduler may still be acting on it)",
-                        acted=True,
-                    ) from e
-                errors.append(f"HTTP {path}: {e}")
-        else:
-            errors.append("HTTP: the scheduler Service has no port named http-dashboard")
-        if self.endpoint.comm_address:
-            try:
-                return asyncio.run(self._rpc(rpc_call, timeout))
-            except Exception as e:  # noqa: BLE001  (reported in SchedulerUnreachable)
-                errors.append(f"RPC {self.endpoint.comm_address}: {type(e).__name__}: {e}")
-        else:
-            errors.append("RPC: the scheduler Service has no port named tcp-comm")
-        raise SchedulerUnreachable("; ".join(errors))
-
-    def _http(self, method: str, path: str, body: Any, timeout: float) -> Any:
-        response = _POOL.request(
-            method,
-            f"{self.endpoint.http_url}{path}",
-            body=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json"} if body is not None else None,
-            timeout=urllib3.Timeout(connect=min(timeout, 3.0), read=timeout),
-            retries=False,
-        )
-        if response.status >= 300:
-            raise HTTPStatusError(response.status, f"status {response.status}: {response.data[:200]!r}")
-        return json.loads(response.data)
-
-    async def _rpc(self, call: Callable[[Any], Awaitable[T]], timeout: float) -> T:
-        from distributed.core import rpc  # imported lazily: distributed is heavy and only needed here
-
-        async def run() -> T:
-            async with rpc(self.endpoint.comm_address, timeout=min(timeout, 3.0)) as r:  # type: ignore[no-untyped-call]
-                return await call(r)
-
-        return await asyncio.wait_for(run(), timeout)
+        if not self.endpoint.http_url:
+            raise SchedulerUnreachable(
+                f"the scheduler Service has no port named {DASHBOARD_PORT_NAME}: the operator talks to "
+                "schedulers over their JSON HTTP API only (never the comm port, whose messages may carry "
+                "pickles)"
+            )
+        try:
+            answer = request_json(method, f"{self.endpoint.http_url}{path}", body, timeout=timeout)
+        except SchedulerHTTPError as error:
+            if error.status == 404:
+                raise SchedulerUnreachable(
+                    f"HTTP {path}: the scheduler has no such route (is {API_ROUTE} in its "
+                    f"{HTTP_ROUTES_ENV}?); the operator never falls back to the comm RPC"
+                ) from None
+            # A retirement the scheduler may be carrying out must not be taken for one that never started.
+            raise SchedulerUnreachable(f"HTTP {path}: {error}", acted=not idempotent and error.sent) from None
+        try:
+            return parse(answer)
+        except UnexpectedAnswer as error:
+            raise SchedulerUnreachable(
+                f"HTTP {path}: unexpected answer: {error}", acted=not idempotent
+            ) from None

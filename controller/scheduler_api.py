@@ -25,6 +25,12 @@ DEFAULT_HTTP_ROUTES = (
 )
 API_ROUTE = "distributed.http.scheduler.api"
 HTTP_ROUTES_VALUE = repr([*DEFAULT_HTTP_ROUTES, API_ROUTE])
+# What a scheduler without the API route costs. The comm RPC is never a fallback: its messages may carry pickles,
+# and the scheduler pod belongs to the tenant.
+_WITHOUT_API = (
+    "Without the scheduler's HTTP API the operator cannot retire workers gracefully (a scale-down waits, then "
+    "is forced after the force timeout), check idleness or read an adaptive target."
+)
 
 
 @dataclass(frozen=True)
@@ -33,15 +39,15 @@ class RoutesDecision:
     environment alone) and a sentence for the DaskCluster's SchedulerAPI condition."""
 
     value: str | None
-    http_api: bool  # False: the operator talks to this scheduler over the comm RPC only
+    http_api: bool  # False: the operator cannot ask this scheduler anything (it never uses the comm RPC)
     reason: str
     message: str
 
 
 def routes_decision(container: Mapping[str, Any]) -> RoutesDecision:
     """Never override routes the user gave: add the API route to Dask's defaults when none are given; leave
-    routes the user set (or may set through envFrom) as they are, and use the comm RPC unless they
-    include the API route."""
+    routes the user set (or may set through envFrom) as they are; without the API route the operator
+    cannot ask that scheduler anything."""
     env = {e.get("name"): e for e in container.get("env") or []}
     given = env.get(HTTP_ROUTES_ENV)
     if given is None:
@@ -49,9 +55,9 @@ def routes_decision(container: Mapping[str, Any]) -> RoutesDecision:
             return RoutesDecision(
                 None,
                 False,
-                "RPCOnly",
+                "NoHTTPAPI",
                 f"The scheduler container takes variables from envFrom, which may set {HTTP_ROUTES_ENV}; "
-                "the operator leaves its routes alone and talks to the scheduler over the comm port. Set "
+                "the operator leaves its routes alone. " + _WITHOUT_API + " Set "
                 f"{HTTP_ROUTES_ENV} in env (with {API_ROUTE}) to use the HTTP API.",
             )
         return RoutesDecision(
@@ -64,18 +70,17 @@ def routes_decision(container: Mapping[str, Any]) -> RoutesDecision:
         return RoutesDecision(
             None,
             False,
-            "RPCOnly",
-            f"{HTTP_ROUTES_ENV} comes from a reference the operator does not read; it is left alone and the "
-            "operator talks to the scheduler over the comm port.",
+            "NoHTTPAPI",
+            f"{HTTP_ROUTES_ENV} comes from a reference the operator does not read; it is left alone. "
+            + _WITHOUT_API,
         )
     routes = _parse_routes(given["value"])
     if routes is None:
         return RoutesDecision(
             None,
             False,
-            "RPCOnly",
-            f"{HTTP_ROUTES_ENV} is not a list of module names; it is left alone and the operator talks to "
-            "the scheduler over the comm port.",
+            "NoHTTPAPI",
+            f"{HTTP_ROUTES_ENV} is not a list of module names; it is left alone. " + _WITHOUT_API,
         )
     if API_ROUTE in routes:
         return RoutesDecision(None, True, "RoutesGiven", f"Your routes include {API_ROUTE}.")
@@ -84,9 +89,10 @@ def routes_decision(container: Mapping[str, Any]) -> RoutesDecision:
     return RoutesDecision(
         None,
         False,
-        "RPCOnly",
-        f"Your {HTTP_ROUTES_ENV} does not include {API_ROUTE}; the operator leaves it as you set it and "
-        "talks to the scheduler over the comm port. Add the route to use the HTTP API.",
+        "NoHTTPAPI",
+        f"Your {HTTP_ROUTES_ENV} does not include {API_ROUTE}; the operator leaves it as you set it. "
+        + _WITHOUT_API
+        + " Add the route to use the HTTP API.",
     )
 
 

@@ -119,13 +119,13 @@ def test_scheduler_pod_gets_a_short_worker_ttl_unless_the_user_set_one() -> None
     ("container", "value", "http_api", "reason"),
     [
         ({}, "added", True, "RouteAdded"),
-        ({"env": [{"name": HTTP_ROUTES_ENV, "value": "['distributed.http.health']"}]}, None, False, "RPCOnly"),
+        ({"env": [{"name": HTTP_ROUTES_ENV, "value": "['distributed.http.health']"}]}, None, False, "NoHTTPAPI"),
         ({"env": [{"name": HTTP_ROUTES_ENV, "value": "['distributed.http.scheduler.api']"}]}, None, True,
          "RoutesGiven"),
-        ({"env": [{"name": HTTP_ROUTES_ENV, "value": "not a list"}]}, None, False, "RPCOnly"),
+        ({"env": [{"name": HTTP_ROUTES_ENV, "value": "not a list"}]}, None, False, "NoHTTPAPI"),
         ({"env": [{"name": HTTP_ROUTES_ENV, "valueFrom": {"configMapKeyRef": {"name": "x", "key": "y"}}}]},
-         None, False, "RPCOnly"),
-        ({"envFrom": [{"configMapRef": {"name": "dask-config"}}]}, None, False, "RPCOnly"),
+         None, False, "NoHTTPAPI"),
+        ({"envFrom": [{"configMapRef": {"name": "dask-config"}}]}, None, False, "NoHTTPAPI"),
     ],
 )  # fmt: skip
 def test_routes_the_user_gave_are_never_overridden_and_the_status_says_how_the_scheduler_is_reached(

@@ -84,3 +84,22 @@ def test_flags_go_before_or_after_the_command_and_bad_counts_are_usage_errors(
             plugin.parser().parse_args(bad)
         assert exited.value.code == 2
     assert "is not a whole number" in capsys.readouterr().err
+
+
+def test_description_reads_a_hostile_identity_as_data() -> None:
+    """The identity comes from the tenant's scheduler: fields of the wrong type read as absent, never raise."""
+    identity = {
+        "workers": {
+            "tcp://10.0.0.1:1": {
+                "name": "x" * 10_000,
+                "nthreads": "9" * 5000,
+                "memory_limit": {"__Pickled__": "gASV"},
+                "metrics": ["not", "a", "mapping"],
+            },
+            "tcp://10.0.0.1:2": "not a worker",
+        }
+    }
+    text = plugin.description(cluster("a"), [], identity, "")
+    row = next(line for line in text.splitlines() if line.strip().startswith("x")).split()
+    assert row == ["x" * 253, "0", "0", "B", "none", "0", "0", "0"]
+    assert "(no workers connected)" in plugin.description(cluster("a"), [], {"workers": [1, 2]}, "")

@@ -1,7 +1,9 @@
 """The scheduler client against real Dask schedulers and workers run as subprocesses (no mocks).
 
 One scheduler has the HTTP API route enabled the way the operator enables it in scheduler pods; the other
-runs stock configuration (route disabled, 404) so every call must fall back to the comm RPC.
+runs stock configuration (route disabled, 404): the operator then reports the missing route and never falls
+back to the comm RPC, whose messages a hostile scheduler can fill with pickles (a comm server doing exactly
+that is run here).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from support.wait import wait_for
@@ -38,6 +41,7 @@ def _free_port() -> int:
 class RunningCluster:
     client: SchedulerClient
     processes: list[subprocess.Popen[bytes]]
+    comm_address: str
 
 
 def _start(api: bool, workers: list[str]) -> RunningCluster:
@@ -83,7 +87,7 @@ def _start(api: bool, workers: list[str]) -> RunningCluster:
                 **quiet,
             )
         )
-    client = SchedulerClient(SchedulerEndpoint(address, f"http://127.0.0.1:{http}"), timeout=5)
+    client = SchedulerClient(SchedulerEndpoint(f"http://127.0.0.1:{http}"), timeout=5)
     try:
         wait_for(
             lambda: len(client.get_workers()) == len(workers),
@@ -95,7 +99,7 @@ def _start(api: bool, workers: list[str]) -> RunningCluster:
     except BaseException:
         _stop(procs)
         raise
-    return RunningCluster(client, procs)
+    return RunningCluster(client, procs, address)
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -119,7 +123,7 @@ def stock() -> Iterator[RunningCluster]:
     _stop(cluster.processes)
 
 
-def test_endpoint_prefers_cluster_ip_and_named_ports() -> None:
+def test_endpoint_prefers_cluster_ip_and_the_dashboard_port() -> None:
     service = {
         "metadata": {"name": "c-scheduler", "namespace": "ns"},
         "spec": {
@@ -127,16 +131,84 @@ def test_endpoint_prefers_cluster_ip_and_named_ports() -> None:
             "ports": [{"name": "tcp-comm", "port": 8786}, {"name": "http-dashboard", "port": 8787}],
         },
     }
-    assert scheduler_endpoint(service) == SchedulerEndpoint("tcp://10.0.0.7:8786", "http://10.0.0.7:8787")
+    assert scheduler_endpoint(service) == SchedulerEndpoint("http://10.0.0.7:8787")
     headless = {**service, "spec": {**service["spec"], "clusterIP": "None"}}
-    assert scheduler_endpoint(headless).comm_address == "tcp://c-scheduler.ns:8786"
+    assert scheduler_endpoint(headless).http_url == "http://c-scheduler.ns:8787"
 
 
-def test_endpoint_without_named_ports_is_none_not_an_error() -> None:
+def test_endpoint_without_the_dashboard_port_is_none_not_an_error() -> None:
     service = {"metadata": {"name": "c-scheduler", "namespace": "ns"}, "spec": {"ports": [{"port": 1}]}}
-    assert scheduler_endpoint(service) == SchedulerEndpoint(None, None)
-    with pytest.raises(SchedulerUnreachable, match="no port named"):
+    assert scheduler_endpoint(service) == SchedulerEndpoint(None)
+    with pytest.raises(SchedulerUnreachable, match="no port named http-dashboard"):
         SchedulerClient(scheduler_endpoint(service)).get_workers()
+
+
+# A comm server that answers every RPC with a pickle which, once unpickled, writes a file: what a tenant's
+# "scheduler" can send to whoever talks Dask's comm protocol to it.
+PICKLING_SCHEDULER = """
+import asyncio, pathlib, sys
+from distributed.core import Server
+from distributed.protocol.serialize import ToPickle
+
+class Payload:
+    def __reduce__(self):
+        return (pathlib.Path.write_text, (pathlib.Path(sys.argv[1]), "pwned"))
+
+async def answer(*args, **kwargs):
+    return {"workers": ToPickle(Payload()), "idle_since": ToPickle(Payload())}
+
+async def main():
+    handlers = {name: answer for name in ("identity", "retire_workers", "check_idle", "adaptive_target")}
+    server = Server(handlers)
+    await server.listen("tcp://127.0.0.1:0")
+    print(server.port, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_a_scheduler_offering_only_its_comm_port_is_never_asked_over_rpc(tmp_path: Path) -> None:
+    """Regression: the operator fell back to the comm RPC when the Service had no dashboard port, and an
+    identity answer carrying a pickle ran code in the operator's process."""
+    marker = tmp_path / "unpickled"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PICKLING_SCHEDULER, str(marker)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        service = {
+            "metadata": {"name": "evil-scheduler", "namespace": "ns"},
+            "spec": {"clusterIP": "127.0.0.1", "ports": [{"name": "tcp-comm", "port": port}]},
+        }
+        client = SchedulerClient(scheduler_endpoint(service), timeout=2)
+        for call in (client.get_workers, client.check_idle, client.adaptive_target):
+            with pytest.raises(SchedulerUnreachable, match="never the comm port"):
+                call()
+        with pytest.raises(SchedulerUnreachable):
+            client.retire_workers([DaskWorker("w", "tcp://127.0.0.1:1")])
+        # The payload works: a Dask comm client that does talk to this server is executed by it.
+        probe = subprocess.run(
+            [sys.executable, "-c", _RPC_PROBE, f"tcp://127.0.0.1:{port}"], capture_output=True, timeout=60
+        )
+        assert probe.returncode == 0, probe.stderr.decode()[-2000:]
+        assert marker.exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+_RPC_PROBE = """
+import asyncio, sys
+from distributed.core import rpc
+
+async def main():
+    async with rpc(sys.argv[1], timeout=10) as r:
+        await r.identity()
+
+asyncio.run(main())
+"""
 
 
 def test_http_api_lists_workers_and_answers_idle_and_target(with_api: RunningCluster) -> None:
@@ -151,7 +223,7 @@ def test_workers_come_with_the_data_they_hold_and_their_status(with_api: Running
     """What the choice of pods to remove reads: bytes held (as last reported by the worker's heartbeat)."""
     from distributed import Client
 
-    with Client(with_api.client.endpoint.comm_address, timeout=30) as dask:
+    with Client(with_api.comm_address, timeout=30) as dask:
         address = next(w.address for w in with_api.client.get_workers() if w.name == "h-worker-c")
         data = dask.scatter(b"x" * 1_000_000, workers=[address])
 
@@ -165,20 +237,24 @@ def test_workers_come_with_the_data_they_hold_and_their_status(with_api: Running
         del data
 
 
-def test_rpc_fallback_when_http_route_is_disabled(stock: RunningCluster) -> None:
-    only_rpc = SchedulerClient(SchedulerEndpoint(stock.client.endpoint.comm_address, None))
+def test_a_scheduler_without_the_api_route_is_reported_not_asked_over_rpc(stock: RunningCluster) -> None:
+    """Stock routes: the identity route is Dask's default and answers; the API routes say what is missing."""
     assert {w.name for w in stock.client.get_workers()} == {"g-worker-x", "g-worker-y"}
-    assert {w.name for w in only_rpc.get_workers()} == {"g-worker-x", "g-worker-y"}
-    assert isinstance(stock.client.adaptive_target(), int)
+    with pytest.raises(SchedulerUnreachable, match=r"no such route .*distributed.http.scheduler.api") as err:
+        stock.client.adaptive_target()
+    assert not err.value.acted
+    workers = {w.name: w for w in stock.client.get_workers()}
+    with pytest.raises(SchedulerUnreachable, match="no such route") as err:
+        stock.client.retire_workers([workers["g-worker-y"]])
+    assert not err.value.acted  # a 404: nothing was retired, so the operator may act otherwise
+    assert {w.name for w in stock.client.get_workers()} == {"g-worker-x", "g-worker-y"}
 
 
-def test_unreachable_scheduler_raises_with_both_reasons() -> None:
+def test_unreachable_scheduler_raises_within_the_timeout() -> None:
     port = _free_port()
-    client = SchedulerClient(
-        SchedulerEndpoint(f"tcp://127.0.0.1:{port}", f"http://127.0.0.1:{port}"), timeout=1.0
-    )
+    client = SchedulerClient(SchedulerEndpoint(f"http://127.0.0.1:{port}"), timeout=1.0)
     started = time.monotonic()
-    with pytest.raises(SchedulerUnreachable, match=r"HTTP .*RPC"):
+    with pytest.raises(SchedulerUnreachable, match=r"HTTP /api/v1/check_idle: .*Connection refused"):
         client.check_idle()
     assert time.monotonic() - started < 10
 
@@ -191,37 +267,21 @@ def test_retire_named_workers_only(with_api: RunningCluster) -> None:
     assert remaining == {"g-worker-a", "h-worker-c"}
 
 
-def test_retire_through_rpc(stock: RunningCluster) -> None:
-    workers = {w.name: w for w in stock.client.get_workers()}
-    assert stock.client.retire_workers([workers["g-worker-y"]]) == {"g-worker-y"}
-    assert {w.name for w in stock.client.get_workers()} == {"g-worker-x"}
-    assert stock.client.retire_workers([]) == set()
-    assert stock.client.retire_workers([DaskWorker("gone", "tcp://127.0.0.1:1")]) == set()
-
-
-def test_a_retirement_whose_http_request_timed_out_is_not_repeated_over_rpc() -> None:
-    """The HTTP API accepted the request and did not answer in time (a long retirement): asking again over
-    the comm RPC would retire the workers twice. Idempotent reads still fall back."""
+def test_a_retirement_whose_http_request_timed_out_may_have_acted() -> None:
+    """The HTTP API accepted the request and did not answer in time (a long retirement): the operator must
+    treat the workers as possibly retiring, never as untouched."""
     silent = socket.socket()  # accepts HTTP connections (the kernel's backlog) and never answers
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
-    comm = socket.socket()  # counts RPC connection attempts
-    comm.bind(("127.0.0.1", 0))
-    comm.listen(8)
-    comm.settimeout(0.5)
-    endpoint = SchedulerEndpoint(
-        f"tcp://127.0.0.1:{comm.getsockname()[1]}", f"http://127.0.0.1:{silent.getsockname()[1]}"
+    client = SchedulerClient(
+        SchedulerEndpoint(f"http://127.0.0.1:{silent.getsockname()[1]}"), timeout=1.0, retire_timeout=1.0
     )
-    client = SchedulerClient(endpoint, timeout=1.0, retire_timeout=1.0)
     try:
-        with pytest.raises(SchedulerUnreachable, match="not repeated over RPC"):
+        with pytest.raises(SchedulerUnreachable, match="no complete answer within 1 s") as err:
             client.retire_workers([DaskWorker("w", "tcp://10.0.0.1:1")])
-        with pytest.raises(TimeoutError):
-            comm.accept()  # no RPC connection was attempted
-        with pytest.raises(SchedulerUnreachable, match=r"HTTP .*RPC"):
-            client.get_workers()  # a read falls back (and the silent comm port fails it too)
-        connection, _ = comm.accept()
-        connection.close()
+        assert err.value.acted
+        with pytest.raises(SchedulerUnreachable) as err:
+            client.get_workers()
+        assert not err.value.acted
     finally:
         silent.close()
-        comm.close()
