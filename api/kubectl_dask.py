@@ -50,8 +50,8 @@ from dask_operator.api.v1 import (
     scheduler_service_name,
     worker_group_name,
 )
-from dask_operator.controller.runtime.client import ApiError
-from dask_operator.controller.runtime.client import Client as RestClient
+from dask_operator.runtime.client import ApiError
+from dask_operator.runtime.client import Client as RestClient
 
 Obj = dict[str, Any]
 

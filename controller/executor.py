@@ -24,15 +24,15 @@ import structlog
 
 from dask_operator.api.v1.types import CONDITION_DEGRADED
 from dask_operator.controller import operator_metrics
-from dask_operator.controller.children import relabel_patch
-from dask_operator.controller.conditions import (
+from dask_operator.controller.contract.children import relabel_patch
+from dask_operator.controller.contract.conditions import (
     CONDITION_REPLICA_FAILURE,
     Condition,
     EventSpec,
     merge_conditions,
 )
-from dask_operator.controller.objects import Obj, rfc3339
-from dask_operator.controller.plans import (
+from dask_operator.controller.contract.objects import Obj, rfc3339
+from dask_operator.controller.contract.plans import (
     STATUS_FIELD_MANAGER,
     Apply,
     Create,
@@ -45,10 +45,10 @@ from dask_operator.controller.plans import (
     SetStatus,
     Step,
 )
-from dask_operator.controller.runtime.applier import Applier
-from dask_operator.controller.runtime.client import ApiError, Client
-from dask_operator.controller.runtime.kinds import kind_of, lookup
 from dask_operator.controller.status_writes import decide
+from dask_operator.runtime.applier import Applier
+from dask_operator.runtime.client import ApiError, Client
+from dask_operator.runtime.kinds import kind_of, lookup
 
 log = structlog.get_logger("dask_operator.controller")
 

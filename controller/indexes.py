@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from dask_operator.api.v1.names import LABEL_CLUSTER_NAME
+from dask_operator.controller.contract.objects import Obj
 from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_WORKER_GROUP_KIND
-from dask_operator.controller.objects import Obj
-from dask_operator.controller.runtime.kinds import POD, SERVICE, Kind
+from dask_operator.runtime.kinds import POD, SERVICE, Kind
 
 # The label selector each child kind is watched with (an existence selector: any cluster's children).
 CACHE_SELECTORS: dict[Kind, str] = {POD: LABEL_CLUSTER_NAME, SERVICE: LABEL_CLUSTER_NAME}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dask_operator.api.v1.group import GROUP, VERSION
 from dask_operator.api.v1.names import DASK_AUTOSCALER, DASK_CLUSTER, DASK_JOB, DASK_WORKER_GROUP, KindNames
-from dask_operator.controller.kueue import KUEUE_GROUP, KUEUE_VERSION
-from dask_operator.controller.runtime.kinds import Kind
+from dask_operator.controller.contract.names import KUEUE_GROUP, KUEUE_VERSION
+from dask_operator.runtime.kinds import Kind
 
 
 def _kind(names: KindNames) -> Kind:

@@ -9,39 +9,29 @@ instead of running around the quota. Held by test/e2e/test_kueue.py and the e2e 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from dask_operator.controller.kinds import RESOURCE_FLAVOR, WORKLOAD, WORKLOAD_PRIORITY_CLASS
-from dask_operator.controller.kueue import (
-    KUEUE_GROUP,
-    KUEUE_VERSION,
+from dask_operator.controller.contract.kueue import (
+    KueueAccess,
     Queueing,
     flavors_by_name,
     queue_name,
     queueing,
     workload_name,
 )
-from dask_operator.controller.objects import Obj
-from dask_operator.controller.runtime.client import ApiError, Client
-from dask_operator.controller.runtime.kinds import Kind
+from dask_operator.controller.contract.names import KUEUE_GROUP, KUEUE_VERSION
+from dask_operator.controller.contract.objects import Obj
+from dask_operator.controller.kinds import RESOURCE_FLAVOR, WORKLOAD, WORKLOAD_PRIORITY_CLASS
+from dask_operator.runtime.client import ApiError, Client
+from dask_operator.runtime.kinds import Kind
 
 log = structlog.get_logger("dask_operator.controller.kueue")
 
 SELF_SUBJECT_ACCESS_REVIEW = Kind(
     "authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", namespaced=False
 )
-
-
-@dataclass(frozen=True)
-class KueueAccess:
-    """Kueue's Workload API is served (`workloads`); the operator may list flavors and priority classes."""
-
-    workloads: bool = False
-    flavors: bool = False
-    priority_classes: bool = False
 
 
 def _may_list(client: Client, resource: str) -> bool:

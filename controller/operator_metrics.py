@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from dask_operator.controller.runtime.metrics import REGISTRY
+from dask_operator.runtime.metrics import REGISTRY
 
 WORKERS_DESIRED = Gauge(
     "dask_operator_workers_desired",

@@ -11,18 +11,12 @@ import argparse
 import os
 from typing import Any
 
-from dask_operator.controller import (
-    autoscaler_reconciler,
-    cluster_reconciler,
-    indexes,
-    job_reconciler,
-    kueue_access,
-    workergroup_reconciler,
-)
-from dask_operator.controller.runtime.client import Client
-from dask_operator.controller.runtime.leaderelection import LeaderElectionConfig
-from dask_operator.controller.runtime.manager import Manager
+from dask_operator.controller import indexes, kueue_access
+from dask_operator.controller.reconcilers import autoscaler, cluster, job, workergroup
 from dask_operator.controller.settings import OperatorSettings, from_dask_config
+from dask_operator.runtime.client import Client
+from dask_operator.runtime.leaderelection import LeaderElectionConfig
+from dask_operator.runtime.manager import Manager
 
 
 def add_run_parser(subparsers: Any) -> None:
@@ -91,16 +85,16 @@ def build(manager: Manager, settings: OperatorSettings, concurrency: int) -> Non
     indexes.register(manager.cache)
     kueue_access.register(manager.cache, settings.kueue)
     for setup in (
-        cluster_reconciler.setup_with_manager,
-        workergroup_reconciler.setup_with_manager,
-        job_reconciler.setup_with_manager,
-        autoscaler_reconciler.setup_with_manager,
+        cluster.setup_with_manager,
+        workergroup.setup_with_manager,
+        job.setup_with_manager,
+        autoscaler.setup_with_manager,
     ):
         setup(manager, settings, concurrency)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from dask_operator.controller.runtime import logs
+    from dask_operator.runtime import logs
 
     logs.configure(args.log_level, json=args.log_format == "json")
     # A kept-alive connection for every reconcile that can run at once (four kinds) and every watch: past the

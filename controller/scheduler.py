@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dask_operator.api.scheduler_http import SchedulerHTTPError, json_count, json_object, request_json
-from dask_operator.controller.scheduler_api import API_ROUTE, HTTP_ROUTES_ENV, DaskWorker
-
-COMM_PORT_NAME = "tcp-comm"
-DASHBOARD_PORT_NAME = "http-dashboard"
+from dask_operator.api.v1.names import PORT_NAME_DASHBOARD
+from dask_operator.controller.contract.scheduler_api import API_ROUTE, HTTP_ROUTES_ENV, DaskWorker
 
 T = TypeVar("T")
 
@@ -63,7 +61,7 @@ def scheduler_endpoint(service: Mapping[str, Any]) -> SchedulerEndpoint:
     host = (
         cluster_ip if cluster_ip and cluster_ip != "None" else f"{meta.get('name')}.{meta.get('namespace')}"
     )
-    http = _port(service, DASHBOARD_PORT_NAME)
+    http = _port(service, PORT_NAME_DASHBOARD)
     return SchedulerEndpoint(http_url=f"http://{host}:{http}" if http else None)
 
 
@@ -164,7 +162,7 @@ class SchedulerClient:
     ) -> T:
         if not self.endpoint.http_url:
             raise SchedulerUnreachable(
-                f"the scheduler Service has no port named {DASHBOARD_PORT_NAME}: the operator talks to "
+                f"the scheduler Service has no port named {PORT_NAME_DASHBOARD}: the operator talks to "
                 "schedulers over their JSON HTTP API only (never the comm port, whose messages may carry "
                 "pickles)"
             )

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dask_operator.api.v1.names import DEFAULT_CLUSTER_DOMAIN
-from dask_operator.controller.drain import DEFAULT_WORKER_GRACE_SECONDS
-from dask_operator.controller.kueue_access import KueueAccess
-from dask_operator.controller.workergroup import DEFAULT_FORCE_SCALE_DOWN_SECONDS
+from dask_operator.controller.contract.drain import DEFAULT_WORKER_GRACE_SECONDS
+from dask_operator.controller.contract.kueue import KueueAccess
+from dask_operator.controller.contract.names import DEFAULT_FORCE_SCALE_DOWN_SECONDS
 
 
 @dataclass(frozen=True)

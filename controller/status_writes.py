@@ -23,7 +23,7 @@ from dask_operator.api.v1.types import (
     PHASE_RUNNING,
     PHASE_SUSPENDED,
 )
-from dask_operator.controller.conditions import condition_events, find_condition
+from dask_operator.controller.contract.conditions import condition_events, find_condition
 
 # Status changes of one object within this many seconds of the first are written as one.
 DEFAULT_WINDOW = 1.0

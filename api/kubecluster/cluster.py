@@ -85,9 +85,9 @@ from dask_operator.api.v1 import (
     PORT_NAME_DASHBOARD,
     scheduler_service_name,
 )
-from dask_operator.controller.runtime.client import ApiError
-from dask_operator.controller.runtime.client import Client as RestClient
-from dask_operator.controller.runtime.credentials import context_namespace
+from dask_operator.runtime.client import ApiError
+from dask_operator.runtime.client import Client as RestClient
+from dask_operator.runtime.credentials import context_namespace
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -132,7 +132,7 @@ class KubeCluster(Cluster):
       distributed 2026.6 removed the `dask-worker`/`dask-scheduler` scripts the reference runs. Pass
       ``worker_command="dask-worker", scheduler_command="dask-scheduler"`` for images older than 2022.10.
     * `create_mode` also accepts the mode's name as a string; `adapt()` requires `maximum`.
-    * `kube_client` (our addition) injects a `dask_operator.controller.runtime.client.Client`; by default
+    * `kube_client` (our addition) injects a `dask_operator.runtime.client.Client`; by default
       the in-cluster service account or $KUBECONFIG / ~/.kube/config is used.
     """
 

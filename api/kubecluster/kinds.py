@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dask_operator.api.v1.group import GROUP, VERSION
 from dask_operator.api.v1.names import DASK_AUTOSCALER, DASK_CLUSTER, DASK_WORKER_GROUP
-from dask_operator.controller.runtime.kinds import NODE, POD, SERVICE, Kind
+from dask_operator.runtime.kinds import NODE, POD, SERVICE, Kind
 
 DASK_CLUSTER_KIND = Kind(GROUP, VERSION, DASK_CLUSTER.kind, DASK_CLUSTER.plural)
 DASK_WORKER_GROUP_KIND = Kind(GROUP, VERSION, DASK_WORKER_GROUP.kind, DASK_WORKER_GROUP.plural)

@@ -21,7 +21,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from dask_operator.api.kubecluster.kinds import POD
-from dask_operator.controller.runtime.client import Client as RestClient
+from dask_operator.runtime.client import Client as RestClient
 
 logger = logging.getLogger(__name__)
 

@@ -19,14 +19,14 @@ from support.runtime_demo import ActionLog, build
 from support.runtime_plane import RequestLog, direct_client
 from support.wait import wait_for
 
-from dask_operator.controller.runtime.cache import Cache
-from dask_operator.controller.runtime.controller import Controller, WatchSpec
-from dask_operator.controller.runtime.handler import request_for_object
-from dask_operator.controller.runtime.informer import Informer
-from dask_operator.controller.runtime.kinds import CONFIGMAP, NAMESPACE, POD
-from dask_operator.controller.runtime.manager import Manager
-from dask_operator.controller.runtime.reconcile import Request, Result
-from dask_operator.controller.runtime.workqueue import WorkQueue
+from dask_operator.runtime.cache import Cache
+from dask_operator.runtime.controller import Controller, WatchSpec
+from dask_operator.runtime.handler import request_for_object
+from dask_operator.runtime.informer import Informer
+from dask_operator.runtime.kinds import CONFIGMAP, NAMESPACE, POD
+from dask_operator.runtime.manager import Manager
+from dask_operator.runtime.reconcile import Request, Result
+from dask_operator.runtime.workqueue import WorkQueue
 
 pytestmark = pytest.mark.bench
 POD_COUNT = 10_000

@@ -25,7 +25,7 @@ from support.bench_workload import manifest
 from support.operator import OperatorProcess, apply, get
 from support.wait import wait_for
 
-from dask_operator.controller.workergroup import FORCE_SCALE_DOWN_ANNOTATION
+from dask_operator.controller.planners.workergroup import FORCE_SCALE_DOWN_ANNOTATION
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 

@@ -602,7 +602,7 @@ def test_zero_workers_never_create_a_worker_pod(
     """A DaskCluster and a KubeCluster created with 0 workers: the API server's own record of pod creations
     (a watch replayed from before either was created) holds no worker pod, not even a short-lived one."""
     from dask_operator import KubeCluster
-    from dask_operator.controller.runtime.client import Client as RestClient
+    from dask_operator.runtime.client import Client as RestClient
 
     since = resource_version_now(plane, namespace)
     apply(plane, namespace, cluster_manifest("none", 0))

@@ -24,7 +24,7 @@ from support.operator import (
 )
 from support.wait import wait_for
 
-from dask_operator.controller.objects import parse_rfc3339
+from dask_operator.controller.contract.objects import parse_rfc3339
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -20,8 +20,8 @@ from support.wait import WaitTimeout, wait_for
 
 from dask_operator import KubeCluster, SchedulerStartupError, discover
 from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_CLUSTER_KIND, DASK_WORKER_GROUP_KIND
-from dask_operator.controller.runtime.client import Client as RestClient
-from dask_operator.controller.runtime.kinds import POD
+from dask_operator.runtime.client import Client as RestClient
+from dask_operator.runtime.kinds import POD
 
 pytestmark = pytest.mark.timeout(240)
 

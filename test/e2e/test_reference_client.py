@@ -24,7 +24,7 @@ from support.operator import OperatorProcess
 
 from dask_operator import KubeCluster
 from dask_operator.controller.kinds import DASK_CLUSTER_KIND
-from dask_operator.controller.runtime.client import Client as RestClient
+from dask_operator.runtime.client import Client as RestClient
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -26,7 +26,7 @@ from support.operator import (
 from support.wait import wait_for
 
 from dask_operator import ClusterSuspendedError, KubeCluster
-from dask_operator.controller.runtime.client import Client as RestClient
+from dask_operator.runtime.client import Client as RestClient
 
 pytestmark = pytest.mark.timeout(240)
 

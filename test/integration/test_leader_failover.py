@@ -20,7 +20,7 @@ from support.operator import OperatorProcess
 from support.runtime_plane import http_proxy
 from support.wait import wait_for
 
-from dask_operator.controller.runtime.leaderelection import LeaderElectionConfig
+from dask_operator.runtime.leaderelection import LeaderElectionConfig
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -16,10 +16,10 @@ from support.wait import wait_for
 from dask_operator.api.v1.names import LABEL_CLUSTER_NAME
 from dask_operator.controller.executor import Executor
 from dask_operator.controller.indexes import CACHE_SELECTORS
-from dask_operator.controller.runtime.applier import Applier
-from dask_operator.controller.runtime.cache import Cache
-from dask_operator.controller.runtime.client import ApiError, Client
-from dask_operator.controller.runtime.kinds import CONFIGMAP, POD
+from dask_operator.runtime.applier import Applier
+from dask_operator.runtime.cache import Cache
+from dask_operator.runtime.client import ApiError, Client
+from dask_operator.runtime.kinds import CONFIGMAP, POD
 
 Obj = dict[str, Any]
 

@@ -11,12 +11,12 @@ from support.faultproxy import SeenRequest
 from support.runtime_plane import RequestLog, client_via, direct_client, http_proxy, tcp_proxy
 from support.wait import wait_for
 
-from dask_operator.controller.runtime import metrics
-from dask_operator.controller.runtime.applier import Applier
-from dask_operator.controller.runtime.cache import Cache
-from dask_operator.controller.runtime.client import ApiError, Client, ConnectionFailure
-from dask_operator.controller.runtime.events import EventRecorder
-from dask_operator.controller.runtime.kinds import CONFIGMAP, CUSTOM_RESOURCE_DEFINITION, EVENT, Kind
+from dask_operator.runtime import metrics
+from dask_operator.runtime.applier import Applier
+from dask_operator.runtime.cache import Cache
+from dask_operator.runtime.client import ApiError, Client, ConnectionFailure
+from dask_operator.runtime.events import EventRecorder
+from dask_operator.runtime.kinds import CONFIGMAP, CUSTOM_RESOURCE_DEFINITION, EVENT, Kind
 
 Obj = dict[str, Any]
 WIDGET = Kind("runtime.test.dask.org", "v1", "Widget", "widgets")

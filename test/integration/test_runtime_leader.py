@@ -13,9 +13,9 @@ from support.faultproxy import SeenRequest
 from support.runtime_plane import client_via, direct_client, http_proxy
 from support.wait import wait_for
 
-from dask_operator.controller.runtime.client import Client
-from dask_operator.controller.runtime.kinds import LEASE
-from dask_operator.controller.runtime.leaderelection import LeaderElectionConfig, LeaderElector, micro_time
+from dask_operator.runtime.client import Client
+from dask_operator.runtime.kinds import LEASE
+from dask_operator.runtime.leaderelection import LeaderElectionConfig, LeaderElector, micro_time
 
 Obj = dict[str, Any]
 

@@ -24,9 +24,9 @@ from support.runtime_demo import SLOW_ANNOTATION, ActionLog, build, desired_mirr
 from support.runtime_plane import RequestLog, client_via, direct_client, tcp_proxy
 from support.wait import wait_for
 
-from dask_operator.controller.runtime.client import Client
-from dask_operator.controller.runtime.kinds import CONFIGMAP, SECRET, Kind
-from dask_operator.controller.runtime.manager import Manager
+from dask_operator.runtime.client import Client
+from dask_operator.runtime.kinds import CONFIGMAP, SECRET, Kind
+from dask_operator.runtime.manager import Manager
 
 Obj = dict[str, Any]
 DEMO = Path(__file__).resolve().parents[1] / "support" / "runtime_demo.py"

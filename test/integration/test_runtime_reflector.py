@@ -19,9 +19,9 @@ from support.faultproxy import FaultProxy, SeenRequest
 from support.runtime_plane import RequestLog, client_via, direct_client, http_proxy, tcp_proxy
 from support.wait import wait_for
 
-from dask_operator.controller.runtime.client import Client
-from dask_operator.controller.runtime.informer import Informer
-from dask_operator.controller.runtime.kinds import CONFIGMAP
+from dask_operator.runtime.client import Client
+from dask_operator.runtime.informer import Informer
+from dask_operator.runtime.kinds import CONFIGMAP
 
 Obj = dict[str, Any]
 

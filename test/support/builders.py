@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from dask_operator.controller.objects import rfc3339
-from dask_operator.controller.plans import FIELD_MANAGER, Apply, Plan
+from dask_operator.controller.contract.objects import rfc3339
+from dask_operator.controller.contract.plans import FIELD_MANAGER, Apply, Plan
 
 Obj = dict[str, Any]
 

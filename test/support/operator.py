@@ -349,8 +349,8 @@ def warning_events(plane: Any, namespace: str, name: str) -> list[dict[str, Any]
 
 def resource_version_now(plane: Any, namespace: str) -> str:
     """The namespace's pods' collection resourceVersion: a point from which a watch replays every change."""
-    from dask_operator.controller.runtime.client import Client
-    from dask_operator.controller.runtime.kinds import POD
+    from dask_operator.runtime.client import Client
+    from dask_operator.runtime.kinds import POD
 
     _, rv = Client.from_kubeconfig(str(plane.kubeconfig)).list(POD, namespace)
     return rv
@@ -359,8 +359,8 @@ def resource_version_now(plane: Any, namespace: str) -> str:
 def pods_added_since(plane: Any, namespace: str, resource_version: str, selector: str) -> list[str]:
     """Names of the pods matching `selector` created after `resource_version`, including pods already
     deleted again: a watch from that resourceVersion replays each ADDED event (the API server keeps them)."""
-    from dask_operator.controller.runtime.client import Client
-    from dask_operator.controller.runtime.kinds import POD
+    from dask_operator.runtime.client import Client
+    from dask_operator.runtime.kinds import POD
 
     api = Client.from_kubeconfig(str(plane.kubeconfig))
     stream = api.watch(POD, namespace, resource_version, 2, allow_bookmarks=False, label_selector=selector)

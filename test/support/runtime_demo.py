@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dask_operator.controller.runtime import logs
-from dask_operator.controller.runtime.builder import ControllerBuilder
-from dask_operator.controller.runtime.client import Client
-from dask_operator.controller.runtime.kinds import CONFIGMAP, SECRET
-from dask_operator.controller.runtime.leaderelection import LeaderElectionConfig
-from dask_operator.controller.runtime.manager import Manager
-from dask_operator.controller.runtime.reconcile import Request, Result
+from dask_operator.runtime import logs
+from dask_operator.runtime.builder import ControllerBuilder
+from dask_operator.runtime.client import Client
+from dask_operator.runtime.kinds import CONFIGMAP, SECRET
+from dask_operator.runtime.leaderelection import LeaderElectionConfig
+from dask_operator.runtime.manager import Manager
+from dask_operator.runtime.reconcile import Request, Result
 
 FIELD_MANAGER = "demo-mirror"
 MIRROR_SUFFIX = "-mirror"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dask_operator.controller.runtime.cache import Cache
-from dask_operator.controller.runtime.client import Client
-from dask_operator.controller.runtime.credentials import Credentials
+from dask_operator.runtime.cache import Cache
+from dask_operator.runtime.client import Client
+from dask_operator.runtime.credentials import Credentials
 
 
 def offline_client() -> Client:

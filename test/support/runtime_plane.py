@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dask_operator.controller.runtime.client import Client, RequestRecord
-from dask_operator.controller.runtime.credentials import Credentials
+from dask_operator.runtime.client import Client, RequestRecord
+from dask_operator.runtime.credentials import Credentials
 from support.faultproxy import FaultProxy, client_tls_context
 
 

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 from support.builders import applied
 
-from dask_operator.controller.autoscaler import (
+from dask_operator.controller.contract.objects import rfc3339
+from dask_operator.controller.contract.plans import (
+    ADOPTION_FIELD_MANAGER,
+    AUTOSCALER_FIELD_MANAGER,
+    Plan,
+    Question,
+)
+from dask_operator.controller.planners.autoscaler import (
     COOLDOWN_SECONDS,
     POLL_SECONDS,
     AutoscalerObservation,
@@ -16,13 +23,6 @@ from dask_operator.controller.autoscaler import (
     bounded_target,
     cooldown_until,
     plan_autoscaler,
-)
-from dask_operator.controller.objects import rfc3339
-from dask_operator.controller.plans import (
-    ADOPTION_FIELD_MANAGER,
-    AUTOSCALER_FIELD_MANAGER,
-    Plan,
-    Question,
 )
 
 NOW = 1_700_000_000.0

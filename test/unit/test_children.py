@@ -4,7 +4,7 @@ is still the desired child's controller, and has nothing to say for objects with
 from __future__ import annotations
 
 from dask_operator.api.v1.names import LABEL_CLUSTER_NAME
-from dask_operator.controller.children import owner_reference, relabel_patch
+from dask_operator.controller.contract.children import owner_reference, relabel_patch
 
 OWNER = {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskWorkerGroup",
          "metadata": {"name": "g", "namespace": "ns", "uid": "u-1"}}  # fmt: skip

@@ -9,8 +9,11 @@ import pytest
 from support.builders import condition, created, running, terminating
 
 from dask_operator.api.v1.types import PHASE_SUSPENDED
-from dask_operator.controller.children import TEMPLATE_HASH_LABEL, template_hash
-from dask_operator.controller.cluster import (
+from dask_operator.controller.contract.children import TEMPLATE_HASH_LABEL, template_hash
+from dask_operator.controller.contract.hold import hold_of
+from dask_operator.controller.contract.plans import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Apply, Cause
+from dask_operator.controller.contract.scheduler_api import HTTP_ROUTES_ENV, routes_decision
+from dask_operator.controller.planners.cluster import (
     DEFAULT_WORKER_TTL,
     PROPAGATED_REPLICAS_ANNOTATION,
     WORKER_TTL_ENV,
@@ -23,9 +26,6 @@ from dask_operator.controller.cluster import (
     plan_cluster,
     scheduler_api_condition,
 )
-from dask_operator.controller.hold import hold_of
-from dask_operator.controller.plans import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Apply, Cause
-from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV, routes_decision
 
 NOW = 1_700_000_000.0
 

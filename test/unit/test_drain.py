@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dask_operator.controller.drain import (
+from dask_operator.controller.contract.drain import (
     DEFAULT_WORKER_GRACE_SECONDS,
     PRESTOP_HOOK,
     desired_disruption_budget,

@@ -4,11 +4,11 @@ while the refusal lasts and dropping it once a plan succeeds."""
 
 from __future__ import annotations
 
-from dask_operator.controller.conditions import EventSpec
+from dask_operator.controller.contract.conditions import EventSpec
+from dask_operator.controller.contract.objects import rfc3339
+from dask_operator.controller.contract.plans import Cause, Create, Delete, Ref
 from dask_operator.controller.executor import Refusal, refusal_of, with_refusals
-from dask_operator.controller.objects import rfc3339
-from dask_operator.controller.plans import Cause, Create, Delete, Ref
-from dask_operator.controller.runtime.client import ApiError
+from dask_operator.runtime.client import ApiError
 
 NOW = 1_700_000_000.0
 QUOTA = (
@@ -59,9 +59,9 @@ def test_refusals_become_replica_failure_and_degraded_and_keep_their_transition_
 def test_a_retirement_is_started_not_waited_for_and_deletes_nothing_by_itself() -> None:
     """The executor hands the Retire step to the caller's starter and returns; which pods may go is decided
     by the next plan, from the answer (test_workergroup.py)."""
+    from dask_operator.controller.contract.plans import Retire, RetiringPod
+    from dask_operator.controller.contract.scheduler_api import DaskWorker
     from dask_operator.controller.executor import Executor
-    from dask_operator.controller.plans import Retire, RetiringPod
-    from dask_operator.controller.scheduler_api import DaskWorker
 
     pod = RetiringPod(
         Delete(Ref("v1", "Pod", "ns", "p", "u"), Cause.RETIRED),
@@ -77,8 +77,8 @@ def test_a_retirement_is_started_not_waited_for_and_deletes_nothing_by_itself() 
 
 
 def test_write_waves_group_writes_to_distinct_objects_and_keep_everything_else_in_order() -> None:
+    from dask_operator.controller.contract.plans import Apply, Emit, SetStatus
     from dask_operator.controller.executor import write_waves
-    from dask_operator.controller.plans import Apply, Emit, SetStatus
 
     def obj(kind: str, name: str) -> dict[str, object]:
         return {"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": "ns"}}

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from dask_operator.controller.hold import (
+from dask_operator.controller.contract.hold import (
     REASON_RESUMED,
     REASON_SUSPENDED,
     Hold,

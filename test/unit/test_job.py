@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from support.builders import applied, created
 
-from dask_operator.controller.hold import hold_of
-from dask_operator.controller.job import (
+from dask_operator.controller.contract.hold import hold_of
+from dask_operator.controller.contract.objects import rfc3339
+from dask_operator.controller.contract.plans import ADOPTION_FIELD_MANAGER, Cause, Plan
+from dask_operator.controller.planners.job import (
     RUNNER_REFUSED_TIMEOUT,
     WAIT_SECONDS,
     JobObservation,
@@ -17,8 +19,6 @@ from dask_operator.controller.job import (
     desired_runner_pod,
     plan_job,
 )
-from dask_operator.controller.objects import rfc3339
-from dask_operator.controller.plans import ADOPTION_FIELD_MANAGER, Cause, Plan
 
 NOW = 1_700_000_000.0
 UID = "job-uid"

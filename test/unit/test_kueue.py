@@ -8,9 +8,7 @@ from typing import Any
 
 from support.builders import admitted_workload, evicted_workload, stored_workload
 
-from dask_operator.controller.cluster import PROPAGATED_REPLICAS_ANNOTATION, ClusterObservation, plan_cluster
-from dask_operator.controller.job import JobObservation, plan_job
-from dask_operator.controller.kueue import (
+from dask_operator.controller.contract.kueue import (
     POD_SETS_HASH_ANNOTATION,
     Placement,
     Queueing,
@@ -22,8 +20,14 @@ from dask_operator.controller.kueue import (
     workload_name,
     workload_steps,
 )
-from dask_operator.controller.plans import Create, Delete, PatchStatus
-from dask_operator.controller.workergroup import GroupObservation, plan_group
+from dask_operator.controller.contract.plans import Create, Delete, PatchStatus
+from dask_operator.controller.planners.cluster import (
+    PROPAGATED_REPLICAS_ANNOTATION,
+    ClusterObservation,
+    plan_cluster,
+)
+from dask_operator.controller.planners.job import JobObservation, plan_job
+from dask_operator.controller.planners.workergroup import GroupObservation, plan_group
 
 NOW = 1_700_000_000.0
 FLAVORS = {

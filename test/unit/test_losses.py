@@ -7,14 +7,14 @@ from typing import Any
 
 from support.builders import killed, running, terminating
 
-from dask_operator.controller.conditions import merge_conditions
-from dask_operator.controller.losses import (
+from dask_operator.controller.contract.conditions import merge_conditions
+from dask_operator.controller.contract.losses import (
     LOSS_REPORT_SECONDS,
     container_losses,
     scheduler_restarted,
     worker_lost,
 )
-from dask_operator.controller.objects import rfc3339
+from dask_operator.controller.contract.objects import rfc3339
 
 NOW = 1_700_000_000.0
 
@@ -82,7 +82,7 @@ def test_an_old_restart_is_not_reported() -> None:
 
 def test_each_reported_loss_counts_once_in_its_metric() -> None:
     from dask_operator.controller import operator_metrics
-    from dask_operator.controller.runtime.metrics import REGISTRY
+    from dask_operator.runtime.metrics import REGISTRY
 
     def value(name: str) -> float:
         return REGISTRY.get_sample_value(name, {"namespace": "ns", "cluster": "c"}) or 0.0

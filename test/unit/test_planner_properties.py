@@ -22,23 +22,28 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from support.builders import controlled_by, finished, killed, pending, running, terminating
 
-from dask_operator.controller.autoscaler import (
+from dask_operator.controller.contract.children import TEMPLATE_HASH_LABEL
+from dask_operator.controller.contract.plans import Apply, Plan
+from dask_operator.controller.contract.scheduler_api import DaskWorker
+from dask_operator.controller.planners.autoscaler import (
     AutoscalerObservation,
     SchedulerTarget,
     plan_autoscaler,
 )
-from dask_operator.controller.children import TEMPLATE_HASH_LABEL
-from dask_operator.controller.cluster import (
+from dask_operator.controller.planners.cluster import (
     PROPAGATED_REPLICAS_ANNOTATION,
     ClusterObservation,
     IdleAnswer,
     desired_scheduler_pod,
     plan_cluster,
 )
-from dask_operator.controller.job import JobObservation, desired_job_cluster, desired_runner_pod, plan_job
-from dask_operator.controller.plans import Apply, Plan
-from dask_operator.controller.scheduler_api import DaskWorker
-from dask_operator.controller.workergroup import (
+from dask_operator.controller.planners.job import (
+    JobObservation,
+    desired_job_cluster,
+    desired_runner_pod,
+    plan_job,
+)
+from dask_operator.controller.planners.workergroup import (
     GroupObservation,
     SchedulerView,
     plan_group,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dask_operator.controller.runtime.applier import generation_tracks_spec, holds
-from dask_operator.controller.runtime.kinds import Kind
+from dask_operator.runtime.applier import generation_tracks_spec, holds
+from dask_operator.runtime.kinds import Kind
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@ than max_wait, and only writes made inside `recording()` count."""
 
 from __future__ import annotations
 
-from dask_operator.controller.runtime.consistency import OwnWrites, note_write, recording
-from dask_operator.controller.runtime.kinds import POD, SERVICE
+from dask_operator.runtime.consistency import OwnWrites, note_write, recording
+from dask_operator.runtime.kinds import POD, SERVICE
 
 
 def pod(rv: str) -> dict[str, object]:

@@ -17,17 +17,17 @@ import structlog
 from support.runtime_offline import offline_cache
 from support.wait import wait_for
 
-from dask_operator.controller.runtime import metrics
-from dask_operator.controller.runtime.controller import (
+from dask_operator.runtime import metrics
+from dask_operator.runtime.controller import (
     Controller,
     ReconcileError,
     SourceSyncTimeout,
     WatchSpec,
 )
-from dask_operator.controller.runtime.handler import request_for_object
-from dask_operator.controller.runtime.kinds import CONFIGMAP
-from dask_operator.controller.runtime.ratelimiter import ItemExponentialFailureRateLimiter
-from dask_operator.controller.runtime.reconcile import (
+from dask_operator.runtime.handler import request_for_object
+from dask_operator.runtime.kinds import CONFIGMAP
+from dask_operator.runtime.ratelimiter import ItemExponentialFailureRateLimiter
+from dask_operator.runtime.reconcile import (
     Request,
     Result,
     TerminalError,

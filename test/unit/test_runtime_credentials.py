@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dask_operator.controller.runtime.credentials import (
+from dask_operator.runtime.credentials import (
     ConfigError,
     Credentials,
     _TokenFile,
@@ -149,7 +149,7 @@ def test_the_pods_service_account_and_its_rotating_token(tmp_path: Path) -> None
 def test_loading_credentials_does_not_import_the_kubernetes_package() -> None:
     code = (
         "import sys; from dask_operator.controller import run; "
-        "from dask_operator.controller.runtime.client import Client; "
+        "from dask_operator.runtime.client import Client; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'distributed')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

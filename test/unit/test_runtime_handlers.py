@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 from support.runtime_offline import offline_cache
 
-from dask_operator.controller.runtime import metrics
-from dask_operator.controller.runtime.applier import apply_intent, intent_hash
-from dask_operator.controller.runtime.controller import Controller
-from dask_operator.controller.runtime.handler import EnqueueHandler, request_for_object, requests_for_owner
-from dask_operator.controller.runtime.health import Checks
-from dask_operator.controller.runtime.kinds import CONFIGMAP, NAMESPACE, POD, Kind, kind_of, lookup
-from dask_operator.controller.runtime.leaderelection import LeaderElectionConfig, micro_time
-from dask_operator.controller.runtime.predicate import (
+from dask_operator.runtime import metrics
+from dask_operator.runtime.applier import apply_intent, intent_hash
+from dask_operator.runtime.controller import Controller
+from dask_operator.runtime.handler import EnqueueHandler, request_for_object, requests_for_owner
+from dask_operator.runtime.health import Checks
+from dask_operator.runtime.kinds import CONFIGMAP, NAMESPACE, POD, Kind, kind_of, lookup
+from dask_operator.runtime.leaderelection import LeaderElectionConfig, micro_time
+from dask_operator.runtime.predicate import (
     And,
     DeleteEvent,
     GenerationChanged,
@@ -25,8 +25,8 @@ from dask_operator.controller.runtime.predicate import (
     ResourceVersionChanged,
     UpdateEvent,
 )
-from dask_operator.controller.runtime.reconcile import Request
-from dask_operator.controller.runtime.workqueue import LOW_PRIORITY, WorkQueue
+from dask_operator.runtime.reconcile import Request
+from dask_operator.runtime.workqueue import LOW_PRIORITY, WorkQueue
 
 Obj = dict[str, Any]
 OWNER = Kind("kubernetes.dask.org", "v1", "DaskCluster", "daskclusters")

@@ -12,8 +12,8 @@ from typing import Any
 from support.runtime_offline import offline_client
 from support.wait import wait_for
 
-from dask_operator.controller.runtime.informer import Informer
-from dask_operator.controller.runtime.kinds import CONFIGMAP
+from dask_operator.runtime.informer import Informer
+from dask_operator.runtime.kinds import CONFIGMAP
 
 Obj = dict[str, Any]
 

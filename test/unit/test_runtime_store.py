@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dask_operator.controller.runtime.cache import clone
-from dask_operator.controller.runtime.store import (
+from dask_operator.runtime.cache import clone
+from dask_operator.runtime.store import (
     NAMESPACE_INDEX,
     OWNER_INDEX,
     Store,

@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from dask_operator.controller.runtime import metrics
-from dask_operator.controller.runtime.ratelimiter import (
+from dask_operator.runtime import metrics
+from dask_operator.runtime.ratelimiter import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
     MaxOfRateLimiter,
     bucketed_controller_rate_limiter,
 )
-from dask_operator.controller.runtime.workqueue import LOW_PRIORITY, WorkQueue
+from dask_operator.runtime.workqueue import LOW_PRIORITY, WorkQueue
 
 
 def test_a_key_is_never_handed_to_two_workers_at_once() -> None:  # item 20
@@ -260,7 +260,7 @@ def test_depth_and_unfinished_work_metrics() -> None:  # item 53
 def test_reflector_backoff_grows_jittered_to_the_cap_and_resets_after_two_minutes() -> None:  # items 14, 15
     import random
 
-    from dask_operator.controller.runtime.backoff import Backoff
+    from dask_operator.runtime.backoff import Backoff
 
     now = [0.0]
     backoff = Backoff(clock=lambda: now[0], rng=random.Random(7))

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from support.wait import wait_for
 
+from dask_operator.controller.contract.scheduler_api import HTTP_ROUTES_ENV, HTTP_ROUTES_VALUE, DaskWorker
 from dask_operator.controller.scheduler import (
     SchedulerClient,
     SchedulerEndpoint,
     SchedulerUnreachable,
     scheduler_endpoint,
 )
-from dask_operator.controller.scheduler_api import HTTP_ROUTES_ENV, HTTP_ROUTES_VALUE, DaskWorker
 
 BIN = os.path.dirname(sys.executable)
 

@@ -10,11 +10,10 @@ import pytest
 from support import builders
 
 from dask_operator.api.v1.names import ANNOTATION_AUTOSCALED_BY
-from dask_operator.controller.children import TEMPLATE_HASH_LABEL
-from dask_operator.controller.cluster import PROPAGATED_REPLICAS_ANNOTATION
-from dask_operator.controller.hold import Hold
-from dask_operator.controller.objects import rfc3339
-from dask_operator.controller.plans import (
+from dask_operator.controller.contract.children import TEMPLATE_HASH_LABEL
+from dask_operator.controller.contract.hold import Hold
+from dask_operator.controller.contract.objects import rfc3339
+from dask_operator.controller.contract.plans import (
     ADOPTION_FIELD_MANAGER,
     AUTOSCALER_FIELD_MANAGER,
     Cause,
@@ -22,8 +21,9 @@ from dask_operator.controller.plans import (
     Question,
     ReleaseFields,
 )
-from dask_operator.controller.scheduler_api import DaskWorker
-from dask_operator.controller.workergroup import (
+from dask_operator.controller.contract.scheduler_api import DaskWorker
+from dask_operator.controller.planners.cluster import PROPAGATED_REPLICAS_ANNOTATION
+from dask_operator.controller.planners.workergroup import (
     GroupObservation,
     GroupSettings,
     RetirementView,
