@@ -52,8 +52,7 @@ from dask_operator.api.v1 import (
 )
 from dask_operator.runtime.client import ApiError
 from dask_operator.runtime.client import Client as RestClient
-
-Obj = dict[str, Any]
+from dask_operator.runtime.objects import Obj
 
 
 class CommandError(Exception):

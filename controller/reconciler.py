@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from dask_operator.api.v1.names import scheduler_service_name
 from dask_operator.controller import operator_metrics
-from dask_operator.controller.contract.children import is_terminating
 from dask_operator.controller.contract.objects import Obj
 from dask_operator.controller.contract.plans import Plan, Question
+from dask_operator.controller.contract.pods import is_terminating
 from dask_operator.controller.executor import Executor, Outcome, RetireWorkers
 from dask_operator.controller.scheduler import SchedulerClient, SchedulerUnreachable, scheduler_endpoint
 from dask_operator.controller.scheduler_calls import Answer, SchedulerCalls

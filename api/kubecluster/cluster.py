@@ -61,7 +61,6 @@ from dask_operator.api.kubecluster.options import (
     load_custom_spec,
     node_host,
     options_from_cluster,
-    pod_failure,
     scheduler_pod_selector,
     service_port,
     status_summary,
@@ -73,6 +72,7 @@ from dask_operator.api.kubecluster.options import (
     worker_group_manifest,
 )
 from dask_operator.api.kubecluster.portforward import PortForward, SchedulerPodTarget, pod_port
+from dask_operator.api.pods import is_pod_ready, pod_failure
 from dask_operator.api.v1 import (
     COMPONENT_SCHEDULER,
     COMPONENT_WORKER,
@@ -359,7 +359,7 @@ class KubeCluster(Cluster):
             pods, _ = await self._kube(
                 self.api.list, POD, self.namespace, label_selector=scheduler_pod_selector(self.cluster_name)
             )
-            ready = [pod for pod in pods if pod_is_ready(pod)]
+            ready = [pod for pod in pods if is_pod_ready(pod)]
             if ready:
                 return dict(ready[0])
             if time.monotonic() >= deadline:
@@ -373,7 +373,7 @@ class KubeCluster(Cluster):
             self.api.list, POD, self.namespace, label_selector=scheduler_pod_selector(self.cluster_name)
         )
         for pod in pods:
-            failure = pod_failure(pod)
+            failure = pod_failure(pod, since_start=True)
             if failure:
                 logs = await self._kube(self._pod_log, pod)
                 raise SchedulerStartupError(
@@ -645,11 +645,6 @@ class KubeCluster(Cluster):
             for k, v in rows
         )
         return str(super()._repr_html_(cluster_status=(cluster_status or "") + table))
-
-
-def pod_is_ready(pod: Mapping[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def forbidden_message(verb: str, resource: str, namespace: str, detail: str | None) -> str:

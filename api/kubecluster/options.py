@@ -41,8 +41,7 @@ from dask_operator.api.v1 import (
     validate_cluster_name,
     worker_group_name,
 )
-
-Obj = dict[str, Any]
+from dask_operator.runtime.objects import Obj
 
 # Commands that exist in every distributed since 2022.10. The reference's `dask-worker`/`dask-scheduler`
 # scripts were removed in distributed 2026.6 (dask/distributed#9335), so its defaults no longer start.
@@ -332,24 +331,6 @@ def status_summary(cluster: Mapping[str, Any] | None) -> str:
     if degraded.get("status") == "True" and degraded.get("message"):
         messages.append(str(degraded["message"]))
     return f"phase {status.get('phase') or 'unset'}" + (": " + "; ".join(messages) if messages else "")
-
-
-def pod_failure(pod: Mapping[str, Any]) -> str | None:
-    """Why a (scheduler) pod is not starting: crash-looping or failed containers; None if it is not failing."""
-    status = pod.get("status") or {}
-    if status.get("phase") == "Failed":
-        return f"pod phase Failed ({status.get('reason') or status.get('message') or 'no reason given'})"
-    for container in status.get("containerStatuses") or []:
-        state = container.get("state") or {}
-        waiting = state.get("waiting") or {}
-        if waiting.get("reason") == "CrashLoopBackOff":
-            return f"container {container.get('name')} is in CrashLoopBackOff"
-        terminated = state.get("terminated") or (container.get("lastState") or {}).get("terminated")
-        if terminated and terminated.get("exitCode") not in (None, 0):
-            return f"container {container.get('name')} exited with code {terminated.get('exitCode')}"
-        if int(container.get("restartCount") or 0) > 0:
-            return f"container {container.get('name')} restarted {container.get('restartCount')} times"
-    return None
 
 
 def scheduler_pod_selector(cluster: str) -> str:

@@ -145,7 +145,3 @@ def with_env_defaults(containers: list[Obj], defaults: Mapping[str, str]) -> lis
         env += [{"name": k, "value": v} for k, v in defaults.items() if k not in present]
         out.append({**container, "env": env})
     return out
-
-
-def is_terminating(obj: Mapping[str, Any]) -> bool:
-    return bool(obj.get("metadata", {}).get("deletionTimestamp"))

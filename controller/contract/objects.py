@@ -1,26 +1,11 @@
-"""A Kubernetes object as the Dask controllers hold it (its JSON as a dict), and Kubernetes' time format.
+"""The planners' window onto `dask_operator.runtime.objects`: an object as a dict and Kubernetes' time format,
+so planners name them without importing the runtime (which does I/O).
 
-Invariant: `Obj` is the one alias for an object outside the runtime; `parse_rfc3339(rfc3339(t))` is `t`
-truncated to the second, and anything unparsable reads as None. Held by test/unit/test_plans.py.
+Invariant: re-exports only; nothing is defined here. Held by test/unit/test_plans.py.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from dask_operator.runtime.objects import Obj, parse_rfc3339, rfc3339
 
-Obj = dict[str, Any]
-
-
-def rfc3339(now: float) -> str:
-    """Kubernetes' time format, second precision with a literal Z."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
+__all__ = ["Obj", "parse_rfc3339", "rfc3339"]

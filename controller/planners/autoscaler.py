@@ -30,7 +30,7 @@ from dask_operator.api.v1.names import (
     default_worker_group_name,
 )
 from dask_operator.api.v1.types import CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY
-from dask_operator.controller.contract.children import adoption, is_controlled_by, is_terminating
+from dask_operator.controller.contract.children import adoption, is_controlled_by
 from dask_operator.controller.contract.conditions import (
     Condition,
     EventSpec,
@@ -48,7 +48,7 @@ from dask_operator.controller.contract.plans import (
     SetStatus,
     Step,
 )
-from dask_operator.controller.contract.pods import is_pod_ready
+from dask_operator.controller.contract.pods import is_pod_ready, is_terminating
 
 POLL_SECONDS = 5.0  # how often an active autoscaler asks the scheduler (the reference's timer)
 COOLDOWN_SECONDS = 15.0  # no change for this long after a change

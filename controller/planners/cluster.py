@@ -48,7 +48,6 @@ from dask_operator.api.v1.types import (
 from dask_operator.controller.contract.children import (
     TEMPLATE_HASH_LABEL,
     child_metadata,
-    is_terminating,
     owned_child,
     template_hash,
     with_env_defaults,
@@ -94,7 +93,7 @@ from dask_operator.controller.contract.plans import (
     SetStatus,
     Step,
 )
-from dask_operator.controller.contract.pods import is_pod_finished, is_pod_ready, pod_failure
+from dask_operator.controller.contract.pods import is_pod_finished, is_pod_ready, is_terminating, pod_failure
 from dask_operator.controller.contract.scheduler_api import HTTP_ROUTES_ENV, routes_decision
 
 # Degraded reason while a scheduler deleted from outside the operator is replaced (its state is gone).

@@ -68,7 +68,6 @@ from dask_operator.controller.contract.children import (
     adoption,
     child_metadata,
     is_controlled_by,
-    is_terminating,
     owned_child,
     with_env_defaults,
 )
@@ -104,7 +103,7 @@ from dask_operator.controller.contract.plans import (
     SetStatus,
     Step,
 )
-from dask_operator.controller.contract.pods import is_pod_finished, pod_failure
+from dask_operator.controller.contract.pods import is_pod_finished, is_terminating, pod_failure
 
 # How soon to look again while waiting for an object this job does not own to go away.
 WAIT_SECONDS = 2.0

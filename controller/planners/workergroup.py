@@ -40,7 +40,6 @@ from dask_operator.controller.contract.children import (
     adoption,
     child_metadata,
     is_controlled_by,
-    is_terminating,
     owner_reference,
     template_hash,
     with_env_defaults,
@@ -90,6 +89,7 @@ from dask_operator.controller.contract.plans import (
 from dask_operator.controller.contract.pods import (
     is_pod_finished,
     is_pod_ready,
+    is_terminating,
     pod_failure,
     recovery_deadline,
 )

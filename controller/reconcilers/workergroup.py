@@ -17,11 +17,11 @@ import structlog
 
 from dask_operator.api.v1.names import default_worker_group_name
 from dask_operator.controller import indexes, operator_metrics
-from dask_operator.controller.contract.children import is_terminating
 from dask_operator.controller.contract.hold import hold_of
 from dask_operator.controller.contract.names import FORCE_SCALE_DOWN_ANNOTATION
 from dask_operator.controller.contract.objects import Obj
 from dask_operator.controller.contract.plans import Plan, Question, Retire
+from dask_operator.controller.contract.pods import is_terminating
 from dask_operator.controller.executor import Outcome, RetireWorkers
 from dask_operator.controller.kinds import (
     DASK_AUTOSCALER_KIND,

@@ -24,8 +24,7 @@ from typing import Any
 from dask_operator.runtime.cache import Cache
 from dask_operator.runtime.client import Client, status_intent
 from dask_operator.runtime.kinds import Kind, kind_of
-
-Obj = dict[str, Any]
+from dask_operator.runtime.objects import Obj
 
 # Server-owned metadata an intent never carries (uid may be pinned on purpose and is kept).
 _SERVER_METADATA = (

@@ -9,17 +9,15 @@ Held by test/unit/test_runtime_controller.py and test/integration/test_runtime_m
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 from dask_operator.runtime.controller import DEFAULT_CACHE_SYNC_TIMEOUT, Controller, WatchSpec
 from dask_operator.runtime.handler import request_for_object, requests_for_owner
 from dask_operator.runtime.kinds import Kind
 from dask_operator.runtime.manager import Manager
+from dask_operator.runtime.objects import Obj
 from dask_operator.runtime.predicate import Predicate
 from dask_operator.runtime.ratelimiter import RateLimiter
 from dask_operator.runtime.reconcile import Reconciler, Request
-
-Obj = dict[str, Any]
 
 
 class ControllerBuilder:

@@ -18,6 +18,7 @@ from typing import Any
 from dask_operator.runtime.client import Client
 from dask_operator.runtime.informer import Informer
 from dask_operator.runtime.kinds import Kind
+from dask_operator.runtime.objects import Obj
 from dask_operator.runtime.reflector import DEFAULT_MIN_WATCH_TIMEOUT, DEFAULT_READ_TIMEOUT_MARGIN
 from dask_operator.runtime.store import (
     LABEL_INDEX_PREFIX,
@@ -28,8 +29,6 @@ from dask_operator.runtime.store import (
     index_by_label,
     index_by_namespace,
 )
-
-Obj = dict[str, Any]
 
 DEFAULT_SYNC_TIMEOUT = 120.0
 

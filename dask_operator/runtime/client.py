@@ -24,9 +24,8 @@ import urllib3
 from dask_operator.runtime import credentials, metrics
 from dask_operator.runtime.consistency import note_write
 from dask_operator.runtime.kinds import Kind, kind_of
+from dask_operator.runtime.objects import Obj
 from dask_operator.runtime.reconcile import ReconcileTimeout, remaining_time
-
-Obj = dict[str, Any]
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"

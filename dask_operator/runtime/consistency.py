@@ -5,7 +5,7 @@ Invariant: a write made while reconciling request R raises R's watermark for tha
 resourceVersion; R is reconciled again only once the informer of that kind has seen a resourceVersion at
 least as new (or after `max_wait`, so a broken watch cannot stall R forever). A reconcile therefore never
 acts on a cache older than its own writes, and a refused write records nothing (no phantom to wait for).
-Held by test/unit/test_runtime_consistency.py and test/integration/test_runtime_consistency.py.
+Held by test/unit/test_runtime_consistency.py and test/integration/test_runtime_manager.py.
 """
 
 from __future__ import annotations

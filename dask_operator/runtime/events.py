@@ -19,8 +19,8 @@ import structlog
 
 from dask_operator.runtime.client import ApiError, Client
 from dask_operator.runtime.kinds import EVENT
+from dask_operator.runtime.objects import Obj
 
-Obj = dict[str, Any]
 log = structlog.get_logger("dask_operator.runtime.events")
 
 NORMAL = "Normal"

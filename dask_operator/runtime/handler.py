@@ -9,14 +9,14 @@ Held by test/unit/test_runtime_controller.py, test/unit/test_runtime_handlers.py
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from dask_operator.runtime.kinds import Kind
+from dask_operator.runtime.objects import Obj
 from dask_operator.runtime.predicate import CreateEvent, DeleteEvent, Predicate, UpdateEvent
 from dask_operator.runtime.reconcile import Request
 from dask_operator.runtime.workqueue import LOW_PRIORITY
 
-Obj = dict[str, Any]
 RequestMapper = Callable[[Obj], Iterable[Request]]
 
 

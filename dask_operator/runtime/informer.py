@@ -16,12 +16,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
 from dask_operator.runtime.client import Client
 from dask_operator.runtime.kinds import Kind
+from dask_operator.runtime.objects import Obj
 from dask_operator.runtime.reflector import (
     DEFAULT_MIN_WATCH_TIMEOUT,
     DEFAULT_READ_TIMEOUT_MARGIN,
@@ -29,7 +30,6 @@ from dask_operator.runtime.reflector import (
 )
 from dask_operator.runtime.store import IndexFunc, Store, object_key, strip_managed_fields
 
-Obj = dict[str, Any]
 log = structlog.get_logger("dask_operator.runtime.informer")
 _jitter = random.Random()
 

@@ -19,15 +19,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
 from dask_operator.runtime import metrics
 from dask_operator.runtime.client import ApiError, Client, ConnectionFailure
 from dask_operator.runtime.kinds import LEASE
+from dask_operator.runtime.objects import Obj
 
-Obj = dict[str, Any]
 log = structlog.get_logger("dask_operator.runtime.leaderelection")
 
 JITTER_FACTOR = 1.2

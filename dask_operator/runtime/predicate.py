@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-Obj = dict[str, Any]
+from dask_operator.runtime.objects import Obj
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,15 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
 from dask_operator.runtime.backoff import Backoff
 from dask_operator.runtime.client import ApiError, Client, ConnectionFailure, WatchStream
 from dask_operator.runtime.kinds import Kind
+from dask_operator.runtime.objects import Obj
 
-Obj = dict[str, Any]
 log = structlog.get_logger("dask_operator.runtime.reflector")
 
 DEFAULT_MIN_WATCH_TIMEOUT = 300  # seconds; each watch asks for uniform [min, 2*min]

@@ -12,7 +12,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-Obj = dict[str, Any]
+from dask_operator.runtime.objects import Obj
+
 IndexFunc = Callable[[Obj], Iterable[str]]
 
 NAMESPACE_INDEX = "namespace"

@@ -12,6 +12,7 @@ import pytest
 import dask_operator
 from dask_operator.api.kubecluster import options as opts
 from dask_operator.api.kubecluster.cluster import KubeCluster
+from dask_operator.api.pods import pod_failure
 from dask_operator.api.v1 import ValidationError, make_cluster_spec, make_scheduler_spec
 
 
@@ -229,7 +230,7 @@ def test_status_summary_and_phase() -> None:
 )
 def test_pod_failure(container: dict[str, Any], failing: bool) -> None:
     pod = {"status": {"phase": "Running", "containerStatuses": [container]}}
-    assert bool(opts.pod_failure(pod)) is failing
+    assert bool(pod_failure(pod, since_start=True)) is failing
 
 
 def test_service_ports_and_external_hosts() -> None:
