@@ -44,6 +44,7 @@ from dask_operator.controller.contract.plans import (
     Retire,
     SetStatus,
     Step,
+    earliest,
 )
 from dask_operator.controller.status_writes import decide
 from dask_operator.runtime.applier import Applier
@@ -77,8 +78,7 @@ class Outcome:
     status_written: bool = False
 
     def wake_in(self, seconds: float | None) -> None:
-        if seconds is not None:
-            self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+        self.requeue_after = earliest(self.requeue_after, seconds)
 
 
 class Executor:

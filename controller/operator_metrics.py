@@ -88,12 +88,12 @@ SCHEDULER_STATE_LOST = Counter(
     registry=REGISTRY,
 )
 
-# Event reasons (controller/losses.py) -> the counter each one's occurrence increments.
+# Event reasons (controller/contract/losses.py) -> the counter each one's occurrence increments.
 _LOSS_COUNTERS = {"WorkerLost": WORKERS_LOST, "SchedulerStateLost": SCHEDULER_STATE_LOST}
 
 
 def count_losses(namespace: str, cluster: str, events: Iterable[Any]) -> None:
-    """Count the losses a plan reported: each loss has exactly one Event (controller/losses.py)."""
+    """Count the losses a plan reported: each loss has exactly one Event (controller/contract/losses.py)."""
     for event in events:
         counter = _LOSS_COUNTERS.get(event.reason)
         if counter is not None:

@@ -1,11 +1,13 @@
 """Whether a DaskCluster or DaskJob is held (must run nothing), and why: one value every planner takes.
 
-Invariant: `hold_of(obj)` is the only place that decides whether an object is held; planners receive its
-result (a `Hold`, or None when the object may run) as an input and never read `spec.suspend` themselves.
-A held object keeps its spec and its own object; the planners remove what runs (pods, the scheduler
-Service, a job's runner and cluster) and restore it from the unchanged spec once the hold is lifted.
-Two sources: `spec.suspend: true` here, and Kueue (controller/kueue.py: a labelled object whose Workload is
-not admitted, or evicted), whose `Queueing.hold` the planners take as the hold when spec.suspend gives none. Held by test/unit/test_hold.py.
+Invariant: `hold_of(obj)` is the only place that decides whether an object is held. Reconcilers pass the hold of
+the object they reconcile to its planner as an input (no planner reads `spec.suspend` itself); the job planner
+also asks `hold_of` about a cluster the job only refers to (spec.clusterRef), to wait for it. A held object keeps
+its spec and its own object; the planners remove what runs (pods, the scheduler Service, a job's runner and
+cluster) and restore it from the unchanged spec once the hold is lifted. Two sources: `spec.suspend: true`
+here, and Kueue (controller/contract/kueue.py: a labelled object whose Workload is not admitted, or evicted),
+whose `Queueing.hold` the planners take as the hold when spec.suspend gives none. Held by
+test/unit/test_hold.py.
 """
 
 from __future__ import annotations

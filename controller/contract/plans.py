@@ -54,6 +54,13 @@ class Cause(enum.Enum):
         return self.value[1]  # type: ignore[no-any-return]
 
 
+def earliest(*seconds: float | None) -> float | None:
+    """The soonest of several requeues (None: no requeue asked); the one way every planner and the executor
+    merge them."""
+    given = [s for s in seconds if s is not None]
+    return min(given) if given else None
+
+
 class Question(enum.Enum):
     """What a planner may ask the scheduler before planning again."""
 

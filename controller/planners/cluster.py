@@ -92,6 +92,7 @@ from dask_operator.controller.contract.plans import (
     Ref,
     SetStatus,
     Step,
+    earliest,
 )
 from dask_operator.controller.contract.pods import is_pod_finished, is_pod_ready, is_terminating, pod_failure
 from dask_operator.controller.contract.scheduler_api import HTTP_ROUTES_ENV, routes_decision
@@ -303,26 +304,22 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
         events += admission_events(previous, queue, dropped)
     restarted = scheduler_restarted(obs.scheduler_pods, previous, now)
     events += restarted.events
-    requeue = _sooner(requeue, restarted.wake_in)
+    requeue = earliest(requeue, restarted.wake_in)
 
     if int(cluster.get("spec", {}).get("idleTimeout") or 0) and scheduler_state == "Ready":
         if obs.idle is None:
             return Plan(question=Question.IDLE_SINCE)
         decision = idle_decision(cluster, obs.idle.idle_since, obs.idle.reachable, now)
-        requeue = _sooner(requeue, decision.requeue_after)
+        requeue = earliest(requeue, decision.requeue_after)
         if decision.delete:
             steps.append(Delete(Ref.of(cluster), Cause.IDLE_TIMEOUT))
         if decision.event is not None:
             events.append(decision.event)
     elif int(cluster.get("spec", {}).get("idleTimeout") or 0):
-        requeue = _sooner(requeue, IDLE_POLL_SECONDS)
+        requeue = earliest(requeue, IDLE_POLL_SECONDS)
     steps.append(SetStatus(status))
     steps += [Emit(e) for e in events]
     return Plan(steps=tuple(steps), requeue_after=requeue)
-
-
-def _sooner(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else min(a, b)
 
 
 def _scheduler_pod_changes(

@@ -102,6 +102,7 @@ from dask_operator.controller.contract.plans import (
     Ref,
     SetStatus,
     Step,
+    earliest,
 )
 from dask_operator.controller.contract.pods import is_pod_finished, is_terminating, pod_failure
 
@@ -255,17 +256,6 @@ class JobControls:
         )
 
 
-@dataclass
-class _Outcome:
-    """What the plan decided for a job that has not finished (mutable only inside plan_job)."""
-
-    after: str
-    failed_reason: str | None = None
-    message: str | None = None  # why the job failed, or why it is stuck (Degraded)
-    degraded_reason: str = "RunnerNameTaken"
-    progressing: Condition | None = None  # overrides the jobStatus' default
-
-
 def active_since(job: Mapping[str, Any], previous: Mapping[str, Any]) -> float | None:
     """Since when the job has been active: its creation, or the last lift of a hold."""
     since = parse_rfc3339(job["metadata"].get("creationTimestamp"))
@@ -345,202 +335,361 @@ def _runner_times(pod: Mapping[str, Any], now: float) -> tuple[str, str]:
     return rfc3339(min(starts) if starts else now), rfc3339(max(ends) if ends else now)
 
 
-def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Plan:
-    job = obs.job
-    meta = job["metadata"]
-    uid = meta["uid"]
-    previous: Obj = dict(job.get("status") or {})
-    before = previous.get("jobStatus")
+@dataclass(frozen=True)
+class _Outcome:
+    """What the phase decision says of a job that has not finished: its next jobStatus, and why."""
 
-    queue = obs.queue
-    if obs.hold is None and queue is not None and queue.hold is not None:
-        obs = dataclasses.replace(obs, hold=queue.hold)  # Kueue is the second source of holds
-    if before is None:
-        # First sight: record JobCreated before creating anything (the reference's sequence, 7E-50).
-        conditions = _conditions(JOB_STATUS_JOB_CREATED, obs)
-        status = _status(job, previous, JOB_STATUS_JOB_CREATED, now, conditions, _Attempts.of(previous))
-        return Plan(steps=(SetStatus(status), *(Emit(e) for e in _transition_events(job, before, status))))
+    after: str
+    failed_reason: str | None = None
+    message: str | None = None  # why the job failed, or why it is stuck (Degraded)
+    degraded_reason: str = "RunnerNameTaken"
+    progressing: Condition | None = None  # overrides the jobStatus' default
 
-    cluster, runner = obs.cluster, obs.runner
-    own_cluster = cluster is not None and is_controlled_by(cluster, uid)
-    own_runner = runner is not None and is_controlled_by(runner, uid)
-    active_runner = (
-        own_runner and runner is not None and not is_terminating(runner) and not is_pod_finished(runner)
-    )
-    controls = JobControls.of(job)
-    attempts = _Attempts.of(previous)
-    if own_runner and not attempts.created:
-        attempts = _Attempts(1, attempts.failed, attempts.failures)  # a status from before attempts were kept
-    steps: list[Step] = []
-    events: list[EventSpec] = []
+
+@dataclass(frozen=True)
+class _Facts:
+    """What plan_job reads of one observation, read once: ownership, the runner's phase, the clocks."""
+
+    previous: Obj  # the status as last written
+    before: str  # its jobStatus
+    own_cluster: bool
+    own_runner: bool
+    active_runner: bool  # ours, not terminating, not finished
+    phase: str | None  # our runner's phase, None when its end is no outcome (stopped by a hold)
+    deadline: float | None  # seconds left of activeDeadlineSeconds (None: none, or held)
+    refused: bool  # the executor reports the runner's create refused
+    controls: JobControls
+    attempts: _Attempts
+
+    @classmethod
+    def of(cls, obs: JobObservation, now: float) -> _Facts:
+        job, cluster, runner = obs.job, obs.cluster, obs.runner
+        uid = job["metadata"]["uid"]
+        previous: Obj = dict(job.get("status") or {})
+        before = str(previous.get("jobStatus"))
+        own_runner = runner is not None and is_controlled_by(runner, uid)
+        attempts = _Attempts.of(previous)
+        if own_runner and not attempts.created:
+            attempts = _Attempts(
+                1, attempts.failed, attempts.failures
+            )  # a status from before attempts were kept
+        stopped_by_hold = obs.hold is not None or before == JOB_STATUS_SUSPENDED
+        phase = (runner or {}).get("status", {}).get("phase") if own_runner else None
+        if runner is not None and is_terminating(runner) and stopped_by_hold:
+            phase = None  # how a runner stopped by a hold exits (killed, so Failed) is no outcome of the job
+        return cls(
+            previous=previous,
+            before=before,
+            own_cluster=cluster is not None and is_controlled_by(cluster, uid),
+            own_runner=own_runner,
+            active_runner=own_runner
+            and runner is not None
+            and not is_terminating(runner)
+            and not is_pod_finished(runner),
+            phase=phase,
+            deadline=deadline_left(job, previous, now) if obs.hold is None else None,
+            refused=runner is None and _refused_for(previous, now) > 0,
+            controls=JobControls.of(job),
+            attempts=attempts,
+        )
+
+
+@dataclass(frozen=True)
+class _Phase:
+    """The phase decision: the job's outcome, the attempts to record, and what that decision alone writes."""
+
+    outcome: _Outcome
+    attempts: _Attempts
+    steps: tuple[Step, ...] = ()
+    events: tuple[EventSpec, ...] = ()
     requeue: float | None = None
-    phase = (runner or {}).get("status", {}).get("phase") if own_runner else None
-    if (
-        runner is not None
-        and is_terminating(runner)
-        and (obs.hold is not None or before == JOB_STATUS_SUSPENDED)
-    ):
-        phase = (
-            None  # a runner stopped by the hold: how it exits (killed, so Failed) is no outcome of the job
-        )
-    deadline = deadline_left(job, previous, now) if obs.hold is None else None
-    refused = runner is None and _refused_for(previous, now) > 0
 
-    outcome = _Outcome(before)
+
+def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Plan:
+    """Decide the phase once, then add what follows from it: the end of a finished job (its cluster, its TTL),
+    its Kueue Workload, and the status and Events."""
+    if obs.hold is None and obs.queue is not None and obs.queue.hold is not None:
+        obs = dataclasses.replace(obs, hold=obs.queue.hold)  # Kueue is the second source of holds
+    if (obs.job.get("status") or {}).get("jobStatus") is None:
+        return _first_sight(obs, now)
+    facts = _Facts.of(obs, now)
+    phase = _decide_phase(obs, facts, now, cluster_domain)
+    after = phase.outcome.after
+    unfinished_deadline = facts.deadline if after not in JOB_TERMINAL_STATUSES else None
+    end_steps, end_events, end_wait = _end_steps(obs, facts, after, now)
+    queue_steps, queue_wait = _workload_steps(obs, after, now)
+    steps = (*phase.steps, *end_steps, *queue_steps)
+    requeue = earliest(phase.requeue, unfinished_deadline, end_wait)
+    if requeue is None:
+        requeue = queue_wait  # the pods going away are not all watched by the job
+    return _with_status(obs, facts, phase, steps, (*phase.events, *end_events), requeue, now)
+
+
+def _first_sight(obs: JobObservation, now: float) -> Plan:
+    """Record JobCreated before creating anything (the reference's sequence)."""
+    job, previous = obs.job, dict(obs.job.get("status") or {})
+    conditions = _conditions(JOB_STATUS_JOB_CREATED, obs)
+    status = _status(job, previous, JOB_STATUS_JOB_CREATED, now, conditions, _Attempts.of(previous))
+    return Plan(steps=(SetStatus(status), *(Emit(e) for e in _transition_events(job, None, status))))
+
+
+def _decide_phase(obs: JobObservation, facts: _Facts, now: float, cluster_domain: str) -> _Phase:
+    """The one decision, in order of precedence: where the job stands and what that alone requires."""
+    before, runner, cluster = facts.before, obs.runner, obs.cluster
     if before in JOB_TERMINAL_STATUSES:
-        pass
-    elif phase == "Succeeded":
-        outcome.after = JOB_STATUS_SUCCESSFUL
-    elif phase == "Failed" and runner is not None:
-        if not attempts.recorded(runner):
-            attempts = attempts.with_failure(failure_record(runner, attempts.created, now))
-            if attempts.failed <= controls.backoff_limit:
-                events.append(_retry_event(runner, attempts, controls))
-        if attempts.failed > controls.backoff_limit:
-            outcome.after = JOB_STATUS_FAILED
-            if controls.backoff_limit:
-                outcome.failed_reason = "BackoffLimitExceeded"
-                outcome.message = (
-                    f"The runner failed {attempts.failed} times (spec.backoffLimit is {controls.backoff_limit}); "
-                    f"the last failure: {attempts.failures[-1]['message']}"
-                )
-        elif attempts.recorded(runner) and attempts.failed == int(previous.get("failed", 0)):
-            # Recorded by an earlier status write: the failed pod may go, and a new runner comes after it.
-            steps.append(Delete(Ref.of(runner), Cause.RUNNER_RETRY))
-            requeue = WAIT_SECONDS
-        else:
-            requeue = WAIT_SECONDS  # record the failure first; delete the pod on the next reconcile
-        if outcome.after != JOB_STATUS_FAILED:
-            outcome.progressing = Condition(
-                CONDITION_PROGRESSING,
-                True,
-                "RetryingRunner",
-                f"Runner failure {attempts.failed} of at most {controls.backoff_limit}: starting a new runner.",
-            )
-    elif deadline is not None and deadline <= 0:
-        outcome.after = JOB_STATUS_FAILED
-        outcome.failed_reason = "DeadlineExceeded"
-        outcome.message = (
-            f"The job was active for longer than spec.activeDeadlineSeconds ({controls.deadline} s)"
-        )
-        if active_runner and runner is not None:
-            steps.append(Delete(Ref.of(runner), Cause.DEADLINE_EXCEEDED))
-    elif obs.hold is not None:
-        outcome.after = JOB_STATUS_SUSPENDED
-        going: list[Obj] = []
-        if own_runner and runner is not None and not is_terminating(runner):
-            going.append(runner)
-        if own_cluster and cluster is not None and not is_terminating(cluster):
-            going.append(cluster)
-        # The cluster goes in the foreground: a resume waits (it is terminating) until its pods and Service
-        # are gone, so the new cluster's Service is never the old one the garbage collector is removing.
-        steps += [Delete(Ref.of(o), Cause.HELD, foreground=o is cluster) for o in going]
-        still_there = (runner is not None and own_runner) or own_cluster
-        outcome.progressing = (
-            Condition(
-                CONDITION_PROGRESSING, True, "Suspending", "Deleting the runner pod and the job's cluster."
-            )
-            if still_there
-            else Condition(CONDITION_PROGRESSING, False, obs.hold.reason, "Nothing runs while held.")
-        )
-    elif (
-        runner is None
-        and before in (JOB_STATUS_CLUSTER_CREATED, JOB_STATUS_RUNNING)
-        and attempts.created
-        and not attempts.last_failed
-        and not refused
-    ):
+        return _Phase(_Outcome(before), facts.attempts)
+    if facts.phase == "Succeeded":
+        return _Phase(_Outcome(JOB_STATUS_SUCCESSFUL), facts.attempts)
+    if facts.phase == "Failed" and runner is not None:
+        return _runner_failed(facts, runner, now)
+    if facts.deadline is not None and facts.deadline <= 0:
+        return _deadline_exceeded(facts, runner)
+    if obs.hold is not None:
+        return _held(obs, facts, obs.hold)
+    unseen_end = facts.attempts.created and not facts.attempts.last_failed and not facts.refused
+    if runner is None and before in (JOB_STATUS_CLUSTER_CREATED, JOB_STATUS_RUNNING) and unseen_end:
         # A runner was created and is gone without this operator seeing how it ended (deleted, possibly after
         # it finished while the operator was down): never run it a second time.
-        outcome.after = JOB_STATUS_FAILED
-        outcome.failed_reason = "RunnerLost"
-        outcome.message = (
-            f"{job_runner_pod_name(meta['name'])} was deleted before its outcome was recorded; it is not run "
-            "again"
+        name = job_runner_pod_name(obs.job["metadata"]["name"])
+        return _failed(
+            facts, "RunnerLost", f"{name} was deleted before its outcome was recorded; it is not run again"
         )
-    elif runner is None and _refused_for(previous, now) > RUNNER_REFUSED_TIMEOUT:
-        outcome.after = (
-            JOB_STATUS_FAILED  # the runner could not be created for too long: do not keep a cluster up
-        )
-        refusal = find_condition(previous.get("conditions"), CONDITION_REPLICA_FAILURE) or {}
-        outcome.failed_reason = "RunnerNotCreated"
-        outcome.message = f"The runner pod could not be created for {int(RUNNER_REFUSED_TIMEOUT)} s: {refusal.get('message')}"
-    elif (
-        (before == JOB_STATUS_RUNNING or phase == "Running")
-        and active_runner
-        and (cluster is None or is_terminating(cluster))
-    ):
+    if runner is None and _refused_for(facts.previous, now) > RUNNER_REFUSED_TIMEOUT:
+        # the runner could not be created for too long: do not keep a cluster up
+        refusal = find_condition(facts.previous.get("conditions"), CONDITION_REPLICA_FAILURE) or {}
+        why = f"The runner pod could not be created for {int(RUNNER_REFUSED_TIMEOUT)} s: {refusal.get('message')}"
+        return _failed(facts, "RunnerNotCreated", why)
+    cluster_gone = cluster is None or is_terminating(cluster)
+    if (before == JOB_STATUS_RUNNING or facts.phase == "Running") and facts.active_runner and cluster_gone:
         # The cluster went under the runner: never make a new one under it, the job has lost its Dask.
-        outcome.after = JOB_STATUS_FAILED
-        outcome.failed_reason = "ClusterLost"
-        outcome.message = (
-            f"DaskCluster {_cluster_name(job)} was deleted while the runner was running; the runner pod is kept "
-            "for its logs"
+        why = f"DaskCluster {_cluster_name(obs.job)} was deleted while the runner was running; the runner pod is kept for its logs"  # fmt: skip
+        return _failed(facts, "ClusterLost", why)
+    return _advancing(obs, facts, cluster_domain)
+
+
+def _failed(facts: _Facts, reason: str, message: str) -> _Phase:
+    return _Phase(_Outcome(JOB_STATUS_FAILED, reason, message), facts.attempts)
+
+
+def _runner_failed(facts: _Facts, runner: Obj, now: float) -> _Phase:
+    """Record the failure (once, by pod UID); retry within spec.backoffLimit, deleting the pod only once its
+    failure is in the status; past the limit the job fails."""
+    attempts, controls = facts.attempts, facts.controls
+    events: tuple[EventSpec, ...] = ()
+    if not attempts.recorded(runner):
+        attempts = attempts.with_failure(failure_record(runner, attempts.created, now))
+        if attempts.failed <= controls.backoff_limit:
+            events = (_retry_event(runner, attempts, controls),)
+    if attempts.failed > controls.backoff_limit:
+        if not controls.backoff_limit:
+            return _Phase(_Outcome(JOB_STATUS_FAILED), attempts, events=events)
+        message = (
+            f"The runner failed {attempts.failed} times (spec.backoffLimit is {controls.backoff_limit}); "
+            f"the last failure: {attempts.failures[-1]['message']}"
         )
-    else:
-        after, waiting, degraded, creates_runner = _advance(
-            job, obs, own_cluster, own_runner, steps, cluster_domain
+        return _Phase(_Outcome(JOB_STATUS_FAILED, "BackoffLimitExceeded", message), attempts, events=events)
+    retrying = Condition(
+        CONDITION_PROGRESSING,
+        True,
+        "RetryingRunner",
+        f"Runner failure {attempts.failed} of at most {controls.backoff_limit}: starting a new runner.",
+    )
+    steps: tuple[Step, ...] = ()
+    if attempts.recorded(runner) and attempts.failed == int(facts.previous.get("failed", 0)):
+        # Recorded by an earlier status write: the failed pod may go, and a new runner comes after it.
+        steps = (Delete(Ref.of(runner), Cause.RUNNER_RETRY),)
+    # else: record the failure first; delete the pod on the next reconcile
+    return _Phase(_Outcome(facts.before, progressing=retrying), attempts, steps, events, WAIT_SECONDS)
+
+
+def _deadline_exceeded(facts: _Facts, runner: Obj | None) -> _Phase:
+    why = f"The job was active for longer than spec.activeDeadlineSeconds ({facts.controls.deadline} s)"
+    steps: tuple[Step, ...] = ()
+    if facts.active_runner and runner is not None:
+        steps = (Delete(Ref.of(runner), Cause.DEADLINE_EXCEEDED),)
+    return _Phase(_Outcome(JOB_STATUS_FAILED, "DeadlineExceeded", why), facts.attempts, steps)
+
+
+def _held(obs: JobObservation, facts: _Facts, hold: Hold) -> _Phase:
+    """Suspended: the runner and the job's own cluster go; the cluster in the foreground, so a resume waits
+    (it is terminating) until its pods and Service are gone and never meets the old Service."""
+    cluster, runner = obs.cluster, obs.runner
+    going = [
+        o
+        for o, own in ((runner, facts.own_runner), (cluster, facts.own_cluster))
+        if own and o is not None and not is_terminating(o)
+    ]
+    steps = tuple(Delete(Ref.of(o), Cause.HELD, foreground=o is cluster) for o in going)
+    still_there = (runner is not None and facts.own_runner) or facts.own_cluster
+    progressing = (
+        Condition(CONDITION_PROGRESSING, True, "Suspending", "Deleting the runner pod and the job's cluster.")
+        if still_there
+        else Condition(CONDITION_PROGRESSING, False, hold.reason, "Nothing runs while held.")
+    )
+    return _Phase(_Outcome(JOB_STATUS_SUSPENDED, progressing=progressing), facts.attempts, steps)
+
+
+def _advancing(obs: JobObservation, facts: _Facts, cluster_domain: str) -> _Phase:
+    """A job on its way: its cluster, then its runner; jobStatus never moves backwards."""
+    cluster_steps, cluster = _cluster_progress(obs, facts.own_cluster)
+    runner_steps, runner = _runner_progress(obs, facts.own_runner, cluster.ready, cluster_domain)
+    attempts = facts.attempts
+    if runner.creates and not facts.refused:
+        attempts = _Attempts(attempts.created + 1, attempts.failed, attempts.failures)
+    after = runner.after if _RANK[runner.after] >= _RANK[facts.before] else facts.before
+    degraded = runner.degraded or cluster.degraded  # a runner's name taken says more than its cluster
+    outcome = _Outcome(after) if degraded is None else _Outcome(after, None, degraded[1], degraded[0])
+    waiting = cluster.waiting or runner.waiting
+    return _Phase(
+        outcome, attempts, (*cluster_steps, *runner_steps), requeue=WAIT_SECONDS if waiting else None
+    )
+
+
+@dataclass(frozen=True)
+class _Progress:
+    """Where the cluster or the runner of an advancing job stands."""
+
+    after: str = JOB_STATUS_JOB_CREATED  # the jobStatus it allows
+    ready: bool = False  # the cluster exists (or is created in this plan, before the runner)
+    creates: bool = False  # the runner is created in this plan
+    waiting: bool = False  # for something to go away, or to appear
+    degraded: tuple[str, str] | None = None  # (reason, message): why the job is stuck
+
+
+def _cluster_progress(obs: JobObservation, own_cluster: bool) -> tuple[tuple[Step, ...], _Progress]:
+    job, cluster = obs.job, obs.cluster
+    if job["spec"].get("clusterRef"):
+        name = _cluster_name(job)
+        if cluster is None or is_terminating(cluster):
+            why = f"DaskCluster {name} (spec.clusterRef) does not exist; waiting for it."
+            return (), _Progress(waiting=True, degraded=("ClusterNotFound", why))
+        if hold_of(cluster) is not None:
+            why = f"DaskCluster {name} (spec.clusterRef) is suspended; waiting for it."
+            return (), _Progress(waiting=True, degraded=("ClusterSuspended", why))
+        return (), _Progress(ready=True)
+    if cluster is None:
+        return (Create(desired_job_cluster(job, obs.queue)),), _Progress(ready=True)
+    if is_terminating(cluster):
+        return (), _Progress(
+            waiting=True
+        )  # a predecessor (or one deleted by hand) must go before ours is made
+    if own_cluster:
+        return (), _Progress(ready=True)
+    ref = _controller_ref(cluster)
+    adopt = adoption(cluster, job)  # only when nobody controls it (ref is None)
+    if adopt is not None:
+        return (Apply(adopt, ADOPTION_FIELD_MANAGER),), _Progress(ready=True)
+    if ref is not None and ref.get("kind") == DASK_JOB.kind and ref.get("uid") != job["metadata"]["uid"]:
+        return (), _Progress(waiting=True)  # left by a deleted DaskJob of the same name; the GC removes it
+    return (), _Progress(
+        ready=True
+    )  # someone else's DaskCluster of this name: used, never deleted by the job
+
+
+def _runner_progress(
+    obs: JobObservation, own_runner: bool, cluster_ready: bool, cluster_domain: str
+) -> tuple[tuple[Step, ...], _Progress]:
+    runner = obs.runner
+    if runner is None:
+        if not cluster_ready:
+            return (), _Progress(JOB_STATUS_JOB_CREATED)
+        create = Create(desired_runner_pod(obs.job, cluster_domain, obs.cluster, obs.queue))
+        return (create,), _Progress(JOB_STATUS_CLUSTER_CREATED, creates=True)
+    if not own_runner:
+        if is_terminating(runner):
+            return (), _Progress(JOB_STATUS_JOB_CREATED, waiting=True)
+        why = (
+            f"Pod {runner['metadata']['name']} exists and does not belong to this DaskJob; delete it so that the "
+            "job's runner can be created."
         )
-        if waiting:
-            requeue = WAIT_SECONDS
-        if creates_runner and not refused:
-            attempts = _Attempts(attempts.created + 1, attempts.failed, attempts.failures)
-        outcome.after = after if _RANK[after] >= _RANK[before] else before
-        if degraded is not None:
-            outcome.degraded_reason, outcome.message = degraded
-    if deadline is not None and outcome.after not in JOB_TERMINAL_STATUSES:
-        requeue = deadline if requeue is None else min(requeue, deadline)
+        return (), _Progress(JOB_STATUS_JOB_CREATED, waiting=True, degraded=("RunnerNameTaken", why))
+    if is_terminating(runner):
+        return (), _Progress(JOB_STATUS_JOB_CREATED, waiting=True)  # stopped by a hold or a retry: going
+    if runner.get("status", {}).get("phase") == "Running":
+        return (), _Progress(JOB_STATUS_RUNNING)
+    return (), _Progress(JOB_STATUS_CLUSTER_CREATED)
 
-    after = outcome.after
-    terminal = after in JOB_TERMINAL_STATUSES
-    if terminal and own_cluster and cluster is not None and not is_terminating(cluster):
-        steps.append(Delete(Ref.of(cluster), Cause.JOB_FINISHED))
-    if terminal:
-        ttl = ttl_left(job, previous, now)
-        if ttl is not None and before in JOB_TERMINAL_STATUSES and ttl <= 0:
-            steps.append(Delete(Ref.of(job), Cause.TTL_EXPIRED))
-            events.append(
-                EventSpec(
-                    "Normal",
-                    "TTLExpired",
-                    f"The job finished more than spec.ttlSecondsAfterFinished ({controls.ttl} s) ago: deleting it "
-                    "and its runner pod.",
-                )
-            )
-        elif ttl is not None:
-            requeue = max(ttl, 0.5) if requeue is None else min(requeue, max(ttl, 0.5))
 
-    if queue is not None:
-        outcome_of_job = None
-        if terminal:
-            outcome_of_job = (
-                "Succeeded" if after == JOB_STATUS_SUCCESSFUL else "Failed",
-                f"The DaskJob is {after}.",
-            )
-        desired = desired_workload(job, job_pod_sets(job), obs.priority_classes)
-        steps += workload_steps(desired, queue, obs.pods_left > 0, outcome_of_job, now)
-        if queue.evicted and obs.pods_left and requeue is None:
-            requeue = WAIT_SECONDS  # the pods going away are not all watched by the job
+def _end_steps(
+    obs: JobObservation, facts: _Facts, after: str, now: float
+) -> tuple[tuple[Step, ...], tuple[EventSpec, ...], float | None]:
+    """A finished job deletes its own cluster, and itself once spec.ttlSecondsAfterFinished has passed."""
+    if after not in JOB_TERMINAL_STATUSES:
+        return (), (), None
+    cluster = obs.cluster
+    steps: tuple[Step, ...] = ()
+    if facts.own_cluster and cluster is not None and not is_terminating(cluster):
+        steps = (Delete(Ref.of(cluster), Cause.JOB_FINISHED),)
+    ttl = ttl_left(obs.job, facts.previous, now)
+    if ttl is None:
+        return steps, (), None
+    if facts.before in JOB_TERMINAL_STATUSES and ttl <= 0:
+        expired = EventSpec(
+            "Normal",
+            "TTLExpired",
+            f"The job finished more than spec.ttlSecondsAfterFinished ({facts.controls.ttl} s) ago: deleting it "
+            "and its runner pod.",
+        )
+        return (*steps, Delete(Ref.of(obs.job), Cause.TTL_EXPIRED)), (expired,), None
+    return steps, (), max(ttl, 0.5)
 
-    if before in JOB_TERMINAL_STATUSES and previous.get("conditions"):
+
+def _workload_steps(obs: JobObservation, after: str, now: float) -> tuple[tuple[Step, ...], float | None]:
+    """Behind Kueue: the job's Workload, finished with the job; and a look again while evicted pods go."""
+    queue = obs.queue
+    if queue is None:
+        return (), None
+    finished = None
+    if after in JOB_TERMINAL_STATUSES:
+        finished = ("Succeeded" if after == JOB_STATUS_SUCCESSFUL else "Failed", f"The DaskJob is {after}.")
+    desired = desired_workload(obs.job, job_pod_sets(obs.job), obs.priority_classes)
+    steps = tuple(workload_steps(desired, queue, obs.pods_left > 0, finished, now))
+    return steps, WAIT_SECONDS if queue.evicted and obs.pods_left else None
+
+
+def _with_status(
+    obs: JobObservation,
+    facts: _Facts,
+    phase: _Phase,
+    steps: tuple[Step, ...],
+    events: tuple[EventSpec, ...],
+    requeue: float | None,
+    now: float,
+) -> Plan:
+    """The plan's steps, then the status (final once terminal) and the Events its changes deserve."""
+    previous = facts.previous
+    if facts.before in JOB_TERMINAL_STATUSES and previous.get("conditions"):
         # Final: what the job ended with stays, even once the runner pod is deleted.
-        status = {**previous, "observedGeneration": meta.get("generation", 0)}
+        status = {**previous, "observedGeneration": obs.job["metadata"].get("generation", 0)}
         return Plan(steps=(*steps, SetStatus(status), *(Emit(e) for e in events)), requeue_after=requeue)
-    conditions = _conditions(after, obs, outcome)
-    if queue is not None:
-        conditions.append(admitted_condition(queue))
-    status = _status(job, previous, after, now, conditions, attempts)
-    if after == JOB_STATUS_RUNNING and not previous.get("startTime") and runner is not None:
+    status = _job_status(obs, facts, phase, now)
+    events = (*events, *_status_events(obs, facts.before, status, steps))
+    return Plan(steps=(*steps, SetStatus(status), *(Emit(e) for e in events)), requeue_after=requeue)
+
+
+def _job_status(obs: JobObservation, facts: _Facts, phase: _Phase, now: float) -> Obj:
+    after, runner = phase.outcome.after, obs.runner
+    conditions = _conditions(after, obs, phase.outcome)
+    if obs.queue is not None:
+        conditions.append(admitted_condition(obs.queue))
+    status = _status(obs.job, facts.previous, after, now, conditions, phase.attempts)
+    if after == JOB_STATUS_RUNNING and not facts.previous.get("startTime") and runner is not None:
         status["startTime"] = _runner_times(runner, now)[0]
-    if terminal and before not in JOB_TERMINAL_STATUSES:
+    if after in JOB_TERMINAL_STATUSES and facts.before not in JOB_TERMINAL_STATUSES:
         started, finished = _runner_times(runner, now) if runner is not None else (rfc3339(now),) * 2
-        if outcome.failed_reason == "DeadlineExceeded":
+        if phase.outcome.failed_reason == "DeadlineExceeded":
             finished = rfc3339(now)
         status.setdefault("startTime", started)
         status["endTime"] = finished
-    events += _transition_events(job, before, status)
-    events += condition_events(previous.get("conditions"), status["conditions"], ready_events=False)
-    held = hold_events(previous.get("conditions"), status["conditions"])
+    return status
+
+
+def _status_events(obs: JobObservation, before: str, status: Obj, steps: tuple[Step, ...]) -> list[EventSpec]:
+    previous = (obs.job.get("status") or {}).get("conditions")
+    events = _transition_events(obs.job, before, status)
+    events += condition_events(previous, status["conditions"], ready_events=False)
+    held = hold_events(previous, status["conditions"])
+    queue = obs.queue
     if queue is not None:  # Kueue's holds have their own Events (Queued, Admitted, Evicted)
         held = [e for e in held if e.reason not in KUEUE_HOLD_REASONS]
         lost = ""
@@ -549,9 +698,8 @@ def plan_job(obs: JobObservation, now: float, cluster_domain: str = DEFAULT_CLUS
                 "Deleting the runner pod and the job's cluster: the runner's progress and the cluster's in-memory "
                 "data are lost; the job starts again from the beginning when Kueue admits it again."
             )
-        events += admission_events(previous.get("conditions"), queue, lost)
-    events += held
-    return Plan(steps=(*steps, SetStatus(status), *(Emit(e) for e in events)), requeue_after=requeue)
+        events += admission_events(previous, queue, lost)
+    return events + held
 
 
 def _retry_event(runner: Obj, attempts: _Attempts, controls: JobControls) -> EventSpec:
@@ -568,83 +716,6 @@ def _cluster_name(job: Mapping[str, Any]) -> str:
     """The DaskCluster the job runs on: spec.clusterRef's, or the one named after the job."""
     ref = job["spec"].get("clusterRef")
     return str(ref["name"]) if ref else job_cluster_name(job["metadata"]["name"])
-
-
-def _advance(
-    job: Obj,
-    obs: JobObservation,
-    own_cluster: bool,
-    own_runner: bool,
-    steps: list[Step],
-    cluster_domain: str,
-) -> tuple[str, bool, tuple[str, str] | None, bool]:
-    """A job that has not finished: make sure its cluster and runner exist. Returns (jobStatus, waiting for
-    something to go away, (reason, message) why the job is stuck or None, whether a runner is created)."""
-    uid = job["metadata"]["uid"]
-    cluster, runner = obs.cluster, obs.runner
-    waiting = False
-    degraded: tuple[str, str] | None = None
-
-    cluster_ready = False
-    if job["spec"].get("clusterRef"):
-        name = _cluster_name(job)
-        if cluster is None or is_terminating(cluster):
-            waiting = True
-            degraded = (
-                "ClusterNotFound",
-                f"DaskCluster {name} (spec.clusterRef) does not exist; waiting for it.",
-            )
-        elif hold_of(cluster) is not None:
-            waiting = True
-            degraded = (
-                "ClusterSuspended",
-                f"DaskCluster {name} (spec.clusterRef) is suspended; waiting for it.",
-            )
-        else:
-            cluster_ready = True
-    elif cluster is None:
-        steps.append(Create(desired_job_cluster(job, obs.queue)))
-        cluster_ready = True  # created in this plan, before the runner
-    elif is_terminating(cluster):
-        waiting = True  # a predecessor (or a cluster deleted by hand) must go before ours can be made
-    elif own_cluster:
-        cluster_ready = True
-    else:
-        ref = _controller_ref(cluster)
-        adopt = adoption(cluster, job)  # only when nobody controls it (ref is None)
-        if adopt is not None:
-            steps.append(Apply(adopt, ADOPTION_FIELD_MANAGER))
-            cluster_ready = True
-        elif ref is not None and ref.get("kind") == DASK_JOB.kind and ref.get("uid") != uid:
-            waiting = True  # left by a deleted DaskJob of the same name; the garbage collector removes it
-        else:
-            cluster_ready = True  # someone else's DaskCluster of this name: used, never deleted by the job
-
-    if runner is None:
-        if cluster_ready:
-            steps.append(Create(desired_runner_pod(job, cluster_domain, cluster, obs.queue)))
-        return (
-            JOB_STATUS_CLUSTER_CREATED if cluster_ready else JOB_STATUS_JOB_CREATED,
-            waiting,
-            degraded,
-            cluster_ready,
-        )
-    if not own_runner:
-        waiting = True
-        if not is_terminating(runner):
-            degraded = (
-                "RunnerNameTaken",
-                (
-                    f"Pod {runner['metadata']['name']} exists and does not belong to this DaskJob; delete it so "
-                    "that the job's runner can be created."
-                ),
-            )
-        return JOB_STATUS_JOB_CREATED, waiting, degraded, False
-    if is_terminating(runner):
-        return JOB_STATUS_JOB_CREATED, True, degraded, False  # a runner stopped by a hold or a retry is going
-    if runner.get("status", {}).get("phase") == "Running":
-        return JOB_STATUS_RUNNING, waiting, degraded, False
-    return JOB_STATUS_CLUSTER_CREATED, waiting, degraded, False
 
 
 def _refused_for(previous: Obj, now: float) -> float:

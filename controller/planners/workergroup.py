@@ -85,6 +85,7 @@ from dask_operator.controller.contract.plans import (
     RetiringPod,
     SetStatus,
     Step,
+    earliest,
 )
 from dask_operator.controller.contract.pods import (
     is_pod_finished,
@@ -450,7 +451,7 @@ class _Draft:
         )
 
     def wake_in(self, seconds: float) -> None:
-        self.requeue = seconds if self.requeue is None else min(self.requeue, seconds)
+        self.requeue = earliest(self.requeue, seconds)
 
     def scaling_up(self, doing: str) -> None:
         self.progressing = Condition(
@@ -804,7 +805,7 @@ def _unreachable_since(previous: Sequence[Mapping[str, Any]] | None, now: float)
 def _worker_losses(
     draft: _Draft, pods: Sequence[Obj], previous: Sequence[Mapping[str, Any]] | None, now: float
 ) -> Condition:
-    """WorkerLost: workers killed while holding data (controller/losses.py), with their Warning Events."""
+    """WorkerLost: workers killed while holding data (controller/contract/losses.py), with their Warning Events."""
     report = worker_lost(pods, previous, now)
     draft.events += report.events
     if report.wake_in is not None:
