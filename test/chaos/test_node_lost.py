@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,11 @@ import pytest
 from support.chaos_workload import Stopwatch, data_cost, figure, hold_data
 from support.fixtures import REPO, KubePlane
 from support.operator import (
-    CRD_PLURALS,
     OperatorProcess,
     apply,
     cluster_manifest,
-    crd_established,
     get,
+    operator_in_new_namespace,
     wait_running,
     wait_workers,
     worker_pods,
@@ -47,27 +45,8 @@ NAME, GROUP = "spread", "spread-default"
 
 @pytest.fixture
 def node_ns(three_node_plane: KubePlane, tmp_path: Path) -> Iterator[tuple[KubePlane, str, OperatorProcess]]:
-    kp = three_node_plane
-    kp.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
-    for crd in CRD_PLURALS:
-        wait_for(lambda crd=crd: crd_established(kp, crd), timeout=60, message=f"CRD {crd} Established")
-    ns = f"node-lost-{uuid.uuid4().hex[:6]}"
-    kp.kubectl("create", "namespace", ns)
-    wait_for(lambda: kp.kubectl("-n", ns, "get", "sa", "default", check=False).returncode == 0, timeout=30,
-             message=f"ServiceAccount {ns}/default")  # fmt: skip
-    op = OperatorProcess(kp, ns, tmp_path / "operator.log").start()
-    try:
-        yield kp, ns, op
-    except BaseException:
-        print(f"--- operator log tail ---\n{op.tail(80)}")
-        raise
-    finally:
-        op.stop()
-        # Wait until the namespace's pods are gone: the next scenario's cluster has the same names and
-        # lands on the same nodes, and must not start while these pods' networks are being torn down.
-        kp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        wait_for(lambda: not (get(kp, ns, "pods") or {}).get("items"), timeout=180, interval=1.0,
-                 message=f"namespace {ns} without pods")  # fmt: skip
+    with operator_in_new_namespace(three_node_plane, "node-lost", tmp_path / "operator.log") as (ns, op):
+        yield three_node_plane, ns, op
 
 
 def _spread_cluster(nodes: list[str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from support.ledger import transitions
 from support.operator import (
     REPO,
     OperatorProcess,
@@ -85,27 +86,13 @@ def test_apply_compute_persist_and_scale_down_without_losing_data(
         who_has = client.who_has(blocks)
         assert all(len(holders) == 1 for holders in who_has.values()), who_has
         assert client.gather(blocks) == [list(range(i * 1000, (i + 1) * 1000)) for i in range(30)]
-        computed, erred = client.run_on_scheduler(_transitions, keys)
+        computed, erred = client.run_on_scheduler(transitions, keys)
         assert computed == {k: 1 for k in keys}, computed
         assert erred == 0
     group = get(plane, namespace, "daskworkergroup", "demo-default")
     assert group["status"]["replicas"] == 1 and group["spec"]["worker"]["replicas"] == 1
     cluster = get(plane, namespace, "daskcluster", "demo")
     assert cluster["status"]["replicas"] == 1 and cluster["status"]["observedGeneration"] >= 2
-
-
-def _transitions(keys: list[str], dask_scheduler: Any = None) -> tuple[dict[str, int], int]:
-    """On the scheduler: how often each key was computed (processing -> memory) and how many tasks erred."""
-    wanted = set(keys)
-    computed = dict.fromkeys(keys, 0)
-    erred = 0
-    for entry in dask_scheduler.transition_log:
-        key, start, finish = entry[0], entry[1], entry[2]
-        if key in wanted and start == "processing" and finish == "memory":
-            computed[key] += 1
-        if finish == "erred":
-            erred += 1
-    return computed, erred
 
 
 def test_two_worker_groups_scale_independently(
@@ -356,7 +343,7 @@ def test_template_changes_roll_workers_gracefully_and_replace_the_scheduler(
         new = wait_for(rolled, timeout=120, interval=0.5, message="workers rolled to the new template")
         wait_workers(client, new)
         assert client.gather(blocks) == [list(range(i * 100, (i + 1) * 100)) for i in range(10)]
-        computed, erred = client.run_on_scheduler(_transitions, keys)
+        computed, erred = client.run_on_scheduler(transitions, keys)
         assert computed == {k: 1 for k in keys} and erred == 0
         env = worker_pods(plane, namespace, "roll-default")[0]["spec"]["containers"][0]["env"]
         assert {"name": "ROLLED", "value": "1"} in env
@@ -591,7 +578,7 @@ def _assert_nothing_lost_or_recomputed(client: Any, blocks: list[Any], scattered
     """Every scattered value is still there, every computed key was computed exactly once, nothing erred."""
     assert client.gather(scattered) == [f"scattered-{i}" for i in range(len(scattered))]
     assert client.gather(blocks) == [list(range(i * 100, (i + 1) * 100)) for i in range(len(blocks))]
-    computed, erred = client.run_on_scheduler(_transitions, [b.key for b in blocks])
+    computed, erred = client.run_on_scheduler(transitions, [b.key for b in blocks])
     assert computed == {b.key: 1 for b in blocks}, computed
     assert erred == 0
 

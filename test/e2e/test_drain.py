@@ -16,22 +16,19 @@ import itertools
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
 import pytest
 from support.chaos_workload import HeldData, data_cost, hold_data, says_data_lost
-from support.fixtures import REPO, KubePlane
+from support.fixtures import KubePlane
 from support.operator import (
-    CRD_PLURALS,
-    OperatorProcess,
     apply,
     cluster_manifest,
     condition,
-    crd_established,
     get,
+    operator_in_new_namespace,
     wait_running,
     wait_workers,
     worker_pods,
@@ -51,27 +48,8 @@ WORKER_SELECTOR = f"dask.org/component=worker,dask.org/workergroup-name={GROUP}"
 
 @pytest.fixture
 def env(three_node_plane: KubePlane, tmp_path: Path) -> Iterator[tuple[KubePlane, str]]:
-    kp = three_node_plane
-    kp.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
-    for crd in CRD_PLURALS:
-        wait_for(lambda crd=crd: crd_established(kp, crd), timeout=60, message=f"CRD {crd} Established")
-    ns = f"drain-{uuid.uuid4().hex[:6]}"
-    kp.kubectl("create", "namespace", ns)
-    wait_for(lambda: kp.kubectl("-n", ns, "get", "sa", "default", check=False).returncode == 0, timeout=30,
-             message=f"ServiceAccount {ns}/default")  # fmt: skip
-    op = OperatorProcess(kp, ns, tmp_path / "operator.log").start()
-    try:
-        yield kp, ns
-    except BaseException:
-        print(f"--- operator log tail ---\n{op.tail(80)}")
-        raise
-    finally:
-        op.stop()
-        kp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        # The next test drains a node again: none of this test's pods may still be on it.
-        kp.kubectl(
-            "wait", "-n", ns, "--for=delete", "pod", "--all", "--timeout=120s", check=False, timeout=150
-        )
+    with operator_in_new_namespace(three_node_plane, "drain", tmp_path / "operator.log") as (ns, _):
+        yield three_node_plane, ns
 
 
 def _cluster(nodes: list[str], budget: int | None = None) -> dict[str, Any]:

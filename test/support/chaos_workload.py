@@ -17,6 +17,8 @@ from typing import Any
 
 import cloudpickle
 
+from support.ledger import transitions
+
 # Functions shipped to the scheduler by value: the scheduler cannot import this module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -117,15 +119,7 @@ def _ledger(
     blocks: list[str], scattered: list[str], dask_scheduler: Any = None
 ) -> tuple[dict[str, int], dict[str, bool], int]:
     """On the scheduler: computations per persisted key, whether each scattered key is in memory, erred tasks."""
-    wanted = set(blocks)
-    computed = dict.fromkeys(blocks, 0)
-    erred = 0
-    for entry in dask_scheduler.transition_log:
-        key, start, finish = entry[0], entry[1], entry[2]
-        if key in wanted and start == "processing" and finish == "memory":
-            computed[key] += 1
-        if finish == "erred":
-            erred += 1
+    computed, erred = transitions(blocks, dask_scheduler)
     in_memory = {}
     for key in scattered:
         task = dask_scheduler.tasks.get(key)

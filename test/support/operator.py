@@ -368,3 +368,31 @@ def pods_added_since(plane: Any, namespace: str, resource_version: str, selector
         return [e["object"]["metadata"]["name"] for e in stream if e.get("type") == "ADDED"]
     finally:
         stream.close()
+
+
+@contextmanager
+def operator_in_new_namespace(kp: Any, prefix: str, log: Path) -> Iterator[tuple[str, OperatorProcess]]:
+    """On a plane of a module's own (e.g. the three-node plane): the CRDs, a new namespace `<prefix>-xxxxxx` with
+    its default ServiceAccount, and an operator watching it. On the way out: the operator's log tail if the test
+    failed, and the namespace deleted with every pod of it gone (the next scenario reuses names and nodes)."""
+    import uuid
+
+    kp.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd"))
+    for crd in CRD_PLURALS:
+        wait_for(lambda crd=crd: crd_established(kp, crd), timeout=60, message=f"CRD {crd} Established")
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kp.kubectl("create", "namespace", ns)
+    wait_for(lambda: kp.kubectl("-n", ns, "get", "sa", "default", check=False).returncode == 0, timeout=30,
+             message=f"ServiceAccount {ns}/default")  # fmt: skip
+    op = OperatorProcess(kp, ns, log).start()
+    try:
+        yield ns, op
+    except BaseException:
+        print(f"--- operator log tail ---\n{op.tail(80)}")
+        raise
+    finally:
+        op.stop()
+        kp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        kp.kubectl(
+            "wait", "-n", ns, "--for=delete", "pod", "--all", "--timeout=170s", check=False, timeout=180
+        )
