@@ -27,6 +27,7 @@ from dask_operator.api.v1.names import (
     LABEL_CLUSTER_NAME,
     LABEL_COMPONENT,
     LABEL_ISTIO_SIDECAR_INJECT,
+    LABEL_WORKER_GROUP_NAME,
     cluster_name_problems,
     default_worker_group_name,
     label_selector_string,
@@ -445,7 +446,7 @@ def cluster_status(
     default_pods = [
         p
         for p in live_workers
-        if p["metadata"].get("labels", {}).get("dask.org/workergroup-name") == default_name
+        if p["metadata"].get("labels", {}).get(LABEL_WORKER_GROUP_NAME) == default_name
     ]
     desired_total = sum(int(g.get("spec", {}).get("worker", {}).get("replicas", 1)) for g in obs.groups)
     if not any(g["metadata"]["name"] == default_name for g in obs.groups):
@@ -504,7 +505,7 @@ def _held_plan(obs: ClusterObservation, hold: Hold, steps: list[Step], now: floa
         p
         for p in obs.worker_pods
         if not is_terminating(p)
-        and p["metadata"].get("labels", {}).get("dask.org/workergroup-name") == default_name
+        and p["metadata"].get("labels", {}).get(LABEL_WORKER_GROUP_NAME) == default_name
     ]
     removing = f"Removing the scheduler and workers: {left} objects left." if left else None
     conditions = [

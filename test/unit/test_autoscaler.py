@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 from support.builders import applied
+from support.objects import DaskAutoscalerBuilder
 
+from dask_operator.api.v1.names import ANNOTATION_COOLDOWN_UNTIL
 from dask_operator.controller.contract.objects import rfc3339
 from dask_operator.controller.contract.plans import (
     ADOPTION_FIELD_MANAGER,
@@ -31,14 +33,10 @@ NOW = 1_700_000_000.0
 def make_autoscaler(
     minimum: int = 1, maximum: int = 10, cooldown: float | None = None, status: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "apiVersion": "kubernetes.dask.org/v1",
-        "kind": "DaskAutoscaler",
-        "metadata": {"name": "a", "namespace": "ns", "uid": "a-uid", "generation": 1},
-        "spec": {"cluster": "c", "minimum": minimum, "maximum": maximum},
-    }
+    autoscaler = DaskAutoscalerBuilder("ns", "a", "c").with_bounds(minimum, maximum)
     if cooldown is not None:
-        obj["metadata"]["annotations"] = {"kubernetes.dask.org/cooldown-until": repr(cooldown)}
+        autoscaler.with_annotations({ANNOTATION_COOLDOWN_UNTIL: repr(cooldown)})
+    obj = autoscaler.build()
     if status is not None:
         obj["status"] = status
     return obj

@@ -91,3 +91,16 @@ def test_obj_is_declared_once() -> None:
         str(p.relative_to(PACKAGE)) for p in _sources() if re.search(r"^Obj = ", p.read_text(), re.MULTILINE)
     ]
     assert declared == ["runtime/objects.py"]
+
+
+def test_label_and_annotation_keys_are_written_once() -> None:
+    """A key of the dask.org, kubernetes.dask.org or kueue.x-k8s.io prefixes is a string literal only where its
+    constant is declared (api/v1/names.py), never beside it."""
+    key = re.compile(r"[\"'](?:kubernetes\.)?dask\.org/[a-z-]+[\"']|[\"']kueue\.x-k8s\.io/[a-z-]+[\"']")
+    found = [
+        f"{p.relative_to(PACKAGE)}: {m.group(0)}"
+        for p in _sources()
+        if p.name != "names.py"
+        for m in key.finditer(p.read_text())
+    ]
+    assert found == []
