@@ -12,7 +12,7 @@ test/unit/test_reconciler.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from dask_operator.api.v1.names import scheduler_service_name
@@ -155,6 +155,22 @@ class DaskReconciler(Generic[O]):
             obj["metadata"]["namespace"], self.cluster_name(obj)
         )
         reachable.set(int(answer.error is None))
+
+
+Mapper = Callable[[Obj], list[Request]]
+
+
+def requests_for(related: Callable[[Obj], Iterable[Obj]]) -> Mapper:
+    """A watch's mapper: the objects `related` finds for a watched object (in the cache), as requests."""
+
+    def mapper(watched: Obj) -> list[Request]:
+        return [Request(o["metadata"]["namespace"], o["metadata"]["name"]) for o in related(watched)]
+
+    return mapper
+
+
+def namespace_and_name(obj: Obj) -> tuple[str, str]:
+    return obj["metadata"]["namespace"], obj["metadata"]["name"]
 
 
 def enqueue_answers(reconciler: DaskReconciler[Any], controller: Any) -> None:

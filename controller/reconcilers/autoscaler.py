@@ -28,7 +28,13 @@ from dask_operator.controller.planners.autoscaler import (
     plan_autoscaler,
     scheduler_pods_of,
 )
-from dask_operator.controller.reconciler import DaskReconciler, enqueue_answers
+from dask_operator.controller.reconciler import (
+    DaskReconciler,
+    Mapper,
+    enqueue_answers,
+    namespace_and_name,
+    requests_for,
+)
 from dask_operator.controller.scheduler_calls import Answer
 from dask_operator.controller.settings import OperatorSettings
 from dask_operator.runtime.builder import ControllerBuilder
@@ -95,17 +101,11 @@ class DaskAutoscalerReconciler(DaskReconciler[AutoscalerObservation]):
                 log.info("scaled", group=step.obj["metadata"]["name"], before=current, after=replicas)
 
 
-def autoscalers_of_cluster(manager: Any) -> Any:
+def autoscalers_of_cluster(manager: Any) -> Mapper:
     """Map a DaskCluster to the DaskAutoscalers that name it in spec.cluster."""
-
-    def mapper(cluster: Obj) -> list[Request]:
-        meta = cluster["metadata"]
-        return [
-            Request(meta["namespace"], a["metadata"]["name"])
-            for a in indexes.autoscalers_of_cluster(manager.cache, meta["namespace"], meta["name"])
-        ]
-
-    return mapper
+    return requests_for(
+        lambda cluster: indexes.autoscalers_of_cluster(manager.cache, *namespace_and_name(cluster))
+    )
 
 
 def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: int) -> None:

@@ -22,12 +22,11 @@ from dask_operator.controller.executor import Outcome
 from dask_operator.controller.kinds import DASK_CLUSTER_KIND, DASK_JOB_KIND, WORKLOAD
 from dask_operator.controller.kueue_access import priority_classes, queueing_of
 from dask_operator.controller.planners.job import JobObservation, plan_job
-from dask_operator.controller.reconciler import DaskReconciler
+from dask_operator.controller.reconciler import DaskReconciler, Mapper, namespace_and_name, requests_for
 from dask_operator.controller.settings import OperatorSettings
 from dask_operator.runtime.builder import ControllerBuilder
 from dask_operator.runtime.kinds import POD
 from dask_operator.runtime.predicate import GenerationChanged
-from dask_operator.runtime.reconcile import Request
 
 
 class DaskJobReconciler(DaskReconciler[JobObservation]):
@@ -59,18 +58,18 @@ class DaskJobReconciler(DaskReconciler[JobObservation]):
             operator_metrics.JOBS_FINISHED.labels(job["metadata"]["namespace"], str(after)).inc()
 
 
-def jobs_on_cluster(manager: Any) -> Any:
+def jobs_on_cluster(manager: Any) -> Mapper:
     """Map a DaskCluster to the DaskJobs whose spec.clusterRef names it (they do not own it)."""
 
-    def mapper(cluster: Obj) -> list[Request]:
-        meta = cluster["metadata"]
+    def jobs(cluster: Obj) -> list[Obj]:
+        namespace, name = namespace_and_name(cluster)
         return [
-            Request(meta["namespace"], j["metadata"]["name"])
-            for j in manager.cache.list(DASK_JOB_KIND, meta["namespace"])
-            if (j.get("spec", {}).get("clusterRef") or {}).get("name") == meta["name"]
+            j
+            for j in manager.cache.list(DASK_JOB_KIND, namespace)
+            if (j.get("spec", {}).get("clusterRef") or {}).get("name") == name
         ]
 
-    return mapper
+    return requests_for(jobs)
 
 
 def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: int) -> None:

@@ -37,7 +37,14 @@ from dask_operator.controller.planners.workergroup import (
     SchedulerView,
     plan_group,
 )
-from dask_operator.controller.reconciler import NO_SERVICE, DaskReconciler, enqueue_answers
+from dask_operator.controller.reconciler import (
+    NO_SERVICE,
+    DaskReconciler,
+    Mapper,
+    enqueue_answers,
+    namespace_and_name,
+    requests_for,
+)
 from dask_operator.controller.scheduler import SchedulerUnreachable
 from dask_operator.controller.scheduler_calls import Answer
 from dask_operator.controller.settings import OperatorSettings
@@ -163,17 +170,11 @@ class DaskWorkerGroupReconciler(DaskReconciler[GroupObservation]):
         self.calls.ask(request, RETIRE, call, attached=(retire, attempt))
 
 
-def groups_of_cluster(manager: Any) -> Any:
+def groups_of_cluster(manager: Any) -> Mapper:
     """Map a DaskCluster to the DaskWorkerGroups that name it in spec.cluster (adopted or not yet)."""
-
-    def mapper(cluster: Obj) -> list[Request]:
-        meta = cluster["metadata"]
-        return [
-            Request(meta["namespace"], g["metadata"]["name"])
-            for g in indexes.groups_of_cluster(manager.cache, meta["namespace"], meta["name"])
-        ]
-
-    return mapper
+    return requests_for(
+        lambda cluster: indexes.groups_of_cluster(manager.cache, *namespace_and_name(cluster))
+    )
 
 
 def default_group_of_autoscaler(autoscaler: Obj) -> list[Request]:
@@ -183,23 +184,19 @@ def default_group_of_autoscaler(autoscaler: Obj) -> list[Request]:
     return [Request(meta["namespace"], default_worker_group_name(cluster))] if cluster else []
 
 
-def groups_of_workload_owner(manager: Any) -> Any:
+def groups_of_workload_owner(manager: Any) -> Mapper:
     """Map a Kueue Workload a DaskCluster controls to that cluster's DaskWorkerGroups."""
 
-    def mapper(workload: Obj) -> list[Request]:
-        meta = workload["metadata"]
+    def groups(workload: Obj) -> list[Obj]:
+        namespace = workload["metadata"]["namespace"]
         owners = [
             r["name"]
-            for r in meta.get("ownerReferences") or []
+            for r in workload["metadata"].get("ownerReferences") or []
             if r.get("controller") and r.get("kind") == DASK_CLUSTER_KIND.kind
         ]
-        return [
-            Request(meta["namespace"], g["metadata"]["name"])
-            for owner in owners
-            for g in indexes.groups_of_cluster(manager.cache, meta["namespace"], owner)
-        ]
+        return [g for owner in owners for g in indexes.groups_of_cluster(manager.cache, namespace, owner)]
 
-    return mapper
+    return requests_for(groups)
 
 
 def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: int) -> None:

@@ -188,3 +188,28 @@ def test_a_stalled_scheduler_never_holds_a_reconcile(stalled_scheduler: int, kin
         assert plan.question is None and plan.status is not None
     finally:
         cache.stop()
+
+
+def test_watch_mappers_turn_related_objects_into_requests(stalled_scheduler: int) -> None:
+    """A cluster's change wakes its groups, autoscalers and the jobs naming it; a Workload's wakes its
+    cluster's groups (read from the Workload itself, so its deletion still maps)."""
+    from dask_operator.controller.reconcilers.autoscaler import autoscalers_of_cluster
+    from dask_operator.controller.reconcilers.job import jobs_on_cluster
+    from dask_operator.controller.reconcilers.workergroup import groups_of_cluster, groups_of_workload_owner
+
+    _, _, objects = _world(stalled_scheduler, "autoscaler")
+    (cluster,) = objects[DASK_CLUSTER_KIND]
+    job = DaskJobBuilder("ns", "j").build()
+    job["spec"]["clusterRef"] = {"name": "c"}
+    objects[DASK_JOB_KIND] = [job, DaskJobBuilder("ns", "other").build()]
+    cache = _fed_cache(objects)
+    manager = Manager(cache)
+    workload = {"metadata": {"namespace": "ns", "name": "w", "ownerReferences": [
+        {"kind": "DaskCluster", "name": "c", "controller": True}]}}  # fmt: skip
+    try:
+        assert groups_of_cluster(manager)(cluster) == [Request("ns", "c-default")]
+        assert autoscalers_of_cluster(manager)(cluster) == [Request("ns", "a")]
+        assert jobs_on_cluster(manager)(cluster) == [Request("ns", "j")]
+        assert groups_of_workload_owner(manager)(workload) == [Request("ns", "c-default")]
+    finally:
+        cache.stop()
