@@ -129,8 +129,8 @@ def test_a_hostile_scheduler_runs_nothing_in_the_operator_and_slows_no_one(
     apply(plane, namespace, cluster_manifest("normal", 3))
     wait_running(plane, namespace, "normal")
     with dask_client(plane, namespace, "normal") as client:
-        wait_workers(client, 3)
-        held = client.persist(client.map(operator.mul, range(60), range(60), pure=False))
+        wait_workers(client, 3, timeout=180)
+        held = client.map(operator.mul, range(60), range(60), pure=False)
         client.gather(held)
         started = time.monotonic()
         get(plane, namespace, "daskcluster", "normal")  # the object exists before the patch
