@@ -4,12 +4,16 @@
 Invariant: informers for Kueue's kinds exist only when Kueue's API is served (and, for its cluster-scoped
 ResourceFlavors and WorkloadPriorityClasses, only when the operator may list them), so an operator on a
 cluster without Kueue starts and runs exactly as before; a labelled object then gets a KueueUnavailable hold
-instead of running around the quota. Held by test/e2e/test_kueue.py and the e2e tests without Kueue.
+instead of running around the quota. A transient answer (429, 5xx, a broken connection) while detecting is
+asked again, never taken for "Kueue is absent". Held by test/unit/test_kueue_access.py, test/e2e/test_kueue.py
+and the e2e tests without Kueue.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 
@@ -28,10 +32,38 @@ from dask_operator.runtime.client import ApiError, Client
 from dask_operator.runtime.kinds import Kind
 
 log = structlog.get_logger("dask_operator.controller.kueue")
+T = TypeVar("T")
 
 SELF_SUBJECT_ACCESS_REVIEW = Kind(
     "authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", namespaced=False
 )
+
+
+# Answers that say nothing about Kueue: the API server (or the path to it) is busy or failing right now.
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 30.0
+
+
+def transient(error: Exception) -> bool:
+    """An error worth asking again: a throttled or failing API server, or a broken connection."""
+    if isinstance(error, ApiError):
+        return error.status in TRANSIENT_STATUSES
+    return isinstance(error, OSError | TimeoutError)
+
+
+def until_answered(ask: Callable[[], T], what: str, sleep: Callable[[float], None] = time.sleep) -> T:
+    """`ask()` again, with a doubling pause (capped), for as long as it fails transiently: a 429 at start-up
+    must not be taken for "Kueue is absent" (which would hold every labelled object until a restart)."""
+    delay = RETRY_FIRST_SECONDS
+    while True:
+        try:
+            return ask()
+        except Exception as error:
+            if not transient(error):
+                raise
+            log.warning("transient error; asking again", what=what, error=str(error), retry_in=delay)
+            sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
 def _may_list(client: Client, resource: str) -> bool:
@@ -42,7 +74,7 @@ def _may_list(client: Client, resource: str) -> bool:
         "spec": {"resourceAttributes": {"group": KUEUE_GROUP, "resource": resource, "verb": "list"}},
     }
     try:
-        answer = client.create(review)
+        answer = until_answered(lambda: client.create(review), f"access review of {resource}")
     except ApiError as error:
         log.info("cannot review own access; assuming no access", resource=resource, error=str(error))
         return False
@@ -53,7 +85,10 @@ def detect(client: Client) -> KueueAccess:
     """Ask discovery whether Kueue's API is served, and the API server whether the operator may list Kueue's
     cluster-scoped kinds (a single-namespace install may not)."""
     try:
-        served = client.request("GET", f"/apis/{KUEUE_GROUP}/{KUEUE_VERSION}", retry=False)
+        served = until_answered(
+            lambda: client.request("GET", f"/apis/{KUEUE_GROUP}/{KUEUE_VERSION}", retry=False),
+            "Kueue discovery",
+        )
     except ApiError as error:
         if not error.not_found:
             log.warning("Kueue discovery failed; running without Kueue", error=str(error))

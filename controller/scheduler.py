@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dask_operator.api.scheduler_http import SchedulerHTTPError, json_count, json_object, request_json
-from dask_operator.api.v1.names import PORT_NAME_DASHBOARD
+from dask_operator.api.v1.names import (
+    LABEL_CLUSTER_NAME,
+    PORT_NAME_DASHBOARD,
+    label_selector_string,
+    scheduler_selector_labels,
+)
 from dask_operator.controller.contract.scheduler_api import API_ROUTE, HTTP_ROUTES_ENV, DaskWorker
 
 T = TypeVar("T")
@@ -35,9 +40,11 @@ class UnexpectedAnswer(Exception):
 
 @dataclass(frozen=True)
 class SchedulerEndpoint:
-    """Where the scheduler of one cluster serves its HTTP API, as seen from the operator."""
+    """Where the scheduler of one cluster serves its HTTP API, as seen from the operator, or why the operator
+    will not ask it (`refused`)."""
 
-    http_url: str | None  # http://host:port of the dashboard port; None: the Service has no such port
+    http_url: str | None  # http://host:port of the dashboard port; None: not asked (see `refused`)
+    refused: str | None = None
 
 
 def _port(service: Mapping[str, Any], wanted: str) -> int | None:
@@ -51,18 +58,56 @@ def _port(service: Mapping[str, Any], wanted: str) -> int | None:
     return int(matches[0]["port"]) if len(matches) == 1 else None
 
 
-def scheduler_endpoint(service: Mapping[str, Any]) -> SchedulerEndpoint:
-    """The scheduler's HTTP API behind its Service: the ClusterIP when it has one, else the DNS name.
+def _cluster_of(service: Mapping[str, Any]) -> str:
+    meta = service.get("metadata", {})
+    labelled = (meta.get("labels") or {}).get(LABEL_CLUSTER_NAME)
+    name = str(meta.get("name", ""))
+    return str(labelled) if labelled else name.removesuffix("-scheduler")
 
-    A Service without the dashboard port yields None instead of failing.
+
+def service_refusal(service: Mapping[str, Any]) -> str | None:
+    """Why the operator will not send requests through this scheduler Service, or None.
+
+    The Service's spec is the tenant's (`spec.scheduler.service`): it could send the operator's requests to
+    an address of the tenant's choosing. Only a Service that selects this cluster's scheduler pods, in its own
+    namespace, is used: no ExternalName (a DNS name anywhere), no Service without a selector (endpoints
+    written by hand can name any address)."""
+    spec = service.get("spec") or {}
+    kind = spec.get("type") or "ClusterIP"
+    if kind not in ("ClusterIP", "NodePort", "LoadBalancer"):
+        return f"the scheduler Service is of type {kind}, which can point anywhere"
+    selector = spec.get("selector") or {}
+    wanted = scheduler_selector_labels(_cluster_of(service))
+    if any(selector.get(key) != value for key, value in wanted.items()):
+        return (
+            "the scheduler Service does not select this cluster's scheduler pods "
+            f"(its selector must include {label_selector_string(wanted)})"
+        )
+    return None
+
+
+def scheduler_endpoint(service: Mapping[str, Any]) -> SchedulerEndpoint:
+    """The scheduler's HTTP API behind its Service: the ClusterIP when it has one, else (headless) the DNS
+    name, which resolves to the pods the selector picks.
+
+    A Service without the dashboard port, or one the operator refuses (`service_refusal`), yields no URL.
     """
+    refused = service_refusal(service)
+    if refused is not None:
+        return SchedulerEndpoint(None, refused)
     meta = service.get("metadata", {})
     cluster_ip = service.get("spec", {}).get("clusterIP")
     host = (
         cluster_ip if cluster_ip and cluster_ip != "None" else f"{meta.get('name')}.{meta.get('namespace')}"
     )
     http = _port(service, PORT_NAME_DASHBOARD)
-    return SchedulerEndpoint(http_url=f"http://{host}:{http}" if http else None)
+    if not http:
+        return SchedulerEndpoint(
+            None,
+            f"the scheduler Service has no port named {PORT_NAME_DASHBOARD}: the operator talks to "
+            "schedulers over their JSON HTTP API only (never the comm port, whose messages may carry pickles)",
+        )
+    return SchedulerEndpoint(http_url=f"http://{host}:{http}")
 
 
 def workers_of_identity(identity: Any) -> list[DaskWorker]:
@@ -161,11 +206,7 @@ class SchedulerClient:
         idempotent: bool = True,
     ) -> T:
         if not self.endpoint.http_url:
-            raise SchedulerUnreachable(
-                f"the scheduler Service has no port named {PORT_NAME_DASHBOARD}: the operator talks to "
-                "schedulers over their JSON HTTP API only (never the comm port, whose messages may carry "
-                "pickles)"
-            )
+            raise SchedulerUnreachable(self.endpoint.refused or "no address for the scheduler's HTTP API")
         try:
             answer = request_json(method, f"{self.endpoint.http_url}{path}", body, timeout=timeout)
         except SchedulerHTTPError as error:

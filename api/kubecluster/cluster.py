@@ -1,7 +1,8 @@
 """`KubeCluster`: create (or connect to) a DaskCluster and drive it from Python, as `dask_kubernetes.operator`.
 
-Invariant: a KubeCluster that created its DaskCluster deletes it when start-up fails, and when it is closed
-with `shutdown_on_close`; nothing else it does deletes a DaskCluster. Kubernetes is reached only through the
+Invariant: a KubeCluster deletes only the DaskCluster it created (when start-up fails, and when it is closed)
+or, with an explicit `shutdown_on_close=True`, the one it connected to; every delete names that object's UID,
+so a cluster of the same name created by someone else is never deleted; nothing else it does deletes one. Kubernetes is reached only through the
 runtime REST client and the scheduler only through the comm `distributed.deploy.Cluster` manages.
 Every operation has one async implementation (`_start`, `_scale`, `_close`, ...; the blocking REST calls run
 in a thread); the public methods run it through `Cluster.sync`, so the same code serves `asynchronous=True`
@@ -110,7 +111,7 @@ class KubeCluster(Cluster):
         cluster = KubeCluster(name="demo", n_workers=2)
         client = Client(cluster)
         cluster.scale(5)
-        cluster.close()  # deletes the DaskCluster (shutdown_on_close)
+        cluster.close()  # deletes the DaskCluster it created (shutdown_on_close)
 
     With ``asynchronous=True`` every method returns an awaitable::
 
@@ -132,6 +133,10 @@ class KubeCluster(Cluster):
       distributed 2026.6 removed the `dask-worker`/`dask-scheduler` scripts the reference runs. Pass
       ``worker_command="dask-worker", scheduler_command="dask-scheduler"`` for images older than 2022.10.
     * `create_mode` also accepts the mode's name as a string; `adapt()` requires `maximum`.
+    * `shutdown_on_close` defaults to "only if this object created the DaskCluster": connecting to an
+      existing cluster by name (a colleague's, say) and closing it, or leaving the interpreter, leaves that
+      cluster running. The reference deletes it. Pass ``shutdown_on_close=True`` to delete a cluster you
+      connected to.
     * `kube_client` (our addition) injects a `dask_operator.runtime.client.Client`; by default
       the in-cluster service account or $KUBECONFIG / ~/.kube/config is used.
     """
@@ -169,7 +174,9 @@ class KubeCluster(Cluster):
         self.create_mode = create_mode_of(
             config_value("create-mode", create_mode, CreateMode.CREATE_OR_CONNECT)
         )
-        self.shutdown_on_close = bool(config_value("shutdown-on-close", shutdown_on_close, True))
+        # None: delete on close only the DaskCluster this object created (never a colleague's of the same name).
+        chosen = config_value("shutdown-on-close", shutdown_on_close, None)
+        self._shutdown_choice: bool | None = None if chosen is None else bool(chosen)
         self.resource_timeout = float(
             config_value("resource-timeout", resource_timeout, DEFAULT_RESOURCE_TIMEOUT)
         )
@@ -217,6 +224,7 @@ class KubeCluster(Cluster):
         self.api = kube_client if kube_client is not None else default_kube_client()
         self._created = False
         self._deleted = False
+        self._uid: str | None = None  # the DaskCluster this object created or connected to: deletes name it
         self._scheduler_address = ""
         self._dashboard_host = ""
         self._dashboard_port: int | None = None
@@ -302,8 +310,11 @@ class KubeCluster(Cluster):
             manifest = self._custom_spec or cluster_manifest(self._options, namespace)
             self._log(f"Creating DaskCluster {namespace}/{name}")
             try:
-                await self._kube(self._checked, "create", DASK_CLUSTER_KIND, self.api.create, manifest)
+                created = await self._kube(
+                    self._checked, "create", DASK_CLUSTER_KIND, self.api.create, manifest
+                )
                 self._created = True
+                self._uid = str((created or {}).get("metadata", {}).get("uid") or "") or None
             except ApiError as error:
                 if error.not_found:
                     raise RuntimeError(
@@ -322,6 +333,7 @@ class KubeCluster(Cluster):
                 raise ClusterSuspendedError(suspended)
             self._log(f"Connecting to existing DaskCluster {namespace}/{name}")
             self._options = options_from_cluster(existing)
+            self._uid = str(existing.get("metadata", {}).get("uid") or "") or None
 
     def _checked(self, verb: str, kind: Kind, call: Callable[..., T], *args: Any) -> T:
         """`call(*args)`, turning the API server's 403 into a PermissionError naming the verb and resource."""
@@ -460,7 +472,7 @@ class KubeCluster(Cluster):
         await self._stop_forwards()
         if self._created and not self._deleted:
             with contextlib.suppress(Exception):
-                await self._kube(self.api.delete, DASK_CLUSTER_KIND, self.namespace, self.cluster_name)
+                await self._kube(self._delete_own)
                 self._deleted = True
 
     async def _stop_forwards(self) -> None:
@@ -602,6 +614,31 @@ class KubeCluster(Cluster):
         """The first container's log; the previous run's when the current one has none (crash loops)."""
         return pod_log(self.api, self.namespace, pod)
 
+    @property
+    def shutdown_on_close(self) -> bool:
+        """Whether `close()` (or interpreter exit) deletes the DaskCluster: as chosen, else only when this
+        object created it. The reference deletes any cluster it connected to unless told otherwise."""
+        return self._created if self._shutdown_choice is None else self._shutdown_choice
+
+    @shutdown_on_close.setter
+    def shutdown_on_close(self, value: bool) -> None:
+        self._shutdown_choice = bool(value)
+
+    def _delete_own(self) -> bool:
+        """Delete the DaskCluster this object created or connected to, by UID: one deleted and re-created
+        under the same name by someone else is theirs, and a 409 leaves it alone."""
+        try:
+            return self.api.delete(DASK_CLUSTER_KIND, self.namespace, self.cluster_name, uid=self._uid)
+        except ApiError as error:
+            if error.status == 409:
+                logger.warning(
+                    "DaskCluster %s/%s was replaced by another one of the same name; left alone",
+                    self.namespace,
+                    self.cluster_name,
+                )
+                return False
+            raise
+
     def close(self, timeout: float | None = 3600) -> Any:
         """Disconnect; with `shutdown_on_close`, delete the DaskCluster and wait until it is gone."""
         if self.status == Status.closed and (self._deleted or not self.shutdown_on_close):
@@ -625,12 +662,15 @@ class KubeCluster(Cluster):
             await self._delete_and_wait()
 
     async def _delete_and_wait(self) -> None:
-        if not await self._kube(self.api.delete, DASK_CLUSTER_KIND, self.namespace, self.cluster_name):
-            logger.warning("DaskCluster %s/%s was already deleted", self.namespace, self.cluster_name)
+        if not await self._kube(self._delete_own):
+            logger.warning(
+                "DaskCluster %s/%s was not deleted by this client", self.namespace, self.cluster_name
+            )
             return
-        while (
-            await self._kube(self.api.get, DASK_CLUSTER_KIND, self.namespace, self.cluster_name) is not None
-        ):
+        while True:
+            current = await self._kube(self.api.get, DASK_CLUSTER_KIND, self.namespace, self.cluster_name)
+            if current is None or current.get("metadata", {}).get("uid") != self._uid:
+                return
             await asyncio.sleep(POLL_SECONDS)
 
     def _repr_html_(self, cluster_status: str | None = None) -> str:
@@ -763,4 +803,4 @@ def _close_live_clusters() -> None:
             continue
         cluster._deleted = True
         with contextlib.suppress(Exception):
-            cluster.api.delete(DASK_CLUSTER_KIND, cluster.namespace, cluster.cluster_name)
+            cluster._delete_own()

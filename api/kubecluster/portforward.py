@@ -115,6 +115,11 @@ class SchedulerPodTarget:
             self._pod = name
         return self._pod
 
+    def describe(self) -> str:
+        return (
+            f"pod {self.namespace}/{self._pod}" if self._pod else f"{self.namespace} ({self.label_selector})"
+        )
+
     def forget(self, pod: str) -> None:
         if self._pod == pod:
             self._pod = None
@@ -175,7 +180,10 @@ class PortForward:
         except asyncio.CancelledError:
             pass
         except Exception as error:  # noqa: BLE001 - one failed connection must not end the listener
-            logger.debug("port-forward connection ended: %s", error)
+            # Where a user sees it (KubeCluster's and kubectl dask's log), not only at debug level.
+            logger.warning(
+                "port-forward to %s port %d failed: %s", self.target.describe(), self.remote_port, error
+            )
         finally:
             writer.close()
             if task is not None:
@@ -205,13 +213,18 @@ class PortForward:
                     self.target.forget(pod)
                     raise PortForwardError(payload.decode(errors="replace"))
 
-        upstream = asyncio.ensure_future(to_pod())
+        # Either side ending ends the connection: a local close must reach the pod (the WebSocket's close
+        # is the kubelet's signal to close its end), or the pod keeps a half-dead connection.
+        upstream, downstream = asyncio.ensure_future(to_pod()), asyncio.ensure_future(from_pod())
         try:
-            await from_pod()
+            done, _ = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise what ended it
         finally:
-            upstream.cancel()
-            with contextlib.suppress(BaseException):
-                await upstream
+            for task in (upstream, downstream):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             socket.close()
 
 

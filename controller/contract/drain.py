@@ -5,7 +5,9 @@ Invariant: pure functions. Every worker pod made from a template gets a `preStop
 container (unless the user set one) that asks the scheduler to retire the pod's own workers, by the names the
 operator gives them (`DASK_WORKER_NAME`, with `-0..-N` for `--nworkers`), and waits for the answer within the
 pod's `terminationGracePeriodSeconds` minus a margin, so SIGTERM only reaches workers whose data has moved.
-The hook is plain Python with `distributed` (what every Dask image has), never imports dask_operator, and
+The hook is plain Python with `distributed` (what every Dask image has), never imports dask_operator, speaks
+TLS with the worker's own credentials for a `tls://` scheduler, says so in the kubelet's FailedPreStopHook Event
+when the image has no usable `distributed`, bounds every call by what is left of its budget, and
 does nothing when the pod's workers are already gone (the operator retired them before deleting the pod).
 A group with `spec.worker.disruptionBudget` has exactly one PodDisruptionBudget, named after it, owned by
 it, selecting its worker pods. Held by test/unit/test_drain.py (the hook run against a real scheduler).
@@ -33,11 +35,19 @@ WORKER_CONTAINER_NAME = "worker"
 # data is unreachable anyway, e.g. while the whole cluster is deleted). Exit 1, with a sentence the kubelet's
 # FailedPreStopHook Event shows: the scheduler could not move the data, or not within the time.
 PRESTOP_HOOK = """\
-import asyncio, os, re, sys
-from distributed.core import rpc
+import asyncio, os, re, sys, time
 
-async def retire(name, address):
-    async with rpc(address, timeout=5) as scheduler:
+try:
+    from distributed.core import rpc
+    from distributed.security import Security
+except ImportError as e:
+    sys.exit(f"this image's Python has no usable distributed ({e}): cannot retire this pod's workers")
+
+async def retire(name, address, deadline):
+    # tls:// schedulers: the credentials the worker itself uses (DASK_DISTRIBUTED__COMM__TLS__* variables).
+    args = Security().get_connection_args("client")
+    connect = max(0.5, min(5.0, deadline - time.monotonic()))
+    async with rpc(address, timeout=connect, connection_args=args) as scheduler:
         workers = (await scheduler.identity())["workers"]
         own = re.compile(re.escape(name) + r"(-[0-9]+)?")
         mine = sorted(a for a, w in workers.items() if own.fullmatch(str(w.get("name", ""))))
@@ -54,7 +64,7 @@ if not name or not address:
     sys.exit("DASK_WORKER_NAME or DASK_SCHEDULER_ADDRESS is not set: cannot retire this pod's workers")
 budget = float(sys.argv[1])
 try:
-    print(asyncio.run(asyncio.wait_for(retire(name, address), budget)))
+    print(asyncio.run(asyncio.wait_for(retire(name, address, time.monotonic() + budget), budget)))
 except (asyncio.TimeoutError, TimeoutError):
     sys.exit(f"retiring {name} took longer than {budget:g} s: data not moved yet is lost")
 except OSError as e:  # no scheduler (e.g. the whole cluster is being deleted): its workers' data is gone anyway

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -24,6 +27,14 @@ from dask_operator.runtime.client import Client as RestClient
 from dask_operator.runtime.kinds import POD
 
 pytestmark = pytest.mark.timeout(240)
+
+# Connects to an existing cluster by name and leaves the interpreter without closing it.
+COLLEAGUE_LEAVES_WITHOUT_CLOSING = """
+import sys
+from dask_operator import KubeCluster
+cluster = KubeCluster(name="kc", namespace=sys.argv[1], quiet=True, resource_timeout=120)
+print("connected", cluster.scheduler_address)
+"""
 
 # Generous: two cores shared with other test runs; a scheduler takes a few seconds to import and start.
 START_TIMEOUT = 120
@@ -114,6 +125,22 @@ def test_create_compute_scale_adapt_groups_logs_attach_and_close(
             assert attached.scheduler_address == cluster.scheduler_address
             assert not attached.shutdown_on_close
             attached.close()
+            assert api.get(DASK_CLUSTER_KIND, namespace, "kc") is not None
+            assert client.submit(operator.add, 1, 2).result(timeout=60) == 3
+
+            # A careless colleague's KubeCluster(name="kc") connects to this cluster: neither its close() nor
+            # its interpreter's exit deletes what it did not create (the reference deletes it).
+            colleague = KubeCluster(name="kc", namespace=namespace, kube_client=api, quiet=True)
+            assert not colleague.shutdown_on_close
+            colleague.close()
+            exited = subprocess.run(
+                [sys.executable, "-c", COLLEAGUE_LEAVES_WITHOUT_CLOSING, namespace],
+                env={**os.environ, "KUBECONFIG": str(plane.kubeconfig)},
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert exited.returncode == 0 and "connected" in exited.stdout, exited.stderr[-3000:]
             assert api.get(DASK_CLUSTER_KIND, namespace, "kc") is not None
             assert client.submit(operator.add, 1, 2).result(timeout=60) == 3
 

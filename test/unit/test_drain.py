@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,10 +103,12 @@ def test_disruption_budget_only_when_asked_selecting_the_groups_workers() -> Non
 # -- the hook against a real scheduler ------------------------------------------------------------------------
 
 
-async def _run_hook(name: str, address: str, budget: str = "30") -> tuple[int, str]:
-    env = {**os.environ, "DASK_WORKER_NAME": name, "DASK_SCHEDULER_ADDRESS": address}
+async def _run_hook(
+    name: str, address: str, budget: str = "30", extra_env: dict[str, str] | None = None, *flags: str
+) -> tuple[int, str]:
+    env = {**os.environ, "DASK_WORKER_NAME": name, "DASK_SCHEDULER_ADDRESS": address, **(extra_env or {})}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", PRESTOP_HOOK, budget, env=env, stdout=-1, stderr=-1
+        sys.executable, *flags, "-c", PRESTOP_HOOK, budget, env=env, stdout=-1, stderr=-1
     )
     out, err = await proc.communicate()
     return int(proc.returncode or 0), (out + err).decode()
@@ -157,3 +160,40 @@ def test_the_hook_never_blocks_past_its_budget_and_returns_at_once_without_a_sch
     # Nobody listening at all: nothing to hand over to, the hook returns at once.
     code, out = asyncio.run(_run_hook("w", f"tcp://127.0.0.1:{free}", budget="30"))
     assert code == 0 and "cannot reach the scheduler" in out, out
+
+
+@pytest.mark.timeout(120)
+def test_the_hook_speaks_tls_to_a_tls_scheduler_with_the_workers_credentials(tmp_path: Path) -> None:
+    """Regression: the hook opened a plain comm to a `tls://` scheduler and could never retire anything."""
+    from distributed import Scheduler, Worker
+    from distributed.security import Security
+
+    security = Security.temporary()  # type: ignore[no-untyped-call]
+    files = {}  # Security.temporary() holds the PEM texts themselves; a worker's configuration names files
+    for key in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+        files[key] = tmp_path / f"{key}.pem"
+        files[key].write_text(getattr(security, key))
+    env = {
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(files["tls_ca_file"]),
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(files["tls_client_cert"]),
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(files["tls_client_key"]),
+    }
+
+    async def scenario() -> None:
+        async with (
+            Scheduler(protocol="tls", port=0, dashboard_address=":0", security=security) as s,
+            Worker(s.address, name="tls-worker", security=security),
+        ):
+            assert s.address.startswith("tls://")
+            code, out = await _run_hook("tls-worker", s.address, "30", env)
+            assert code == 0 and "retired" in out, out
+            assert not s.workers
+
+    asyncio.run(scenario())
+
+
+def test_an_image_without_distributed_gets_a_sentence_not_a_traceback() -> None:
+    # -S: no site-packages, as in an image whose Python lacks distributed.
+    code, out = asyncio.run(_run_hook("w", "tcp://127.0.0.1:1", "5", None, "-S"))
+    assert code == 1 and "has no usable distributed" in out and "Traceback" not in out, out

@@ -67,3 +67,78 @@ def test_pod_port_resolves_named_target_ports() -> None:
     assert pod_port(scheduler, "8787") == 8787
     with pytest.raises(ValueError, match="http-dashboard"):
         pod_port(scheduler, "http-dashboard")
+
+
+# -- the relay against a local WebSocket peer speaking the kubelet's channel protocol ------------------------
+
+
+def test_a_local_close_reaches_the_pod_and_a_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: a local connection closed by the user left the WebSocket (and the pod's connection) open
+    until the pod closed its end; a failing forward was logged at debug level only."""
+    import asyncio
+
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+    from tornado.web import Application
+    from tornado.websocket import WebSocketHandler, websocket_connect
+
+    from dask_operator.api.kubecluster.portforward import PortForward, PortForwardError
+
+    closed = asyncio.Event()
+    received: list[bytes] = []
+
+    class Kubelet(WebSocketHandler):
+        def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+            return subprotocols[0] if subprotocols else None
+
+        async def open(self, *args: str, **kwargs: str) -> None:
+            for channel in (DATA_CHANNEL, ERROR_CHANNEL):  # each channel starts with the port number
+                await self.write_message(bytes([channel, 0x52, 0x22]), binary=True)
+
+        def on_message(self, message: str | bytes) -> None:
+            received.append(message if isinstance(message, bytes) else message.encode())
+
+        def on_close(self) -> None:
+            closed.set()
+
+    class LocalTarget:
+        def __init__(self, url: str, fail: bool = False) -> None:
+            self.url, self.fail = url, fail
+
+        def describe(self) -> str:
+            return "pod ns/demo-scheduler"
+
+        def forget(self, pod: str) -> None:
+            pass
+
+        async def open(self, port: int) -> tuple[str, Any]:
+            if self.fail:
+                raise PortForwardError('pods "demo-scheduler" is forbidden')
+            return "demo-scheduler", await websocket_connect(self.url, subprotocols=["v4.channel.k8s.io"])
+
+    async def scenario() -> None:
+        server = HTTPServer(Application([("/", Kubelet)]))
+        sockets = bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        url = f"ws://127.0.0.1:{sockets[0].getsockname()[1]}/"
+        forward = PortForward(LocalTarget(url), 8786)  # type: ignore[arg-type]
+        port = await forward.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hello")
+        await writer.drain()
+        writer.close()  # the user's side goes away
+        await asyncio.wait_for(closed.wait(), 10)  # ... and so does the pod's
+        assert b"".join(m[1:] for m in received) == b"hello"
+        await forward.close()
+
+        failing = PortForward(LocalTarget(url, fail=True), 8786)  # type: ignore[arg-type]
+        port = await failing.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # refused: the local connection ends
+        writer.close()
+        await failing.close()
+        server.stop()
+
+    with caplog.at_level("WARNING", logger="dask_operator.api.kubecluster.portforward"):
+        asyncio.run(scenario())
+    assert any("forbidden" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)

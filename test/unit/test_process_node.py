@@ -424,3 +424,55 @@ def test_proxy_round_robins_ready_backends_and_refuses_without_backends() -> Non
 
     got = asyncio.run(scenario())
     assert sorted(got[:2]) == [b"A", b"B"] and got[2] == b"refused"
+
+
+def test_proxied_connections_notice_a_peer_that_vanished_without_closing() -> None:
+    """Both sides of a proxied connection carry keepalive and a user timeout (a scheduler pod whose network
+    went before its FIN otherwise held its workers' connections, and their heartbeats, forever)."""
+    from kubeplane.node.serviceproxy import KEEPALIVE_IDLE, USER_TIMEOUT_MS
+
+    async def scenario() -> list[tuple[int, int, int]]:
+        seen: list[socket.socket] = []
+        release, reached = asyncio.Event(), asyncio.Event()
+
+        async def backend(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            reached.set()
+            await release.wait()
+            w.close()
+
+        server = await asyncio.start_server(backend, "127.0.0.1", 0)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            front = ("127.0.0.1", probe.getsockname()[1])
+        proxy = ServiceProxy()
+        await proxy.update({front: (("127.0.0.1", server.sockets[0].getsockname()[1]),)})
+        _, w = await asyncio.open_connection(*front)
+        w.write(b"x")
+        await w.drain()
+        await asyncio.wait_for(reached.wait(), 10)  # the proxy has connected to the backend
+        # The proxy's own sockets for this connection: those of this process not ours and not listening.
+        import psutil
+
+        own = {w.get_extra_info("socket").getsockname()}
+        for conn in psutil.Process().net_connections(kind="tcp"):
+            if conn.status == "ESTABLISHED" and conn.laddr not in own and conn.fd >= 0:
+                seen.append(socket.socket(fileno=os.dup(conn.fd)))
+        options = [
+            (
+                s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            )
+            for s in seen
+        ]
+        for s in seen:
+            s.close()
+        release.set()
+        w.close()
+        await proxy.close()
+        server.close()
+        return options
+
+    options = asyncio.run(scenario())
+    # the proxy's two sides, and the backend's accepted socket (no options of its own)
+    assert options.count((1, KEEPALIVE_IDLE, USER_TIMEOUT_MS)) == 2, options

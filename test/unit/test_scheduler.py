@@ -123,10 +123,14 @@ def stock() -> Iterator[RunningCluster]:
     _stop(cluster.processes)
 
 
+SELECTS_C = {"dask.org/cluster-name": "c", "dask.org/component": "scheduler"}
+
+
 def test_endpoint_prefers_cluster_ip_and_the_dashboard_port() -> None:
     service = {
         "metadata": {"name": "c-scheduler", "namespace": "ns"},
         "spec": {
+            "selector": SELECTS_C,
             "clusterIP": "10.0.0.7",
             "ports": [{"name": "tcp-comm", "port": 8786}, {"name": "http-dashboard", "port": 8787}],
         },
@@ -137,10 +141,36 @@ def test_endpoint_prefers_cluster_ip_and_the_dashboard_port() -> None:
 
 
 def test_endpoint_without_the_dashboard_port_is_none_not_an_error() -> None:
-    service = {"metadata": {"name": "c-scheduler", "namespace": "ns"}, "spec": {"ports": [{"port": 1}]}}
-    assert scheduler_endpoint(service) == SchedulerEndpoint(None)
+    service = {
+        "metadata": {"name": "c-scheduler", "namespace": "ns"},
+        "spec": {"selector": SELECTS_C, "ports": [{"port": 1}]},
+    }
+    assert scheduler_endpoint(service).http_url is None
     with pytest.raises(SchedulerUnreachable, match="no port named http-dashboard"):
         SchedulerClient(scheduler_endpoint(service)).get_workers()
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ({"type": "ExternalName", "externalName": "kubernetes.default"}, "of type ExternalName"),
+        ({}, "does not select this cluster's scheduler pods"),  # endpoints written by hand: any address
+        ({"selector": {**SELECTS_C, "dask.org/cluster-name": "other"}}, "does not select"),
+        ({"selector": {"app": "anything"}}, "dask.org/cluster-name=c,dask.org/component=scheduler"),
+    ],
+)
+def test_a_service_that_could_send_the_operator_elsewhere_is_refused(
+    spec: dict[str, object], why: str
+) -> None:
+    ports = [{"name": "http-dashboard", "port": 8787}]
+    service = {
+        "metadata": {"name": "c-scheduler", "namespace": "ns", "labels": {"dask.org/cluster-name": "c"}},
+        "spec": {"clusterIP": "10.0.0.7", "ports": ports, **spec},
+    }
+    endpoint = scheduler_endpoint(service)
+    assert endpoint.http_url is None and endpoint.refused is not None and why in endpoint.refused
+    with pytest.raises(SchedulerUnreachable, match=why):
+        SchedulerClient(endpoint).check_idle()
 
 
 # A comm server that answers every RPC with a pickle which, once unpickled, writes a file: what a tenant's
@@ -180,7 +210,11 @@ def test_a_scheduler_offering_only_its_comm_port_is_never_asked_over_rpc(tmp_pat
         port = int(proc.stdout.readline())
         service = {
             "metadata": {"name": "evil-scheduler", "namespace": "ns"},
-            "spec": {"clusterIP": "127.0.0.1", "ports": [{"name": "tcp-comm", "port": port}]},
+            "spec": {
+                "selector": {"dask.org/cluster-name": "evil", "dask.org/component": "scheduler"},
+                "clusterIP": "127.0.0.1",
+                "ports": [{"name": "tcp-comm", "port": port}],
+            },
         }
         client = SchedulerClient(scheduler_endpoint(service), timeout=2)
         for call in (client.get_workers, client.check_idle, client.adaptive_target):

@@ -8,7 +8,9 @@ Listeners use IP_FREEBIND, so they can bind before the address is on the bridge,
 so the nodes of one plane all listen on its ClusterIPs and the kernel spreads connections over them.
 On a plane of several nodes a connection from another node's pod is handed to that node (handover.py),
 so a pod's Service connections are proxied by its own node, as with kube-proxy: stopping a node cuts
-its own pods' connections only. Held by test/unit/test_process_node.py and test_process_node_handover.py.
+its own pods' connections only. Both sides of a proxied connection get TCP keepalive and a user timeout, so a
+backend that vanished without closing (its pod's network gone first) ends the client's connection within
+seconds instead of never. Held by test/unit/test_process_node.py and test_process_node_handover.py.
 """
 
 from __future__ import annotations
@@ -29,6 +31,23 @@ log = logging.getLogger(__name__)
 
 IP_FREEBIND = 15
 CONNECT_TIMEOUT = 5.0
+# A proxied connection whose peer vanished without a FIN (its pod's network torn down first) must end, as it
+# would across a real network, instead of holding the other side forever: data unacknowledged for
+# USER_TIMEOUT_MS aborts it; an idle one is probed after KEEPALIVE_IDLE s, every KEEPALIVE_INTERVAL s.
+USER_TIMEOUT_MS = 20_000
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
+
+
+def notice_dead_peers(sock: socket.socket | None) -> None:
+    """TCP keepalive and a user timeout on one side of a proxied connection."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -161,6 +180,8 @@ class ServiceProxy:
             writer.close()
             return
         up_reader, up_writer = upstream
+        for side in (writer, up_writer):
+            notice_dead_peers(side.get_extra_info("socket"))
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
