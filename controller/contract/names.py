@@ -26,6 +26,10 @@ from dask_operator.api.v1.names import (
 # default group while a direct scale of the group (or the autoscaler's) is not undone (as upstream).
 PROPAGATED_REPLICAS_ANNOTATION = f"{GROUP}/propagated-replicas"
 
+# On a DaskCluster a DaskJob created: that job's UID. A job adopts (takes back as controller) only a cluster
+# carrying its own UID here, never a standalone DaskCluster that happens to have the job's name.
+CREATED_BY_JOB_ANNOTATION = f"{GROUP}/created-by-job"
+
 WORKER_NAME_ENV = "DASK_WORKER_NAME"
 SCHEDULER_ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
 

@@ -89,7 +89,11 @@ from dask_operator.controller.contract.kueue import (
     job_pod_sets,
     workload_steps,
 )
-from dask_operator.controller.contract.names import SCHEDULER_ADDRESS_ENV, cluster_scheduler_address
+from dask_operator.controller.contract.names import (
+    CREATED_BY_JOB_ANNOTATION,
+    SCHEDULER_ADDRESS_ENV,
+    cluster_scheduler_address,
+)
 from dask_operator.controller.contract.objects import Obj, parse_rfc3339, rfc3339
 from dask_operator.controller.contract.plans import (
     ADOPTION_FIELD_MANAGER,
@@ -143,7 +147,7 @@ def desired_job_cluster(job: Mapping[str, Any], queue: Queueing | None = None) -
         API_VERSION,
         DASK_CLUSTER.kind,
         name,
-        (labels, annotations),
+        (labels, {**annotations, CREATED_BY_JOB_ANNOTATION: str(meta["uid"])}),
         _placed(
             {"scheduler": copy.deepcopy(spec["scheduler"]), "worker": copy.deepcopy(spec["worker"])}, queue
         ),
@@ -576,14 +580,17 @@ def _cluster_progress(obs: JobObservation, own_cluster: bool) -> tuple[tuple[Ste
     if own_cluster:
         return (), _Progress(ready=True)
     ref = _controller_ref(cluster)
-    adopt = adoption(cluster, job)  # only when nobody controls it (ref is None)
-    if adopt is not None:
-        return (Apply(adopt, ADOPTION_FIELD_MANAGER),), _Progress(ready=True)
     if ref is not None and ref.get("kind") == DASK_JOB.kind and ref.get("uid") != job["metadata"]["uid"]:
         return (), _Progress(waiting=True)  # left by a deleted DaskJob of the same name; the GC removes it
-    return (), _Progress(
-        ready=True
-    )  # someone else's DaskCluster of this name: used, never deleted by the job
+    marker = (cluster["metadata"].get("annotations") or {}).get(CREATED_BY_JOB_ANNOTATION)
+    adopt = adoption(cluster, job) if marker == job["metadata"]["uid"] else None
+    if adopt is not None:  # ours (we wrote the marker) but its owner reference was removed: take it back
+        return (Apply(adopt, ADOPTION_FIELD_MANAGER),), _Progress(ready=True)
+    why = (
+        f"DaskCluster {cluster['metadata']['name']} exists and was not created by this DaskJob, which neither "
+        "uses nor deletes it. Rename the job, delete that cluster, or run the job on it with spec.clusterRef."
+    )
+    return (), _Progress(waiting=True, degraded=("ClusterNameTaken", why))
 
 
 def _runner_progress(

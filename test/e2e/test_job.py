@@ -13,6 +13,7 @@ import pytest
 from support.operator import (
     OperatorProcess,
     apply,
+    cluster_manifest,
     condition,
     dask_client,
     get,
@@ -186,3 +187,26 @@ def test_a_runner_that_finished_while_the_operator_was_down_and_was_deleted_is_n
         lambda: get(plane, namespace, "daskcluster", "unseen") is None, timeout=60, message="cluster deleted"
     )
     assert get(plane, namespace, "pod", "unseen-runner") is None  # never created a second time
+
+
+def test_a_job_named_like_a_colleagues_cluster_leaves_it_alone(
+    plane: Any, namespace: str, dask_operator: OperatorProcess
+) -> None:
+    """Regression: a DaskJob named like an existing standalone DaskCluster adopted it and deleted it when the
+    job ended (or was deleted)."""
+    apply(plane, namespace, cluster_manifest("shared", 0))
+    wait_running(plane, namespace, "shared")
+    theirs = get(plane, namespace, "daskcluster", "shared")
+    apply(plane, namespace, job_manifest("shared", ["python", "-c", "print('never runs')"]))
+
+    def name_taken() -> dict[str, Any] | None:
+        degraded = condition(get(plane, namespace, "daskjob", "shared"), "Degraded")
+        return degraded if degraded.get("reason") == "ClusterNameTaken" else None
+
+    degraded = wait_for(name_taken, timeout=60, message="the job says the cluster's name is taken")
+    assert "was not created by this DaskJob" in degraded["message"]
+    assert get(plane, namespace, "pod", "shared-runner") is None
+    plane.kubectl("-n", namespace, "delete", "daskjob", "shared", "--wait=true")
+    mine = get(plane, namespace, "daskcluster", "shared")
+    assert mine is not None and mine["metadata"]["uid"] == theirs["metadata"]["uid"]
+    assert not mine["metadata"].get("ownerReferences")

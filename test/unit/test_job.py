@@ -141,7 +141,11 @@ def test_cluster_is_named_after_the_job_with_its_metadata_and_only_scheduler_and
         "cluster-label": "c",
         "dask.org/cluster-name": "j",
     }
-    assert meta["annotations"] == {"note": "x", "cluster-note": "z"}
+    assert meta["annotations"] == {
+        "note": "x",
+        "cluster-note": "z",
+        "kubernetes.dask.org/created-by-job": UID,
+    }
     (ref,) = meta["ownerReferences"]
     assert ref == {
         "apiVersion": "kubernetes.dask.org/v1",
@@ -362,16 +366,24 @@ def test_runner_deleted_while_running_fails_the_job() -> None:
     assert [e.type for e in p.events] == ["Warning"]
 
 
-def test_someone_elses_cluster_is_used_but_never_deleted() -> None:
-    theirs = cluster(uid="other-uid", kind="Something")
+@pytest.mark.parametrize("owner_kind", ["Something", None])
+def test_a_cluster_of_the_jobs_name_it_did_not_create_is_neither_used_adopted_nor_deleted(
+    owner_kind: str | None,
+) -> None:
+    """Regression: a DaskJob named like a standalone DaskCluster adopted it and deleted it when it ended."""
+    theirs = cluster(uid="other-uid", kind=owner_kind or "Something")
+    del theirs["metadata"]["annotations"]["kubernetes.dask.org/created-by-job"]
+    if owner_kind is None:
+        del theirs["metadata"]["ownerReferences"]  # a standalone DaskCluster
     p = plan(status_of("JobCreated"), cluster=theirs)
-    assert created(p, "Pod") is not None and created(p, "DaskCluster") is None and adopted(p) is None
-    p = plan(status_of("Running"), cluster=theirs, runner=runner("Succeeded"))
-    assert deleted(p) is None
+    assert created(p, "Pod") is None and created(p, "DaskCluster") is None and adopted(p) is None
+    assert condition(p, "Degraded")["reason"] == "ClusterNameTaken"
+    assert p.requeue_after == WAIT_SECONDS and not p.deletes
 
 
-def test_an_unowned_cluster_is_adopted() -> None:
+def test_the_cluster_a_job_created_carries_its_marker_and_is_taken_back_when_unowned() -> None:
     orphan = cluster()
+    assert orphan["metadata"]["annotations"]["kubernetes.dask.org/created-by-job"] == UID
     del orphan["metadata"]["ownerReferences"]
     p = plan(status_of("JobCreated"), cluster=orphan)
     assert adopted(p) is not None
