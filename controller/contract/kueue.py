@@ -5,7 +5,9 @@ Invariant: pure functions of the owner, the Workload as cached and Kueue's Resou
 An owner without the `kueue.x-k8s.io/queue-name` label has no Workload and is never held by Kueue. An owner with
 it runs pods only while its Workload is Admitted and not Evicted; the Workload's pod sets are fixed when it is
 created (Kueue forbids changing them) and replaced only while it holds no quota; after an eviction the admission
-is cleared only once the owner's pods are gone, so quota is never given back while pods still use it. Held by
+is cleared only once the owner's pods are gone, so quota is never given back while pods still use it. A
+suspended owner (spec.suspend) has no Workload: it creates none, and deletes the one it has (releasing its
+quota) once its pods are gone. Held by
 test/unit/test_kueue.py and test/e2e/test_kueue.py.
 
 Why a Workload per object and not Kueue's pod-group integration: a pod group needs every pod to exist (gated)
@@ -278,14 +280,25 @@ def desired_workload(
 
 
 def workload_steps(
-    desired: Obj, state: Queueing, pods_left: bool, finished: tuple[str, str] | None, now: float
+    desired: Obj,
+    state: Queueing,
+    pods_left: bool,
+    finished: tuple[str, str] | None,
+    now: float,
+    suspended: bool = False,
 ) -> list[Step]:
     """The writes that keep the Workload in step with its owner.
 
     Create it when missing; replace it when its pod sets changed while it holds no quota; once evicted and
     no pod of the owner is left, clear its admission (Kueue then queues it again); once the owner finished
-    (`finished` = (reason, message)), mark it Finished so that Kueue releases the quota.
+    (`finished` = (reason, message)), mark it Finished so that Kueue releases the quota. A `suspended` owner
+    (spec.suspend) has no Workload: none is created, and one it has is deleted once no pod of the owner is
+    left, which gives its quota back (resuming queues a new one).
     """
+    if suspended and finished is None:
+        if state.workload is None or pods_left:
+            return []
+        return [Delete(Ref.of(state.workload), Cause.HELD)]
     workload = state.workload
     if workload is None:
         return [] if finished else [Create(desired)]

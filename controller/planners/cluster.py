@@ -266,6 +266,10 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
         steps: list[Step] = [Apply(group)]
         if replicas is not None:
             steps.append(Apply(replicas, REPLICAS_FIELD_MANAGER))
+        if obs.queue is not None:  # suspended behind Kueue: no Workload, its quota given back once pods go
+            steps += workload_steps(
+                _workload_of(obs), obs.queue, bool(obs.scheduler_pods or obs.worker_pods), None, now, True
+            )
         return _held_plan(obs, obs.hold, steps, now)
     steps = [Apply(desired_scheduler_service(cluster)), Apply(group)]
     if replicas is not None:
@@ -282,11 +286,8 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
         pod_steps, events, scheduler_state = _scheduler_pod_changes(obs, pod, now)
     steps += pod_steps
     if queue is not None:
-        desired = desired_workload(
-            cluster, cluster_pod_sets(cluster, obs.groups, obs.autoscalers), obs.priority_classes
-        )
         pods_left = bool(obs.scheduler_pods or obs.worker_pods)
-        steps += workload_steps(desired, queue, pods_left, None, now)
+        steps += workload_steps(_workload_of(obs), queue, pods_left, None, now)
     lost = (
         scheduler_lost(obs.scheduler_pods, pod["metadata"]["labels"][TEMPLATE_HASH_LABEL])
         if pod is not None
@@ -487,6 +488,13 @@ def cluster_status(
         status["schedulerAddress"] = cluster_scheduler_address(cluster, cluster_domain)
         status["dashboardAddress"] = cluster_dashboard_address(cluster, cluster_domain)
     return status
+
+
+def _workload_of(obs: ClusterObservation) -> Obj:
+    cluster = obs.cluster
+    return desired_workload(
+        cluster, cluster_pod_sets(cluster, obs.groups, obs.autoscalers), obs.priority_classes
+    )
 
 
 def _held_plan(obs: ClusterObservation, hold: Hold, steps: list[Step], now: float) -> Plan:

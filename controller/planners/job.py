@@ -79,7 +79,13 @@ from dask_operator.controller.contract.conditions import (
     find_condition,
     merge_conditions,
 )
-from dask_operator.controller.contract.hold import Hold, hold_events, hold_of, suspended_condition
+from dask_operator.controller.contract.hold import (
+    REASON_SUSPENDED,
+    Hold,
+    hold_events,
+    hold_of,
+    suspended_condition,
+)
 from dask_operator.controller.contract.kueue import (
     KUEUE_HOLD_REASONS,
     Queueing,
@@ -650,7 +656,8 @@ def _workload_steps(obs: JobObservation, after: str, now: float) -> tuple[tuple[
     if after in JOB_TERMINAL_STATUSES:
         finished = ("Succeeded" if after == JOB_STATUS_SUCCESSFUL else "Failed", f"The DaskJob is {after}.")
     desired = desired_workload(obs.job, job_pod_sets(obs.job), obs.priority_classes)
-    steps = tuple(workload_steps(desired, queue, obs.pods_left > 0, finished, now))
+    suspended = obs.hold is not None and obs.hold.reason == REASON_SUSPENDED  # spec.suspend, not Kueue
+    steps = tuple(workload_steps(desired, queue, obs.pods_left > 0, finished, now, suspended=suspended))
     return steps, WAIT_SECONDS if queue.evicted and obs.pods_left else None
 
 

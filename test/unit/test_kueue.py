@@ -291,3 +291,46 @@ def test_a_runner_failing_while_the_eviction_deletes_it_does_not_fail_the_job() 
         NOW,
     )  # fmt: skip
     assert p.status is not None and p.status["jobStatus"] == "Suspended"
+
+
+# -- spec.suspend ---------------------------------------------------------------------------------------------
+
+
+def test_a_suspended_owner_creates_no_workload_and_gives_its_quota_back_once_its_pods_are_gone() -> None:
+    """Regressions: a DaskJob created with suspend: true got a Workload Kueue could admit; a suspended admitted
+    cluster kept its quota forever."""
+    wl = job_workload()
+    assert workload_steps(wl, queueing(job(), None, {}), False, None, NOW, suspended=True) == []  # type: ignore[arg-type]
+    running = admitted_workload(stored_workload(wl))
+    held = queueing(job(), running, {})
+    assert held is not None
+    assert workload_steps(wl, held, True, None, NOW, suspended=True) == []  # pods still use the quota
+    (delete,) = workload_steps(wl, held, False, None, NOW, suspended=True)
+    assert isinstance(delete, Delete) and delete.ref.name == running["metadata"]["name"]
+
+
+def test_plans_of_suspended_labelled_objects_hold_no_workload() -> None:
+    from dask_operator.controller.contract.hold import hold_of
+
+    suspended_job = job(status={"jobStatus": "JobCreated"})
+    suspended_job["spec"]["suspend"] = True
+    p = plan_job(
+        JobObservation(
+            job=suspended_job, queue=queueing(suspended_job, None, {}), hold=hold_of(suspended_job)
+        ),
+        NOW,
+    )
+    assert not p.creates and p.status is not None and p.status["jobStatus"] == "Suspended"
+
+    owner = cluster()
+    owner["spec"]["suspend"] = True
+    admitted = admitted_workload(
+        stored_workload(desired_workload(owner, cluster_pod_sets(owner, [], []), {}))
+    )
+    p = plan_cluster(
+        ClusterObservation(cluster=owner, queue=queueing(owner, admitted, FLAVORS), hold=hold_of(owner)), NOW
+    )
+    assert [(type(s).__name__, getattr(s, "ref", None) and s.ref.kind) for s in p.of_type(Delete)] == [
+        ("Delete", "Workload")
+    ]
+    assert not any(o["kind"] == "Workload" for o in p.creates)
