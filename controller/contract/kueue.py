@@ -209,13 +209,17 @@ def pod_set_name(cluster: str, group: str) -> str:
 
 
 def job_pod_sets(job: Mapping[str, Any]) -> list[Obj]:
-    """A DaskJob's pods: its cluster's scheduler and workers (at `replicas`) and its runner."""
+    """A DaskJob's pods: its cluster's scheduler and workers (at `replicas`) and its runner; with
+    spec.clusterRef only the runner (the cluster it runs on is another object, queued, or not, on its own)."""
+    runner = pod_set("runner", 1, job["spec"]["job"]["spec"])
+    if job["spec"].get("clusterRef"):
+        return [runner]
     cluster = job["spec"]["cluster"]["spec"]
     worker = cluster["worker"]
     return [
         pod_set("scheduler", 1, cluster["scheduler"]["spec"]),
         pod_set("worker", int(worker.get("replicas", 1)), worker["spec"]),
-        pod_set("runner", 1, job["spec"]["job"]["spec"]),
+        runner,
     ]
 
 

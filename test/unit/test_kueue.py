@@ -334,3 +334,15 @@ def test_plans_of_suspended_labelled_objects_hold_no_workload() -> None:
         ("Delete", "Workload")
     ]
     assert not any(o["kind"] == "Workload" for o in p.creates)
+
+
+def test_a_job_on_an_existing_cluster_queues_its_runner_only() -> None:
+    """Regression: a DaskJob with spec.clusterRef and a queue label raised KeyError on every reconcile."""
+    on_ref = job(status={"jobStatus": "JobCreated"})
+    del on_ref["spec"]["cluster"]
+    on_ref["spec"]["clusterRef"] = {"name": "shared"}
+    (runner_only,) = job_pod_sets(on_ref)
+    assert (runner_only["name"], runner_only["count"]) == ("runner", 1)
+    p = plan_job(JobObservation(job=on_ref, queue=queueing(on_ref, None, {})), NOW)
+    (workload,) = p.creates
+    assert [s["name"] for s in workload["spec"]["podSets"]] == ["runner"]
