@@ -290,12 +290,15 @@ def workload_steps(
     finished: tuple[str, str] | None,
     now: float,
     suspended: bool = False,
+    pods_ready: bool | None = None,
 ) -> list[Step]:
     """The writes that keep the Workload in step with its owner.
 
     Create it when missing; replace it when its pod sets changed while it holds no quota; once evicted and
     no pod of the owner is left, clear its admission (Kueue then queues it again); once the owner finished
-    (`finished` = (reason, message)), mark it Finished so that Kueue releases the quota. A `suspended` owner
+    (`finished` = (reason, message)), mark it Finished so that Kueue releases the quota. While admitted, its
+    PodsReady condition follows `pods_ready` (Kueue's waitForPodsReady evicts a Workload that never gets
+    there; None: not known, left as it is). A `suspended` owner
     (spec.suspend) has no Workload: none is created, and one it has is deleted once no pod of the owner is
     left, which gives its quota back (resuming queues a new one).
     """
@@ -330,6 +333,19 @@ def workload_steps(
             _condition("Requeued", requeue, str(evicted.get("reason") or "Evicted"), message, now),
         ]
         return [_status_patch(workload, conditions, now, keep_admission=False)]
+    if pods_ready is not None and state.hold is None and status.get("admission"):
+        current = find_condition(status.get("conditions"), "PodsReady") or {}
+        if current.get("status") != ("True" if pods_ready else "False"):
+            ready = _condition(
+                "PodsReady",
+                pods_ready,
+                "PodsReady" if pods_ready else "PodsNotReady",
+                "All the pods the owner runs are Ready."
+                if pods_ready
+                else "Not all of the owner's pods are Ready.",
+                now,
+            )
+            return [_status_patch(workload, [ready], now, keep_admission=True)]
     return []
 
 

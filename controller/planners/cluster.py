@@ -287,7 +287,7 @@ def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFA
     steps += pod_steps
     if queue is not None:
         pods_left = bool(obs.scheduler_pods or obs.worker_pods)
-        steps += workload_steps(_workload_of(obs), queue, pods_left, None, now)
+        steps += workload_steps(_workload_of(obs), queue, pods_left, None, now, pods_ready=_pods_ready(obs))
     lost = (
         scheduler_lost(obs.scheduler_pods, pod["metadata"]["labels"][TEMPLATE_HASH_LABEL])
         if pod is not None
@@ -488,6 +488,16 @@ def cluster_status(
         status["schedulerAddress"] = cluster_scheduler_address(cluster, cluster_domain)
         status["dashboardAddress"] = cluster_dashboard_address(cluster, cluster_domain)
     return status
+
+
+def _pods_ready(obs: ClusterObservation) -> bool:
+    """The scheduler and as many workers as the cluster's groups want are Ready (Kueue's PodsReady)."""
+
+    def ready(pods: Sequence[Obj]) -> int:
+        return sum(1 for p in pods if is_pod_ready(p) and not is_terminating(p))
+
+    wanted = sum(int(((g.get("spec") or {}).get("worker") or {}).get("replicas", 1)) for g in obs.groups)
+    return ready(obs.scheduler_pods) >= 1 and ready(obs.worker_pods) >= wanted
 
 
 def _workload_of(obs: ClusterObservation) -> Obj:

@@ -657,7 +657,13 @@ def _workload_steps(obs: JobObservation, after: str, now: float) -> tuple[tuple[
         finished = ("Succeeded" if after == JOB_STATUS_SUCCESSFUL else "Failed", f"The DaskJob is {after}.")
     desired = desired_workload(obs.job, job_pod_sets(obs.job), obs.priority_classes)
     suspended = obs.hold is not None and obs.hold.reason == REASON_SUSPENDED  # spec.suspend, not Kueue
-    steps = tuple(workload_steps(desired, queue, obs.pods_left > 0, finished, now, suspended=suspended))
+    runner_phase = ((obs.runner or {}).get("status") or {}).get("phase")
+    started = runner_phase in ("Running", "Succeeded") and finished is None
+    steps = tuple(
+        workload_steps(
+            desired, queue, obs.pods_left > 0, finished, now, suspended=suspended, pods_ready=started
+        )
+    )
     return steps, WAIT_SECONDS if queue.evicted and obs.pods_left else None
 
 

@@ -346,3 +346,20 @@ def test_a_job_on_an_existing_cluster_queues_its_runner_only() -> None:
     p = plan_job(JobObservation(job=on_ref, queue=queueing(on_ref, None, {})), NOW)
     (workload,) = p.creates
     assert [s["name"] for s in workload["spec"]["podSets"]] == ["runner"]
+
+
+def test_an_admitted_workload_says_when_its_pods_are_ready() -> None:
+    """Regression: no PodsReady condition was set, so with Kueue's waitForPodsReady every Dask Workload was
+    evicted after its timeout."""
+    wl = job_workload()
+    running = admitted_workload(stored_workload(wl))
+    state = queueing(job(), running, {})
+    assert state is not None
+    (patch,) = workload_steps(wl, state, True, None, NOW, pods_ready=True)
+    assert isinstance(patch, PatchStatus)
+    ready = next(c for c in patch.patch["status"]["conditions"] if c["type"] == "PodsReady")
+    assert (ready["status"], ready["reason"]) == ("True", "PodsReady")
+    assert "admission" not in patch.patch["status"]  # the admission is kept
+    running["status"]["conditions"].append(ready)
+    assert workload_steps(wl, queueing(job(), running, {}), True, None, NOW, pods_ready=True) == []  # type: ignore[arg-type]
+    assert workload_steps(wl, queueing(job(), None, {}), False, None, NOW, pods_ready=True) == [Create(wl)]  # type: ignore[arg-type]
