@@ -20,6 +20,7 @@ job integrations and the non-Go operators integrate.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from dask_operator.controller.contract.conditions import Condition, EventSpec, f
 from dask_operator.controller.contract.hold import Hold
 from dask_operator.controller.contract.names import KUEUE_GROUP, KUEUE_VERSION
 from dask_operator.controller.contract.objects import Obj, rfc3339
-from dask_operator.controller.contract.plans import Cause, Create, Delete, PatchStatus, Ref, Step
+from dask_operator.controller.contract.plans import Apply, Cause, Create, Delete, PatchStatus, Ref, Step
 
 QUEUE_NAME_LABEL = LABEL_KUEUE_QUEUE_NAME
 PRIORITY_CLASS_LABEL = LABEL_KUEUE_PRIORITY_CLASS
@@ -48,6 +49,10 @@ WORKLOAD_API_VERSION = f"{KUEUE_GROUP}/{KUEUE_VERSION}"  # the kinds themselves:
 # On our Workloads: a hash of the pod sets they were built from (Kueue may default fields inside templates, so
 # the spec itself is not compared).
 POD_SETS_HASH_ANNOTATION = f"{DASK_GROUP}/pod-sets-hash"
+# On our Workloads: the node selectors and tolerations each pod set got from its flavors when it was admitted.
+PLACEMENTS_ANNOTATION = f"{DASK_GROUP}/admitted-placements"
+# The field manager of that annotation alone (applying it never touches the fields the Workload was made with).
+WORKLOAD_FIELD_MANAGER = "dask-operator-kueue"
 
 CONDITION_ADMITTED = "Admitted"  # on DaskJobs and DaskClusters behind Kueue
 REASON_QUEUED = "Queued"
@@ -112,9 +117,16 @@ class Queueing:
     cluster_queue: str | None = None
     placements: Mapping[str, Placement] = field(default_factory=dict)
     evicted: bool = False
+    admitted: Mapping[str, int] | None = None  # pod set -> pods Kueue admitted; None: not admitted
+    placements_recorded: bool = False  # the Workload carries the placements computed at admission
 
     def placement(self, pod_set: str) -> Placement:
         return self.placements.get(pod_set, NO_PLACEMENT)
+
+    def admitted_count(self, pod_set: str) -> int | None:
+        """How many pods of `pod_set` the quota covers (0 for a pod set the Workload does not have); None
+        when the owner is not admitted (then it runs nothing anyway)."""
+        return None if self.admitted is None else self.admitted.get(pod_set, 0)
 
 
 def _true(workload: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -157,11 +169,14 @@ def queueing(
         )
     admission = (workload.get("status") or {}).get("admission")
     if _true(workload, "Admitted") is not None and admission:
+        recorded = recorded_placements(workload)
         return Queueing(
             None,
             workload,
             cluster_queue=str(admission.get("clusterQueue") or ""),
-            placements=placements(admission, flavors),
+            placements=recorded if recorded is not None else placements(admission, flavors),
+            admitted=admitted_counts(workload, admission),
+            placements_recorded=recorded is not None,
         )
     reserved = find_condition((workload.get("status") or {}).get("conditions"), "QuotaReserved") or {}
     detail = str(reserved.get("message") or "waiting for Kueue to reserve quota")
@@ -184,6 +199,59 @@ def placements(admission: Mapping[str, Any], flavors: Mapping[str, Obj]) -> dict
             tolerations += [t for t in spec.get("tolerations") or [] if t not in tolerations]
         out[str(assignment.get("name", "main"))] = Placement(selector, tuple(tolerations))
     return out
+
+
+def admitted_counts(workload: Mapping[str, Any], admission: Mapping[str, Any]) -> dict[str, int]:
+    """Pod set -> pods admitted: the assignment's count (partial admission), else the pod set's own."""
+    counts = {
+        str(ps.get("name")): int(ps.get("count") or 0)
+        for ps in (workload.get("spec") or {}).get("podSets") or []
+    }
+    for assignment in admission.get("podSetAssignments") or []:
+        name = str(assignment.get("name"))
+        if name in counts and isinstance(assignment.get("count"), int):
+            counts[name] = min(counts[name], int(assignment["count"]))
+    return counts
+
+
+def recorded_placements(workload: Mapping[str, Any]) -> dict[str, Placement] | None:
+    """The placements recorded on the Workload at admission, or None (not yet, or unreadable)."""
+    text = (workload.get("metadata", {}).get("annotations") or {}).get(PLACEMENTS_ANNOTATION)
+    if not text:
+        return None
+    try:
+        recorded = json.loads(text)
+        return {
+            str(name): Placement(
+                {str(k): str(v) for k, v in (p.get("nodeSelector") or {}).items()},
+                tuple(dict(t) for t in p.get("tolerations") or []),
+            )
+            for name, p in recorded.items()
+        }
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def placements_record(workload: Mapping[str, Any], placed: Mapping[str, Placement]) -> Obj:
+    """The apply that records `placed` on the Workload, so a ResourceFlavor edited later never rolls pods
+    that were placed at admission."""
+    meta = workload["metadata"]
+    text = json.dumps(
+        {
+            name: {"nodeSelector": dict(p.node_selector), "tolerations": [dict(t) for t in p.tolerations]}
+            for name, p in sorted(placed.items())
+        },
+        sort_keys=True,
+    )
+    return {
+        "apiVersion": WORKLOAD_API_VERSION,
+        "kind": "Workload",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "annotations": {PLACEMENTS_ANNOTATION: text},
+        },
+    }
 
 
 # -- the Workload -----------------------------------------------------------------------------------------
@@ -333,6 +401,9 @@ def workload_steps(
             _condition("Requeued", requeue, str(evicted.get("reason") or "Evicted"), message, now),
         ]
         return [_status_patch(workload, conditions, now, keep_admission=False)]
+    steps: list[Step] = []
+    if state.hold is None and status.get("admission") and not state.placements_recorded:
+        steps.append(Apply(placements_record(workload, state.placements), WORKLOAD_FIELD_MANAGER))
     if pods_ready is not None and state.hold is None and status.get("admission"):
         current = find_condition(status.get("conditions"), "PodsReady") or {}
         if current.get("status") != ("True" if pods_ready else "False"):
@@ -345,8 +416,8 @@ def workload_steps(
                 else "Not all of the owner's pods are Ready.",
                 now,
             )
-            return [_status_patch(workload, [ready], now, keep_admission=True)]
-    return []
+            steps.append(_status_patch(workload, [ready], now, keep_admission=True))
+    return steps
 
 
 def _condition(kind: str, status: bool, reason: str, message: str, now: float) -> Obj:

@@ -359,7 +359,8 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     if awaits_replicas(group, cluster):
         return Plan(notes=("waiting for the cluster's replicas",))
     template = worker_template(group, cluster, settings.cluster_domain, settings.worker_grace, obs.queue)
-    draft = _Draft(group, template, pods, int(group["spec"]["worker"].get("replicas", 1)))
+    replicas, over_quota = _admitted_replicas(group, cluster, obs.queue)
+    draft = _Draft(group, template, pods, replicas)
     draft.deletions += [_deletion(p, Cause.POD_FINISHED) for p in pods.finished]
     draft.deletions += [_deletion(p, Cause.RETIRED) for p in retired]
     if draft.surplus < 0:
@@ -387,6 +388,8 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     ]
     if retirement_problem is not None and retirement_problem.reason in RETIREMENT_PROBLEMS:
         conditions.append(dataclasses.replace(retirement_problem, type=CONDITION_REPLICA_FAILURE))
+    elif over_quota is not None:
+        conditions.append(over_quota)
     status = _status(group, pods.live, draft.want, conditions, previous, now)
     # A group's readiness is reported by its cluster's Ready Event; a group only warns.
     events = draft.events + condition_events(previous, status["conditions"], ready_events=False)
@@ -424,6 +427,26 @@ class _PodSets:
             finished=[p for p in running if is_pod_finished(p)],
             taken=observed_names,
         )
+
+
+def _admitted_replicas(group: Obj, cluster: Obj, queue: Queueing | None) -> tuple[int, Condition | None]:
+    """The replicas the group may run: its spec's, capped behind Kueue at what the cluster's Workload was
+    admitted with for this group's pod set, and why when capped. Pods beyond the admitted count would run
+    outside the quota (a later scale-up, an autoscaler added after admission, a group past Kueue's 8 pod sets)."""
+    replicas = int(group["spec"]["worker"].get("replicas", 1))
+    pod_set = pod_set_name(cluster["metadata"]["name"], group["metadata"]["name"])
+    admitted = queue.admitted_count(pod_set) if queue is not None else None
+    if admitted is None or replicas <= admitted:
+        return replicas, None
+    counted = "has no pod set for this group" if admitted == 0 else f"was admitted with {admitted}"
+    return admitted, Condition(
+        CONDITION_REPLICA_FAILURE,
+        True,
+        "NotAdmitted",
+        f"spec.worker.replicas is {replicas}, but the DaskCluster's Kueue Workload {counted} worker(s) for this "
+        f"group: {replicas - admitted} are held so that the quota holds. Suspend and resume the DaskCluster to "
+        "queue it again at its new size.",
+    )
 
 
 class _Draft:

@@ -20,7 +20,7 @@ from dask_operator.controller.contract.kueue import (
     workload_name,
     workload_steps,
 )
-from dask_operator.controller.contract.plans import Create, Delete, PatchStatus
+from dask_operator.controller.contract.plans import Apply, Create, Delete, PatchStatus
 from dask_operator.controller.planners.cluster import (
     PROPAGATED_REPLICAS_ANNOTATION,
     ClusterObservation,
@@ -76,6 +76,15 @@ def cluster(labels: dict[str, str] | None = None, replicas: int = 2) -> dict[str
     }  # fmt: skip
 
 
+def recorded(workload: dict[str, Any], flavors: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`workload` as it is once the operator recorded its admitted placements."""
+    state = queueing(job(), workload, flavors or {})
+    assert state is not None
+    (record,) = [s for s in workload_steps(workload, state, True, None, NOW) if isinstance(s, Apply)]
+    workload["metadata"].setdefault("annotations", {}).update(record.obj["metadata"]["annotations"])
+    return workload
+
+
 def job_workload(**kw: Any) -> dict[str, Any]:
     return desired_workload(job(), job_pod_sets(job()), {})
 
@@ -128,7 +137,7 @@ def test_the_workload_is_created_when_missing_and_replaced_only_while_it_holds_n
     stale["metadata"]["annotations"][POD_SETS_HASH_ANNOTATION] = "old"
     steps = workload_steps(wl, queueing(job(), stale, {}), False, None, NOW)  # type: ignore[arg-type]
     assert [type(s) for s in steps] == [Delete]
-    running = admitted_workload(stale)
+    running = recorded(admitted_workload(stale))
     assert workload_steps(wl, queueing(job(), running, {}), True, None, NOW) == []  # type: ignore[arg-type]
 
 
@@ -352,7 +361,7 @@ def test_an_admitted_workload_says_when_its_pods_are_ready() -> None:
     """Regression: no PodsReady condition was set, so with Kueue's waitForPodsReady every Dask Workload was
     evicted after its timeout."""
     wl = job_workload()
-    running = admitted_workload(stored_workload(wl))
+    running = recorded(admitted_workload(stored_workload(wl)))
     state = queueing(job(), running, {})
     assert state is not None
     (patch,) = workload_steps(wl, state, True, None, NOW, pods_ready=True)
@@ -363,3 +372,49 @@ def test_an_admitted_workload_says_when_its_pods_are_ready() -> None:
     running["status"]["conditions"].append(ready)
     assert workload_steps(wl, queueing(job(), running, {}), True, None, NOW, pods_ready=True) == []  # type: ignore[arg-type]
     assert workload_steps(wl, queueing(job(), None, {}), False, None, NOW, pods_ready=True) == [Create(wl)]  # type: ignore[arg-type]
+
+
+def test_placement_is_recorded_at_admission_and_a_later_flavor_edit_rolls_nothing() -> None:
+    """Regression: editing a ResourceFlavor changed the pods' template and replaced the scheduler of every
+    admitted cluster."""
+    wl = admitted_workload(stored_workload(job_workload()))
+    wl["status"]["admission"]["podSetAssignments"] = [
+        {"name": n, "flavors": {"cpu": "rf"}, "count": c}
+        for n, c in (("scheduler", 1), ("worker", 3), ("runner", 1))
+    ]
+    first = queueing(job(), wl, FLAVORS)
+    assert first is not None and not first.placements_recorded
+    (record,) = [s for s in workload_steps(job_workload(), first, True, None, NOW) if isinstance(s, Apply)]
+    wl["metadata"]["annotations"].update(record.obj["metadata"]["annotations"])
+    edited = copy.deepcopy(FLAVORS)
+    edited["rf"]["spec"]["nodeLabels"] = {"pool": "elsewhere"}
+    later = queueing(job(), wl, edited)
+    assert later is not None and later.placements_recorded
+    assert later.placement("worker") == first.placement("worker")
+    assert later.placement("worker").node_selector == {"pool": "batch"}
+    assert not [s for s in workload_steps(job_workload(), later, True, None, NOW) if isinstance(s, Apply)]
+
+
+def test_an_admitted_cluster_never_runs_more_workers_than_it_was_admitted_with() -> None:
+    """Regressions: an admitted cluster scaled from 2 to 6 workers (or given an autoscaler, or raised through
+    `replicas` elsewhere) ran them all outside the quota; groups past Kueue's 8 pod sets ran uncounted."""
+    owner = cluster(replicas=2)
+    wl = desired_workload(owner, cluster_pod_sets(owner, [], []), {})
+    state = queueing(owner, admitted_workload(stored_workload(wl)), FLAVORS)
+
+    def group(name: str, replicas: int) -> dict[str, Any]:
+        return {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskWorkerGroup",
+                "metadata": {"name": name, "namespace": "ns", "uid": name,
+                             "annotations": {PROPAGATED_REPLICAS_ANNOTATION: str(replicas)}},
+                "spec": {"cluster": "c", "worker": {"replicas": replicas, "spec": pod("worker")}}}  # fmt: skip
+
+    scaled = plan_group(GroupObservation(group=group("c-default", 6), cluster=owner, queue=state), NOW)
+    assert len(scaled.creates) == 2
+    status = next(s.status for s in scaled.steps if hasattr(s, "status"))
+    held = next(c for c in status["conditions"] if c["type"] == "ReplicaFailure")
+    assert (held["status"], held["reason"]) == ("True", "NotAdmitted") and "4 are held" in held["message"]
+
+    uncounted = plan_group(GroupObservation(group=group("c-gpu", 3), cluster=owner, queue=state), NOW)
+    assert not uncounted.creates
+    within = plan_group(GroupObservation(group=group("c-default", 2), cluster=owner, queue=state), NOW)
+    assert len(within.creates) == 2
