@@ -207,7 +207,12 @@ def test_jobs_beyond_the_quota_run_one_after_the_other(
     wait_for(lambda: workload_condition(plane, namespace, "daskjob-first", "Finished").get("status") == "True",
              timeout=240, interval=0.2, message="first's Workload Finished")  # fmt: skip
     freed = time.time()
-    assert job_status(plane, namespace, "first")["jobStatus"] == "Successful"
+    runner_log = plane.kubectl("-n", namespace, "logs", "first-runner", check=False)
+    # On failure, what the runner saw and what existed (a runner once failed to resolve its scheduler's name).
+    seen = plane.kubectl("-n", namespace, "get", "svc,pods,daskclusters", "-o", "wide", check=False).stdout
+    assert job_status(plane, namespace, "first")["jobStatus"] == "Successful", (
+        f"{seen}\n{runner_log.stdout[-2000:]}"
+    )
     running = wait_for(lambda: scheduler_running_at(plane, namespace, "second"), timeout=120, interval=0.2,
                        message="second's scheduler Running")  # fmt: skip
     print(f"quota freed -> next job's scheduler Running: {running - freed:.1f} s")
@@ -282,3 +287,34 @@ def test_a_labelled_cluster_waits_while_the_quota_is_taken_and_starts_when_it_fr
         wait_workers(client, 1, timeout=120)
         assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
     assert admitted(plane, namespace, "daskcluster", "waiter")["status"] == "True"
+
+
+def test_an_admitted_cluster_never_runs_past_its_quota_and_suspending_gives_the_quota_back(
+    plane: Any, namespace: str, queue: str, dask_operator: OperatorProcess
+) -> None:
+    """Regressions: an admitted cluster scaled from 1 to 6 workers ran 1,400m of CPU requests on a queue of
+    1 CPU; a suspended admitted cluster kept its quota forever; no PodsReady was set."""
+    apply(plane, namespace, queued_cluster("first", 1, queue))  # 2 pods x 200m
+    wait_running(plane, namespace, "first", timeout=120)
+    wait_for(lambda: workload_condition(plane, namespace, "daskcluster-first", "PodsReady").get("status") == "True",
+             timeout=120, interval=0.5, message="the Workload's PodsReady")  # fmt: skip
+    plane.kubectl("-n", namespace, "scale", "daskcluster", "first", "--replicas=6")
+
+    def held() -> dict[str, Any] | None:
+        failure = condition(get(plane, namespace, "daskworkergroup", "first-default"), "ReplicaFailure")
+        return failure if failure.get("reason") == "NotAdmitted" else None
+
+    wait_for(held, timeout=60, interval=0.5, message="the extra workers held (NotAdmitted)")
+    workers = pods(plane, namespace, "dask.org/cluster-name=first,dask.org/component=worker")
+    assert len(workers) == 1, [p["metadata"]["name"] for p in workers]
+
+    apply(plane, namespace, queued_cluster("second", 3, queue))  # 4 pods x 200m: fits only once first is gone
+    wait_for(lambda: admitted(plane, namespace, "daskcluster", "second").get("reason") == "Queued",
+             timeout=60, interval=0.5, message="second Queued")  # fmt: skip
+    plane.kubectl(
+        "-n", namespace, "patch", "daskcluster", "first", "--type=merge", "-p", '{"spec":{"suspend":true}}'
+    )
+    wait_for(lambda: workload(plane, namespace, "daskcluster-first") is None, timeout=120, interval=0.5,
+             message="the suspended cluster's Workload deleted")  # fmt: skip
+    wait_running(plane, namespace, "second", timeout=120)
+    assert workload(plane, namespace, "daskcluster-first") is None  # suspended: no Workload, no quota
