@@ -121,40 +121,23 @@ def cooldown_intent(autoscaler: Mapping[str, Any], until: float) -> Obj:
 
 
 def plan_autoscaler(obs: AutoscalerObservation, now: float) -> Plan:
-    autoscaler = obs.autoscaler
-    meta = autoscaler["metadata"]
-    spec = autoscaler["spec"]
-    cluster_name, namespace = spec["cluster"], meta["namespace"]
-    minimum, maximum = int(spec["minimum"]), int(spec["maximum"])
+    """Wait for the cluster, its default group and one Ready scheduler; then ask the adaptive target and scale
+    the default group toward it, within the bounds, at most once per cooldown."""
+    autoscaler, cluster = obs.autoscaler, obs.cluster
     previous: Obj = dict(autoscaler.get("status") or {})
-    cluster = obs.cluster
-
     if cluster is None or is_terminating(cluster):
-        ready = Condition(
-            CONDITION_READY,
-            False,
-            "ClusterNotFound",
-            f"DaskCluster {cluster_name} does not exist in namespace {namespace}; waiting for it.",
-        )
+        spec, namespace = autoscaler["spec"], autoscaler["metadata"]["namespace"]
+        why = f"DaskCluster {spec['cluster']} does not exist in namespace {namespace}; waiting for it."
+        ready = Condition(CONDITION_READY, False, "ClusterNotFound", why)
         return _plan(obs, previous, now, ready, _stable(), adopt=None)
-
     adopt = (
         adoption(autoscaler, cluster)
         if not is_controlled_by(autoscaler, cluster["metadata"]["uid"])
         else None
     )
-    group = obs.default_group
-    live = [p for p in obs.scheduler_pods if not is_terminating(p)]
-    group_name = default_worker_group_name(cluster_name)
-    if group is None:
-        ready = Condition(CONDITION_READY, False, "WorkerGroupNotFound", f"{group_name} does not exist yet.")
-        return _plan(obs, previous, now, ready, _stable(), adopt=adopt)
-    if len(live) != 1 or not is_pod_ready(live[0]) or obs.service is None:
-        # Several scheduler pods (a replacement under way) or none ready: the answer would be about the wrong one.
-        ready = Condition(
-            CONDITION_READY, False, "SchedulerNotReady", "The scheduler is not ready; not autoscaling."
-        )
-        return _plan(obs, previous, now, ready, _stable(), adopt=adopt)
+    not_ready = _not_ready(obs)
+    if not_ready is not None:
+        return _plan(obs, previous, now, not_ready, _stable(), adopt=adopt)
     if obs.scheduler is None:
         return Plan(question=Question.ADAPTIVE_TARGET)
     if obs.scheduler.workers is None:
@@ -163,40 +146,49 @@ def plan_autoscaler(obs: AutoscalerObservation, now: float) -> Plan:
             CONDITION_DEGRADED,
             True,
             "SchedulerUnreachable",
-            f"Cannot get the adaptive target from the scheduler of {cluster_name} ({obs.scheduler.error}); "
-            "not autoscaling until it answers.",
+            f"Cannot get the adaptive target from the scheduler of {autoscaler['spec']['cluster']} "
+            f"({obs.scheduler.error}); not autoscaling until it answers.",
         )
         return _plan(obs, previous, now, ready, _stable(), adopt=adopt, degraded=degraded)
+    assert obs.default_group is not None  # _not_ready said so
+    return _scale(obs, obs.default_group, obs.scheduler.workers, adopt, previous, now)
 
+
+def _not_ready(obs: AutoscalerObservation) -> Condition | None:
+    """Ready=False while there is no default group to scale or no single Ready scheduler to ask."""
+    group_name = default_worker_group_name(obs.autoscaler["spec"]["cluster"])
+    live = [p for p in obs.scheduler_pods if not is_terminating(p)]
+    if obs.default_group is None:
+        return Condition(CONDITION_READY, False, "WorkerGroupNotFound", f"{group_name} does not exist yet.")
+    if len(live) != 1 or not is_pod_ready(live[0]) or obs.service is None:
+        # Several scheduler pods (a replacement under way) or none ready: the answer would be about the wrong one.
+        return Condition(
+            CONDITION_READY, False, "SchedulerNotReady", "The scheduler is not ready; not autoscaling."
+        )
+    return None
+
+
+def _scale(
+    obs: AutoscalerObservation, group: Obj, target: int, adopt: Obj | None, previous: Obj, now: float
+) -> Plan:
+    """The bounded target, unless a cooldown holds; a change writes the replicas, then the next cooldown."""
+    autoscaler = obs.autoscaler
+    meta, spec = autoscaler["metadata"], autoscaler["spec"]
+    minimum, maximum = int(spec["minimum"]), int(spec["maximum"])
+    group_name = default_worker_group_name(spec["cluster"])
     current = int(group.get("spec", {}).get("worker", {}).get("replicas", 1))
-    target = obs.scheduler.workers
     desired = bounded_target(current, target, minimum, maximum)
     ready = Condition(
-        CONDITION_READY,
-        True,
-        "Autoscaling",
-        f"Scaling {group_name} between {minimum} and {maximum} workers.",
+        CONDITION_READY, True, "Autoscaling", f"Scaling {group_name} between {minimum} and {maximum} workers."
     )
     until = cooldown_until(autoscaler) or 0.0
     if now < until:
-        progressing = Condition(
-            CONDITION_PROGRESSING,
-            True,
-            "CoolingDown",
-            f"Last scaled to {previous.get('desiredWorkers', current)} workers; the next change may happen "
-            f"after {rfc3339(until)}.",
-        )
+        last = previous.get("desiredWorkers", current)
+        progressing = _cooling_down(f"Last scaled to {last} workers", until)
         return _plan(obs, previous, now, ready, progressing, adopt=adopt, wake=until - now)
     if desired == current:
         return _plan(obs, previous, now, ready, _stable(), adopt=adopt, desired=desired)
-
     until = now + COOLDOWN_SECONDS
-    progressing = Condition(
-        CONDITION_PROGRESSING,
-        True,
-        "CoolingDown",
-        f"Last scaled to {desired} workers; the next change may happen after {rfc3339(until)}.",
-    )
     event = EventSpec(
         "Normal",
         "ScaledUp" if desired > current else "ScaledDown",
@@ -208,10 +200,20 @@ def plan_autoscaler(obs: AutoscalerObservation, now: float) -> Plan:
         Apply(replicas_intent(group, desired, meta["name"]), AUTOSCALER_FIELD_MANAGER),
         Apply(cooldown_intent(autoscaler, until), AUTOSCALER_FIELD_MANAGER),
     ]
+    progressing = _cooling_down(f"Last scaled to {desired} workers", until)
     plan = _plan(
         obs, previous, now, ready, progressing, adopt=adopt, desired=desired, scaled_at=now, extra=[event]
     )
     return Plan(steps=(*writes, *plan.steps), requeue_after=min(POLL_SECONDS, COOLDOWN_SECONDS))
+
+
+def _cooling_down(last: str, until: float) -> Condition:
+    return Condition(
+        CONDITION_PROGRESSING,
+        True,
+        "CoolingDown",
+        f"{last}; the next change may happen after {rfc3339(until)}.",
+    )
 
 
 def _stable() -> Condition:

@@ -246,82 +246,119 @@ class ClusterObservation:
 
 
 def plan_cluster(obs: ClusterObservation, now: float, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> Plan:
+    """The default group and its replicas; the scheduler's Service and pod (none while Kueue holds the cluster);
+    the Workload; the status and its Events; and, with spec.idleTimeout, the idle check (a question first)."""
     cluster = obs.cluster
-    meta = cluster["metadata"]
-    problems = cluster_name_problems(meta["name"])
+    problems = cluster_name_problems(cluster["metadata"]["name"])
     if problems:
         return _invalid_plan(cluster, problems, now)
-
-    default_group = next(
-        (g for g in obs.groups if g["metadata"]["name"] == default_worker_group_name(meta["name"])), None
-    )
-    # A new group is created without replicas (the main manager never owns them) and the replicas write
-    # follows in the next wave; until it lands, the group waits (workergroup.awaits_replicas), so the CRD's
-    # default of 1 never makes a throwaway worker. Two writes, as with the replicas in the first one, but
-    # no third to hand their ownership over.
-    group = desired_default_group(cluster)
-    replicas = default_group_replicas(cluster, default_group)
+    group_steps = _default_group_steps(obs)
     if obs.hold is not None:
         # The group and its replica count stay (resume restores them); what runs goes.
-        steps: list[Step] = [Apply(group)]
-        if replicas is not None:
-            steps.append(Apply(replicas, REPLICAS_FIELD_MANAGER))
-        if obs.queue is not None:  # suspended behind Kueue: no Workload, its quota given back once pods go
-            steps += workload_steps(
-                _workload_of(obs), obs.queue, bool(obs.scheduler_pods or obs.worker_pods), None, now, True
-            )
-        return _held_plan(obs, obs.hold, steps, now)
-    steps = [Apply(desired_scheduler_service(cluster)), Apply(group)]
-    if replicas is not None:
-        steps.append(Apply(replicas, REPLICAS_FIELD_MANAGER))
-    queue = obs.queue
-    requeue: float | None = None
-    pod: Obj | None = None
-    if queue is not None and queue.hold is not None:
-        pod_steps, events, scheduler_state = _held_scheduler(obs, queue)
-        if queue.evicted and (obs.scheduler_pods or obs.worker_pods):
-            requeue = IDLE_POLL_SECONDS  # worker pods going away are not watched by the cluster
-    else:
-        pod = desired_scheduler_pod(cluster, queue)
-        pod_steps, events, scheduler_state = _scheduler_pod_changes(obs, pod, now)
-    steps += pod_steps
-    if queue is not None:
-        pods_left = bool(obs.scheduler_pods or obs.worker_pods)
-        steps += workload_steps(_workload_of(obs), queue, pods_left, None, now, pods_ready=_pods_ready(obs))
-    lost = (
-        scheduler_lost(obs.scheduler_pods, pod["metadata"]["labels"][TEMPLATE_HASH_LABEL])
-        if pod is not None
-        else None
+        # suspended behind Kueue: no Workload, its quota given back once its pods are gone
+        return _held_plan(obs, obs.hold, [*group_steps, *_cluster_workload_steps(obs, now, True)], now)
+    scheduler = _scheduler_part(obs, now)
+    lost = None
+    if scheduler.pod is not None:
+        lost = scheduler_lost(obs.scheduler_pods, scheduler.pod["metadata"]["labels"][TEMPLATE_HASH_LABEL])
+    status = cluster_status(obs, scheduler.state, now, cluster_domain, lost)
+    status_events, status_wake = _status_events(obs, status, bool(scheduler.steps), now)
+    idle = _idle_steps(obs, scheduler.state, now)
+    if idle is None:
+        return Plan(question=Question.IDLE_SINCE)
+    idle_steps, idle_events, idle_wake = idle
+    steps = (
+        Apply(desired_scheduler_service(cluster)),
+        *group_steps,
+        *scheduler.steps,
+        *_cluster_workload_steps(obs, now),
+        *idle_steps,
+        SetStatus(status),
     )
-    status = cluster_status(obs, scheduler_state, now, cluster_domain, lost)
-    previous = cluster.get("status", {}).get("conditions")
-    events += condition_events(previous, status["conditions"]) + hold_events(previous, status["conditions"])
-    if queue is not None:
+    events = (*scheduler.events, *status_events, *idle_events)
+    requeue = earliest(scheduler.requeue, status_wake, idle_wake)
+    return Plan(steps=(*steps, *(Emit(e) for e in events)), requeue_after=requeue)
+
+
+def _default_group_steps(obs: ClusterObservation) -> tuple[Step, ...]:
+    """A new group is created without replicas (the main manager never owns them) and the replicas write
+    follows in the next wave; until it lands, the group waits (workergroup.awaits_replicas), so the CRD's
+    default of 1 never makes a throwaway worker. Two writes, as with the replicas in the first one, but no
+    third to hand their ownership over."""
+    cluster = obs.cluster
+    name = default_worker_group_name(cluster["metadata"]["name"])
+    default_group = next((g for g in obs.groups if g["metadata"]["name"] == name), None)
+    replicas = default_group_replicas(cluster, default_group)
+    group = Apply(desired_default_group(cluster))
+    return (group,) if replicas is None else (group, Apply(replicas, REPLICAS_FIELD_MANAGER))
+
+
+@dataclass(frozen=True)
+class _SchedulerPart:
+    """The scheduler pod as planned (None while Kueue holds the cluster), its writes, Events and state."""
+
+    pod: Obj | None
+    steps: tuple[Step, ...]
+    events: tuple[EventSpec, ...]
+    state: str
+    requeue: float | None = None
+
+
+def _scheduler_part(obs: ClusterObservation, now: float) -> _SchedulerPart:
+    queue = obs.queue
+    if queue is not None and queue.hold is not None:
+        steps, events, state = _held_scheduler(obs, queue)
+        going = queue.evicted and bool(obs.scheduler_pods or obs.worker_pods)
+        # worker pods going away are not watched by the cluster
+        return _SchedulerPart(None, tuple(steps), tuple(events), state, IDLE_POLL_SECONDS if going else None)
+    pod = desired_scheduler_pod(obs.cluster, queue)
+    steps, events, state = _scheduler_pod_changes(obs, pod, now)
+    return _SchedulerPart(pod, tuple(steps), tuple(events), state)
+
+
+def _cluster_workload_steps(obs: ClusterObservation, now: float, suspended: bool = False) -> list[Step]:
+    queue = obs.queue
+    if queue is None:
+        return []
+    pods_left = bool(obs.scheduler_pods or obs.worker_pods)
+    ready = None if suspended else _pods_ready(obs)
+    return workload_steps(_workload_of(obs), queue, pods_left, None, now, suspended, pods_ready=ready)
+
+
+def _status_events(
+    obs: ClusterObservation, status: Obj, pods_change: bool, now: float
+) -> tuple[list[EventSpec], float | None]:
+    """The Events the status change deserves, and when a restarted scheduler's Event is due."""
+    previous = obs.cluster.get("status", {}).get("conditions")
+    events = condition_events(previous, status["conditions"]) + hold_events(previous, status["conditions"])
+    if obs.queue is not None:
         dropped = ""
-        if pod_steps or obs.worker_pods:
+        if pods_change or obs.worker_pods:
             dropped = (
                 "Deleting the scheduler and worker pods: the data held in the cluster's memory is lost; it starts "
                 "again, empty, when Kueue admits it again."
             )
-        events += admission_events(previous, queue, dropped)
+        events += admission_events(previous, obs.queue, dropped)
     restarted = scheduler_restarted(obs.scheduler_pods, previous, now)
-    events += restarted.events
-    requeue = earliest(requeue, restarted.wake_in)
+    return events + list(restarted.events), restarted.wake_in
 
-    if int(cluster.get("spec", {}).get("idleTimeout") or 0) and scheduler_state == "Ready":
-        if obs.idle is None:
-            return Plan(question=Question.IDLE_SINCE)
-        decision = idle_decision(cluster, obs.idle.idle_since, obs.idle.reachable, now)
-        requeue = earliest(requeue, decision.requeue_after)
-        if decision.delete:
-            steps.append(Delete(Ref.of(cluster), Cause.IDLE_TIMEOUT))
-        if decision.event is not None:
-            events.append(decision.event)
-    elif int(cluster.get("spec", {}).get("idleTimeout") or 0):
-        requeue = earliest(requeue, IDLE_POLL_SECONDS)
-    steps.append(SetStatus(status))
-    steps += [Emit(e) for e in events]
-    return Plan(steps=tuple(steps), requeue_after=requeue)
+
+def _idle_steps(
+    obs: ClusterObservation, scheduler_state: str, now: float
+) -> tuple[tuple[Step, ...], tuple[EventSpec, ...], float | None] | None:
+    """With spec.idleTimeout: delete the cluster once its Ready scheduler says it has been idle for longer
+    (steps, events, requeue); None: the scheduler must be asked first."""
+    cluster = obs.cluster
+    if not int(cluster.get("spec", {}).get("idleTimeout") or 0):
+        return (), (), None
+    if scheduler_state != "Ready":
+        return (), (), IDLE_POLL_SECONDS
+    if obs.idle is None:
+        return None
+    decision = idle_decision(cluster, obs.idle.idle_since, obs.idle.reachable, now)
+    steps: tuple[Step, ...] = (Delete(Ref.of(cluster), Cause.IDLE_TIMEOUT),) if decision.delete else ()
+    events = (decision.event,) if decision.event is not None else ()
+    return steps, events, decision.requeue_after
 
 
 def _scheduler_pod_changes(

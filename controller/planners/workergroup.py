@@ -376,7 +376,9 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
         draft.wake_in(recovery)
     retirement_problem = None
     if draft.victims:
-        retirement_problem = _remove_victims(draft, obs, previous, now, settings)
+        removal = _remove_victims(draft, obs, previous, now, settings)
+        draft.take(removal)
+        retirement_problem = removal.degraded
         degraded = retirement_problem or degraded
 
     lost = _worker_losses(draft, obs.pods, previous, now)
@@ -475,6 +477,19 @@ class _Draft:
 
     def wake_in(self, seconds: float) -> None:
         self.requeue = earliest(self.requeue, seconds)
+
+    def take(self, removal: _Removal) -> None:
+        """Add what _remove_victims decided: the one place its decision enters the draft."""
+        self.deletions += removal.deletions
+        if removal.retire is not None:
+            self.retire = removal.retire
+        if removal.progressing is not None:
+            self.progressing = removal.progressing
+        if removal.requeue is not None:
+            self.wake_in(removal.requeue)
+        self.needs_scheduler = self.needs_scheduler or removal.needs_scheduler
+        self.events += removal.events
+        self.notes += removal.notes
 
     def scaling_up(self, doing: str) -> None:
         self.progressing = Condition(
@@ -625,80 +640,114 @@ def _choose_scale_down(draft: _Draft) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Removal:
+    """What removing the victims decided, for plan_group to add to its draft: pods to delete, a retirement to
+    start, how the scale-down stands (Progressing; Degraded when something keeps it from progressing), and when
+    to look again."""
+
+    degraded: Condition | None = None
+    deletions: tuple[Delete, ...] = ()
+    retire: Retire | None = None
+    progressing: Condition | None = None  # None: the draft's stands
+    requeue: float | None = None
+    needs_scheduler: bool = False
+    events: tuple[EventSpec, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
 def _remove_victims(
     draft: _Draft,
     obs: GroupObservation,
     previous: Sequence[Mapping[str, Any]] | None,
     now: float,
     settings: GroupSettings,
-) -> Condition | None:
+) -> _Removal:
     """Never-joined victims are deleted; joined ones are retired through the scheduler, one request at a time
     per group, again after a growing delay when a request did not retire them all. Without the scheduler's
-    worker list, ask for it; with the scheduler unreachable, wait (Degraded, returned) until the force
-    timeout. Returns a Degraded condition when something keeps the scale-down from progressing."""
+    worker list, ask for it; with the scheduler unreachable, wait (Degraded) until the force timeout."""
     retirement, scheduler = obs.retirement, obs.scheduler
     if retirement is not None and retirement.in_flight:
         names = ", ".join(w.name for w in retirement.retire.workers)
-        draft.progressing = Condition(
+        progressing = Condition(
             CONDITION_PROGRESSING,
             True,
             "RetiringWorkers",
             f"The scheduler is retiring workers {names} (asked {int(now - retirement.asked)} s ago).",
         )
-        draft.wake_in(30.0)  # its answer wakes the group; this is a safety net
-        return _still_degraded(previous, retirement)
+        # its answer wakes the group; the requeue is a safety net
+        return _Removal(_still_degraded(previous, retirement), progressing=progressing, requeue=30.0)
     problem = _retirement_problem(retirement)
     if problem is not None and retirement is not None and retirement.answered is not None:
         wait = retirement.answered + retire_retry_delay(retirement.attempt) - now
         if wait > 0:
-            draft.wake_in(wait)
-            return problem
+            return _Removal(problem, requeue=wait)
     if scheduler is None:
-        draft.needs_scheduler = True
-        return None
+        return _Removal(needs_scheduler=True)
     if scheduler.workers is None:
         return _without_scheduler(draft, scheduler, previous, now, settings)
+    return _retire_or_delete(draft, retirement, scheduler.workers, previous, problem)
 
-    workers = scheduler.workers
+
+def _retire_or_delete(
+    draft: _Draft,
+    retirement: RetirementView | None,
+    workers: Sequence[DaskWorker],
+    previous: Sequence[Mapping[str, Any]] | None,
+    problem: Condition | None,
+) -> _Removal:
+    """With the scheduler's workers: delete the victims that never joined, retire the others in one request
+    (or delete them when no worker would remain to take their data), or wait for a retirement under way."""
     prefer = [] if draft.rolling else draft.outdated
     victims, receiving = choose_pods_to_retire(draft.victims, workers, draft.victim_count, prefer)
+    removal = _Removal(problem)
     if len(victims) < draft.victim_count and receiving:
-        draft.notes.append(f"not retiring {len(receiving)} pods receiving data from a retirement")
-        draft.wake_in(RETIRING_POLL_SECONDS)
+        note = f"not retiring {len(receiving)} pods receiving data from a retirement"
+        removal = _Removal(problem, notes=(note,), requeue=RETIRING_POLL_SECONDS)
     joined = [(p, workers_in_pod(p, workers)) for p in victims]
     asked_before = {rp.delete.ref.uid for rp in retirement.retire.pods} if retirement is not None else set()
-    draft.deletions += [
+    gone = tuple(
         _deletion(p, Cause.RETIRED if p["metadata"]["uid"] in asked_before else Cause.NEVER_JOINED)
         for p, ws in joined
         if not ws
-    ]
+    )
+    removal = dataclasses.replace(removal, deletions=gone)
     retiring = [(p, ws) for p, ws in joined if any(w.retiring for w in ws)]
     to_retire = [(p, ws) for p, ws in joined if ws and not any(w.retiring for w in ws)]
-    others = [p for p in draft.pods.live if p not in victims]
     if retiring:
-        # An earlier request (maybe one that timed out, or another operator's) is still being carried out:
-        # asking again would start a second retirement of the same workers.
-        names = ", ".join(w.name for _, ws in retiring for w in ws)
-        draft.progressing = Condition(
-            CONDITION_PROGRESSING,
-            True,
-            "RetiringWorkers",
-            f"The scheduler is still retiring workers {names} from an earlier request; waiting for it.",
-        )
-        draft.wake_in(RETIRING_POLL_SECONDS)
+        removal = _waiting_for_earlier_retirement(removal, retiring)
+    others = [p for p in draft.pods.live if p not in victims]
     if draft.rolling and any(not workers_in_pod(p, workers) for p in draft.current):
         # The replacement must have joined the scheduler before an old worker's data can move to it;
         # joining is not a Kubernetes event, so look again shortly.
-        draft.wake_in(1.0)
-    elif to_retire and sum(len(ws) for _, ws in to_retire) >= len(workers) and not others:
+        return dataclasses.replace(removal, requeue=earliest(removal.requeue, 1.0))
+    if to_retire and sum(len(ws) for _, ws in to_retire) >= len(workers) and not others:
         # Scaling to zero: no worker remains (or is coming) to take the data, so retiring cannot succeed.
-        draft.deletions += [_deletion(p, Cause.LAST_WORKERS) for p, _ in to_retire]
-    elif to_retire and not retiring:
-        draft.retire = Retire(
+        last = tuple(_deletion(p, Cause.LAST_WORKERS) for p, _ in to_retire)
+        return dataclasses.replace(removal, deletions=(*gone, *last))
+    if to_retire and not retiring:
+        retire = Retire(
             tuple(RetiringPod(_deletion(p, Cause.RETIRED), ws, _restarts(p)) for p, ws in to_retire)
         )
-        return _still_degraded(previous, retirement)
-    return problem
+        return dataclasses.replace(removal, retire=retire, degraded=_still_degraded(previous, retirement))
+    return removal
+
+
+def _waiting_for_earlier_retirement(
+    removal: _Removal, retiring: Sequence[tuple[Obj, Sequence[DaskWorker]]]
+) -> _Removal:
+    """An earlier request (maybe one that timed out, or another operator's) is still being carried out: asking
+    again would start a second retirement of the same workers."""
+    names = ", ".join(w.name for _, ws in retiring for w in ws)
+    progressing = Condition(
+        CONDITION_PROGRESSING,
+        True,
+        "RetiringWorkers",
+        f"The scheduler is still retiring workers {names} from an earlier request; waiting for it.",
+    )
+    return dataclasses.replace(
+        removal, progressing=progressing, requeue=earliest(removal.requeue, RETIRING_POLL_SECONDS)
+    )
 
 
 RETIREMENT_PROBLEMS = ("RetirementIncomplete", "RetirementFailed", "RetirementTimedOut")
@@ -758,34 +807,33 @@ def _without_scheduler(
     previous: Sequence[Mapping[str, Any]] | None,
     now: float,
     settings: GroupSettings,
-) -> Condition | None:
+) -> _Removal:
     """Wait for an unreachable scheduler (Degraded) until the force timeout, then delete the newest victims."""
     waited = now - _unreachable_since(previous, now)
     if waited < settings.force_timeout:
-        draft.progressing = Condition(
-            CONDITION_PROGRESSING, True, "WaitingForScheduler", "Scale-down waits for the scheduler."
-        )
-        draft.wake_in(min(settings.force_timeout - waited, min(30.0, max(2.0, waited / 2))))
-        return Condition(
-            CONDITION_DEGRADED,
-            True,
-            "SchedulerUnreachable",
-            f"Cannot reach the scheduler to retire workers gracefully ({scheduler.error}); retrying, and "
-            f"forcing the scale-down after {int(settings.force_timeout)} s.",
+        return _Removal(
+            Condition(
+                CONDITION_DEGRADED,
+                True,
+                "SchedulerUnreachable",
+                f"Cannot reach the scheduler to retire workers gracefully ({scheduler.error}); retrying, and "
+                f"forcing the scale-down after {int(settings.force_timeout)} s.",
+            ),
+            progressing=Condition(
+                CONDITION_PROGRESSING, True, "WaitingForScheduler", "Scale-down waits for the scheduler."
+            ),
+            requeue=min(settings.force_timeout - waited, min(30.0, max(2.0, waited / 2))),
         )
     victims = draft.victims[: draft.victim_count]
-    draft.deletions += [_deletion(p, Cause.FORCED) for p in victims]
-    draft.events.append(
-        EventSpec(
-            "Warning",
-            "ScaleDownForced",
-            f"The scheduler has been unreachable for {int(waited)} s (limit {int(settings.force_timeout)} s, "
-            f"annotation {FORCE_SCALE_DOWN_ANNOTATION} on the DaskCluster): deleting "
-            f"{', '.join(p['metadata']['name'] for p in victims)} without retiring them; data they held "
-            "in memory is lost.",
-        )
+    forced = EventSpec(
+        "Warning",
+        "ScaleDownForced",
+        f"The scheduler has been unreachable for {int(waited)} s (limit {int(settings.force_timeout)} s, "
+        f"annotation {FORCE_SCALE_DOWN_ANNOTATION} on the DaskCluster): deleting "
+        f"{', '.join(p['metadata']['name'] for p in victims)} without retiring them; data they held "
+        "in memory is lost.",
     )
-    return None
+    return _Removal(deletions=tuple(_deletion(p, Cause.FORCED) for p in victims), events=(forced,))
 
 
 def _retired_pods(retirement: RetirementView | None, pods: Sequence[Obj]) -> list[Obj]:

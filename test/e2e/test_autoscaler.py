@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+from support.objects import DaskAutoscalerBuilder
 from support.operator import (
     OperatorProcess,
     apply,
@@ -27,12 +28,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def autoscaler_manifest(name: str, cluster: str, minimum: int, maximum: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubernetes.dask.org/v1",
-        "kind": "DaskAutoscaler",
-        "metadata": {"name": name},
-        "spec": {"cluster": cluster, "minimum": minimum, "maximum": maximum},
-    }
+    return DaskAutoscalerBuilder("", name, cluster).with_bounds(minimum, maximum).manifest()
 
 
 def default_replicas(plane: Any, namespace: str, cluster: str) -> int | None:

@@ -2,8 +2,8 @@
 builders: `DaskClusterBuilder("ns", "c").with_workers(2).build()` is the DaskCluster the API server would
 store for that spec (defaults applied, a uid, generation 1).
 
-Unit, e2e and chaos tests build the objects they need here instead of writing dicts by hand; `build()`
-returns a fresh copy each time, so a test may change what it got.
+Unit, e2e and chaos tests build the objects they need here instead of writing dicts by hand: `build()` as the
+cache shows them, `manifest()` as a user applies them; each returns a fresh copy, so a test may change it.
 """
 
 from __future__ import annotations
@@ -55,6 +55,20 @@ class _Builder:
 
     def spec(self) -> Obj:
         raise NotImplementedError
+
+    def manifest(self) -> Obj:
+        """What a user applies: name (and labels, annotations) and the spec as written, no server fields."""
+        meta: Obj = {"name": self.name}
+        if self.labels:
+            meta["labels"] = dict(self.labels)
+        if self.annotations:
+            meta["annotations"] = dict(self.annotations)
+        return {
+            "apiVersion": API_VERSION,
+            "kind": self.kind,
+            "metadata": meta,
+            "spec": copy.deepcopy(self.spec()),
+        }
 
     def build(self) -> Obj:
         meta: Obj = {
