@@ -71,3 +71,23 @@ def test_cleanup_after_kill_removes_recorded_processes_netns_mounts_and_bridge(t
         net.delete_pod_network(ns, veth)
         net.delete_bridge(BRIDGE)
         subprocess.run(["umount", "-l", str(tmpfs)], capture_output=True, check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+def test_without_a_default_route_a_pod_still_reaches_the_service_range_through_the_node() -> None:
+    """With net.ipv4.ip_forward=1 (a real-node plane beside this one) pods get no default route; before, they
+    got no route at all and every ClusterIP was unreachable."""
+    ns, veth = net.pod_netns_name(BRIDGE, "cafe0002"), net.pod_veth_name(BRIDGE, "cafe0002")
+    net.ensure_bridge(BRIDGE, "10.249.0.1", 24)
+    try:
+        net.create_pod_network(
+            ns, veth, BRIDGE, "10.249.0.3", 24, "", net.hosts_file("10.249.0.3", "p"),
+            net.resolv_file("10.249.0.1", "d"), routed=(("10.96.0.0/20", "10.249.0.1"),),
+        )  # fmt: skip
+        routes = subprocess.run(
+            ["ip", "netns", "exec", ns, "ip", "route"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "10.96.0.0/20 via 10.249.0.1 dev eth0" in routes and "default" not in routes, routes
+    finally:
+        net.delete_pod_network(ns, veth)
+        net.delete_bridge(BRIDGE)

@@ -90,9 +90,19 @@ def delete_address(bridge: str, ip: str) -> None:
 
 
 def create_pod_network(
-    netns: str, veth: str, bridge: str, ip: str, prefixlen: int, gateway: str, hosts: str, resolv: str
+    netns: str,
+    veth: str,
+    bridge: str,
+    ip: str,
+    prefixlen: int,
+    gateway: str,
+    hosts: str,
+    resolv: str,
+    routed: tuple[tuple[str, str], ...] = (),
 ) -> None:
-    """A fresh netns with `eth0` = ip on the bridge, loopback up and a default route via the node."""
+    """A fresh netns with `eth0` = ip on the bridge, loopback up and a default route via `gateway` (none when
+    empty); `routed` adds (cidr, via) routes, e.g. the Service range through the node when there is no
+    default route."""
     delete_pod_network(netns, veth)  # a leftover from a crash would make `netns add` fail
     etc = ETC_NETNS / netns
     etc.mkdir(parents=True, exist_ok=True)
@@ -113,7 +123,9 @@ def create_pod_network(
         stdin=(
             "link set lo up\n"
             f"addr add {ip}/{prefixlen} dev eth0\n"
-            "link set eth0 up\n" + (f"route add default via {gateway} dev eth0\n" if gateway else "")
+            "link set eth0 up\n"
+            + (f"route add default via {gateway} dev eth0\n" if gateway else "")
+            + "".join(f"route add {cidr} via {via} dev eth0\n" for cidr, via in routed)
         ),
     )
 

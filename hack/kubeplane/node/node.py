@@ -157,7 +157,10 @@ class ProcessNode:
         self.ctx.event = EventRecorder(self.client, self.pool, cfg.node_name)
         self.ctx.default_route = _ip_forward() == 0
         if not self.ctx.default_route:
-            log.warning("net.ipv4.ip_forward=1: pods get no default route, so nothing can leave the machine")
+            log.warning(
+                "net.ipv4.ip_forward=1: pods get no default route (nothing can leave the machine), only a "
+                "route to the Service range through the node"
+            )
         if cfg.shared_bridge:  # `localkube down` removes it once every node of the plane is gone
             net.join_bridge(cfg.bridge, cfg.node_ip, cfg.node_prefixlen)
         else:

@@ -234,6 +234,8 @@ class PodRuntime:
                 cfg.node_ip if self.ctx.default_route else "",
                 net.hosts_file(ip, self.hostname, self.fqdn),
                 net.resolv_file(cfg.node_ip, self.ns, cfg.cluster_domain),
+                # Without a default route (the host forwards IP) Services are still reached through the node.
+                () if self.ctx.default_route else ((cfg.service_cidr, cfg.node_ip),),
             )
             (self.pod_dir / "home").mkdir(parents=True, exist_ok=True)
             (self.pod_dir / "workdir").mkdir(parents=True, exist_ok=True)
