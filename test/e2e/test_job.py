@@ -119,7 +119,8 @@ def test_a_runner_refused_by_a_quota_is_reported_and_runs_once_the_quota_is_lift
     set_pod_quota(plane, namespace, None)
     status = wait_for(lambda: finished(plane, namespace, "quota"), timeout=180, interval=1,
                       message="the job finishes once the quota is lifted")  # fmt: skip
-    assert status["jobStatus"] == "Successful"
+    runner_log = plane.kubectl("-n", namespace, "logs", "quota-runner", check=False).stdout
+    assert status["jobStatus"] == "Successful", runner_log[-2000:]
     assert condition({"status": status}, "ReplicaFailure") == {}
 
 
