@@ -98,7 +98,7 @@ def test_defaults_a_cluster_of_three_workers_and_a_notebook_that_connects_to_it(
 def test_values_a_classic_chart_user_sets(helm: ChartHelm) -> None:
     rendered = helm.values_file(
         {
-            "scheduler": {"image": {"repository": "example/dask", "tag": "2026.1", "pullSecrets": ["regcred"]},
+            "scheduler": {"image": {"repository": "example/dask", "tag": "2026.1", "pullSecrets": [{"name": "regcred"}]},
                           "extraArgs": ["--idle-timeout", "3600"], "serviceType": "LoadBalancer",
                           "resources": {"limits": {"memory": "2Gi"}}},
             "worker": {"replicas": 5, "image": {"repository": "example/dask", "tag": 2026.1},

@@ -35,9 +35,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "dask-cluster.pullSecrets" -}}
-{{- range . }}
-- name: {{ . | quote }}
-{{- end }}
+{{- toYaml . }}
 {{- end }}
 
 {{/* A worker template (spec.worker) from one set of worker values: the default group's or an extra one's.
