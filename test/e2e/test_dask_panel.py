@@ -1,7 +1,8 @@
 """The JupyterLab Dask panel (dask-labextension's server extension) with `KubeCluster` as its cluster
 factory, set by configuration only (a Dask config file, as the README shows): a real `jupyter server`
-process, driven over HTTP the way the panel's buttons drive it (PUT "New", GET the list, PATCH "Scale",
-DELETE "Shut down"), creates, scales and closes a DaskCluster that the operator runs on the local plane.
+process, driven over HTTP the way the panel's buttons drive it (PUT "New", GET the list, PATCH "Scale" and
+"Adaptive", DELETE "Shut down"), creates, scales, makes adaptive and closes a DaskCluster that the operator
+runs on the local plane.
 
 The panel's server runs on this machine, outside the cluster, with the plane's kubeconfig, as a user's
 laptop would. Waits have deadlines; nothing sleeps to synchronise.
@@ -102,7 +103,7 @@ def daskclusters(plane: Any, namespace: str) -> list[str]:
     return sorted(c["metadata"]["name"] for c in listed.get("items", []))
 
 
-def test_the_panel_creates_scales_and_closes_a_daskcluster(
+def test_the_panel_creates_scales_adapts_and_closes_a_daskcluster(
     plane: Any, namespace: str, dask_operator: OperatorProcess, jupyter_server: JupyterServer
 ) -> None:
     panel = jupyter_server
@@ -128,6 +129,16 @@ def test_the_panel_creates_scales_and_closes_a_daskcluster(
 
     wait_for(two_workers, timeout=120, interval=0.5, message="the panel shows 2 workers")
     assert len(worker_pods(plane, namespace, f"{name}-default")) == 2
+
+    adapted = panel.call(
+        "PATCH", f"/dask/clusters/{model['id']}", json={"adapt": {"minimum": 1, "maximum": 3}}
+    )
+    assert adapted.status_code == 200 and adapted.json()["adapt"] == {"minimum": 1, "maximum": 3}, (
+        adapted.text
+    )
+    autoscaler = wait_for(lambda: get(plane, namespace, "daskautoscaler", name), timeout=30, interval=0.3,
+                          message="the panel's Adaptive made a DaskAutoscaler")  # fmt: skip
+    assert (autoscaler["spec"]["minimum"], autoscaler["spec"]["maximum"]) == (1, 3)
 
     closed = panel.call("DELETE", f"/dask/clusters/{model['id']}")  # "Shut down"
     assert closed.status_code == 204, closed.text
