@@ -21,7 +21,9 @@ from support.helm import CLUSTER_CHART, Helm, helm_binary
 from support.operator import OperatorProcess, dask_client, get, pods, wait_running, wait_workers, worker_pods
 from support.wait import wait_for
 
-pytestmark = pytest.mark.timeout(420)
+# ~70 s with its plane: deselected by default (marker `chart`), run with
+# `hack/test test/e2e/test_dask_cluster_chart.py -m chart`.
+pytestmark = [pytest.mark.timeout(420), pytest.mark.chart]
 
 RELEASE = "nb"
 CLUSTER = "nb-dask-cluster"
