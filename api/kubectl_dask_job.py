@@ -205,6 +205,17 @@ def runner_started(pod: Mapping[str, Any] | None) -> bool:
     return False
 
 
+def runner_waiting(pod: Mapping[str, Any] | None) -> str:
+    """Why the runner container is not running yet, when it is more than starting (an image, a config)."""
+    for status in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == RUNNER_CONTAINER:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            reason = str(waiting.get("reason") or "")
+            if reason and reason not in ("ContainerCreating", "PodInitializing"):
+                return f"{reason}: {waiting.get('message') or ''}".rstrip(": ")
+    return ""
+
+
 def job_failure(job: Mapping[str, Any]) -> str:
     """Why a job failed, from its Failed condition."""
     for item in (job.get("status") or {}).get("conditions") or []:
@@ -309,7 +320,7 @@ def follow(api: RestClient, namespace: str, name: str, timeout: float) -> int:
     """Stream the runner's log until it ends; the runner's exit code, or 1 if the job failed without one."""
     deadline = time.monotonic() + timeout
     runner = job_runner_pod_name(name)
-    reported = ""
+    reported = reported_waiting = ""
     while True:
         job = checked(
             "get", "daskjobs.kubernetes.dask.org", namespace, api.get, DASK_JOB_KIND, namespace, name
@@ -323,6 +334,10 @@ def follow(api: RestClient, namespace: str, name: str, timeout: float) -> int:
         pod = checked("get", "pods", namespace, api.get, POD, namespace, runner)
         if runner_started(pod):
             break
+        waiting = runner_waiting(pod)
+        if waiting and waiting != reported_waiting:
+            print(f"pod {runner}: {waiting}", file=sys.stderr, flush=True)
+            reported_waiting = waiting
         if status == "Failed":
             print(f"error: {job_failure(job)}", file=sys.stderr)
             return 1

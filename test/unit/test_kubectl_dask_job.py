@@ -99,6 +99,10 @@ def test_the_exit_code_is_the_runner_containers() -> None:
         pod({"terminated": {"exitCode": 0}})
     )
     assert not job.runner_started(pod({"waiting": {"reason": "ContainerCreating"}}))
+    assert job.runner_waiting(pod({"waiting": {"reason": "ContainerCreating"}})) == ""
+    assert job.runner_waiting(pod({"waiting": {"reason": "ErrImagePull", "message": "no such image"}})) == (
+        "ErrImagePull: no such image"
+    )
 
 
 def test_a_failed_jobs_reason_comes_from_its_condition() -> None:
