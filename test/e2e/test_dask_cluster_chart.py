@@ -111,6 +111,18 @@ def test_a_notebook_computes_on_the_charts_cluster_upgrade_scales_down_losing_no
                         headers={"Authorization": f"token {token}"}, timeout=60)  # fmt: skip
     assert page.status_code == 200 and "Dask" in page.text, page.status_code
 
+    # notebooks may create clusters of their own (KubeCluster, the Dask panel) with the chart's ServiceAccount
+    account = f"--as=system:serviceaccount:{namespace}:{CLUSTER}-jupyter"
+    for verb, resource in (
+        ("create", "daskclusters.kubernetes.dask.org"),
+        ("patch", "daskworkergroups.kubernetes.dask.org"),
+        ("create", "daskautoscalers.kubernetes.dask.org"),
+        ("get", "pods/log"),
+        ("list", "services"),
+    ):
+        allowed = plane.kubectl("auth", "can-i", verb, resource, "-n", namespace, account, check=False)
+        assert allowed.stdout.strip() == "yes", (verb, resource, allowed.stdout, allowed.stderr)
+
     with dask_client(plane, namespace, CLUSTER) as client:
         wait_workers(client, 3)
         held = hold_data(client, blocks=30, scattered=9)
