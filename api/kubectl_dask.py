@@ -5,6 +5,9 @@
     kubectl dask logs NAME [--worker W] the scheduler's log, or worker pod W's
     kubectl dask dashboard NAME        forward the dashboard to this machine and print its link
     kubectl dask describe NAME         status, conditions, worker groups, and workers as the scheduler sees them
+    kubectl dask create cluster NAME [--workers N] [--image I] [--resources R] [--wait]
+    kubectl dask job submit [--cluster NAME | --workers N] [--working-dir DIR] -- python script.py [args]
+    kubectl dask job logs NAME [-f] | job list | job delete NAME...   (api/kubectl_dask_job.py)
 
 Invariant: a command that did what was asked exits 0; one that could not (no such cluster, RBAC refused,
 scheduler unreachable) prints `error: <what to do>` on stderr and exits 1; bad usage exits 2. The table and
@@ -41,6 +44,10 @@ from dask_operator.api.kubecluster.portforward import (
     pick_scheduler_pod,
     pod_port,
 )
+from dask_operator.api.kubectl_calls import CommandError, checked, get_cluster
+from dask_operator.api.kubectl_dask_create import add_parser as add_create_parser
+from dask_operator.api.kubectl_dask_job import add_parser as add_job_parser
+from dask_operator.api.kubectl_table import age, table
 from dask_operator.api.scheduler_http import SchedulerHTTPError, json_count, json_object, request_json
 from dask_operator.api.v1 import (
     COMPONENT_WORKER,
@@ -54,24 +61,7 @@ from dask_operator.runtime.client import ApiError
 from dask_operator.runtime.client import Client as RestClient
 from dask_operator.runtime.objects import Obj
 
-
-class CommandError(Exception):
-    """A failure the user can act on; its message is printed after `error: `."""
-
-
 # -- pure: what is printed ----------------------------------------------------------------------------------
-
-
-def age(created: str | None, now: datetime.datetime) -> str:
-    """kubectl's short age: 45s, 12m, 3h, 2d."""
-    if not created:
-        return "<unknown>"
-    then = datetime.datetime.fromisoformat(created)
-    seconds = max(0, int((now - then).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
@@ -79,14 +69,6 @@ def condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
         if item.get("type") == kind:
             return dict(item)
     return {}
-
-
-def table(rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded as kubectl prints them (three spaces between columns)."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
 
 
 def cluster_rows(clusters: Sequence[Mapping[str, Any]], now: datetime.datetime, all_namespaces: bool) -> str:
@@ -162,29 +144,6 @@ def description(
 
 
 # -- the commands -------------------------------------------------------------------------------------------
-
-
-def checked(verb: str, resource: str, namespace: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return call(*args, **kwargs)
-    except ApiError as error:
-        if error.status == 403:
-            raise CommandError(forbidden_message(verb, resource, namespace, error.message)) from error
-        if error.status == 404 and resource.endswith("kubernetes.dask.org"):
-            raise CommandError(
-                "the Dask Custom Resource Definitions are not installed in this cluster "
-                "(kubectl apply -k manifests/crd)"
-            ) from error
-        raise CommandError(str(error)) from error
-
-
-def get_cluster(api: RestClient, namespace: str, name: str) -> Obj:
-    cluster = checked(
-        "get", "daskclusters.kubernetes.dask.org", namespace, api.get, DASK_CLUSTER_KIND, namespace, name
-    )
-    if cluster is None:
-        raise CommandError(f'daskcluster "{name}" not found in namespace {namespace} (kubectl dask list)')
-    return dict(cluster)
 
 
 def cmd_list(api: RestClient, args: argparse.Namespace) -> int:
@@ -396,6 +355,9 @@ def parser() -> argparse.ArgumentParser:
     describe.add_argument("name")
     describe.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the scheduler")
     describe.set_defaults(run=cmd_describe)
+
+    add_create_parser(commands, flags, non_negative)
+    add_job_parser(commands, flags, non_negative)
     return top
 
 

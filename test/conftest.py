@@ -23,5 +23,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # Fixtures shared by the integration and e2e layers: the control plane, a namespace per test; for e2e,
 # the CRDs installed (`plane`) and an operator subprocess per test (`dask_operator`), in support.operator;
-# a real Kueue for the modules that ask for it (`kueue`), in support.kueue.
-pytest_plugins = ["support.fixtures", "support.operator", "support.kueue"]
+# a real Kueue for the modules that ask for it (`kueue`), in support.kueue; a user's shell (`user_env`), in
+# support.user_shell.
+pytest_plugins = ["support.fixtures", "support.operator", "support.kueue", "support.user_shell"]

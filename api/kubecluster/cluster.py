@@ -533,10 +533,19 @@ class KubeCluster(Cluster):
 
     def adapt(  # type: ignore[override]
         self, minimum: int | None = None, maximum: int | None = None
-    ) -> Any:
-        """Let the operator scale the default worker group between `minimum` and `maximum` (a DaskAutoscaler)."""
+    ) -> Autoscaling:
+        """Let the operator scale the default worker group between `minimum` and `maximum` (a DaskAutoscaler).
+
+        Returns the bounds set (awaitable when asynchronous). When asynchronous the write starts at once, awaited
+        or not: the JupyterLab Dask panel calls adapt() without awaiting it and reads `.minimum`/`.maximum`.
+        """
         manifest = autoscaler_manifest(self.cluster_name, self.namespace, minimum, maximum)
-        return self.sync(self._kube, self.api.apply, manifest, FIELD_MANAGER)
+        bounds = manifest["spec"]
+        if self.asynchronous:
+            write = asyncio.ensure_future(self._kube(self.api.apply, manifest, FIELD_MANAGER))
+            return Autoscaling(bounds["minimum"], bounds["maximum"], write)
+        self.sync(self._kube, self.api.apply, manifest, FIELD_MANAGER)
+        return Autoscaling(bounds["minimum"], bounds["maximum"], None)
 
     def add_worker_group(
         self,
@@ -685,6 +694,21 @@ class KubeCluster(Cluster):
             for k, v in rows
         )
         return str(super()._repr_html_(cluster_status=(cluster_status or "") + table))
+
+
+class Autoscaling:
+    """What `KubeCluster.adapt` set: the DaskAutoscaler's bounds; awaiting it waits for the write."""
+
+    def __init__(self, minimum: int, maximum: int, write: asyncio.Future[Any] | None) -> None:
+        self.minimum, self.maximum, self._write = minimum, maximum, write
+
+    def __await__(self) -> Generator[Any, Any, Autoscaling]:
+        if self._write is not None:
+            yield from self._write.__await__()
+        return self
+
+    def __repr__(self) -> str:
+        return f"Autoscaling(minimum={self.minimum}, maximum={self.maximum})"
 
 
 def forbidden_message(verb: str, resource: str, namespace: str, detail: str | None) -> str:

@@ -299,6 +299,14 @@ class Client:
         response = self._send("GET", path, params, None, {}, read, stream=True)
         return WatchStream(response, path)
 
+    def stream(self, path: str, params: Mapping[str, str], read_timeout: float) -> Iterator[bytes]:
+        """GET `path` as chunks as they arrive (a followed pod log); ends when the server closes it."""
+        response = self._send("GET", path, params, None, {}, read_timeout, stream=True)
+        try:
+            yield from response.stream(65536, decode_content=True)
+        finally:
+            response.release_conn()
+
     def create(self, obj: Obj, *, subresource: str | None = None) -> Obj:
         kind = kind_of(obj)
         namespace = obj["metadata"].get("namespace")

@@ -6,10 +6,8 @@ The cluster is made by `kubectl apply` as a user would; every command is typed a
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +23,10 @@ from support.operator import (
     wait_running,
     worker_pods,
 )
+from support.user_shell import BIN, kubectl
 from support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(300)
-
-BIN = Path(sys.executable).parent
 
 # dask-ctl 2024.1.0 (its latest release) imports distributed.cli.utils.install_signal_handlers, which
 # distributed removed; without it `dask cluster` does not load at all. This restores a no-op for the dask-ctl
@@ -39,20 +36,6 @@ import distributed.cli.utils as _utils
 if not hasattr(_utils, "install_signal_handlers"):
     _utils.install_signal_handlers = lambda loop=None, cleanup=None: None
 """
-
-
-@pytest.fixture
-def user_env(plane: Any, tmp_path: Path) -> dict[str, str]:
-    """A shell where `kubectl` and its plugins come from the venv and talk to the plane."""
-    return {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "KUBECONFIG": str(plane.kubeconfig),
-    }
-
-
-def kubectl(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["kubectl", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 directories so a test never reads or writes the user's Helm state.
 
 Invariant: every call runs the same helm build the README names; a failing call raises with helm's output.
-Used by test/integration/test_helm.py and test/integration/test_prometheus.py.
+Used by test/integration/test_helm.py, test/integration/test_prometheus.py,
+test/integration/test_helm_dask_cluster.py and test/e2e/test_dask_cluster_chart.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "manifests" / "helm" / "dask-operator"
+CLUSTER_CHART = REPO / "manifests" / "helm" / "dask-cluster"
 
 
 def helm_binary() -> Path:

@@ -4,6 +4,7 @@ manifests it writes and how it reads status. The I/O half is tested in test/e2e/
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import dask.config
@@ -11,7 +12,7 @@ import pytest
 
 import dask_operator
 from dask_operator.api.kubecluster import options as opts
-from dask_operator.api.kubecluster.cluster import KubeCluster
+from dask_operator.api.kubecluster.cluster import Autoscaling, KubeCluster
 from dask_operator.api.pods import pod_failure
 from dask_operator.api.v1 import ValidationError, make_cluster_spec, make_scheduler_spec
 
@@ -282,3 +283,20 @@ def test_a_suspended_cluster_is_named_with_how_to_resume_it() -> None:
     assert "ns/c is suspended" in message and "kubectl -n ns patch daskcluster c" in message
     assert opts.suspended_message({"metadata": {"name": "c"}, "spec": {"suspend": False}}) is None
     assert opts.suspended_message({"metadata": {"name": "c"}, "spec": {}}) is None
+
+
+def test_autoscaling_carries_the_bounds_and_awaits_the_write() -> None:
+    """What adapt() returns: the bounds dask-labextension reads, awaitable for asynchronous callers."""
+
+    async def awaited() -> tuple[Autoscaling, list[str]]:
+        done: list[str] = []
+
+        async def write() -> None:
+            done.append("applied")
+
+        handle = Autoscaling(1, 3, asyncio.ensure_future(write()))
+        return await handle, done
+
+    handle, done = asyncio.run(awaited())
+    assert (handle.minimum, handle.maximum, done) == (1, 3, ["applied"])
+    assert repr(Autoscaling(0, 2, None)) == "Autoscaling(minimum=0, maximum=2)"
