@@ -210,7 +210,12 @@ ARGV: dict[str, Callable[[PlaneState], list[str]]] = {
 
 
 def argv_for(st: PlaneState, component: str) -> list[str]:
-    """A component's argv, with the node-lifecycle settings of a plane that has nodes."""
+    """A component's argv, with the node-lifecycle settings of a plane that has nodes.
+
+    A component this module does not know (a real node's containerd or kubelet) runs again with the argv
+    it was first spawned with."""
+    if component not in ARGV and not nodes.is_node_component(component) and component in st.processes:
+        return list(st.processes[component].argv)
     if nodes.is_node_component(component):
         return nodes.node_argv(st, component, node_argv(st))
     argv = ARGV[component](st)
@@ -219,6 +224,9 @@ def argv_for(st: PlaneState, component: str) -> list[str]:
         argv.append("--node-monitor-period=2s")  # notice a lost node and a Ready one within 2 s
         if settings.get("node_monitor_grace_period") is not None:
             argv.append(f"--node-monitor-grace-period={float(settings['node_monitor_grace_period'])}s")
+    if component == APISERVER and settings.get("runtime") == "containerd":
+        # Real kubelets serve certificates from the plane's CA: logs, exec and port-forward verify them.
+        argv.append(f"--kubelet-certificate-authority={PkiPaths(st.root / 'pki').ca_crt}")
     if component == APISERVER:
         for key in ("default_not_ready_toleration_seconds", "default_unreachable_toleration_seconds"):
             if settings.get(key) is not None:
@@ -233,11 +241,14 @@ def argv_for(st: PlaneState, component: str) -> list[str]:
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def spawn(st: PlaneState, component: str) -> ProcessRecord:
-    argv = argv_for(st, component)
+def spawn(
+    st: PlaneState, component: str, argv: list[str] | None = None, env: dict[str, str] | None = None
+) -> ProcessRecord:
+    """Start `component` (its argv from argv_for unless given; `env` added to ours) and record it."""
+    argv = argv if argv is not None else argv_for(st, component)
     log = st.root / "logs" / f"{component}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     if nodes.is_node_component(component):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HACK_DIR), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
@@ -348,6 +359,10 @@ def healthy(st: PlaneState, component: str) -> bool:
         # With kube-scheduler, a node takes pods only once node-lifecycle lifts its not-ready taints.
         taints = node.get("spec", {}).get("taints") or []
         return not nodes.runs_scheduler(st) or not any(t.get("key") in NOT_READY_TAINTS for t in taints)
+    from kubeplane import realnode  # imports this module: bound late
+
+    if realnode.is_component(component):
+        return realnode.healthy(st, component)
     raise ValueError(f"unknown component {component!r}")
 
 
