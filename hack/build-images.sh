@@ -67,6 +67,9 @@ build_base() {
   fi
   local ctx; ctx=$(mktemp -d)
   cp "$HACK/images/python-base/Dockerfile" "$ctx/"
+  mkdir "$ctx/trust"
+  echo "certificate authorities of the build host, from /usr/local/share/ca-certificates" >"$ctx/trust/README"
+  cp /usr/local/share/ca-certificates/*.crt "$ctx/trust/" 2>/dev/null || true
   ln "$rootfs" "$ctx/rootfs.tar" 2>/dev/null || cp "$rootfs" "$ctx/rootfs.tar"
   run bud -t "$BASE_IMAGE" "$ctx"
   rm -rf "$ctx"

@@ -178,12 +178,33 @@ def write_sysctls(values: dict[str, str]) -> None:
         Path("/proc/sys", key).write_text(value + "\n")
 
 
+def egress_rule(st: PlaneState) -> list[str]:
+    """The nat POSTROUTING rule masquerading pod traffic that leaves the cluster CIDR (PyPI, apt)."""
+    cidr = nodes.CLUSTER_CIDR
+    return [
+        "POSTROUTING",
+        "-s",
+        cidr,
+        "!",
+        "-d",
+        cidr,
+        "-m",
+        "comment",
+        "--comment",
+        f"localkube-{st.name}",
+        "-j",
+        "MASQUERADE",
+    ]
+
+
 def prepare_plane(st: PlaneState) -> None:
-    """Host settings (recorded, restored by `down`), kube-proxy's configuration."""
+    """Host settings (recorded, restored by `down`), pod egress, kube-proxy's configuration."""
     if "sysctls_before" not in st.node:
         st.node["sysctls_before"] = read_sysctls()
         st.save()
     write_sysctls(SYSCTLS)
+    if _run(["iptables", "-t", "nat", "-C", *egress_rule(st)], check=False).returncode != 0:
+        _run(["iptables", "-t", "nat", "-A", *egress_rule(st)])
     proxy = kube_proxy_config(
         st.root / "admin.kubeconfig",
         nodes.plane_nodes(st)[0].name,
@@ -476,6 +497,8 @@ def stop_plane(st: PlaneState, say: Say) -> list[str]:
     if (node_bin_dir(st) / "kube-proxy").exists() and KUBE_PROXY in st.processes:
         _run([str(node_bin_dir(st) / "kube-proxy"), "--cleanup"], check=False)
     _delete_portmap_chains()
+    while _run(["iptables", "-t", "nat", "-D", *egress_rule(st)], check=False).returncode == 0:
+        pass
     before = st.node.get("sysctls_before")
     if isinstance(before, dict):
         with contextlib.suppress(OSError):

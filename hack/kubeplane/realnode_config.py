@@ -88,24 +88,24 @@ def _toml_str(value: str) -> str:
 
 
 def containerd_toml(node: RealNodeLayout) -> str:
-    """containerd 2.x (config version 3): own root, state, sockets and runc root; CRI with our CNI and pause."""
+    """containerd 2.4 (config version 4): own root, state, sockets and runc root; CRI with our CNI and pause."""
     d = node.containerd_dir
     s = _toml_str
-    return f"""version = 3
+    return f"""version = 4
 root = {s(str(d / "root"))}
 state = {s(str(d / "state"))}
 temp = {s(str(d / "tmp"))}
 
-[grpc]
+[plugins."io.containerd.server.v1.grpc"]
   address = {s(str(node.containerd_socket))}
 
-[ttrpc]
+[plugins."io.containerd.server.v1.ttrpc"]
   address = {s(str(node.containerd_socket) + ".ttrpc")}
 
-[debug]
+[plugins."io.containerd.server.v1.debug"]
   address = ""
 
-[metrics]
+[plugins."io.containerd.server.v1.metrics"]
   address = ""
 
 [plugins."io.containerd.internal.v1.opt"]
@@ -124,6 +124,10 @@ temp = {s(str(d / "tmp"))}
     sandbox = {s(node.sandbox_image)}
 
 [plugins."io.containerd.cri.v1.runtime"]
+  # Pod network namespaces under the node's state, not /var/run/netns: `down` finds them there.
+  netns_mounts_under_state_dir = true
+  # This machine withholds CAP_SYS_RESOURCE: no process may lower its oom_score_adj (pause asks for -998).
+  restrict_oom_score_adj = true
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
@@ -149,7 +153,9 @@ def cni_conflist(node: RealNodeLayout) -> dict[str, Any]:
                 "type": "bridge",
                 "bridge": node.bridge,
                 "isGateway": True,
-                "ipMasq": True,
+                # Pods of different nodes see each other's addresses: only traffic leaving the cluster CIDR
+                # is masqueraded, by one plane-wide rule (realnode.egress_rule), not per node subnet.
+                "ipMasq": False,
                 "hairpinMode": True,
                 "ipam": {
                     "type": "host-local",

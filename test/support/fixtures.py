@@ -1,7 +1,8 @@
 """Session and per-test fixtures: one Kubernetes API server per test session, one namespace per test.
 
 Invariant: `kube_plane` is created once per session and torn down at its end, even when tests fail;
-the backend comes from K8S_TEST_BACKEND: `local` (default: a hack/ plane named pytest-<pid>), `k3s`
+the backend comes from K8S_TEST_BACKEND: `local` (default: a hack/ plane named pytest-<pid>), `containerd`
+(the same plane with real nodes: kubelet, containerd, runc; K8S_TEST_NODES of them), `k3s`
 (testcontainers; skipped when no Docker engine answers) or `external` (the current KUBECONFIG).
 `namespace` gives each test a fresh namespace whose `default` ServiceAccount exists.
 `three_node_plane` gives a test module a local plane of its own with 3 nodes and kube-scheduler, and
@@ -167,10 +168,12 @@ def _bin_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _local_backend(workdir: Path) -> Iterator[KubePlane]:
+def _local_backend(workdir: Path, runtime: str = "process") -> Iterator[KubePlane]:
     from kubeplane.plane import Plane, PlaneError, UpOptions
 
-    opts = UpOptions(name=f"pytest-{os.getpid()}", bin_dir=_bin_dir(), force=True)
+    name = f"pytest-{os.getpid()}" if runtime == "process" else f"pytest-{os.getpid()}-real"
+    nodes = int(os.environ.get("K8S_TEST_NODES", "1"))
+    opts = UpOptions(name=name, bin_dir=_bin_dir(), force=True, runtime=runtime, nodes=nodes, timeout=180.0)
     t0 = time.monotonic()
     try:
         plane = Plane.up(opts)
@@ -178,13 +181,21 @@ def _local_backend(workdir: Path) -> Iterator[KubePlane]:
         with contextlib.suppress(PlaneError, OSError):
             Plane.load(opts.state_dir or _default_dir(opts.name)).down()
         pytest.fail(f"local control plane did not come up: {e}", pytrace=False)
-    kp = KubePlane("local", plane.kubeconfig, workdir, plane)
+    kp = KubePlane("local" if runtime == "process" else runtime, plane.kubeconfig, workdir, plane)
     kp.up_seconds = time.monotonic() - t0
     try:
         yield kp
     finally:
         kp.close()
         plane.down()
+
+
+@contextlib.contextmanager
+def _containerd_backend(workdir: Path) -> Iterator[KubePlane]:
+    """The local control plane with real nodes (K8S_TEST_NODES of them, default 1): upstream kubelet,
+    containerd and runc running the images hack/build-images.sh built."""
+    with _local_backend(workdir, runtime="containerd") as kp:
+        yield kp
 
 
 def _default_dir(name: str) -> Path:
@@ -229,7 +240,12 @@ def _external_backend(workdir: Path) -> Iterator[KubePlane]:
         kp.close()
 
 
-BACKENDS = {"local": _local_backend, "k3s": _k3s_backend, "external": _external_backend}
+BACKENDS = {
+    "local": _local_backend,
+    "containerd": _containerd_backend,
+    "k3s": _k3s_backend,
+    "external": _external_backend,
+}
 
 
 @pytest.fixture(scope="session")

@@ -55,8 +55,9 @@ def test_two_nodes_share_no_socket_root_bridge_or_cgroup() -> None:
     ca, cb = tomllib.loads(containerd_toml(a)), tomllib.loads(containerd_toml(b))
     for key in ("root", "state", "temp"):
         assert ca[key] != cb[key]
-    assert ca["grpc"]["address"] != cb["grpc"]["address"]
-    runc = lambda c: c["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["runc"]["options"]  # noqa: E731
+    grpc = lambda c: c["plugins"]["io.containerd.server.v1.grpc"]["address"]
+    assert grpc(ca) == str(a.containerd_socket) and grpc(cb) == str(b.containerd_socket)
+    runc = lambda c: c["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["runc"]["options"]
     assert runc(ca)["Root"] != runc(cb)["Root"]
     assert cni_conflist(a)["plugins"][0]["bridge"] != cni_conflist(b)["plugins"][0]["bridge"]
     assert a.cgroup_root != b.cgroup_root
@@ -77,8 +78,11 @@ def test_the_kubelet_runs_on_cgroup_v1_with_cgroupfs_and_serves_on_its_node_ip()
 
 def test_containerd_uses_the_pause_image_built_here_and_runc_with_cgroupfs() -> None:
     cfg = tomllib.loads(containerd_toml(node("a", 3)))
-    assert cfg["version"] == 3
-    assert cfg["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"] == "registry.k8s.io/pause:3.10.2"
+    assert cfg["version"] == 4
+    assert (
+        cfg["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
+        == "registry.k8s.io/pause:3.10.2"
+    )
     runtime = cfg["plugins"]["io.containerd.cri.v1.runtime"]
     assert runtime["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is False
     assert runtime["cni"]["bin_dirs"] == ["/cache/node/cni"]
