@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# OCI images for real nodes, with no registry and no daemon (buildah from Debian, vfs storage, chroot isolation):
+# OCI images for real nodes, with no registry and no daemon (buildah from Debian, overlay storage, chroot isolation):
 #   docker.io/library/python:3.11-slim          a stand-in made from Debian packages (hack/images/python-base)
 #   ghcr.io/dask-operator/dask-operator:<version> and :latest   the project's own Dockerfile, unchanged
 #   ghcr.io/dask/dask:latest                    ghcr.io/dask/dask's entrypoint contract (hack/images/dask)
@@ -44,9 +44,10 @@ run() {
   fi
 }
 
-# buildah's own store lives in the cache; nothing under /var/lib/containers is touched.
+# buildah's own store lives in the cache; nothing under /var/lib/containers is touched. overlay, not vfs: a
+# cached step then costs a mount instead of a copy of the whole root filesystem (a no-change rebuild ~3x faster).
 bh() {
-  buildah --root "$OUT/buildah/storage" --runroot "$OUT/buildah/run" --storage-driver vfs "$@"
+  buildah --root "$OUT/buildah/overlay" --runroot "$OUT/buildah/run-overlay" --storage-driver overlay "$@"
 }
 bud() {
   bh bud --isolation chroot --layers --pull-never --network host "$@"
@@ -75,10 +76,15 @@ build_base() {
   rm -rf "$ctx"
 }
 
-# archive IMAGE FILE: a docker-archive tarball of IMAGE, rewritten only when the image changed.
+# archive IMAGE FILE [TAG...]: a docker-archive tarball of IMAGE, rewritten only when the image changed; further
+# names of the same image go to FILE.tags ("IMAGE TAG" lines) for the importer to add, not into a second tarball.
 archive() {
-  local image=$1 file=$2 id
+  local image=$1 file=$2 id t
+  shift 2
   id=$(bh inspect --format '{{.FromImageID}}' "$image")
+  : >"$file.tags.part"
+  for t in "$@"; do echo "$image $t" >>"$file.tags.part"; done
+  mv "$file.tags.part" "$file.tags"
   if [ -s "$file" ] && [ "$(cat "$file.id" 2>/dev/null)" = "$id" ]; then return 0; fi
   rm -f "$file.part"
   run bh push "$image" "docker-archive:$file.part:$image"
@@ -90,8 +96,8 @@ build_operator() {
   local version
   version=$(sed -n 's/^version *= *//p' "$REPO/setup.cfg")
   run bud -f "$REPO/Dockerfile" -t "$OPERATOR_NAME:$version" -t "$OPERATOR_NAME:latest" "$REPO"
-  archive "$OPERATOR_NAME:$version" "$TARBALLS/dask-operator.tar"
-  archive "$OPERATOR_NAME:latest" "$TARBALLS/dask-operator-latest.tar"
+  archive "$OPERATOR_NAME:$version" "$TARBALLS/dask-operator.tar" "$OPERATOR_NAME:latest"
+  rm -f "$TARBALLS"/dask-operator-latest.tar*
   stamp "$OPERATOR_NAME:$version and :latest built from the Dockerfile"
 }
 

@@ -97,15 +97,21 @@ def etcd_argv(st: PlaneState) -> list[str]:
 def apiserver_argv(st: PlaneState) -> list[str]:
     pki = PkiPaths(st.root / "pki")
     net = st.network
+    if st.api_host != "127.0.0.1":  # real nodes: pods reach the API server on the first node's bridge
+        listen = [f"--bind-address={st.api_host}", f"--advertise-address={st.api_host}"]
+    else:
+        # No default route here: without an explicit address the apiserver refuses to start, and the
+        # endpoint reconciler refuses a loopback address, so it is switched off.
+        listen = [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+        ]
     return [
         str(Path(st.bin_dir) / APISERVER),
         f"--etcd-servers=http://127.0.0.1:{st.ports['etcd']}",
-        "--bind-address=127.0.0.1",
+        *listen,
         f"--secure-port={st.ports['apiserver']}",
-        # No default route here: without an explicit address the apiserver refuses to start, and the
-        # endpoint reconciler refuses a loopback address, so it is switched off.
-        "--advertise-address=127.0.0.1",
-        "--endpoint-reconciler-type=none",
         f"--tls-cert-file={pki.apiserver_crt}",
         f"--tls-private-key-file={pki.apiserver_key}",
         f"--client-ca-file={pki.ca_crt}",
@@ -332,7 +338,7 @@ def http_get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2.0) 
 
 
 def api_get(st: PlaneState, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    return http_get(f"https://127.0.0.1:{st.ports['apiserver']}{path}", _admin_tls(st), timeout)
+    return http_get(f"{st.server}{path}", _admin_tls(st), timeout)
 
 
 def healthy(st: PlaneState, component: str) -> bool:

@@ -188,7 +188,7 @@ class Plane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.state.ports['apiserver']}"
+        return self.state.server
 
     @property
     def pki(self) -> pkimod.PkiPaths:
@@ -327,6 +327,8 @@ class Plane:
             self.pki, first_service_ip=net.first_service_ip, node_ip=net.bridge_ip, node_name=self.node_name
         )
         pkimod.write_kubeconfig(self.kubeconfig, self.server, self.pki, cluster=f"localkube-{st.name}")
+        if realnode.is_real(st):
+            realnode.prepare_bridges(st)
         for component in comp.CONTROL_PLANE:
             comp.spawn(st, component)
             if component == comp.KCM and nodes.runs_scheduler(st):

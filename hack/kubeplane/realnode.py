@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -229,13 +230,24 @@ def prepare_node(st: PlaneState, spec: nodes.NodeSpec) -> RealNodeLayout:
     pkimod.issue_kubelet_serving(
         pki, node.serving_crt, node.serving_key, node_name=spec.name, node_ip=node.node_ip
     )
+    ensure_bridge(node)
+    for d in _cgroup_dirs(node.cgroup_root):
+        d.mkdir(exist_ok=True)
+    return node
+
+
+def ensure_bridge(node: RealNodeLayout) -> None:
+    """The node's bridge holding its node IP (the CNI bridge plugin then attaches pods to it)."""
     if not _link_exists(node.bridge):
         _run(["ip", "link", "add", node.bridge, "type", "bridge"])
     _run(["ip", "addr", "replace", f"{node.node_ip}/24", "dev", node.bridge])
     _run(["ip", "link", "set", node.bridge, "up"])
-    for d in _cgroup_dirs(node.cgroup_root):
-        d.mkdir(exist_ok=True)
-    return node
+
+
+def prepare_bridges(st: PlaneState) -> None:
+    """Before the API server starts: it listens on the first node's bridge address."""
+    for spec in nodes.plane_nodes(st):
+        ensure_bridge(layout(st, spec))
 
 
 def _link_exists(name: str) -> bool:
@@ -243,9 +255,15 @@ def _link_exists(name: str) -> bool:
 
 
 def import_images(node: RealNodeLayout, tarballs: list[Path]) -> None:
+    """Each tarball into the node's containerd (namespace k8s.io, unpacked), then the further names its
+    `<tarball>.tags` lists (hack/build-images.sh writes one image once, however many tags it has)."""
     ctr = [str(node.bin_dir / "ctr"), f"--address={node.containerd_socket}", "--namespace=k8s.io"]
     for tarball in tarballs:
-        _run([*ctr, "images", "import", "--no-unpack=false", str(tarball)], timeout=600)
+        _run([*ctr, "images", "import", str(tarball)], timeout=600)
+        tags = tarball.with_name(tarball.name + ".tags")
+        for line in tags.read_text().splitlines() if tags.is_file() else []:
+            source, target = line.split()
+            _run([*ctr, "images", "tag", "--force", source, target])
 
 
 def containerd_ready(node: RealNodeLayout) -> bool:
@@ -323,17 +341,20 @@ def _dns_answers(st: PlaneState) -> bool:
 
 
 def start_nodes(st: PlaneState, say: Say, t0: float, timeout: float) -> None:
-    """Prepare every node, start its containerd, import the images, then start the kubelets."""
+    """Prepare every node and start its containerd, import the images into all of them at once, then start
+    the kubelets, kube-proxy and DNS."""
     specs = nodes.plane_nodes(st)
     prepare_plane(st)
     tarballs = image_tarballs(st)
+    started = []
     for spec in specs:
         prepare_node(st, spec)
-        node = start_containerd(st, spec, timeout)
-        import_images(node, tarballs)
-        say(
-            f"localkube: node {spec.name}: containerd up, {len(tarballs)} images imported at {time.monotonic() - t0:.1f} s"
-        )
+        started.append(start_containerd(st, spec, timeout))
+    with ThreadPoolExecutor(max_workers=len(started)) as pool:
+        list(pool.map(lambda node: import_images(node, tarballs), started))
+    say(
+        f"localkube: containerd up on {len(specs)} node(s), {len(tarballs)} images imported at {time.monotonic() - t0:.1f} s"
+    )
     for spec in specs:
         start_kubelet(st, spec)
     start_plane_services(st, timeout)
