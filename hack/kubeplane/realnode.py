@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -49,8 +50,14 @@ NODE_BINARIES = ("kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2
 CGROUP_FS = Path("/sys/fs/cgroup")
 # Host settings the node needs: forwarding between the node bridges, Service rules for bridged traffic.
 SYSCTLS = {"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1"}
-# Chains the CNI portmap plugin leaves in the nat table after its last pod is gone.
-PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
+# Chains left after the last pod and `kube-proxy --cleanup`: (table, chain).
+LEFT_CHAINS = (
+    ("nat", "CNI-HOSTPORT-DNAT"),
+    ("nat", "CNI-HOSTPORT-SNAT"),
+    ("nat", "CNI-HOSTPORT-MASQ"),
+    ("nat", "CNI-HOSTPORT-SETMARK"),
+    ("filter", "KUBE-FIREWALL"),
+)
 
 Say = Callable[[str], None]
 
@@ -170,8 +177,12 @@ def _cgroup_dirs(cgroup_root: str) -> list[Path]:
     return out
 
 
+# Settings a node's programs may change on their own; recorded with SYSCTLS and restored by `down`.
+RECORDED_SYSCTLS = (*SYSCTLS, "net/ipv4/conf/all/route_localnet")
+
+
 def read_sysctls() -> dict[str, str]:
-    return {k: Path("/proc/sys", k).read_text().strip() for k in SYSCTLS}
+    return {k: Path("/proc/sys", k).read_text().strip() for k in RECORDED_SYSCTLS}
 
 
 def write_sysctls(values: dict[str, str]) -> None:
@@ -517,7 +528,7 @@ def stop_plane(st: PlaneState, say: Say) -> list[str]:
             say(f"localkube: {component} {comp.terminate(rec)}")
     if (node_bin_dir(st) / "kube-proxy").exists() and KUBE_PROXY in st.processes:
         _run([str(node_bin_dir(st) / "kube-proxy"), "--cleanup"], check=False)
-    _delete_portmap_chains()
+    _delete_left_chains()
     while _run(["iptables", "-t", "nat", "-D", *egress_rule(st)], check=False).returncode == 0:
         pass
     before = st.node.get("sysctls_before")
@@ -530,13 +541,15 @@ def stop_plane(st: PlaneState, say: Say) -> list[str]:
     return problems
 
 
-def _delete_portmap_chains() -> None:
-    for chain in PORTMAP_CHAINS:
-        for parent in ("PREROUTING", "OUTPUT", "POSTROUTING"):
-            while _run(["iptables", "-t", "nat", "-D", parent, "-j", chain], check=False).returncode == 0:
-                pass
-        _run(["iptables", "-t", "nat", "-F", chain], check=False)
-        _run(["iptables", "-t", "nat", "-X", chain], check=False)
+def _delete_left_chains() -> None:
+    """Every rule jumping to a LEFT_CHAINS chain (whatever its matches), then the chain."""
+    for table, chain in LEFT_CHAINS:
+        rules = _run(["iptables-save", "-t", table], check=False).stdout.splitlines()
+        for rule in rules:
+            if rule.startswith("-A ") and f" -j {chain} " in f"{rule} ":
+                _run(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]], check=False)
+        _run(["iptables", "-t", table, "-F", chain], check=False)
+        _run(["iptables", "-t", table, "-X", chain], check=False)
 
 
 def leftovers(st_root: Path, bridges: list[str], cgroup_roots: list[str]) -> list[str]:

@@ -231,6 +231,8 @@ def kube_proxy_config(
         "bindAddress": "127.0.0.1",
         "healthzBindAddress": f"127.0.0.1:{healthz_port}",
         "metricsBindAddress": f"127.0.0.1:{metrics_port}",
+        # NodePorts on 127.0.0.1 would need route_localnet=1 host-wide and a KUBE-FIREWALL chain: not here.
+        "iptables": {"localhostNodePorts": False},
         # No conntrack table changes on a shared machine.
         "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
     }
