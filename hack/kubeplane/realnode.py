@@ -94,7 +94,7 @@ def layout(st: PlaneState, spec: nodes.NodeSpec) -> RealNodeLayout:
     return RealNodeLayout(
         plane=st.name,
         name=spec.name,
-        root=st.root / "realnodes" / spec.name,
+        root=st.root / "rn" / spec.name,
         node_ip=spec.network.bridge_ip,
         bridge=spec.network.bridge,
         pod_cidr=spec.pod_cidr,
@@ -230,6 +230,11 @@ def prepare_plane(st: PlaneState) -> None:
 def prepare_node(st: PlaneState, spec: nodes.NodeSpec) -> RealNodeLayout:
     """Directories, configuration files, the serving certificate, the bridge and the cgroup root."""
     node = layout(st, spec)
+    if len(str(node.containerd_socket) + ".ttrpc") > 100:
+        raise RealNodeError(
+            f"{node.containerd_socket}.ttrpc is too long for a unix socket: a shorter plane or node name, "
+            "or LOCALKUBE_STATE pointing at a shorter directory"
+        )
     for d in (node.containerd_dir, node.kubelet_dir, node.pod_logs_dir, node.cni_conf_dir, node.cni_ipam_dir):
         d.mkdir(parents=True, exist_ok=True)
     node.containerd_config.write_text(containerd_toml(node))
@@ -537,7 +542,7 @@ def stop_plane(st: PlaneState, say: Say) -> list[str]:
             write_sysctls({str(k): str(v) for k, v in before.items()})
     _unmount_under(st.root)
     with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(st.root / "realnodes")
+        shutil.rmtree(st.root / "rn")
     return problems
 
 

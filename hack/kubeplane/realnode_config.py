@@ -39,7 +39,8 @@ class RealNodeLayout:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.containerd_dir / "containerd.sock"
+        """In the node's directory itself: unix socket paths (and `.ttrpc` after them) stop at 104 bytes."""
+        return self.root / "containerd.sock"
 
     @property
     def containerd_config(self) -> Path:
