@@ -281,6 +281,7 @@ class Plane:
                 if node_bin is not None and images is not None:
                     node_opts |= {
                         "runtime": realnode.RUNTIME,
+                        "data_dir": str(realnode.default_data_dir(opts.name)),
                         "node_bin_dir": str(node_bin),
                         "images_dir": str(images),
                         "sandbox_image": (node_bin.parent / "images" / "pause.name").read_text().strip(),

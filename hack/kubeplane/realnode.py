@@ -85,6 +85,16 @@ def is_component(component: str) -> bool:
     return component.startswith(("containerd-", "kubelet-")) or component in (KUBE_PROXY, CLUSTER_DNS)
 
 
+def default_data_dir(plane: str) -> Path:
+    """Where a plane's real nodes keep images, containers and volumes: on disk (a node holds ~1 GiB of
+    images), not in /dev/shm with the plane's state. $LOCALKUBE_DATA chooses the parent directory."""
+    return Path(os.environ.get("LOCALKUBE_DATA") or "/var/lib/dask-operator-kube") / plane
+
+
+def data_dir(st: PlaneState) -> Path:
+    return Path(str(st.node["data_dir"]))
+
+
 def node_bin_dir(st: PlaneState) -> Path:
     return Path(str(st.node["node_bin_dir"]))
 
@@ -94,7 +104,7 @@ def layout(st: PlaneState, spec: nodes.NodeSpec) -> RealNodeLayout:
     return RealNodeLayout(
         plane=st.name,
         name=spec.name,
-        root=st.root / "rn" / spec.name,
+        root=data_dir(st) / spec.name,
         node_ip=spec.network.bridge_ip,
         bridge=spec.network.bridge,
         pod_cidr=spec.pod_cidr,
@@ -541,8 +551,13 @@ def stop_plane(st: PlaneState, say: Say) -> list[str]:
         with contextlib.suppress(OSError):
             write_sysctls({str(k): str(v) for k, v in before.items()})
     _unmount_under(st.root)
+    _unmount_under(data_dir(st))
     with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(st.root / "rn")
+        shutil.rmtree(data_dir(st))
+    if data_dir(st).exists():
+        problems.append(f"could not remove {data_dir(st)}")
+    with contextlib.suppress(OSError):
+        data_dir(st).parent.rmdir()  # only when no other plane's nodes live there
     return problems
 
 
@@ -557,11 +572,11 @@ def _delete_left_chains() -> None:
         _run(["iptables", "-t", table, "-X", chain], check=False)
 
 
-def leftovers(st_root: Path, bridges: list[str], cgroup_roots: list[str]) -> list[str]:
+def leftovers(roots: list[Path], bridges: list[str], cgroup_roots: list[str]) -> list[str]:
     """What a plane of real nodes would have left behind: for the tests of `down`."""
     found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        if line.split()[4].startswith(str(st_root)):
+        if any(line.split()[4].startswith(str(r)) for r in roots):
             found.append(f"mount {line.split()[4]}")
     found += [f"bridge {b}" for b in bridges if _link_exists(b)]
     for root in cgroup_roots:

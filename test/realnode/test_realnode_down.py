@@ -52,11 +52,11 @@ def test_down_leaves_nothing() -> None:
         pids = [(r.pid, r.start_time) for r in state.processes.values()]
         layouts = [realnode.layout(state, s) for s in nodes.plane_nodes(state)]
         root = plane.state_dir
+        data = realnode.data_dir(state)
     from kubeplane.state import proc_start_time
 
     left = [f"process {pid}" for pid, start in pids if proc_start_time(pid) == start]
-    left += realnode.leftovers(root, [n.bridge for n in layouts], [n.cgroup_root for n in layouts])
-    if root.exists():
-        left.append(f"state dir {root}")
+    left += realnode.leftovers([root, data], [n.bridge for n in layouts], [n.cgroup_root for n in layouts])
+    left += [f"directory {d}" for d in (root, data) if d.exists()]
     assert not left, f"`localkube down` left behind: {', '.join(left)}"
     assert realnode.read_sysctls() == before
