@@ -31,26 +31,10 @@ SCHEDULER = "kube-scheduler"  # runs only on planes with several nodes (nodes st
 NODE = nodes.NODE
 CONTROL_PLANE = (ETCD, APISERVER, KCM)  # start order; stop order is the reverse
 
-KCM_CONTROLLERS = (
-    "garbage-collector-controller",
-    "namespace-controller",
-    "serviceaccount-controller",
-    "serviceaccount-token-controller",
-    "endpointslice-controller",
-    "endpoints-controller",
-    "root-ca-certificate-publisher-controller",
-    "deployment-controller",
-    "replicaset-controller",
-    "job-controller",
-    "pod-garbage-collector-controller",
-    "ttl-after-finished-controller",
-    "clusterrole-aggregation-controller",  # admin/edit/view pick up aggregate-to-* rules (our RBAC)
-    # Node failure and maintenance: NotReady on a lapsed Lease, NoExecute taints and the evictions
-    # they cause, PodDisruptionBudget status for the Eviction API (kubectl drain).
-    "node-lifecycle-controller",
-    "taint-eviction-controller",
-    "disruption-controller",
-)
+# What a real cluster runs: kube-controller-manager's default set (garbage collector, namespaces, service
+# accounts and tokens, endpoints and slices, Deployments/ReplicaSets/StatefulSets/DaemonSets/Jobs/CronJobs,
+# HPAs, resource quotas, PV binding, node lifecycle and taint eviction, disruption budgets, CSR signing...).
+KCM_CONTROLLERS = ("*",)
 
 NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
@@ -155,6 +139,9 @@ def kcm_argv(st: PlaneState) -> list[str]:
         f"--controllers={','.join(KCM_CONTROLLERS)}",
         f"--service-account-private-key-file={pki.sa_key}",
         f"--root-ca-file={pki.ca_crt}",
+        # The csrsigning controller signs with the plane's CA (kubelet serving and client certificates).
+        f"--cluster-signing-cert-file={pki.ca_crt}",
+        f"--cluster-signing-key-file={pki.ca_key}",
         f"--service-cluster-ip-range={st.network.service_cidr}",
         # Tests and benchmarks create objects in bursts; the client-side default (20 qps) throttles GC.
         "--kube-api-qps=100",

@@ -71,10 +71,7 @@ def test_a_daskcluster_computes_and_scales_down_without_losing_results(operator:
     ns = f"realnode-smoke-{int(time.time())}"
     kp.kubectl("create", "namespace", ns)
     try:
-        manifest = cluster_manifest("smoke", 2)
-        for role in ("scheduler", "worker"):
-            spec = manifest["spec"][role]["spec"]
-            spec["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+        manifest = cluster_manifest("smoke", 2)  # images with imagePullPolicy IfNotPresent
         kp.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
         t0 = time.monotonic()
         wait_running(kp, ns, "smoke", timeout=180)
