@@ -76,15 +76,15 @@ build_base() {
   rm -rf "$ctx"
 }
 
-# archive IMAGE FILE [TAG...]: a docker-archive tarball of IMAGE, rewritten only when the image changed; further
-# names of the same image go to FILE.tags ("IMAGE TAG" lines) for the importer to add, not into a second tarball.
+# archive IMAGE FILE [NAME...]: a docker-archive tarball of IMAGE, rewritten only when the image changed. FILE.names
+# lists IMAGE, then the further names of the same image, for the importer to tag (not a second tarball).
 archive() {
-  local image=$1 file=$2 id t
+  local image=$1 file=$2 id
   shift 2
   id=$(bh inspect --format '{{.FromImageID}}' "$image")
-  : >"$file.tags.part"
-  for t in "$@"; do echo "$image $t" >>"$file.tags.part"; done
-  mv "$file.tags.part" "$file.tags"
+  printf '%s\n' "$image" "$@" >"$file.names.part"
+  mv "$file.names.part" "$file.names"
+  rm -f "$file.tags"
   if [ -s "$file" ] && [ "$(cat "$file.id" 2>/dev/null)" = "$id" ]; then return 0; fi
   rm -f "$file.part"
   run bh push "$image" "docker-archive:$file.part:$image"

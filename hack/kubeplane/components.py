@@ -328,6 +328,23 @@ def api_get(st: PlaneState, path: str, timeout: float = 2.0) -> tuple[int, bytes
     return http_get(f"{st.server}{path}", _admin_tls(st), timeout)
 
 
+def api_post(st: PlaneState, path: str, body: object, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of a JSON POST with the admin credentials; status 0 when nothing answers."""
+    request = urllib.request.Request(
+        f"{st.server}{path}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, context=_admin_tls(st), timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read()
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return 0, b""
+
+
 def healthy(st: PlaneState, component: str) -> bool:
     if component == ETCD:
         status, body = http_get(f"http://127.0.0.1:{st.ports['etcd']}/health")

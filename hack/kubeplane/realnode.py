@@ -9,7 +9,7 @@ Invariant: a node's processes are recorded in state.json before anyone waits on 
 creates is found again from its layout alone: its pods are removed through its own containerd (so CNI tears
 their networks and iptables rules down), then its processes stop, then the mounts under its directory, the
 cgroups under its cgroup root and its bridge go. `down` then leaves no process, mount, cgroup, netns, bridge or
-KUBE-/CNI- iptables chain of the plane. Held by test/realnode/test_realnode.py::test_down_leaves_nothing.
+KUBE-/CNI- iptables chain of the plane. Held by test/realnode/test_realnode_down.py::test_down_leaves_nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from kubeplane.realnode_config import (
     containerd_toml,
     kube_proxy_config,
     kubelet_config,
+    pull_policy_objects,
 )
 from kubeplane.state import PlaneState
 
@@ -280,16 +281,49 @@ def _link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
+def image_names(tarball: Path) -> list[str]:
+    """The names `<tarball>.names` gives the image (hack/build-images.sh): its own, then further tags."""
+    names = tarball.with_name(tarball.name + ".names")
+    return names.read_text().split() if names.is_file() else []
+
+
 def import_images(node: RealNodeLayout, tarballs: list[Path]) -> None:
-    """Each tarball into the node's containerd (namespace k8s.io, unpacked), then the further names its
-    `<tarball>.tags` lists (hack/build-images.sh writes one image once, however many tags it has)."""
+    """Each tarball into the node's containerd (namespace k8s.io, unpacked), then its further names (one
+    tarball per image, however many tags it has)."""
     ctr = [str(node.bin_dir / "ctr"), f"--address={node.containerd_socket}", "--namespace=k8s.io"]
     for tarball in tarballs:
         _run([*ctr, "images", "import", str(tarball)], timeout=600)
-        tags = tarball.with_name(tarball.name + ".tags")
-        for line in tags.read_text().splitlines() if tags.is_file() else []:
-            source, target = line.split()
-            _run([*ctr, "images", "tag", "--force", source, target])
+        first, *more = image_names(tarball) or [""]
+        for name in more:
+            _run([*ctr, "images", "tag", "--force", first, name])
+
+
+def install_pull_policy(st: PlaneState, tarballs: list[Path]) -> None:
+    """The plane's stand-in for a registry: pods naming an imported image never pull it (see
+    realnode_config.pull_policy_objects)."""
+    names = sorted({n for t in tarballs for n in image_names(t)})
+    for path, obj in pull_policy_objects(names):
+        status, body = comp.api_post(st, path, obj)
+        if status not in (201, 409):
+            raise RealNodeError(f"POST {path}: {status} {body[:500]!r}")
+    if names:
+        # Admission loads a new policy from its informer: `up` returns once a dry-run pod shows it applied.
+        probe = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "localkube-pull-policy-probe"},
+            "spec": {"containers": [{"name": "c", "image": names[0], "imagePullPolicy": "Always"}]},
+        }
+
+        def applied() -> bool:
+            status, body = comp.api_post(st, "/api/v1/namespaces/default/pods?dryRun=All", probe)
+            if status != 201:
+                return False
+            return bool(json.loads(body)["spec"]["containers"][0].get("imagePullPolicy") == "IfNotPresent")
+
+        wait_for(
+            "the image pull policy", applied, lambda: True, 60.0, st.root / "logs" / "kube-apiserver.log"
+        )
 
 
 def containerd_ready(node: RealNodeLayout) -> bool:
@@ -384,6 +418,10 @@ def start_nodes(st: PlaneState, say: Say, t0: float, timeout: float) -> None:
     for spec in specs:
         start_kubelet(st, spec)
     start_plane_services(st, timeout)
+    install_pull_policy(st, tarballs)
+    say(
+        f"localkube: kube-proxy, cluster DNS and the image pull policy ready at {time.monotonic() - t0:.1f} s"
+    )
     for spec in specs:
         wait_node_ready(st, spec, timeout)
         say(f"localkube: node {spec.name} ({spec.pod_cidr}, kubelet) Ready at {time.monotonic() - t0:.1f} s")

@@ -237,3 +237,49 @@ def kube_proxy_config(
         # No conntrack table changes on a shared machine.
         "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
     }
+
+
+PULL_POLICY = "localkube-imported-images"
+
+
+def pull_policy_objects(images: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """A MutatingAdmissionPolicy (and its binding) setting `imagePullPolicy: IfNotPresent` on every container
+    naming one of `images`: there is no registry, and a `:latest` image defaults to Always (the Python
+    KubeCluster's default spec, `kubectl create deployment`). Images not imported here are left alone."""
+    listed = ", ".join(json.dumps(i) for i in images)
+    keep = (
+        "Object{spec: Object.spec{containers: object.spec.containers"
+        f".filter(c, c.image in [{listed}])"
+        '.map(c, Object.spec.containers{name: c.name, imagePullPolicy: "IfNotPresent"})}}'
+    )
+    base = "/apis/admissionregistration.k8s.io/v1"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": PULL_POLICY},
+        "spec": {
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                    }
+                ]
+            },
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "Never",
+            "mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {"expression": keep}}],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": PULL_POLICY},
+        "spec": {"policyName": PULL_POLICY},
+    }
+    return [
+        (f"{base}/mutatingadmissionpolicies", policy),
+        (f"{base}/mutatingadmissionpolicybindings", binding),
+    ]

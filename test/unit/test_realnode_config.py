@@ -11,6 +11,7 @@ from kubeplane.realnode_config import (
     containerd_toml,
     kube_proxy_config,
     kubelet_config,
+    pull_policy_objects,
 )
 
 
@@ -93,3 +94,15 @@ def test_kube_proxy_programs_iptables_for_the_cluster_cidr() -> None:
     assert cfg["mode"] == "iptables"
     assert cfg["clusterCIDR"] == "10.244.0.0/16"
     assert cfg["healthzBindAddress"] == "127.0.0.1:1"
+
+
+def test_imported_images_are_never_pulled_and_others_are_left_alone() -> None:
+    (policy_path, policy), (binding_path, binding) = pull_policy_objects(["ghcr.io/dask/dask:latest"])
+    assert policy_path.endswith("/mutatingadmissionpolicies") and binding_path.endswith(
+        "/mutatingadmissionpolicybindings"
+    )
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    expression = policy["spec"]["mutations"][0]["applyConfiguration"]["expression"]
+    assert 'c.image in ["ghcr.io/dask/dask:latest"]' in expression
+    assert 'imagePullPolicy: "IfNotPresent"' in expression
+    assert policy["spec"]["failurePolicy"] == "Ignore", "a broken policy must never block pod creation"
