@@ -168,12 +168,10 @@ def _bin_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _local_backend(workdir: Path, runtime: str = "process") -> Iterator[KubePlane]:
+def _local_backend(workdir: Path) -> Iterator[KubePlane]:
     from kubeplane.plane import Plane, PlaneError, UpOptions
 
-    name = f"pytest-{os.getpid()}" if runtime == "process" else f"pytest-{os.getpid()}-real"
-    nodes = int(os.environ.get("K8S_TEST_NODES", "1"))
-    opts = UpOptions(name=name, bin_dir=_bin_dir(), force=True, runtime=runtime, nodes=nodes, timeout=180.0)
+    opts = UpOptions(name=f"pytest-{os.getpid()}", bin_dir=_bin_dir(), force=True)
     t0 = time.monotonic()
     try:
         plane = Plane.up(opts)
@@ -181,7 +179,7 @@ def _local_backend(workdir: Path, runtime: str = "process") -> Iterator[KubePlan
         with contextlib.suppress(PlaneError, OSError):
             Plane.load(opts.state_dir or _default_dir(opts.name)).down()
         pytest.fail(f"local control plane did not come up: {e}", pytrace=False)
-    kp = KubePlane("local" if runtime == "process" else runtime, plane.kubeconfig, workdir, plane)
+    kp = KubePlane("local", plane.kubeconfig, workdir, plane)
     kp.up_seconds = time.monotonic() - t0
     try:
         yield kp
@@ -194,8 +192,31 @@ def _local_backend(workdir: Path, runtime: str = "process") -> Iterator[KubePlan
 def _containerd_backend(workdir: Path) -> Iterator[KubePlane]:
     """The local control plane with real nodes (K8S_TEST_NODES of them, default 1): upstream kubelet,
     containerd and runc running the images hack/build-images.sh built."""
-    with _local_backend(workdir, runtime="containerd") as kp:
+    from kubeplane.plane import Plane, PlaneError, UpOptions
+
+    nodes = int(os.environ.get("K8S_TEST_NODES", "1"))
+    opts = UpOptions(
+        name=f"pytest-{os.getpid()}-real",
+        bin_dir=_bin_dir(),
+        force=True,
+        runtime="containerd",
+        nodes=nodes,
+        timeout=180.0,
+    )
+    t0 = time.monotonic()
+    try:
+        plane = Plane.up(opts)
+    except PlaneError as e:
+        with contextlib.suppress(PlaneError, OSError):
+            Plane.load(_default_dir(opts.name)).down()
+        pytest.fail(f"plane of real nodes did not come up: {e}", pytrace=False)
+    kp = KubePlane("containerd", plane.kubeconfig, workdir, plane)
+    kp.up_seconds = time.monotonic() - t0
+    try:
         yield kp
+    finally:
+        kp.close()
+        plane.down()
 
 
 def _default_dir(name: str) -> Path:
