@@ -47,6 +47,8 @@ run() {  # run a step, appending to the log; on failure print the tail and the l
     die "step failed: $* (full log: $log)"
   fi
 }
+# The staging-module mapping and version stamps hack/build-node.sh shares, so kubelet and API server match.
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/k8s-module.sh"
 
 build_etcd() {
   local mod="$OUT/etcd-mod"
@@ -60,44 +62,13 @@ build_etcd() {
 }
 
 build_kube() {
-  local mod="$OUT/k8s-mod" minor gomod
+  local mod="$OUT/k8s-mod"
   [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kube-scheduler" ] && return 0
   rm -rf "$mod"; mkdir -p "$mod"
   cd "$mod"
-  run go mod init localbuild/k8s
-  gomod=$(go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])') \
-    || die "cannot download k8s.io/kubernetes@${K8S_VERSION} from the module proxy"
-  # Every staging module is replaced upstream by a relative path; map each to its published v0.X.Y.
-  local staging_version="v0.${K8S_VERSION#v1.}"
-  local staging
-  staging=$(python3 - "$gomod" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-mods, others = [], []
-for m in re.finditer(r"^[ \t]*(?:replace[ \t]+)?([^\s(]+)(?:[ \t]+\S+)?[ \t]+=>[ \t]+(\S+)(?:[ \t]+\S+)?[ \t]*$", text, re.M):
-    (mods if m.group(2).startswith("./staging/") else others).append(m.group(1))
-if others:
-    sys.exit("unexpected non-staging replace directives in k8s.io/kubernetes go.mod: " + ", ".join(others))
-print("\n".join(mods))
-PY
-  ) || die "could not derive staging modules from $gomod"
-  [ -n "$staging" ] || die "no staging modules found in $gomod"
-  local n=0
-  for m in $staging; do run go mod edit "-replace=$m=$m@$staging_version"; n=$((n + 1)); done
-  echo "build-control-plane: $n staging modules replaced at $staging_version (derived from upstream go.mod)"
-  # Keep the language version and GODEBUG defaults Kubernetes was built with.
-  local goline
-  goline=$(awk '/^go [0-9]/{print $2; exit}' "$gomod")
-  [ -n "$goline" ] && run go mod edit "-go=$goline"
-  grep -E '^godebug ' "$gomod" | while read -r _ kv; do go mod edit "-godebug=$kv" >>"$log" 2>&1 || true; done
+  k8s_module_init "$K8S_VERSION" localbuild/k8s
   run go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" "k8s.io/kubernetes/cmd/kube-controller-manager@${K8S_VERSION}" "k8s.io/kubernetes/cmd/kube-scheduler@${K8S_VERSION}"
-  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  local ld="-s -w"
-  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld="$ld -X $p.gitVersion=${K8S_VERSION} -X $p.gitMajor=1 -X $p.gitMinor=${minor} -X $p.gitTreeState=clean -X $p.buildDate=${date}"
-  done
-  run go build -trimpath -ldflags "$ld" -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
+  run go build -trimpath -ldflags "$(k8s_ldflags "$K8S_VERSION")" -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
   echo "build-control-plane: kube-apiserver, kube-controller-manager and kube-scheduler ${K8S_VERSION} built at $(( $(date +%s) - start )) s"
 }
 

@@ -1,7 +1,7 @@
 """Test-suite wiring: layer markers follow the directory a test lives in.
 
-test/unit -> unit, test/integration -> integration, test/e2e -> e2e, test/bench -> bench.
-Benchmarks are deselected by the default command (`-m "not bench"` in setup.cfg).
+test/unit -> unit, test/integration -> integration, test/e2e -> e2e, test/bench -> bench,
+test/realnode -> realnode. Benchmarks and real-node tests are deselected by the default command (setup.cfg).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-_LAYERS = ("unit", "integration", "e2e", "bench")
+_LAYERS = ("unit", "integration", "e2e", "bench", "realnode")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

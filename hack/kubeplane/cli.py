@@ -51,6 +51,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             node_monitor_grace_period=args.node_monitor_grace_period,
             default_not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
             default_unreachable_toleration_seconds=args.default_unreachable_toleration_seconds,
+            runtime=args.runtime,
+            node_bin_dir=Path(args.node_bin_dir) if args.node_bin_dir else None,
+            images_dir=Path(args.images_dir) if args.images_dir else None,
         ),
         say=_say,
     )
@@ -99,7 +102,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  network    index {net.index}, bridge {net.bridge} {net.bridge_ip}, services {net.service_cidr}"
         )
         for spec in plane_nodes(st):
-            print(f"  node       {spec.name} ({spec.pod_cidr}, process {spec.component})")
+            kind = (
+                "kubelet + containerd"
+                if st.node.get("runtime") == "containerd"
+                else f"process {spec.component}"
+            )
+            print(f"  node       {spec.name} ({spec.pod_cidr}, {kind})")
         for component, s in report.items():
             state = "healthy" if s.healthy else "running" if s.running else "NOT RUNNING"
             print(f"  {component:<24} pid {s.pid:<8} {state:<12} rss {s.rss_kib // 1024} MiB")
@@ -153,6 +161,19 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--apiserver-port", type=int, help="fixed API server port (default: a free one)")
     up.add_argument(
         "--timeout", type=float, default=60.0, help="seconds each component may take to be healthy"
+    )
+    up.add_argument(
+        "--runtime",
+        choices=["process", "containerd"],
+        default="process",
+        help="process: our Python kubelet, pods as local processes (default); containerd: real nodes "
+        "(upstream kubelet, containerd, runc, kube-proxy; images from hack/build-images.sh)",
+    )
+    up.add_argument(
+        "--node-bin-dir", help="real nodes' binaries (default: $DASK_OPERATOR_NODE_BIN or hack/build-node.sh)"
+    )
+    up.add_argument(
+        "--images-dir", help="image tarballs (default: $DASK_OPERATOR_IMAGES or hack/build-images.sh's cache)"
     )
     nodes = up.add_argument_group(
         "several nodes", "NODE in the per-node flags is a node name or ordinal (0 = first); flags repeat"

@@ -31,26 +31,10 @@ SCHEDULER = "kube-scheduler"  # runs only on planes with several nodes (nodes st
 NODE = nodes.NODE
 CONTROL_PLANE = (ETCD, APISERVER, KCM)  # start order; stop order is the reverse
 
-KCM_CONTROLLERS = (
-    "garbage-collector-controller",
-    "namespace-controller",
-    "serviceaccount-controller",
-    "serviceaccount-token-controller",
-    "endpointslice-controller",
-    "endpoints-controller",
-    "root-ca-certificate-publisher-controller",
-    "deployment-controller",
-    "replicaset-controller",
-    "job-controller",
-    "pod-garbage-collector-controller",
-    "ttl-after-finished-controller",
-    "clusterrole-aggregation-controller",  # admin/edit/view pick up aggregate-to-* rules (our RBAC)
-    # Node failure and maintenance: NotReady on a lapsed Lease, NoExecute taints and the evictions
-    # they cause, PodDisruptionBudget status for the Eviction API (kubectl drain).
-    "node-lifecycle-controller",
-    "taint-eviction-controller",
-    "disruption-controller",
-)
+# What a real cluster runs: kube-controller-manager's default set (garbage collector, namespaces, service
+# accounts and tokens, endpoints and slices, Deployments/ReplicaSets/StatefulSets/DaemonSets/Jobs/CronJobs,
+# HPAs, resource quotas, PV binding, node lifecycle and taint eviction, disruption budgets, CSR signing...).
+KCM_CONTROLLERS = ("*",)
 
 NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
@@ -97,15 +81,21 @@ def etcd_argv(st: PlaneState) -> list[str]:
 def apiserver_argv(st: PlaneState) -> list[str]:
     pki = PkiPaths(st.root / "pki")
     net = st.network
+    if st.api_host != "127.0.0.1":  # real nodes: pods reach the API server on the first node's bridge
+        listen = [f"--bind-address={st.api_host}", f"--advertise-address={st.api_host}"]
+    else:
+        # No default route here: without an explicit address the apiserver refuses to start, and the
+        # endpoint reconciler refuses a loopback address, so it is switched off.
+        listen = [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",
+        ]
     return [
         str(Path(st.bin_dir) / APISERVER),
         f"--etcd-servers=http://127.0.0.1:{st.ports['etcd']}",
-        "--bind-address=127.0.0.1",
+        *listen,
         f"--secure-port={st.ports['apiserver']}",
-        # No default route here: without an explicit address the apiserver refuses to start, and the
-        # endpoint reconciler refuses a loopback address, so it is switched off.
-        "--advertise-address=127.0.0.1",
-        "--endpoint-reconciler-type=none",
         f"--tls-cert-file={pki.apiserver_crt}",
         f"--tls-private-key-file={pki.apiserver_key}",
         f"--client-ca-file={pki.ca_crt}",
@@ -149,6 +139,9 @@ def kcm_argv(st: PlaneState) -> list[str]:
         f"--controllers={','.join(KCM_CONTROLLERS)}",
         f"--service-account-private-key-file={pki.sa_key}",
         f"--root-ca-file={pki.ca_crt}",
+        # The csrsigning controller signs with the plane's CA (kubelet serving and client certificates).
+        f"--cluster-signing-cert-file={pki.ca_crt}",
+        f"--cluster-signing-key-file={pki.ca_key}",
         f"--service-cluster-ip-range={st.network.service_cidr}",
         # Tests and benchmarks create objects in bursts; the client-side default (20 qps) throttles GC.
         "--kube-api-qps=100",
@@ -210,7 +203,12 @@ ARGV: dict[str, Callable[[PlaneState], list[str]]] = {
 
 
 def argv_for(st: PlaneState, component: str) -> list[str]:
-    """A component's argv, with the node-lifecycle settings of a plane that has nodes."""
+    """A component's argv, with the node-lifecycle settings of a plane that has nodes.
+
+    A component this module does not know (a real node's containerd or kubelet) runs again with the argv
+    it was first spawned with."""
+    if component not in ARGV and not nodes.is_node_component(component) and component in st.processes:
+        return list(st.processes[component].argv)
     if nodes.is_node_component(component):
         return nodes.node_argv(st, component, node_argv(st))
     argv = ARGV[component](st)
@@ -219,6 +217,9 @@ def argv_for(st: PlaneState, component: str) -> list[str]:
         argv.append("--node-monitor-period=2s")  # notice a lost node and a Ready one within 2 s
         if settings.get("node_monitor_grace_period") is not None:
             argv.append(f"--node-monitor-grace-period={float(settings['node_monitor_grace_period'])}s")
+    if component == APISERVER and settings.get("runtime") == "containerd":
+        # Real kubelets serve certificates from the plane's CA: logs, exec and port-forward verify them.
+        argv.append(f"--kubelet-certificate-authority={PkiPaths(st.root / 'pki').ca_crt}")
     if component == APISERVER:
         for key in ("default_not_ready_toleration_seconds", "default_unreachable_toleration_seconds"):
             if settings.get(key) is not None:
@@ -233,11 +234,14 @@ def argv_for(st: PlaneState, component: str) -> list[str]:
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def spawn(st: PlaneState, component: str) -> ProcessRecord:
-    argv = argv_for(st, component)
+def spawn(
+    st: PlaneState, component: str, argv: list[str] | None = None, env: dict[str, str] | None = None
+) -> ProcessRecord:
+    """Start `component` (its argv from argv_for unless given; `env` added to ours) and record it."""
+    argv = argv if argv is not None else argv_for(st, component)
     log = st.root / "logs" / f"{component}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     if nodes.is_node_component(component):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HACK_DIR), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
@@ -321,7 +325,24 @@ def http_get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 2.0) 
 
 
 def api_get(st: PlaneState, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    return http_get(f"https://127.0.0.1:{st.ports['apiserver']}{path}", _admin_tls(st), timeout)
+    return http_get(f"{st.server}{path}", _admin_tls(st), timeout)
+
+
+def api_post(st: PlaneState, path: str, body: object, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of a JSON POST with the admin credentials; status 0 when nothing answers."""
+    request = urllib.request.Request(
+        f"{st.server}{path}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, context=_admin_tls(st), timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read()
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return 0, b""
 
 
 def healthy(st: PlaneState, component: str) -> bool:
@@ -348,6 +369,10 @@ def healthy(st: PlaneState, component: str) -> bool:
         # With kube-scheduler, a node takes pods only once node-lifecycle lifts its not-ready taints.
         taints = node.get("spec", {}).get("taints") or []
         return not nodes.runs_scheduler(st) or not any(t.get("key") in NOT_READY_TAINTS for t in taints)
+    from kubeplane import realnode  # imports this module: bound late
+
+    if realnode.is_component(component):
+        return realnode.healthy(st, component)
     raise ValueError(f"unknown component {component!r}")
 
 

@@ -210,6 +210,18 @@ def generate(pki: PkiPaths, *, first_service_ip: str, node_ip: str, node_name: s
     )
 
 
+def issue_kubelet_serving(pki: PkiPaths, crt: Path, key_path: Path, *, node_name: str, node_ip: str) -> None:
+    """A serving certificate for a real kubelet, signed by the plane's CA (the API server checks it)."""
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki.ca_key} holds no EC key")
+    ca_name = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes()).subject
+    key = _key()
+    _write_key(key_path, key)
+    subject = _name(f"system:node:{node_name}", ("system:nodes",))
+    _write_cert(crt, _sign(subject, key, ca_name, ca_key, server=True, dns=(node_name,), ips=(node_ip,)))
+
+
 def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubeplane import components as comp
-from kubeplane import nodes
+from kubeplane import nodes, realnode
 from kubeplane import pki as pkimod
 from kubeplane.state import (
     PlaneState,
@@ -44,8 +45,12 @@ K8S_VERSION = os.environ.get("K8S_VERSION", "v1.37.2")
 ETCD_VERSION = os.environ.get("ETCD_VERSION", "v3.6.16")
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "hack" / "build-control-plane.sh"
+NODE_BUILD_SCRIPT = REPO / "hack" / "build-node.sh"
+IMAGES_BUILD_SCRIPT = REPO / "hack" / "build-images.sh"
+RUNTIMES = ("process", realnode.RUNTIME)
 BINARIES = ("etcd", comp.APISERVER, comp.KCM)
 PORT_NAMES = ["etcd", "etcd_peer", "apiserver", "kcm", "kubelet", "scheduler"]
+REAL_NODE_PORT_NAMES = ["kube_proxy_healthz", "kube_proxy_metrics"]
 
 Say = Callable[[str], None]
 
@@ -89,6 +94,10 @@ class UpOptions:
     node_monitor_grace_period: float | None = None
     default_not_ready_toleration_seconds: int | None = None
     default_unreachable_toleration_seconds: int | None = None
+    # "process" (our kubelet, the default) or "containerd" (upstream kubelet, containerd, runc, kube-proxy)
+    runtime: str = "process"
+    node_bin_dir: Path | None = None  # real nodes: default $DASK_OPERATOR_NODE_BIN or hack/build-node.sh
+    images_dir: Path | None = None  # real nodes: default $DASK_OPERATOR_IMAGES or build-images.sh's cache
 
 
 def default_bin_dir() -> Path:
@@ -114,6 +123,37 @@ def _check_binaries(bin_dir: Path, binaries: tuple[str, ...]) -> Path:
             "on its last line), or point DASK_OPERATOR_BIN / --bin-dir at an existing bin dir."
         )
     return bin_dir
+
+
+def resolve_node_bin_dir(explicit: Path | None) -> Path:
+    """--node-bin-dir, else $DASK_OPERATOR_NODE_BIN, else what hack/build-node.sh prints (~0 s once built)."""
+    env = os.environ.get("DASK_OPERATOR_NODE_BIN")
+    if explicit or env:
+        bin_dir = explicit or Path(str(env))
+    else:
+        proc = subprocess.run([str(NODE_BUILD_SCRIPT)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise PlaneError(f"{NODE_BUILD_SCRIPT} failed:\n{proc.stderr.strip()[-3000:]}")
+        bin_dir = Path(proc.stdout.strip().splitlines()[-1])
+    missing = [b for b in realnode.NODE_BINARIES if not os.access(bin_dir / b, os.X_OK)]
+    if missing or not (bin_dir.parent / "images" / "pause.name").is_file():
+        raise PlaneError(
+            f"real-node parts missing in {bin_dir}: {', '.join(missing) or 'the pause image'}. "
+            f"Build them once with {NODE_BUILD_SCRIPT}, or point DASK_OPERATOR_NODE_BIN / --node-bin-dir at its bin dir."
+        )
+    return bin_dir
+
+
+def resolve_images_dir(explicit: Path | None) -> Path:
+    """--images-dir, else $DASK_OPERATOR_IMAGES, else hack/build-images.sh's output in the cache."""
+    env = os.environ.get("DASK_OPERATOR_IMAGES")
+    cache = Path(os.environ.get("DASK_OPERATOR_CACHE") or default_bin_dir().parents[2])
+    images = explicit or (Path(env) if env else cache / "images" / "tarballs")
+    if not list(images.glob("*.tar")):
+        raise PlaneError(
+            f"no image tarballs in {images}: build them with {IMAGES_BUILD_SCRIPT} (prints the dir)"
+        )
+    return images
 
 
 def node_available() -> bool:
@@ -148,7 +188,7 @@ class Plane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.state.ports['apiserver']}"
+        return self.state.server
 
     @property
     def pki(self) -> pkimod.PkiPaths:
@@ -185,12 +225,21 @@ class Plane:
         state_dir = (opts.state_dir or default_state_dir(opts.name)).absolute()
         _check_no_stale_state(state_dir, opts, say)
         bin_dir = resolve_bin_dir(opts.bin_dir)
-        with_node = opts.node and node_available()
+        real = opts.runtime == realnode.RUNTIME
+        if opts.runtime not in RUNTIMES:
+            raise PlaneError(f"--runtime {opts.runtime!r}: one of {', '.join(RUNTIMES)}")
+        with_node = opts.node and (real or node_available())
+        if real and (opts.simulated_node or opts.gpus or opts.node_capacity):
+            raise PlaneError(
+                "--simulated-node, --gpus and --node-capacity are process-node flags: a real kubelet reports this machine"
+            )
+        node_bin = resolve_node_bin_dir(opts.node_bin_dir) if real and with_node else None
+        images = resolve_images_dir(opts.images_dir) if real and with_node else None
         if opts.nodes < 1 or (opts.nodes > 1 and not with_node):
             raise PlaneError(
                 f"--nodes {opts.nodes}: a plane runs 1 or more process nodes (and not with --no-node)"
             )
-        scheduler = with_node and (opts.scheduler if opts.scheduler is not None else opts.nodes > 1)
+        scheduler = with_node and (opts.scheduler if opts.scheduler is not None else opts.nodes > 1 or real)
         if scheduler:
             _check_binaries(bin_dir, (comp.SCHEDULER,))
         fixed: dict[str, int] = {}
@@ -229,7 +278,15 @@ class Plane:
                     "default_not_ready_toleration_seconds": opts.default_not_ready_toleration_seconds,
                     "default_unreachable_toleration_seconds": opts.default_unreachable_toleration_seconds,
                 }
-            ports = allocate_ports(PORT_NAMES, taken, fixed)
+                if node_bin is not None and images is not None:
+                    node_opts |= {
+                        "runtime": realnode.RUNTIME,
+                        "data_dir": str(realnode.default_data_dir(opts.name)),
+                        "node_bin_dir": str(node_bin),
+                        "images_dir": str(images),
+                        "sandbox_image": (node_bin.parent / "images" / "pause.name").read_text().strip(),
+                    }
+            ports = allocate_ports(PORT_NAMES + REAL_NODE_PORT_NAMES * real, taken, fixed)
             state_dir.mkdir(parents=True)
             os.chmod(state_dir, 0o700)
             st = PlaneState(
@@ -271,6 +328,8 @@ class Plane:
             self.pki, first_service_ip=net.first_service_ip, node_ip=net.bridge_ip, node_name=self.node_name
         )
         pkimod.write_kubeconfig(self.kubeconfig, self.server, self.pki, cluster=f"localkube-{st.name}")
+        if realnode.is_real(st):
+            realnode.prepare_bridges(st)
         for component in comp.CONTROL_PLANE:
             comp.spawn(st, component)
             if component == comp.KCM and nodes.runs_scheduler(st):
@@ -282,6 +341,12 @@ class Plane:
             comp.wait_healthy(st, comp.SCHEDULER, opts.timeout)
         say(f"localkube: controller manager healthy at {time.monotonic() - t0:.1f} s")
         specs = nodes.plane_nodes(st)
+        if realnode.is_real(st):
+            try:
+                realnode.start_nodes(st, say, t0, opts.timeout)
+            except realnode.RealNodeError as e:
+                raise TimeoutError(str(e)) from e
+            return
         for spec in specs:
             comp.spawn(st, spec.component)
         for spec in specs:
@@ -309,13 +374,17 @@ class Plane:
     def _stop_processes(self, say: Say) -> list[str]:
         problems: list[str] = []
         procs = self.state.processes
+        real_procs: list[str] = []
+        if realnode.is_real(self.state):
+            problems += realnode.stop_plane(self.state, say)
+            real_procs = [c for c in procs if realnode.is_component(c)]
         node_procs = [c for c in procs if nodes.is_node_component(c)]
         # Nodes stop in parallel: each waits for its pods' graceful shutdown.
         with ThreadPoolExecutor(max_workers=max(1, len(node_procs))) as pool:
             outcomes = list(pool.map(lambda c: comp.terminate(procs[c]), node_procs))
         for component, outcome in zip(node_procs, outcomes, strict=True):
             say(f"localkube: {component} {outcome}")
-        cleanup = _node_cleanup()
+        cleanup = None if real_procs else _node_cleanup()
         if cleanup is not None:
             for node_dir in self._node_dirs():
                 try:
@@ -326,7 +395,7 @@ class Plane:
                 problems += _delete_shared_bridge(self.state.network.bridge)
         order = [c for c in (comp.SCHEDULER,) if c in procs]
         order += [c for c in reversed(comp.CONTROL_PLANE) if c in procs]
-        order += [c for c in procs if c not in order and c not in node_procs]
+        order += [c for c in procs if c not in order and c not in node_procs and c not in real_procs]
         for component in order:
             say(f"localkube: {component} {comp.terminate(procs[component])}")
         return problems
@@ -352,6 +421,9 @@ class Plane:
         on other nodes).
         """
         spec = self._node(name)
+        if realnode.is_real(self.state):
+            outcome = realnode.stop_node(self.state, spec, kubelet_grace=0.0)
+            return "killed" if outcome != "not running" else outcome
         rec = self.state.processes.get(spec.component)
         outcome = "not running"
         if rec is not None and comp.alive(rec):
@@ -369,6 +441,8 @@ class Plane:
     def start_node(self, name: str, timeout: float = 60.0) -> float:
         """Start a stopped node again; returns seconds until it is Ready (and schedulable)."""
         spec = self._node(name)
+        if realnode.is_real(self.state):
+            return self._start_real_node(spec, timeout)
         rec = self.state.processes.get(spec.component)
         if rec is not None and comp.alive(rec):
             raise PlaneError(f"node {spec.name} is already running")
@@ -381,6 +455,20 @@ class Plane:
                 raise PlaneError(f"node {spec.name} renewed no Lease within {timeout:.0f} s; see its log")
             time.sleep(0.1)
         comp.wait_healthy(self.state, spec.component, max(1.0, timeout - (time.monotonic() - t0)))
+        return time.monotonic() - t0
+
+    def _start_real_node(self, spec: nodes.NodeSpec, timeout: float) -> float:
+        rec = self.state.processes.get(realnode.kubelet_component(spec.name))
+        if rec is not None and comp.alive(rec):
+            raise PlaneError(f"node {spec.name} is already running")
+        since, t0 = time.time(), time.monotonic()
+        try:
+            realnode.prepare_node(self.state, spec)
+            realnode.start_containerd(self.state, spec, timeout)
+            realnode.start_kubelet(self.state, spec)
+            realnode.wait_node_ready(self.state, spec, timeout, since=since)
+        except realnode.RealNodeError as e:
+            raise PlaneError(str(e)) from e
         return time.monotonic() - t0
 
     # --- single components (tests that break the plane on purpose) ----------------------------------

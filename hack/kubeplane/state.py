@@ -147,6 +147,16 @@ class PlaneState:
     def root(self) -> Path:
         return Path(self.state_dir)
 
+    @property
+    def api_host(self) -> str:
+        """Where the API server listens: loopback, or on a plane of real nodes the first node's bridge address,
+        which pods (and the `kubernetes` Service's endpoints) reach as well as this host does."""
+        return self.network.bridge_ip if self.node.get("runtime") == "containerd" else "127.0.0.1"
+
+    @property
+    def server(self) -> str:
+        return f"https://{self.api_host}:{self.ports['apiserver']}"
+
     def network_indexes(self) -> set[int]:
         """The plane's own index and those its further nodes hold."""
         return {self.index, *(int(n["index"]) for n in self.node.get("nodes") or [])}
@@ -155,7 +165,7 @@ class PlaneState:
         data = asdict(self)
         data["network"] = self.network.as_dict()
         data["kubeconfig"] = str(self.root / "admin.kubeconfig")
-        data["server"] = f"https://127.0.0.1:{self.ports['apiserver']}"
+        data["server"] = self.server
         return data
 
     @classmethod

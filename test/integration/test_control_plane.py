@@ -128,6 +128,30 @@ def test_namespace_deletion_completes(kube_plane: KubePlane) -> None:
     )
 
 
+def test_a_pods_quota_of_zero_is_enforced(kube_plane: KubePlane, namespace: str) -> None:
+    """`kubectl create quota nopods --hard=pods=0` as on a real cluster: the resourcequota controller fills
+    the quota's status and admission refuses the pod."""
+    kube_plane.kubectl("create", "quota", "nopods", "--hard=pods=0", "-n", namespace)
+    core = client.CoreV1Api(kube_plane.api_client())
+    wait_for(
+        lambda: (
+            (core.read_namespaced_resource_quota("nopods", namespace).status.hard or {}).get("pods") == "0"
+        ),
+        timeout=60,
+        message="the resourcequota controller to fill the quota's status",
+    )
+    pod = {
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "ghcr.io/dask/dask:latest"}]},
+    }
+    try:
+        core.create_namespaced_pod(namespace, pod)
+    except ApiException as e:
+        assert e.status == 403 and "exceeded quota" in str(e.body), e.body
+    else:
+        raise AssertionError("a pod was admitted past a pods=0 quota")
+
+
 def test_service_account_token_can_be_requested(kube_plane: KubePlane, namespace: str) -> None:
     core = client.CoreV1Api(kube_plane.api_client())
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "robot"}})

@@ -1,7 +1,8 @@
 """Session and per-test fixtures: one Kubernetes API server per test session, one namespace per test.
 
 Invariant: `kube_plane` is created once per session and torn down at its end, even when tests fail;
-the backend comes from K8S_TEST_BACKEND: `local` (default: a hack/ plane named pytest-<pid>), `k3s`
+the backend comes from K8S_TEST_BACKEND: `local` (default: a hack/ plane named pytest-<pid>), `containerd`
+(the same plane with real nodes: kubelet, containerd, runc; K8S_TEST_NODES of them), `k3s`
 (testcontainers; skipped when no Docker engine answers) or `external` (the current KUBECONFIG).
 `namespace` gives each test a fresh namespace whose `default` ServiceAccount exists.
 `three_node_plane` gives a test module a local plane of its own with 3 nodes and kube-scheduler, and
@@ -187,6 +188,37 @@ def _local_backend(workdir: Path) -> Iterator[KubePlane]:
         plane.down()
 
 
+@contextlib.contextmanager
+def _containerd_backend(workdir: Path) -> Iterator[KubePlane]:
+    """The local control plane with real nodes (K8S_TEST_NODES of them, default 1): upstream kubelet,
+    containerd and runc running the images hack/build-images.sh built."""
+    from kubeplane.plane import Plane, PlaneError, UpOptions
+
+    nodes = int(os.environ.get("K8S_TEST_NODES", "1"))
+    opts = UpOptions(
+        name=f"pytest-{os.getpid()}-real",
+        bin_dir=_bin_dir(),
+        force=True,
+        runtime="containerd",
+        nodes=nodes,
+        timeout=180.0,
+    )
+    t0 = time.monotonic()
+    try:
+        plane = Plane.up(opts)
+    except PlaneError as e:
+        with contextlib.suppress(PlaneError, OSError):
+            Plane.load(_default_dir(opts.name)).down()
+        pytest.fail(f"plane of real nodes did not come up: {e}", pytrace=False)
+    kp = KubePlane("containerd", plane.kubeconfig, workdir, plane)
+    kp.up_seconds = time.monotonic() - t0
+    try:
+        yield kp
+    finally:
+        kp.close()
+        plane.down()
+
+
 def _default_dir(name: str) -> Path:
     from kubeplane.state import default_state_dir
 
@@ -229,7 +261,12 @@ def _external_backend(workdir: Path) -> Iterator[KubePlane]:
         kp.close()
 
 
-BACKENDS = {"local": _local_backend, "k3s": _k3s_backend, "external": _external_backend}
+BACKENDS = {
+    "local": _local_backend,
+    "containerd": _containerd_backend,
+    "k3s": _k3s_backend,
+    "external": _external_backend,
+}
 
 
 @pytest.fixture(scope="session")

@@ -165,9 +165,18 @@ WORKER_ARGS = [
 ]
 
 
+# Every image below says `imagePullPolicy: IfNotPresent`, as the samples do: on real nodes
+# (K8S_TEST_BACKEND=containerd) the images are imported, there is no registry to pull `:latest` from.
 def worker_spec(args: list[str] | None = None) -> dict[str, Any]:
     return {
-        "containers": [{"name": "worker", "image": "ghcr.io/dask/dask:latest", "args": args or WORKER_ARGS}]
+        "containers": [
+            {
+                "name": "worker",
+                "image": "ghcr.io/dask/dask:latest",
+                "imagePullPolicy": "IfNotPresent",
+                "args": args or WORKER_ARGS,
+            }
+        ]
     }
 
 
@@ -185,6 +194,7 @@ def cluster_manifest(
                         {
                             "name": "scheduler",
                             "image": "ghcr.io/dask/dask:latest",
+                            "imagePullPolicy": "IfNotPresent",
                             "args": ["dask", "scheduler", "--host", "0.0.0.0"],
                             "ports": [
                                 {"name": "tcp-comm", "containerPort": 8786},
@@ -224,7 +234,14 @@ def job_manifest(
                 "metadata": {"labels": {"role": "runner"}},
                 "spec": {
                     "restartPolicy": restart_policy,
-                    "containers": [{"name": "job", "image": "ghcr.io/dask/dask:latest", "args": args}],
+                    "containers": [
+                        {
+                            "name": "job",
+                            "image": "ghcr.io/dask/dask:latest",
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": args,
+                        }
+                    ],
                 },
             },
             **spec,

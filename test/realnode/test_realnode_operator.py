@@ -1,0 +1,93 @@
+"""The operator on real nodes, as a platform team meets it: the image built from the Dockerfile, installed
+with the Helm chart (two leader-elected pods, UID 1000, read-only root), reconciles a DaskCluster whose
+scheduler and workers run from the Dask image; a client outside the cluster computes through the scheduler's
+ClusterIP (kube-proxy), and a scale-down keeps every result (0 lost).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.fixtures import KubePlane
+from support.helm import CHART, Helm, helm_binary
+from support.operator import cluster_manifest, dask_client, wait_running, wait_workers, worker_pods
+from support.wait import wait_for
+
+OPERATOR_NS = "dask-operator"
+JSON = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def operator(real_plane: KubePlane) -> Iterator[KubePlane]:
+    with tempfile.TemporaryDirectory(prefix="helm-") as home:
+        helm = Helm(helm_binary(), Path(home))
+        kubeconfig = f"--kubeconfig={real_plane.kubeconfig}"
+        t0 = time.monotonic()
+        helm("install", "dask-operator", str(CHART), "-n", OPERATOR_NS, "--create-namespace", kubeconfig)
+        try:
+            real_plane.kubectl(
+                "rollout",
+                "status",
+                "-n",
+                OPERATOR_NS,
+                "deployment/dask-operator",
+                "--timeout=180s",
+                timeout=200,
+            )
+            print(
+                f"operator (2 pods from the Dockerfile image) available {time.monotonic() - t0:.1f} s after helm install"
+            )
+            yield real_plane
+        finally:
+            helm("uninstall", "dask-operator", "-n", OPERATOR_NS, kubeconfig, check=False)
+
+
+def operator_pods(kp: KubePlane) -> list[JSON]:
+    out = kp.kubectl(
+        "get", "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=dask-operator", "-o", "json"
+    )
+    return [p for p in json.loads(out.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_the_dockerfile_image_runs_as_uid_1000_with_a_read_only_root(operator: KubePlane) -> None:
+    pods = operator_pods(operator)
+    assert len(pods) == 2
+    image = pods[0]["spec"]["containers"][0]["image"]
+    assert image.startswith("ghcr.io/dask-operator/dask-operator:")
+    name = pods[0]["metadata"]["name"]
+    assert operator.kubectl("exec", "-n", OPERATOR_NS, name, "--", "id", "-u").stdout.strip() == "1000"
+    touch = operator.kubectl("exec", "-n", OPERATOR_NS, name, "--", "touch", "/probe", check=False)
+    assert touch.returncode != 0 and "Read-only file system" in touch.stderr
+
+
+def test_a_daskcluster_computes_and_scales_down_without_losing_results(operator: KubePlane) -> None:
+    kp = operator
+    ns = f"realnode-smoke-{int(time.time())}"
+    kp.kubectl("create", "namespace", ns)
+    try:
+        manifest = cluster_manifest("smoke", 2)  # images with imagePullPolicy IfNotPresent
+        kp.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
+        t0 = time.monotonic()
+        wait_running(kp, ns, "smoke", timeout=180)
+        with dask_client(kp, ns, "smoke") as client:
+            wait_workers(client, 2, timeout=120)
+            print(f"DaskCluster Running with 2 workers {time.monotonic() - t0:.1f} s after apply")
+            futures = client.map(lambda x: x * x, range(100), pure=False)
+            assert sum(client.gather(futures)) == sum(x * x for x in range(100))
+            holders = {w for ws in client.who_has(futures).values() for w in ws}
+            assert len(holders) == 2, "results should be spread over both workers before the scale-down"
+            kp.kubectl("scale", "-n", ns, "daskcluster", "smoke", "--replicas=1")
+            wait_for(lambda: len(worker_pods(kp, ns, "smoke-default")) == 1, timeout=120, interval=0.5,
+                     message="one worker pod left")  # fmt: skip
+            wait_workers(client, 1, timeout=60)
+            lost = [f.key for f in futures if f.status != "finished"]
+            assert not lost, f"{len(lost)} results lost in the scale-down"
+            assert sum(client.gather(futures)) == sum(x * x for x in range(100))
+    finally:
+        kp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
