@@ -168,18 +168,18 @@ def _bin_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _local_backend(workdir: Path) -> Iterator[KubePlane]:
-    from kubeplane.plane import Plane, PlaneError, UpOptions
+def _running_plane(opts: Any, backend: str, workdir: Path) -> Iterator[KubePlane]:
+    """`Plane.up(opts)` as the session's KubePlane, brought down afterwards (or at once when it failed)."""
+    from kubeplane.plane import Plane, PlaneError
 
-    opts = UpOptions(name=f"pytest-{os.getpid()}", bin_dir=_bin_dir(), force=True)
     t0 = time.monotonic()
     try:
         plane = Plane.up(opts)
     except PlaneError as e:
         with contextlib.suppress(PlaneError, OSError):
             Plane.load(opts.state_dir or _default_dir(opts.name)).down()
-        pytest.fail(f"local control plane did not come up: {e}", pytrace=False)
-    kp = KubePlane("local", plane.kubeconfig, workdir, plane)
+        pytest.fail(f"{backend} plane did not come up: {e}", pytrace=False)
+    kp = KubePlane(backend, plane.kubeconfig, workdir, plane)
     kp.up_seconds = time.monotonic() - t0
     try:
         yield kp
@@ -189,10 +189,19 @@ def _local_backend(workdir: Path) -> Iterator[KubePlane]:
 
 
 @contextlib.contextmanager
+def _local_backend(workdir: Path) -> Iterator[KubePlane]:
+    from kubeplane.plane import UpOptions
+
+    opts = UpOptions(name=f"pytest-{os.getpid()}", bin_dir=_bin_dir(), force=True)
+    with _running_plane(opts, "local", workdir) as kp:
+        yield kp
+
+
+@contextlib.contextmanager
 def _containerd_backend(workdir: Path) -> Iterator[KubePlane]:
     """The local control plane with real nodes (K8S_TEST_NODES of them, default 1): upstream kubelet,
     containerd and runc running the images hack/build-images.sh built."""
-    from kubeplane.plane import Plane, PlaneError, UpOptions
+    from kubeplane.plane import UpOptions
 
     nodes = int(os.environ.get("K8S_TEST_NODES", "1"))
     opts = UpOptions(
@@ -203,20 +212,8 @@ def _containerd_backend(workdir: Path) -> Iterator[KubePlane]:
         nodes=nodes,
         timeout=180.0,
     )
-    t0 = time.monotonic()
-    try:
-        plane = Plane.up(opts)
-    except PlaneError as e:
-        with contextlib.suppress(PlaneError, OSError):
-            Plane.load(_default_dir(opts.name)).down()
-        pytest.fail(f"plane of real nodes did not come up: {e}", pytrace=False)
-    kp = KubePlane("containerd", plane.kubeconfig, workdir, plane)
-    kp.up_seconds = time.monotonic() - t0
-    try:
+    with _running_plane(opts, "containerd", workdir) as kp:
         yield kp
-    finally:
-        kp.close()
-        plane.down()
 
 
 def _default_dir(name: str) -> Path:
