@@ -87,7 +87,7 @@ class DaskReconciler(Generic[O]):
             return Result()
         plan = self.plan(observed, now)
         if plan.question is not None:
-            answered = self.answered(request, obj, observed, plan.question, now)
+            answered = self.answered(request, obj, observed, plan.question, now, plan.asked_after)
             if answered is None:  # asked; its answer enqueues this key
                 return Result(requeue_after=2 * self.settings.scheduler_timeout + 5.0)
             observed, plan = answered, self.plan(answered, now)
@@ -124,11 +124,21 @@ class DaskReconciler(Generic[O]):
 
     # -- questions, off the reconcile's thread ----------------------------------------------------------
 
-    def answered(self, request: Request, obj: Obj, observed: O, question: Question, now: float) -> O | None:
-        """`observed` with a fresh answer to `question` if one is at hand; else ask (once) and return None."""
+    def answered(
+        self,
+        request: Request,
+        obj: Obj,
+        observed: O,
+        question: Question,
+        now: float,
+        asked_after: float | None = None,
+    ) -> O | None:
+        """`observed` with a fresh answer to `question` if one is at hand (asked at or after `asked_after`,
+        when given); else ask (once) and return None."""
         answer = self.calls.answer(request, question.value)
         age = now - answer.answered if answer is not None and answer.answered is not None else None
-        if answer is not None and age is not None and age <= ANSWER_MAX_AGE[question]:
+        recent = answer is not None and (asked_after is None or answer.asked >= asked_after)
+        if answer is not None and recent and age is not None and age <= ANSWER_MAX_AGE[question]:
             self._count_reachable(obj, answer)
             return self.with_answer(observed, question, answer)
         scheduler = self.scheduler(obj["metadata"]["namespace"], self.cluster_name(obj))

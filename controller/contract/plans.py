@@ -180,6 +180,9 @@ class Plan:
     steps: tuple[Step, ...] = ()
     requeue_after: float | None = None
     question: Question | None = None  # ask the scheduler, then plan again with the answer
+    asked_after: float | None = (
+        None  # the answer must have been asked at or after this (the reconciler's clock)
+    )
     notes: tuple[str, ...] = field(default=())  # what the plan does, for logs
 
     def of_type(self, kind: type[S]) -> Iterator[S]:

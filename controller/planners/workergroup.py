@@ -7,7 +7,8 @@ restarted operator recomputes the same names and cannot duplicate a worker. Remo
 data the scheduler can move: pods that never joined go first, then the pods holding the least data (then the
 newest), never one whose workers are receiving data from a retirement in progress; only workers of this
 group are retired by name through the scheduler, one request at a time per group, never twice while the
-scheduler still retires them; a pod is deleted only once the scheduler retired every worker it runs; a
+scheduler still retires them; a pod is deleted only once the scheduler retired every worker it runs, as a
+worker list asked after the retirement ended shows (a worker that joined the pod since is retired too); a
 request that did not retire them all is asked again after a growing delay. A group whose cluster is held
 (`GroupObservation.hold`) deletes all its pods and creates none,
 keeping `spec.worker.replicas` for the resume. A cluster's default group runs nothing until the cluster has
@@ -110,10 +111,12 @@ class GroupSettings:
 
 @dataclass(frozen=True)
 class SchedulerView:
-    """The scheduler's workers (all groups), or why they could not be listed (`workers` None)."""
+    """The scheduler's workers (all groups), or why they could not be listed (`workers` None), and when the
+    list was asked for (on the reconciler's clock; None: unknown, e.g. not from a call)."""
 
     workers: tuple[DaskWorker, ...] | None
     error: str = ""
+    asked: float | None = None
 
 
 # A retirement that did not retire every worker is asked again after 5 s, 10 s, 20 s ... at most 5 min.
@@ -346,7 +349,16 @@ def plan_group(obs: GroupObservation, now: float, settings: GroupSettings = Grou
     previous = obs.previous_conditions
     if previous is None:
         previous = group.get("status", {}).get("conditions")
-    retired = _retired_pods(obs.retirement, obs.pods)
+    candidates = _retired_pods(obs.retirement, obs.pods)
+    if (
+        candidates
+        and obs.retirement is not None
+        and not _listed_since(obs.scheduler, obs.retirement.answered)
+    ):
+        # Which workers run in those pods now: one may have joined since the list the retirement was made from.
+        note = "listing the workers again before deleting the pods of a retirement"
+        return Plan(question=Question.WORKERS, asked_after=obs.retirement.answered, notes=(note,))
+    retired = _emptied(candidates, obs.scheduler)
     pods = _PodSets.of(obs, {p["metadata"]["uid"] for p in retired})
     if obs.cluster is None:
         return _waiting_for_cluster(group, pods, previous, now)
@@ -837,10 +849,11 @@ def _without_scheduler(
 
 
 def _retired_pods(retirement: RetirementView | None, pods: Sequence[Obj]) -> list[Obj]:
-    """Pods (same UID, not yet being deleted) every worker of which the latest answered request retired, or
-    whose containers restarted since it was asked: a retired worker's process ends (and its container
-    restarts) once the scheduler lets it go, even when the answer was lost to a timeout; a restarted
-    worker holds nothing, so asking again would only retire an empty worker a second time."""
+    """Candidates for deletion: pods (same UID, not yet being deleted) every worker of which the latest
+    answered request retired, or whose containers restarted since it was asked (a retired worker's process
+    ends, and its container restarts, once the scheduler lets it go, even when the answer was lost to a
+    timeout). They are deleted only once a list asked after the answer shows none of their workers
+    (`_emptied`)."""
     if retirement is None or retirement.in_flight:
         return []
     asked = {rp.delete.ref.uid: rp for rp in retirement.retire.pods}
@@ -856,6 +869,25 @@ def _retired_pods(retirement: RetirementView | None, pods: Sequence[Obj]) -> lis
         and (uid := p["metadata"].get("uid")) in asked
         and (uid in done or _restarts(p) > asked[uid].restarts)
     ]
+
+
+def _listed_since(scheduler: SchedulerView | None, moment: float | None) -> bool:
+    """Whether `scheduler` answers a list asked at or after `moment` (an error answer counts: it was asked)."""
+    return (
+        scheduler is not None
+        and scheduler.asked is not None
+        and moment is not None
+        and scheduler.asked >= moment
+    )
+
+
+def _emptied(candidates: Sequence[Obj], scheduler: SchedulerView | None) -> list[Obj]:
+    """The candidates in which the fresh list shows no worker at all (a retired worker has left the scheduler
+    by the time its retirement is answered). A pod in which a worker shows up again, or whose workers could
+    not be listed, stays: it is retired (or waited for) like any other pod."""
+    if scheduler is None or scheduler.workers is None:
+        return []
+    return [p for p in candidates if not workers_in_pod(p, scheduler.workers)]
 
 
 def _restarts(pod: Mapping[str, Any]) -> int:

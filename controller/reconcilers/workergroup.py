@@ -93,9 +93,9 @@ class DaskWorkerGroupReconciler(DaskReconciler[GroupObservation]):
 
     def with_answer(self, observed: GroupObservation, question: Question, answer: Answer) -> GroupObservation:
         view = (
-            SchedulerView(tuple(answer.value))
+            SchedulerView(tuple(answer.value), asked=answer.asked)
             if answer.error is None
-            else SchedulerView(None, str(answer.error))
+            else SchedulerView(None, str(answer.error), asked=answer.asked)
         )
         return dataclasses.replace(observed, scheduler=view)
 

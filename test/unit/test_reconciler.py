@@ -213,3 +213,36 @@ def test_watch_mappers_turn_related_objects_into_requests(stalled_scheduler: int
         assert groups_of_workload_owner(manager)(workload) == [Request("ns", "c-default")]
     finally:
         cache.stop()
+
+
+def test_an_answer_asked_before_what_the_plan_needs_is_not_used(stalled_scheduler: int) -> None:
+    """`Plan.asked_after`: a worker list asked before a retirement ended says nothing about the pods now; the
+    template asks again instead of feeding it to the planner, however young it is."""
+    from dask_operator.controller.contract.plans import Question
+
+    _, request, objects = _world(stalled_scheduler, "workergroup")
+    cache = _fed_cache(objects)
+    now = [NOW]
+    reconciler = DaskWorkerGroupReconciler(Manager(cache), OperatorSettings(scheduler_timeout=0.3), clock=lambda: now[0], executor=RecordingExecutor())  # fmt: skip
+    answered = threading.Event()
+    reconciler.calls.notify = lambda key: answered.set()
+    try:
+        reconciler.calls.ask(request, Question.WORKERS.value, list)  # asked at NOW, answered at once
+        assert answered.wait(5)
+        group = cache.get(DASK_WORKER_GROUP_KIND, "ns", request.name)
+        assert group is not None
+        observed = reconciler.observe(group)
+        assert observed is not None
+        now[0] = NOW + 1
+        used = reconciler.answered(request, group, observed, Question.WORKERS, now[0], asked_after=NOW)
+        assert used is not None and used.scheduler is not None and used.scheduler.asked == NOW
+        answered.clear()
+        assert (
+            reconciler.answered(request, group, observed, Question.WORKERS, now[0], asked_after=NOW + 0.5)
+            is None
+        )
+        assert answered.wait(5), "asked again"
+        again = reconciler.calls.answer(request, Question.WORKERS.value)
+        assert again is not None and again.asked == NOW + 1
+    finally:
+        cache.stop()

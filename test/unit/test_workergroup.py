@@ -466,7 +466,11 @@ def test_answered_retirement_deletes_exactly_the_retired_pods_by_uid() -> None:
     assert first.retire is not None and len(first.retire.pods) == 2
     names = [w.name for w in first.retire.workers]
     done = RetirementView(first.retire, 1, NOW, answered=NOW + 3, retired=frozenset(names))
-    result = plan(group, pods, retirement=done, now=NOW + 4)
+    # the workers are listed again, by a list asked after the answer, before any pod goes
+    relist = plan(group, pods, retirement=done, now=NOW + 4)
+    assert asks_scheduler(relist) and relist.asked_after == NOW + 3 and relist.deletes == ()
+    left = tuple(w for w in holding(pods, {}) if w.name not in names)
+    result = plan(group, pods, retirement=done, scheduler=SchedulerView(left, asked=NOW + 3.5), now=NOW + 4)
     assert not asks_scheduler(result) and result.retire is None
     assert {(d.ref.name, d.cause) for d in result.deletes} == {(n, Cause.RETIRED) for n in names}
     # a new pod that reuses a retired pod's name (same ordinal) is another object: never deleted for it
@@ -474,6 +478,34 @@ def test_answered_retirement_deletes_exactly_the_retired_pods_by_uid() -> None:
     reborn["metadata"]["uid"] = "new-uid"
     later = plan(make_group(2), [pods[0], reborn], retirement=done, now=NOW + 60)
     assert later.deletes == ()
+
+
+def test_a_worker_that_joined_a_retired_pod_since_the_list_is_retired_before_the_pod_goes() -> None:
+    """The list a retirement was made from is old by the time it is answered: a worker may have joined one of
+    its pods since (a second process of the pod, or its container restarted). Before the fix that pod was
+    deleted with the worker in it; now it is retired first, and only a list without it lets the pod go."""
+    pods = scaled_to(2)
+    group = make_group(1)
+    first = plan(group, pods, scheduler=SchedulerView(holding(pods, {})))
+    assert first.retire is not None
+    (name,) = [w.name for w in first.retire.workers]
+    done = RetirementView(first.retire, 1, NOW, answered=NOW + 3, retired=frozenset({name}))
+    other = next(i for i, p in enumerate(pods) if p["metadata"]["name"] != name)
+    stale = SchedulerView(tuple(w for w in holding(pods, {other: 90_000}) if w.name != name), asked=NOW + 1)
+    assert asks_scheduler(plan(group, pods, retirement=done, scheduler=stale, now=NOW + 4))
+    joined = DaskWorker(f"{name}-1", "tcp://10.0.0.2:40000", nbytes=4096)
+    fresh = SchedulerView((*stale.workers, joined), asked=NOW + 3)  # type: ignore[misc]
+    again = plan(group, pods, retirement=done, scheduler=fresh, now=NOW + 4)
+    assert again.deletes == ()
+    assert again.retire is not None and [w.name for w in again.retire.workers] == [joined.name]
+    empty = SchedulerView(stale.workers, asked=NOW + 9)
+    gone = RetirementView(again.retire, 1, NOW + 5, answered=NOW + 8, retired=frozenset({joined.name}))
+    assert [d.ref.name for d in plan(group, pods, retirement=gone, scheduler=empty, now=NOW + 9).deletes] == [
+        name
+    ]
+    # a list that could not be had keeps the pod: it waits like any pod whose scheduler cannot be asked
+    down = SchedulerView(None, "connection refused", asked=NOW + 4)
+    assert plan(group, pods, retirement=done, scheduler=down, now=NOW + 4).deletes == ()
 
 
 def test_refused_retirement_names_the_kept_worker_and_backs_off() -> None:
@@ -505,7 +537,8 @@ def test_refused_retirement_names_the_kept_worker_and_backs_off() -> None:
     assert plan(group, pods, retirement=second, scheduler=view, now=NOW + 20).retire is not None
     freed = RetirementView(first.retire, 3, NOW + 20, answered=NOW + 21, retired=frozenset({kept}))
     group["status"] = retry.status
-    done = plan(group, pods, retirement=freed, now=NOW + 21)
+    left = SchedulerView(tuple(w for w in view.workers or () if w.name != kept), asked=NOW + 21)
+    done = plan(group, pods, retirement=freed, scheduler=left, now=NOW + 21)
     assert [d.ref.name for d in done.deletes] == [kept]
     assert condition_of(done, "Degraded")["status"] == "False" and condition_of(done, "ReplicaFailure") == {}
 
@@ -525,17 +558,24 @@ def test_retirement_that_timed_out_is_never_asked_again_while_the_scheduler_reti
         assert condition_of(waiting, "Degraded")["reason"] == "RetirementTimedOut"
     # the scheduler finished: the worker left it, and its pod goes as retired
     gone = tuple(w for w in still if w.name != name)
-    done = plan(group, pods, retirement=timed_out, scheduler=SchedulerView(gone), now=NOW + 5001)
+    done = plan(
+        group, pods, retirement=timed_out, scheduler=SchedulerView(gone, asked=NOW + 5000), now=NOW + 5001
+    )
     assert [(d.ref.name, d.cause) for d in done.deletes] == [(name, Cause.RETIRED)]
-    # or it finished and the worker's process ended, its container restarted and the new (empty) worker
-    # joined again under the same name: the pod goes without a second request
+    # or it finished and the worker's process ended, its container restarted and the new worker joined again
+    # under the same name: it may hold data by now, so it is retired (once the retry delay passed), not deleted
     restarted = copy.deepcopy(pods)
     for pod in restarted:
         if pod["metadata"]["name"] == name:
             pod["status"]["containerStatuses"] = [{"name": "worker", "restartCount": 1, "ready": True}]
-    rejoined = SchedulerView(holding(pods, {}))
+    rejoined = SchedulerView(holding(pods, {}), asked=NOW + 5000)
     again = plan(group, restarted, retirement=timed_out, scheduler=rejoined, now=NOW + 5001)
-    assert again.retire is None and [(d.ref.name, d.cause) for d in again.deletes] == [(name, Cause.RETIRED)]
+    assert again.deletes == () and again.retire is not None
+    assert [w.name for w in again.retire.workers] == [name]
+    # once the restarted worker left the scheduler, the pod goes without a second request
+    left = SchedulerView(gone, asked=NOW + 5000)
+    after = plan(group, restarted, retirement=timed_out, scheduler=left, now=NOW + 5001)
+    assert after.retire is None and [(d.ref.name, d.cause) for d in after.deletes] == [(name, Cause.RETIRED)]
 
 
 def test_retry_delay_doubles_up_to_five_minutes() -> None:
