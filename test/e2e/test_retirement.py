@@ -142,7 +142,8 @@ def test_a_stuck_retirement_holds_up_no_other_cluster_and_is_asked_once(
     """The worker that must take the retiring worker's data is stopped (SIGSTOP): the retirement hangs.
     With one reconcile worker, another cluster still scales down while it hangs; when the request times
     out the operator says so and never asks again while the scheduler is retiring; once the stopped worker
-    runs again the retirement completes and the pod goes, nothing lost."""
+    runs again the retirement completes and the pod goes, nothing lost (if the retired worker's container
+    restarted and joined again first, that worker is retired too before the pod goes)."""
     with operator_with(plane, namespace, tmp_path, "--concurrency=1", "--retire-timeout=25"):
         for name in ("stuck", "quick"):
             apply(plane, namespace, cluster_manifest(name, 2, worker_args=UNLIMITED_WORKER_ARGS))
@@ -190,7 +191,10 @@ def test_a_stuck_retirement_holds_up_no_other_cluster_and_is_asked_once(
             wait_workers(client, {heavy})
             assert client.gather(data)[:2] == ["light-0", "light-1"]
             logs = [m for _, m in client.get_scheduler_logs(n=400) if "etir" in m or "worker" in m.lower()]
-            assert client.run_on_scheduler(_retire_requests) == 1, "\n".join(reversed(logs))
+            # One request while the scheduler retired; a second only if the retired worker's container
+            # restarted and its new worker joined before the pod went: that worker is retired in turn (it
+            # may have been given data), never deleted unasked.
+            assert client.run_on_scheduler(_retire_requests) in (1, 2), "\n".join(reversed(logs))
             events = get(plane, namespace, "events", "--field-selector",
                          "involvedObject.name=stuck-default")["items"]  # fmt: skip
             assert any(e["reason"] == "RetirementTimedOut" for e in events)
