@@ -276,3 +276,15 @@ def test_a_forbidden_lease_is_a_loud_error_and_a_failing_readyz(
         assert any(line.startswith("[error") and "leader election forbidden" in line for line in plain), plain
     finally:
         op.stop()
+
+
+def test_the_tenant_network_policies_are_accepted_by_the_api_server(kube_plane: Any, namespace: str) -> None:
+    """manifests/security/tenant-networkpolicy.yaml as a platform team applies it in a tenant namespace (what
+    it selects and admits: test/unit/test_network_policy.py)."""
+    path = MANIFESTS / "security" / "tenant-networkpolicy.yaml"
+    kube_plane.kubectl("apply", "--server-side", "-n", namespace, "-f", str(path))
+    names = kube_plane.kubectl("get", "networkpolicy", "-n", namespace, "-o", "name").stdout.split()
+    assert sorted(names) == [
+        "networkpolicy.networking.k8s.io/dask-scheduler",
+        "networkpolicy.networking.k8s.io/dask-worker",
+    ]
