@@ -1,5 +1,6 @@
 """A tenant's hostile "scheduler" beside a normal cluster, against a real operator: nothing it sends runs in the
-operator, its Service cannot send the operator elsewhere, and the normal cluster scales down as before.
+operator or in `kubectl dask describe`, its Service cannot send the operator elsewhere, and the normal
+cluster scales down as before.
 
 The hostile scheduler is a script run as the scheduler container: its HTTP port answers every route but
 `/health` with something a careful client must refuse (a pickle, a pickle labelled JSON, 64 MiB, NaN, a
@@ -27,6 +28,7 @@ from support.operator import (
     wait_workers,
     worker_pods,
 )
+from support.user_shell import kubectl
 from support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(420)
@@ -123,7 +125,7 @@ def hostile_manifest(name: str, marker: Path) -> dict[str, Any]:
 
 
 def test_a_hostile_scheduler_runs_nothing_in_the_operator_and_slows_no_one(
-    plane: Any, namespace: str, dask_operator: OperatorProcess, tmp_path: Path
+    plane: Any, namespace: str, dask_operator: OperatorProcess, tmp_path: Path, user_env: dict[str, str]
 ) -> None:
     marker = tmp_path / "unpickled"  # the operator's filesystem: where its process would write it
 
@@ -182,10 +184,27 @@ def test_a_hostile_scheduler_runs_nothing_in_the_operator_and_slows_no_one(
     assert not marker.exists(), marker.read_text()
     assert pod_names(worker_pods(plane, namespace, "evil-default")), "the unjoined pod was kept, not forced"
 
+    # The admin looks at the cluster from their laptop (this machine): every answer is refused there too.
+    before = _served_count(plane, namespace)
+    for _ in range(6):
+        described = kubectl(user_env, "dask", "describe", "evil", "-n", namespace, "--timeout", "8")
+        assert described.returncode == 0 and "Traceback" not in described.stderr, described.stderr
+        assert "(scheduler not reachable: " in described.stdout, described.stdout
+    assert _served_count(plane, namespace) >= before + 6, "each describe was served a hostile answer"
+    assert not marker.exists(), marker.read_text()
+
+
+def _served_lines(plane: Any, namespace: str) -> list[str]:
+    logs = plane.kubectl("-n", namespace, "logs", "evil-scheduler").stdout
+    return [line for line in logs.splitlines() if line.startswith("served ")]
+
 
 def _served(plane: Any, namespace: str) -> set[str]:
-    logs = plane.kubectl("-n", namespace, "logs", "evil-scheduler").stdout
-    return {line.split()[1] for line in logs.splitlines() if line.startswith("served ")}
+    return {line.split()[1] for line in _served_lines(plane, namespace)}
+
+
+def _served_count(plane: Any, namespace: str) -> int:
+    return len(_served_lines(plane, namespace))
 
 
 def test_a_service_that_points_elsewhere_is_not_used(
