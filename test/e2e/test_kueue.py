@@ -9,9 +9,13 @@ requests 200m CPU, so a job (scheduler + worker + runner) takes 600m: two never 
 
 from __future__ import annotations
 
+import json
+import os
+import random
+import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from support.operator import (
@@ -21,11 +25,12 @@ from support.operator import (
     condition,
     dask_client,
     get,
+    group_manifest,
     pods,
     wait_running,
     wait_workers,
 )
-from support.wait import wait_for
+from support.wait import holds_for, wait_for
 
 pytestmark = [pytest.mark.kueue, pytest.mark.timeout(600)]
 
@@ -318,3 +323,137 @@ def test_an_admitted_cluster_never_runs_past_its_quota_and_suspending_gives_the_
              message="the suspended cluster's Workload deleted")  # fmt: skip
     wait_running(plane, namespace, "second", timeout=120)
     assert workload(plane, namespace, "daskcluster-first") is None  # suspended: no Workload, no quota
+
+
+# -- property: random sequences against the quota --------------------------------------------------------
+
+QUOTA_MILLICPU = 1000  # the `queue` fixture's ClusterQueue
+POD_MILLICPU = 200  # REQUEST, on every Dask container here
+
+
+class QuotaWatch:
+    """Samples the namespace's pods on its own thread while a sequence runs: the CPU requests of the pods on
+    a node (Running, or Pending once bound; terminating ones too, they still run) against the quota, and each
+    cluster's scheduler pods (a flavor edit must never replace one)."""
+
+    def __init__(self, plane: Any, namespace: str) -> None:
+        self.plane, self.namespace = plane, namespace
+        self.peak, self.samples = 0, 0
+        self.over: list[tuple[int, list[str]]] = []
+        self.schedulers: dict[str, set[str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.3):
+            listed = get(self.plane, self.namespace, "pods", "-l", "dask.org/cluster-name")
+            if listed is None:
+                continue
+            placed = [
+                p
+                for p in listed["items"]
+                if p["spec"].get("nodeName") and p.get("status", {}).get("phase") in ("Pending", "Running")
+            ]
+            used = sum(POD_MILLICPU * len(p["spec"]["containers"]) for p in placed)
+            self.samples += 1
+            self.peak = max(self.peak, used)
+            if used > QUOTA_MILLICPU:
+                self.over.append((used, sorted(p["metadata"]["name"] for p in placed)))
+            for p in placed:
+                labels = p["metadata"]["labels"]
+                if labels.get("dask.org/component") == "scheduler":
+                    self.schedulers.setdefault(labels["dask.org/cluster-name"], set()).add(
+                        p["metadata"]["uid"]
+                    )
+
+
+def test_random_sequences_never_run_more_than_the_admitted_quota(
+    plane: Any, namespace: str, queue: str, dask_operator: OperatorProcess
+) -> None:
+    """Scale, suspend, resume, new worker groups, autoscalers created and deleted, and flavor edits, in a seeded
+    random order on two clusters of one 1-CPU queue: at no sampled moment do the pods on the node request more
+    than the quota, and a cluster's scheduler is replaced only by a resume. Replay: KUEUE_PROPERTY_SEED."""
+    seed = int(os.environ.get("KUEUE_PROPERTY_SEED") or random.randrange(2**32))
+    rng = random.Random(seed)
+    print(f"KUEUE property seed {seed}")
+    clusters = ("p0", "p1")
+    flavor = f"rf-{namespace}"
+    suspended: set[str] = set()
+    resumes = {c: 0 for c in clusters}
+    groups: list[tuple[str, str]] = []
+    autoscalers: set[str] = set()
+    tolerating = False
+    steps: list[str] = []
+
+    def patch(kind: str, name: str, body: dict[str, Any]) -> None:
+        plane.kubectl("-n", namespace, "patch", kind, name, "--type=merge", "-p", json.dumps(body))
+
+    with QuotaWatch(plane, namespace) as watch:
+        for name in clusters:
+            apply(plane, namespace, queued_cluster(name, 1, queue))
+        for _ in range(14):
+            cluster = rng.choice(clusters)
+            action = rng.choice(("scale", "scale", "suspend", "group", "autoscaler", "flavor"))
+            if action == "scale":
+                replicas = rng.randrange(0, 6)
+                plane.kubectl("-n", namespace, "scale", "daskcluster", cluster, f"--replicas={replicas}")
+                steps.append(f"scale {cluster} {replicas}")
+            elif action == "suspend":
+                resume = cluster in suspended
+                patch("daskcluster", cluster, {"spec": {"suspend": not resume}})
+                (suspended.discard if resume else suspended.add)(cluster)
+                resumes[cluster] += int(resume)
+                steps.append(f"{'resume' if resume else 'suspend'} {cluster}")
+            elif action == "group":
+                mine = [g for c, g in groups if c == cluster]
+                if mine and rng.random() < 0.5:
+                    plane.kubectl("-n", namespace, "delete", "daskworkergroup", mine[0], "--wait=false")
+                    groups.remove((cluster, mine[0]))
+                    steps.append(f"delete group {mine[0]}")
+                else:
+                    name = f"{cluster}-g{len(steps)}"
+                    group = group_manifest(name, cluster, rng.randrange(1, 4))
+                    requesting(group["spec"]["worker"]["spec"])
+                    apply(plane, namespace, group)
+                    groups.append((cluster, name))
+                    steps.append(f"group {name} x{group['spec']['worker']['replicas']}")
+            elif action == "autoscaler":
+                name = f"{cluster}-auto"
+                if name in autoscalers:
+                    plane.kubectl("-n", namespace, "delete", "daskautoscaler", name, "--wait=false")
+                    autoscalers.discard(name)
+                    steps.append(f"delete autoscaler {name}")
+                else:
+                    low = rng.randrange(0, 3)
+                    apply(plane, namespace, {
+                        "apiVersion": "kubernetes.dask.org/v1", "kind": "DaskAutoscaler",
+                        "metadata": {"name": name},
+                        "spec": {"cluster": cluster, "minimum": low, "maximum": low + rng.randrange(1, 4)},
+                    })  # fmt: skip
+                    autoscalers.add(name)
+                    steps.append(f"autoscaler {name}")
+            else:
+                tolerating = not tolerating
+                toleration = {"key": "example.com/flavor-edit", "operator": "Exists", "effect": "NoSchedule"}
+                plane.kubectl("patch", "resourceflavor.kueue.x-k8s.io", flavor, "--type=merge", "-p",
+                              json.dumps({"spec": {"tolerations": [toleration] if tolerating else None}}))  # fmt: skip
+                steps.append(f"flavor tolerations {'on' if tolerating else 'off'}")
+            # an observation window of random length, during which the quota must hold (not a wait)
+            holds_for(lambda: not watch.over, rng.uniform(2, 8), interval=0.5, message=f"quota after {steps}")
+        holds_for(lambda: not watch.over, 20, interval=1, message=f"quota after settling from {steps}")
+    print(
+        f"KUEUE property: {len(steps)} steps, {watch.samples} samples, peak {watch.peak}m of {QUOTA_MILLICPU}m"
+    )
+    print("KUEUE steps: " + "; ".join(steps))
+    assert watch.samples > 50 and watch.peak > 0, (watch.samples, watch.peak)
+    assert not watch.over, (seed, steps, watch.over[:3])
+    for name in clusters:
+        assert len(watch.schedulers.get(name, ())) <= 1 + resumes[name], (seed, steps, name, watch.schedulers)
