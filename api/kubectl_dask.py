@@ -96,6 +96,9 @@ def worker_rows(identity: Mapping[str, Any]) -> str:
     listed = identity.get("workers")
     workers = [w for w in listed.values() if isinstance(w, dict)] if isinstance(listed, dict) else []
     for worker in sorted(workers, key=lambda w: str(w.get("name"))[:253]):
+        if "metrics" not in worker:  # from the API's worker list: a name and an address, nothing else known
+            rows.append([str(worker.get("name"))[:253], *["-"] * 6])
+            continue
         metrics = json_object(worker.get("metrics"))
         limit = json_count(worker.get("memory_limit"))
         rows.append(
@@ -110,6 +113,19 @@ def worker_rows(identity: Mapping[str, Any]) -> str:
             ]
         )
     return table(rows) if workers else "(no workers connected)"
+
+
+def identity_of_listing(listing: Any) -> Obj:
+    """The API's worker list (names and addresses) in the identity's shape, without the metrics it lacks."""
+    entries = listing.get("workers") if isinstance(listing, dict) else None
+    if not isinstance(entries, list):
+        raise SchedulerHTTPError("the scheduler's worker list has no workers array")
+    workers = {
+        str(entry["address"]): {"name": entry.get("name", entry["address"])}
+        for entry in entries
+        if isinstance(entry, dict) and isinstance(entry.get("address"), str)
+    }
+    return {"workers": workers}
 
 
 def description(
@@ -278,9 +294,21 @@ def cmd_describe(api: RestClient, args: argparse.Namespace) -> int:
         # The scheduler's JSON route, never its comm RPC: the answer is the tenant's data and is parsed, not
         # unpickled, on the admin's laptop too.
         forward = await scheduler_forward(api, ns, name, PORT_NAME_DASHBOARD)
+        base = f"http://127.0.0.1:{forward.local_port}"
         try:
-            url = f"http://127.0.0.1:{forward.local_port}/json/identity.json"
-            answer = await asyncio.to_thread(request_json, "GET", url, timeout=args.timeout)
+            try:
+                answer = await asyncio.to_thread(
+                    request_json, "GET", f"{base}/json/identity.json", timeout=args.timeout
+                )
+            except SchedulerHTTPError as error:
+                # Dask's identity route answers 500 while workers report metrics keyed by tuples (a busy
+                # cluster); the API's list (when the scheduler serves it) still names the workers.
+                if error.status != 500:
+                    raise
+                listing = await asyncio.to_thread(
+                    request_json, "GET", f"{base}/api/v1/get_workers", timeout=args.timeout
+                )
+                answer = identity_of_listing(listing)
         finally:
             await forward.close()
         if not isinstance(answer, dict):

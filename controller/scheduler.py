@@ -24,14 +24,18 @@ from dask_operator.controller.contract.scheduler_api import API_ROUTE, HTTP_ROUT
 
 T = TypeVar("T")
 
+IDENTITY_PATH = "/json/identity.json"  # Dask's default route: workers with their data and status
+WORKERS_PATH = "/api/v1/get_workers"  # the API route: names and addresses
+
 
 class SchedulerUnreachable(Exception):
     """The scheduler's HTTP API gave no usable answer; the message says why. `acted`: the request may have
     reached the scheduler (it timed out or broke after being sent), so it may still be carried out."""
 
-    def __init__(self, message: str, acted: bool = False) -> None:
+    def __init__(self, message: str, acted: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.acted = acted
+        self.status = status  # the HTTP status, when the scheduler answered with an error
 
 
 class UnexpectedAnswer(Exception):
@@ -134,6 +138,22 @@ def workers_of_identity(identity: Any) -> list[DaskWorker]:
     return found
 
 
+def workers_of_listing(listing: Any) -> list[DaskWorker]:
+    """The workers in the API's worker list (names and addresses only); entries of the wrong shape are
+    skipped."""
+    workers = listing.get("workers") if isinstance(listing, dict) else None
+    if not isinstance(workers, list):
+        raise UnexpectedAnswer("the worker list has no workers array")
+    found = []
+    for entry in workers:
+        address = entry.get("address") if isinstance(entry, dict) else None
+        if not isinstance(address, str):
+            continue
+        name = entry.get("name", address)
+        found.append(DaskWorker(str(name) if isinstance(name, str | int) else address, address))
+    return found
+
+
 class SchedulerClient:
     """Calls one scheduler. `timeout` bounds ordinary calls; `retire_timeout` bounds a retirement,
     which returns only once the retiring workers' data has moved elsewhere."""
@@ -148,7 +168,16 @@ class SchedulerClient:
     def get_workers(self) -> list[DaskWorker]:
         """All workers connected to the scheduler (every group of the cluster), with the data each holds,
         its status and its incoming transfers: the scheduler's identity."""
-        return self._call("GET", "/json/identity.json", None, workers_of_identity, self.timeout)
+        try:
+            return self._call("GET", IDENTITY_PATH, None, workers_of_identity, self.timeout)
+        except SchedulerUnreachable as error:
+            if error.status != 500:
+                raise
+        # Dask's identity route answers 500 while a worker's last heartbeat carries metrics keyed by tuples
+        # (it ran tasks since the one before), which is most of the time on a busy cluster. The API's list
+        # has names and addresses only: the choice of pods then ignores the data they hold, which costs time
+        # (Dask still moves the data of every worker it retires), never data.
+        return self._call("GET", WORKERS_PATH, None, workers_of_listing, self.timeout)
 
     def retire_workers(self, workers: Collection[DaskWorker]) -> set[str]:
         """Retire exactly these workers gracefully; return the names the scheduler retired.
@@ -216,7 +245,9 @@ class SchedulerClient:
                     f"{HTTP_ROUTES_ENV}?); the operator never falls back to the comm RPC"
                 ) from None
             # A retirement the scheduler may be carrying out must not be taken for one that never started.
-            raise SchedulerUnreachable(f"HTTP {path}: {error}", acted=not idempotent and error.sent) from None
+            raise SchedulerUnreachable(
+                f"HTTP {path}: {error}", acted=not idempotent and error.sent, status=error.status
+            ) from None
         try:
             return parse(answer)
         except UnexpectedAnswer as error:

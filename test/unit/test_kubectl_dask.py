@@ -103,3 +103,14 @@ def test_description_reads_a_hostile_identity_as_data() -> None:
     row = next(line for line in text.splitlines() if line.strip().startswith("x")).split()
     assert row == ["x" * 253, "0", "0", "B", "none", "0", "0", "0"]
     assert "(no workers connected)" in plugin.description(cluster("a"), [], {"workers": [1, 2]}, "")
+
+
+def test_a_busy_schedulers_workers_are_described_from_the_api_list() -> None:
+    """Dask's identity route answers 500 on a busy cluster; the API's list names the workers, and what it
+    does not say shows as unknown, not as zero."""
+    listing = {"workers": [{"name": "w-1", "address": "tcp://10.0.0.1:1"}, {"name": "no address"}, 7]}
+    text = plugin.description(cluster("a"), [], plugin.identity_of_listing(listing), "")
+    row = next(line for line in text.splitlines() if line.strip().startswith("w-1")).split()
+    assert row == ["w-1", "-", "-", "-", "-", "-", "-"]
+    with pytest.raises(plugin.SchedulerHTTPError):
+        plugin.identity_of_listing({"workers": "nope"})

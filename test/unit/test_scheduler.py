@@ -319,3 +319,36 @@ def test_a_retirement_whose_http_request_timed_out_may_have_acted() -> None:
         assert not err.value.acted
     finally:
         silent.close()
+
+
+def test_workers_are_listed_while_they_run_tasks(with_api: RunningCluster) -> None:
+    """Dask's identity route answers 500 while a worker's last heartbeat carries metrics keyed by tuples (it
+    ran tasks since the one before). Before the fallback to the API's list, a scale-down of a busy cluster
+    saw its scheduler as unreachable, waited, and was forced after the timeout."""
+    from distributed import Client
+
+    with Client(with_api.comm_address, timeout=30) as dask:
+        workers = len(dask.scheduler_info()["workers"])  # (another test of this module may retire one)
+        stop = time.monotonic() + 6
+        listed: list[int] = []
+        while time.monotonic() < stop:
+            dask.gather(dask.map(lambda x: x * x, range(30), pure=False))
+            listed.append(len(with_api.client.get_workers()))
+        assert workers >= 2 and listed and set(listed) == {workers}, listed
+
+
+def test_the_api_worker_list_is_read_strictly() -> None:
+    from dask_operator.controller.scheduler import UnexpectedAnswer, workers_of_listing
+
+    listing = {"num_workers": 4, "workers": [
+        {"name": "a", "address": "tcp://10.0.0.1:1"}, {"name": 7, "address": "tcp://10.0.0.2:1"},
+        {"name": {"x": 1}, "address": "tcp://10.0.0.3:1"}, {"name": "no-address"}, "junk",
+    ]}  # fmt: skip
+    assert [(w.name, w.address, w.nbytes) for w in workers_of_listing(listing)] == [
+        ("a", "tcp://10.0.0.1:1", 0),
+        ("7", "tcp://10.0.0.2:1", 0),
+        ("tcp://10.0.0.3:1", "tcp://10.0.0.3:1", 0),
+    ]
+    for bad in ([], {"workers": {}}, {"workers": None}):
+        with pytest.raises(UnexpectedAnswer):
+            workers_of_listing(bad)
