@@ -272,9 +272,14 @@ def ensure_bridge(node: RealNodeLayout) -> None:
 
 
 def prepare_bridges(st: PlaneState) -> None:
-    """Before the API server starts: it listens on the first node's bridge address."""
+    """Before the API server starts: it listens on the first node's bridge address. The plane's Service range
+    is routed into that bridge: a ClusterIP kube-proxy has no rule for yet (a Service just made) then fails
+    on this machine instead of leaving by the default route, where whatever answers is not this plane (a
+    Dask client once read an HTTP proxy's reply as a 3 EiB frame). The route goes with the bridge."""
     for spec in nodes.plane_nodes(st):
         ensure_bridge(layout(st, spec))
+    first = layout(st, nodes.plane_nodes(st)[0])
+    _run(["ip", "route", "replace", st.network.service_cidr, "dev", first.bridge, "src", first.node_ip])
 
 
 def _link_exists(name: str) -> bool:

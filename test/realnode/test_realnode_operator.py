@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 from support.fixtures import KubePlane
 from support.helm import CHART, Helm, helm_binary
-from support.operator import cluster_manifest, dask_client, wait_running, wait_workers, worker_pods
+from support.operator import (
+    cluster_manifest,
+    condition,
+    dask_client,
+    get,
+    wait_running,
+    wait_workers,
+    worker_pods,
+)
 from support.wait import wait_for
 
 OPERATOR_NS = "dask-operator"
@@ -75,6 +83,10 @@ def test_a_daskcluster_computes_and_scales_down_without_losing_results(operator:
         kp.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
         t0 = time.monotonic()
         wait_running(kp, ns, "smoke", timeout=180)
+        # Running means what the reference's phase means: the scheduler Pod and Service exist. On a real node
+        # the image may still be starting: the client connects once the cluster says its scheduler is Ready.
+        wait_for(lambda: condition(get(kp, ns, "daskcluster", "smoke"), "Ready").get("status") == "True",
+                 timeout=180, interval=1, message="the cluster Ready")  # fmt: skip
         with dask_client(kp, ns, "smoke") as client:
             wait_workers(client, 2, timeout=120)
             print(f"DaskCluster Running with 2 workers {time.monotonic() - t0:.1f} s after apply")
