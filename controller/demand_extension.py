@@ -9,7 +9,7 @@ Dask image has (distributed, tornado).
 
 Invariant: the route only reads the scheduler's state, on the scheduler's event loop, and answers plain
 JSON: `{"version": 1, "demand": [{"resources": {name: amount}, "tasks": n, "seconds": s}], "workers":
-[{"name", "nthreads", "resources"}], "truncated": bool}`, one demand entry per distinct restriction set
+[{"name", "nthreads", "nbytes", "resources"}], "truncated": bool}`, one demand entry per distinct restriction set
 (`{}`: tasks that need no resource), counting tasks queued, unrunnable (no worker can take them) and
 processing on a worker. At most MAX_TASKS tasks are looked at per answer, so a huge graph costs the scheduler
 a bounded pause. Held by test/unit/test_demand_extension.py (a real scheduler and workers).
@@ -81,6 +81,7 @@ def _workers(workers: Iterable[Any]) -> Iterator[dict[str, Any]]:
         yield {
             "name": str(worker.name),
             "nthreads": int(worker.nthreads),
+            "nbytes": int(getattr(worker, "nbytes", 0) or 0),
             "resources": {str(k): float(v) for k, v in (worker.resources or {}).items()},
         }
 

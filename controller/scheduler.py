@@ -21,7 +21,13 @@ from dask_operator.api.v1.names import (
     label_selector_string,
     scheduler_selector_labels,
 )
-from dask_operator.controller.contract.demand import DemandAnswer, Need, SchedulerDemand, restrictions
+from dask_operator.controller.contract.demand import (
+    DemandAnswer,
+    Holding,
+    Need,
+    SchedulerDemand,
+    restrictions,
+)
 from dask_operator.controller.contract.scheduler_api import (
     API_ROUTE,
     DEMAND_PATH,
@@ -176,7 +182,16 @@ def demand_of_report(body: Any) -> SchedulerDemand:
             raise UnexpectedAnswer("a demand entry's tasks is not a count")
         amounts = {k: _number(v) for k, v in resources.items()}
         needs.append(Need(restrictions(amounts), tasks, _number(entry.get("seconds"))))
-    return SchedulerDemand(tuple(needs), truncated=body.get("truncated") is True)
+    workers = body.get("workers")
+    if not isinstance(workers, list):
+        raise UnexpectedAnswer("workers is not a list")
+    holdings = []
+    for worker in workers:
+        name = worker.get("name") if isinstance(worker, dict) else None
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+            raise UnexpectedAnswer("a worker has no short string name")
+        holdings.append(Holding(name, json_count(worker.get("nbytes"))))
+    return SchedulerDemand(tuple(needs), truncated=body.get("truncated") is True, workers=tuple(holdings))
 
 
 class SchedulerClient:

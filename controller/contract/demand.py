@@ -8,6 +8,8 @@ by name), so tasks without restrictions go to groups without resources and never
 plain group exists. A group's warrant is the sum over the sets routed to it of ceil(slots wanted / slots per
 pod), where slots wanted = min(tasks, seconds / TARGET_DURATION) and a pod's slots for a set are its threads
 limited by how many such tasks its resources hold at once; any routed task warrants at least one worker.
+A group whose workers are the only ones left while the cluster holds data keeps one worker
+(`data_floor`): retiring the last worker cannot move its data anywhere, so going to zero would lose it.
 Held by test/unit/test_demand.py.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,11 +42,20 @@ class Need:
 
 
 @dataclass(frozen=True)
+class Holding:
+    """A worker as the demand report names it, with the bytes of data it holds."""
+
+    name: str
+    nbytes: int = 0
+
+
+@dataclass(frozen=True)
 class SchedulerDemand:
-    """The scheduler's demand report: one Need per restriction set."""
+    """The scheduler's demand report: one Need per restriction set, and the workers with their data."""
 
     needs: tuple[Need, ...] = ()
     truncated: bool = False
+    workers: tuple[Holding, ...] = ()
 
     def tasks_needing(self, resources: Mapping[str, float]) -> int:
         key = restrictions(resources)
@@ -189,3 +200,19 @@ def warranted_workers(
 def unroutable(demand: SchedulerDemand, profiles: Sequence[GroupProfile]) -> list[Need]:
     """Needs no group can run (e.g. tasks asking for a resource no group's workers declare)."""
     return [n for n in demand.needs if n.tasks > 0 and route(n.resources, profiles) is None]
+
+
+def _runs_in(worker: str, pods: Collection[str]) -> bool:
+    """Workers are named after their pod (`--name $(DASK_WORKER_NAME)`); `--nworkers N` appends `-0..-N-1`."""
+    if worker in pods:
+        return True
+    base, _, number = worker.rpartition("-")
+    return number.isdigit() and base in pods
+
+
+def data_floor(demand: SchedulerDemand, group_pods: Collection[str]) -> int:
+    """1 when the cluster's workers hold data and every one of them runs in this group's pods (no other
+    worker could take the data if these went), else 0."""
+    if not any(w.nbytes > 0 for w in demand.workers):
+        return 0
+    return 0 if any(not _runs_in(w.name, group_pods) for w in demand.workers) else 1

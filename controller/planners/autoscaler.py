@@ -8,7 +8,8 @@ With the demand extension's report (contract/demand.py), the group's warrant cou
 resource restrictions route to it; a scale-up goes to the whole warrant (clamped to [minimum, maximum]) in
 one write, at once; a scale-down waits until the warrant has stayed below the group's size for
 `spec.scaleDownDelaySeconds` (default SCALE_DOWN_DELAY_SECONDS, the time kept in `status.scaleDownPendingSince`)
-and `spec.cooldownSeconds` (default COOLDOWN_SECONDS) after the last change, then goes to the warrant.
+and `spec.cooldownSeconds` (default COOLDOWN_SECONDS) after the last change, then goes to the warrant, but
+never to zero while the group's workers are the cluster's only ones and hold data (nothing could take it).
 Without the report (the scheduler has no demand route), only the default group is scaled, from the
 scheduler's adaptive target: scale-up takes one step, scale-down at most max(1, floor(r / 4)) workers per
 step, and after a change nothing changes for the cooldown, a deadline kept in the
@@ -52,6 +53,7 @@ from dask_operator.controller.contract.conditions import (
 )
 from dask_operator.controller.contract.demand import (
     SchedulerDemand,
+    data_floor,
     group_profile,
     unroutable,
     warranted_workers,
@@ -112,6 +114,7 @@ class AutoscalerObservation:
     scheduler_pods: Sequence[Obj] = ()  # the cluster's scheduler pods
     service: Obj | None = None  # the cluster's scheduler Service
     group: Obj | None = None  # the group it scales
+    group_pods: Sequence[Obj] = ()  # that group's pods (whose workers hold which data)
     groups: Sequence[Obj] = ()  # every worker group of the cluster (where each task's demand goes)
     scheduler: SchedulerTarget | None = None  # None: not asked (yet)
 
@@ -296,7 +299,8 @@ def _scale_by_demand(
     profiles = [group_profile(g) for g in [group, *live]]
     warrant = warranted_workers(demand, profiles, group_name)
     current = int(group.get("spec", {}).get("worker", {}).get("replicas", 1))
-    desired = min(maximum, max(minimum, warrant))
+    floor = data_floor(demand, {p["metadata"]["name"] for p in obs.group_pods})
+    desired = min(maximum, max(minimum, warrant, floor if current > 0 else 0))
     lost = unroutable(demand, profiles)
     source = Condition(
         CONDITION_DEMAND,
@@ -307,6 +311,11 @@ def _scale_by_demand(
             f"; {sum(n.tasks for n in lost)} tasks ask for resources no worker group offers "
             f"({', '.join(sorted({_resources_text(n.resources) for n in lost}))})"
             if lost
+            else ""
+        )
+        + (
+            "; one worker stays: it holds the cluster's only copy of its data"
+            if floor and warrant < 1
             else ""
         )
         + ".",

@@ -54,12 +54,14 @@ class DaskAutoscalerReconciler(DaskReconciler[AutoscalerObservation]):
         namespace, cluster_name = autoscaler["metadata"]["namespace"], self.cluster_name(autoscaler)
         cluster = self.cache.get(DASK_CLUSTER_KIND, namespace, cluster_name)
         pods = self.cache.by_owner(POD, cluster["metadata"]["uid"]) if cluster is not None else []
+        group = self.cache.get(DASK_WORKER_GROUP_KIND, namespace, target_group_name(autoscaler))
         return AutoscalerObservation(
             autoscaler=autoscaler,
             cluster=cluster,
             scheduler_pods=scheduler_pods_of(pods),
             service=self.cache.get(SERVICE, namespace, scheduler_service_name(cluster_name)),
-            group=self.cache.get(DASK_WORKER_GROUP_KIND, namespace, target_group_name(autoscaler)),
+            group=group,
+            group_pods=self.cache.by_owner(POD, group["metadata"]["uid"]) if group is not None else [],
             groups=indexes.groups_of_cluster(self.cache, namespace, cluster_name),
         )
 

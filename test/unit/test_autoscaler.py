@@ -10,7 +10,7 @@ from support.builders import applied
 from support.objects import DaskAutoscalerBuilder
 
 from dask_operator.api.v1.names import ANNOTATION_COOLDOWN_UNTIL
-from dask_operator.controller.contract.demand import Need, SchedulerDemand, restrictions
+from dask_operator.controller.contract.demand import Holding, Need, SchedulerDemand, restrictions
 from dask_operator.controller.contract.objects import rfc3339
 from dask_operator.controller.contract.plans import (
     ADOPTION_FIELD_MANAGER,
@@ -436,4 +436,27 @@ def test_tasks_no_group_can_run_are_named() -> None:
     assert (
         "4 tasks ask for resources no worker group offers (TPU=1)"
         in condition(p, "DemandPerGroup")["message"]
+    )
+
+
+def test_the_last_workers_holding_data_are_not_scaled_to_zero() -> None:
+    zero = DaskAutoscalerBuilder("ns", "a", "c").with_bounds(0, 10).with_intervals(0, 0).build()
+    held = SchedulerDemand(workers=(Holding("c-default-worker-a", 1000),))
+    obs = observe(
+        autoscaler=zero,
+        group=worker_group("c-default", 4),
+        group_pods=[{"metadata": {"name": "c-default-worker-a"}}],
+        groups=[worker_group("c-default", 4)],
+        scheduler=SchedulerTarget(None, demand=held),
+    )
+    p = plan_autoscaler(obs, NOW)
+    assert replicas(p) == 1
+    assert "one worker stays" in condition(p, "DemandPerGroup")["message"]
+    # once another group's worker can take the data, zero is fine
+    shared = SchedulerDemand(workers=(*held.workers, Holding("c-gpu-worker-b", 0)))
+    assert (
+        replicas(
+            plan_autoscaler(dataclasses.replace(obs, scheduler=SchedulerTarget(None, demand=shared)), NOW)
+        )
+        == 0
     )

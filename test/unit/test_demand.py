@@ -9,8 +9,10 @@ import pytest
 
 from dask_operator.controller.contract.demand import (
     GroupProfile,
+    Holding,
     Need,
     SchedulerDemand,
+    data_floor,
     group_profile,
     restrictions,
     route,
@@ -107,3 +109,17 @@ def test_unroutable_names_the_needs_no_group_serves() -> None:
     d = demand(({"TPU": 1}, 4, 2.0), ({}, 1, 1.0))
     assert unroutable(d, [CPU, GPU]) == [Need((("TPU", 1.0),), 4, 2.0)]
     assert warranted_workers(d, [CPU, GPU], "c-unknown") == 0
+
+
+@pytest.mark.parametrize(
+    ("workers", "expected"),
+    [
+        ((), 0),
+        ((Holding("g-worker-a", 0),), 0),  # no data: nothing to keep
+        ((Holding("g-worker-a", 10),), 1),  # the only workers hold data: keep one
+        ((Holding("g-worker-a-0", 10), Holding("g-worker-a-1", 0)), 1),  # --nworkers names
+        ((Holding("g-worker-a", 10), Holding("h-worker-b", 0)), 0),  # another group's worker can take it
+    ],
+)
+def test_data_floor(workers: tuple[Holding, ...], expected: int) -> None:
+    assert data_floor(SchedulerDemand(workers=workers), {"g-worker-a"}) == expected

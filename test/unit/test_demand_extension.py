@@ -59,7 +59,15 @@ def test_the_preload_reports_demand_per_restriction_set_and_workers_with_their_r
         ((("GPU", 1.0),), 3),
     }
     assert answers["done"]["demand"] == []
-    assert answers["done"]["workers"] == [{"name": "gpu-0", "nthreads": 1, "resources": {"GPU": 1.0}}]
+    (worker,) = answers["done"]["workers"]
+    assert worker | {"nbytes": None} == {
+        "name": "gpu-0",
+        "nthreads": 1,
+        "resources": {"GPU": 1.0},
+        "nbytes": None,
+    }
+    assert worker["nbytes"] > 0  # it holds the eight results
+    assert demand_of_report(answers["done"]).workers[0].nbytes == worker["nbytes"]
     parsed = demand_of_report(waiting)
     assert parsed.tasks_needing({"GPU": 1.0}) == 3 and parsed.tasks_needing({}) == 5
 
