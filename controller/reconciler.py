@@ -35,7 +35,7 @@ ANSWER_MAX_AGE: dict[Question, float] = {
     Question.WORKERS: 5.0,
     Question.ADAPTIVE_TARGET: 5.0,
     Question.IDLE_SINCE: 2.0,
-    Question.DEMAND: 5.0,
+    Question.DEMAND: 1.5,  # the autoscaler looks every 2 s (DEMAND_POLL_SECONDS): each look asks afresh
 }
 
 # Which call answers which question.

@@ -72,6 +72,8 @@ from dask_operator.controller.contract.plans import (
 from dask_operator.controller.contract.pods import is_pod_ready, is_terminating
 
 POLL_SECONDS = 5.0  # how often an active autoscaler asks the scheduler (the reference's timer)
+# By demand, more often: the report is a small JSON answer, and a burst waits for the next look.
+DEMAND_POLL_SECONDS = 2.0
 COOLDOWN_SECONDS = 15.0  # no change for this long after a change (by demand: no scale-down)
 SCALE_DOWN_DELAY_SECONDS = 30.0  # by demand: the warrant stays below the size this long before a scale-down
 SCALE_DOWN_FRACTION = 0.25  # at most this fraction of the workers (but at least one) go per step
@@ -372,7 +374,7 @@ def _scale_by_demand(
         extra=[event],
         source=source,
     )
-    return Plan(steps=(*writes, *plan.steps), requeue_after=POLL_SECONDS)
+    return Plan(steps=(*writes, *plan.steps), requeue_after=DEMAND_POLL_SECONDS)
 
 
 def _pending_since(status: Mapping[str, Any]) -> float | None:
@@ -432,7 +434,8 @@ def _plan(
         previous.get("conditions"), conditions, rfc3339(now), meta.get("generation")
     )
     events = [*extra, *condition_events(previous.get("conditions"), status["conditions"], ready_events=False)]
-    requeue = POLL_SECONDS if wake is None else max(0.5, min(POLL_SECONDS, wake))
+    poll = DEMAND_POLL_SECONDS if source is not None and source.status else POLL_SECONDS
+    requeue = poll if wake is None else max(0.5, min(poll, wake))
     steps: list[Step] = [Apply(adopt, ADOPTION_FIELD_MANAGER)] if adopt is not None else []
     steps += [SetStatus(status), *(Emit(e) for e in events)]
     return Plan(steps=tuple(steps), requeue_after=requeue)

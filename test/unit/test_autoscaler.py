@@ -20,6 +20,7 @@ from dask_operator.controller.contract.plans import (
 )
 from dask_operator.controller.planners.autoscaler import (
     COOLDOWN_SECONDS,
+    DEMAND_POLL_SECONDS,
     POLL_SECONDS,
     SCALE_DOWN_DELAY_SECONDS,
     AutoscalerObservation,
@@ -373,7 +374,7 @@ def test_scale_down_waits_for_the_delay_then_goes_to_the_warrant() -> None:
     assert replicas_apply(first) is None and first.status is not None
     assert first.status["scaleDownPendingSince"] == rfc3339(NOW)
     assert condition(first, "Progressing")["reason"] == "ScaleDownPending"
-    assert first.requeue_after == POLL_SECONDS
+    assert first.requeue_after == DEMAND_POLL_SECONDS
     waited = dataclasses.replace(idle, autoscaler={**idle.autoscaler, "status": first.status})
     assert replicas_apply(plan_autoscaler(waited, NOW + SCALE_DOWN_DELAY_SECONDS - 1)) is None
     last = plan_autoscaler(waited, NOW + SCALE_DOWN_DELAY_SECONDS)
