@@ -35,6 +35,7 @@ ANSWER_MAX_AGE: dict[Question, float] = {
     Question.WORKERS: 5.0,
     Question.ADAPTIVE_TARGET: 5.0,
     Question.IDLE_SINCE: 2.0,
+    Question.DEMAND: 1.5,  # the autoscaler looks every 2 s (DEMAND_POLL_SECONDS): each look asks afresh
 }
 
 # Which call answers which question.
@@ -42,6 +43,7 @@ QUESTION_CALLS: dict[Question, Callable[[SchedulerClient], Any]] = {
     Question.WORKERS: SchedulerClient.get_workers,
     Question.ADAPTIVE_TARGET: SchedulerClient.adaptive_target,
     Question.IDLE_SINCE: SchedulerClient.check_idle,
+    Question.DEMAND: SchedulerClient.demand,
 }
 
 NO_SERVICE = "the scheduler Service does not exist"

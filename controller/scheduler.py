@@ -9,6 +9,7 @@ workers explicitly, so it never picks workers of another group. Held by test/uni
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,7 +21,20 @@ from dask_operator.api.v1.names import (
     label_selector_string,
     scheduler_selector_labels,
 )
-from dask_operator.controller.contract.scheduler_api import API_ROUTE, HTTP_ROUTES_ENV, DaskWorker
+from dask_operator.controller.contract.demand import (
+    DemandAnswer,
+    Holding,
+    Need,
+    SchedulerDemand,
+    restrictions,
+)
+from dask_operator.controller.contract.scheduler_api import (
+    API_ROUTE,
+    DEMAND_PATH,
+    HTTP_ROUTES_ENV,
+    PRELOAD_ENV,
+    DaskWorker,
+)
 
 T = TypeVar("T")
 
@@ -32,9 +46,12 @@ class SchedulerUnreachable(Exception):
     """The scheduler's HTTP API gave no usable answer; the message says why. `acted`: the request may have
     reached the scheduler (it timed out or broke after being sent), so it may still be carried out."""
 
-    def __init__(self, message: str, acted: bool = False, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, acted: bool = False, missing_route: bool = False, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.acted = acted
+        self.missing_route = missing_route  # the scheduler answered 404: it does not serve that path
         self.status = status  # the HTTP status, when the scheduler answered with an error
 
 
@@ -154,6 +171,51 @@ def workers_of_listing(listing: Any) -> list[DaskWorker]:
     return found
 
 
+# Bounds on the demand report: more restriction sets than this, or longer names, is not a Dask scheduler.
+MAX_DEMAND_ENTRIES = 1000
+MAX_RESOURCES_PER_ENTRY = 32
+MAX_NAME_LENGTH = 253
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise UnexpectedAnswer(f"{value!r} is not a non-negative number")
+
+
+def demand_of_report(body: Any) -> SchedulerDemand:
+    """The demand extension's answer, strictly: any entry of the wrong shape rejects the whole answer (a
+    scheduler that lies about one set cannot be trusted about the others)."""
+    if not isinstance(body, dict) or body.get("version") != 1:
+        raise UnexpectedAnswer("not a version 1 demand report")
+    entries = body.get("demand")
+    if not isinstance(entries, list) or len(entries) > MAX_DEMAND_ENTRIES:
+        raise UnexpectedAnswer("demand is not a list of at most 1000 entries")
+    needs = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise UnexpectedAnswer("a demand entry is not an object")
+        resources, tasks = entry.get("resources"), entry.get("tasks")
+        if not isinstance(resources, dict) or len(resources) > MAX_RESOURCES_PER_ENTRY:
+            raise UnexpectedAnswer("a demand entry's resources are not an object")
+        if any(not isinstance(k, str) or not 0 < len(k) <= MAX_NAME_LENGTH for k in resources):
+            raise UnexpectedAnswer("a resource name is not a short string")
+        if not isinstance(tasks, int) or isinstance(tasks, bool) or tasks < 0:
+            raise UnexpectedAnswer("a demand entry's tasks is not a count")
+        amounts = {k: _number(v) for k, v in resources.items()}
+        needs.append(Need(restrictions(amounts), tasks, _number(entry.get("seconds"))))
+    workers = body.get("workers")
+    if not isinstance(workers, list):
+        raise UnexpectedAnswer("workers is not a list")
+    holdings = []
+    for worker in workers:
+        name = worker.get("name") if isinstance(worker, dict) else None
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+            raise UnexpectedAnswer("a worker has no short string name")
+        holdings.append(Holding(name, json_count(worker.get("nbytes"))))
+    return SchedulerDemand(tuple(needs), truncated=body.get("truncated") is True, workers=tuple(holdings))
+
+
 class SchedulerClient:
     """Calls one scheduler. `timeout` bounds ordinary calls; `retire_timeout` bounds a retirement,
     which returns only once the retiring workers' data has moved elsewhere."""
@@ -223,6 +285,20 @@ class SchedulerClient:
 
         return self._call("GET", "/api/v1/adaptive_target", None, target, self.timeout)
 
+    def demand(self) -> DemandAnswer:
+        """The work per resource-restriction set, from the demand extension the operator preloads into the
+        schedulers it makes; from a scheduler without it (a user's own preload), its adaptive target."""
+        try:
+            return DemandAnswer(self._call("GET", DEMAND_PATH, None, demand_of_report, self.timeout))
+        except SchedulerUnreachable as error:
+            if not error.missing_route:
+                raise
+        why = (
+            f"The scheduler has no demand route (the operator adds it through {PRELOAD_ENV} unless the "
+            "scheduler sets its own preloads)"
+        )
+        return DemandAnswer(None, self.adaptive_target(), why)
+
     # -- transport -----------------------------------------------------------------------------------
 
     def _call(
@@ -242,7 +318,9 @@ class SchedulerClient:
             if error.status == 404:
                 raise SchedulerUnreachable(
                     f"HTTP {path}: the scheduler has no such route (is {API_ROUTE} in its "
-                    f"{HTTP_ROUTES_ENV}?); the operator never falls back to the comm RPC"
+                    f"{HTTP_ROUTES_ENV}?); the operator never falls back to the comm RPC",
+                    missing_route=True,
+                    status=404,
                 ) from None
             # A retirement the scheduler may be carrying out must not be taken for one that never started.
             raise SchedulerUnreachable(

@@ -52,6 +52,7 @@ from dask_operator.api.kubecluster.options import (
     SchedulerStartupError,
     SchedulerUnreachableError,
     autoscaler_manifest,
+    autoscaler_name,
     cluster_manifest,
     cluster_phase,
     config_value,
@@ -502,7 +503,7 @@ class KubeCluster(Cluster):
         return self.dashboard_link.replace("/status", "/jupyter/lab")
 
     def scale(self, n: int, worker_group: str = "default") -> Any:
-        """Set worker group `worker_group` to `n` workers, turning adaptive scaling (a DaskAutoscaler) off.
+        """Set worker group `worker_group` to `n` workers, turning its adaptive scaling (its DaskAutoscaler) off.
 
         Returns once the DaskWorkerGroup says so (an awaitable when asynchronous); the operator then starts or
         retires workers.
@@ -513,7 +514,8 @@ class KubeCluster(Cluster):
         return self.sync(self._scale, n, worker_group, group)
 
     async def _scale(self, n: int, worker_group: str, group: str) -> None:
-        await self._kube(self.api.delete, DASK_AUTOSCALER_KIND, self.namespace, self.cluster_name)
+        autoscaler = autoscaler_name(self.cluster_name, worker_group)
+        await self._kube(self.api.delete, DASK_AUTOSCALER_KIND, self.namespace, autoscaler)
         patch = {"spec": {"worker": {"replicas": n}}}
         try:
             await self._kube(self.api.patch_merge, DASK_WORKER_GROUP_KIND, self.namespace, group, patch)
@@ -532,14 +534,18 @@ class KubeCluster(Cluster):
             self._options = dataclasses.replace(self._options, n_workers=n)
 
     def adapt(  # type: ignore[override]
-        self, minimum: int | None = None, maximum: int | None = None
+        self, minimum: int | None = None, maximum: int | None = None, worker_group: str = "default"
     ) -> Autoscaling:
-        """Let the operator scale the default worker group between `minimum` and `maximum` (a DaskAutoscaler).
+        """Let the operator scale worker group `worker_group` between `minimum` and `maximum` (a DaskAutoscaler
+        per group). A group grows only for the tasks its workers' resources serve: with a group added by
+        `add_worker_group("gpu", worker_command="dask worker --resources GPU=1", ...)`,
+        `adapt(0, 3, worker_group="gpu")` starts GPU workers only while tasks submitted with
+        `resources={"GPU": 1}` wait, and retires them (their data moved) once idle.
 
         Returns the bounds set (awaitable when asynchronous). When asynchronous the write starts at once, awaited
         or not: the JupyterLab Dask panel calls adapt() without awaiting it and reads `.minimum`/`.maximum`.
         """
-        manifest = autoscaler_manifest(self.cluster_name, self.namespace, minimum, maximum)
+        manifest = autoscaler_manifest(self.cluster_name, self.namespace, minimum, maximum, worker_group)
         bounds = manifest["spec"]
         if self.asynchronous:
             write = asyncio.ensure_future(self._kube(self.api.apply, manifest, FIELD_MANAGER))

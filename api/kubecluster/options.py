@@ -284,8 +284,17 @@ def worker_group_manifest(
     }
 
 
-def autoscaler_manifest(cluster: str, namespace: str, minimum: int | None, maximum: int | None) -> Obj:
-    """DaskAutoscaler `<cluster>` with its labels under metadata.labels (the reference drops them)."""
+def autoscaler_name(cluster: str, worker_group: str = "default") -> str:
+    """The DaskAutoscaler KubeCluster makes for a group: `<cluster>` for the default group (as the reference
+    names it), `<cluster>-<group>` for another."""
+    return cluster if worker_group == "default" else validate_worker_group_name(cluster, worker_group)
+
+
+def autoscaler_manifest(
+    cluster: str, namespace: str, minimum: int | None, maximum: int | None, worker_group: str = "default"
+) -> Obj:
+    """DaskAutoscaler `autoscaler_name(cluster, worker_group)` with its labels under metadata.labels (the
+    reference drops them); for a group other than the default one, `spec.workerGroup` names it."""
     low = 0 if minimum is None else minimum
     if maximum is None:
         raise ValueError(
@@ -294,15 +303,18 @@ def autoscaler_manifest(cluster: str, namespace: str, minimum: int | None, maxim
         )
     if isinstance(low, bool) or isinstance(maximum, bool) or not (0 <= int(low) <= int(maximum)):
         raise ValueError(f"adapt() needs 0 <= minimum <= maximum; got minimum={minimum}, maximum={maximum}")
+    spec: Obj = {"cluster": cluster, "minimum": int(low), "maximum": int(maximum)}
+    if worker_group != "default":
+        spec["workerGroup"] = validate_worker_group_name(cluster, worker_group)
     return {
         "apiVersion": API_VERSION,
         "kind": DASK_AUTOSCALER.kind,
         "metadata": {
-            "name": cluster,
+            "name": autoscaler_name(cluster, worker_group),
             "namespace": namespace,
             "labels": {LABEL_CLUSTER_NAME: cluster, LABEL_COMPONENT: COMPONENT_AUTOSCALER},
         },
-        "spec": {"cluster": cluster, "minimum": int(low), "maximum": int(maximum)},
+        "spec": spec,
     }
 
 

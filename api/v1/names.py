@@ -9,7 +9,9 @@ rules at admission and by `validate_cluster_name` for Python callers.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from dask_operator.api.v1.group import API_VERSION, GROUP
 
@@ -154,6 +156,12 @@ def scheduler_service_name(cluster: str) -> str:
 def default_worker_group_name(cluster: str) -> str:
     """The DaskWorkerGroup a DaskCluster creates from its `spec.worker`."""
     return f"{cluster}-default"
+
+
+def autoscaled_group_name(autoscaler: Mapping[str, Any]) -> str:
+    """The DaskWorkerGroup a DaskAutoscaler scales: `spec.workerGroup`, else its cluster's default group."""
+    spec = autoscaler.get("spec") or {}
+    return str(spec.get("workerGroup") or default_worker_group_name(str(spec.get("cluster", ""))))
 
 
 def worker_group_name(cluster: str, name: str) -> str:

@@ -36,6 +36,7 @@ Schema = dict[str, Any]
 MAX_NAME_LENGTH = 253
 MAX_CONDITIONS = 32
 MAX_LABEL_VALUE_LENGTH = 63
+OBJECT_NAME_PATTERN = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # a DNS-1123 subdomain (an object's name)
 LABEL_VALUE_PATTERN = "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
 # The job runner must be able to finish, so its pod may not use restartPolicy Always. (Every other closed
@@ -544,29 +545,55 @@ def dask_job_schema() -> Schema:
 def dask_autoscaler_schema() -> Schema:
     spec = obj(
         {
-            "cluster": cluster_reference(
-                "Name of the DaskCluster (same namespace) whose default workers to scale."
+            "cluster": cluster_reference("Name of the DaskCluster (same namespace) whose workers to scale."),
+            "workerGroup": string(
+                "Name of the DaskWorkerGroup of that cluster to scale (default: the cluster's default group, "
+                "`<cluster>-default`). Only tasks whose resource restrictions this group's workers serve "
+                "(`dask worker --resources`) grow it.",
+                minLength=1,
+                maxLength=MAX_NAME_LENGTH,
+                pattern=OBJECT_NAME_PATTERN,
             ),
             "minimum": integer("Fewest workers to keep.", minimum=0),
             "maximum": integer("Most workers to run, whatever the scheduler asks for.", minimum=0),
+            "cooldownSeconds": integer(
+                "Seconds after a change during which the group is not scaled down (default 15).",
+                minimum=0,
+                maximum=86400,
+            ),
+            "scaleDownDelaySeconds": integer(
+                "Seconds the tasks must warrant fewer workers than the group has before it is scaled down "
+                "(default 30; scale-ups are immediate).",
+                minimum=0,
+                maximum=86400,
+            ),
         },
         required=("cluster", "minimum", "maximum"),
-        description="Adaptive scaling bounds for a DaskCluster's default worker group.",
+        description="Adaptive scaling bounds for one worker group of a DaskCluster.",
     )
     spec["x-kubernetes-validations"] = [
         rule(
             "self.minimum <= self.maximum",
             "spec.minimum must be less than or equal to spec.maximum",
             fieldPath=".minimum",
-        )
+        ),
+        rule(
+            "has(self.workerGroup) == has(oldSelf.workerGroup) && "
+            "(!has(self.workerGroup) || self.workerGroup == oldSelf.workerGroup)",
+            "spec.workerGroup is immutable: create another DaskAutoscaler for another group",
+            fieldPath=".workerGroup",
+        ),
     ]
     return root(
         spec,
         status_schema(
             "Observed state; written by the operator.",
             {
-                "desiredWorkers": count("Workers last requested of the default worker group."),
+                "desiredWorkers": count("Workers last requested of the worker group."),
                 "lastScaleTime": date_time("When the request last changed."),
+                "scaleDownPendingSince": date_time(
+                    "Since when the tasks have warranted fewer workers than the group has."
+                ),
             },
         ),
         [],

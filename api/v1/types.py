@@ -244,6 +244,9 @@ class DaskAutoscalerSpec(TypedDict):
     cluster: str
     minimum: int
     maximum: int
+    workerGroup: NotRequired[str]
+    cooldownSeconds: NotRequired[int]
+    scaleDownDelaySeconds: NotRequired[int]
 
 
 class DaskAutoscalerStatus(TypedDict, total=False):
@@ -251,3 +254,4 @@ class DaskAutoscalerStatus(TypedDict, total=False):
     conditions: list[Condition]
     desiredWorkers: int
     lastScaleTime: str
+    scaleDownPendingSince: str

@@ -67,6 +67,7 @@ class Question(enum.Enum):
     WORKERS = "workers"  # the scheduler's workers (to choose whom to retire)
     ADAPTIVE_TARGET = "adaptive_target"  # how many workers it wants
     IDLE_SINCE = "idle_since"  # since when it has been idle
+    DEMAND = "demand"  # its work per resource-restriction set (else its adaptive target)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,18 @@
 """What the operator and a Dask scheduler agree on, as values: the HTTP routes the operator enables on the
-schedulers it makes, and a worker as the scheduler names it.
+schedulers it makes, the demand extension it preloads into them, and a worker as the scheduler names it.
 
-Invariant: constants and frozen data only (planners import this; they never import the scheduler client).
-Held by test/unit/test_scheduler.py.
+Invariant: constants and frozen data only (planners import this; they never import the scheduler client);
+the one file read is the demand extension's own source, shipped verbatim. Held by test/unit/test_scheduler.py
+and test/unit/test_demand_extension.py.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # The scheduler's HTTP API (distributed.http.scheduler.api) is off by default (dask/distributed#6407).
@@ -125,3 +128,31 @@ class DaskWorker:
     @property
     def retiring(self) -> bool:
         return self.status == RETIRING_STATUS
+
+
+# The demand extension (controller/demand_extension.py) runs inside the scheduler as a preload. Its source
+# goes in this variable as a one-item list literal: Dask parses the variable as a Python literal, and
+# distributed imports a preload given as source text, so any Dask image runs it without a volume.
+PRELOAD_ENV = "DASK_DISTRIBUTED__SCHEDULER__PRELOAD"
+DEMAND_PATH = "/dask-operator/v1/demand"  # the extension's route (same constant there; a test holds it)
+_EXTENSION = Path(__file__).resolve().parents[1] / "demand_extension.py"
+
+
+@functools.cache
+def preload_value() -> str:
+    """The value of PRELOAD_ENV that loads the demand extension."""
+    return repr([_EXTENSION.read_text(encoding="utf-8")])
+
+
+def preload_wanted(container: Mapping[str, Any]) -> bool:
+    """Whether the operator adds the extension's preload to this scheduler container: not when the user
+    sets preloads (in env, possibly through envFrom, or `--preload` on the command line, which replaces the
+    configured ones), so a user's preload is never overridden. Without it the autoscaler falls back to the
+    scheduler's adaptive target, for the default group only."""
+    names = {e.get("name") for e in container.get("env") or []}
+    words = [*(container.get("command") or []), *(container.get("args") or [])]
+    return (
+        PRELOAD_ENV not in names
+        and not container.get("envFrom")
+        and not any(str(w).startswith("--preload") for w in words)
+    )

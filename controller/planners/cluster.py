@@ -96,7 +96,13 @@ from dask_operator.controller.contract.plans import (
     earliest,
 )
 from dask_operator.controller.contract.pods import is_pod_finished, is_pod_ready, is_terminating, pod_failure
-from dask_operator.controller.contract.scheduler_api import HTTP_ROUTES_ENV, routes_decision
+from dask_operator.controller.contract.scheduler_api import (
+    HTTP_ROUTES_ENV,
+    PRELOAD_ENV,
+    preload_value,
+    preload_wanted,
+    routes_decision,
+)
 
 # Degraded reason while a scheduler deleted from outside the operator is replaced (its state is gone).
 SCHEDULER_LOST = "SchedulerLost"
@@ -140,6 +146,7 @@ def desired_scheduler_pod(cluster: Mapping[str, Any], queue: Queueing | None = N
     # Added after hashing: an operator upgrade that brings this default never restarts a running scheduler
     # (a restart loses the cluster's state).
     spec["containers"] = with_env_defaults(spec["containers"], {WORKER_TTL_ENV: DEFAULT_WORKER_TTL})
+    spec["containers"] = [_with_demand_extension(c) for c in spec["containers"]]
     return owned_child(cluster, "v1", "Pod", scheduler_name(name), (labels, annotations), spec)
 
 
@@ -149,6 +156,14 @@ def _with_api_route(container: Obj) -> Obj:
         return {**container, "env": list(container.get("env") or [])}
     env = [e for e in container.get("env") or [] if e.get("name") != HTTP_ROUTES_ENV]
     return {**container, "env": [*env, {"name": HTTP_ROUTES_ENV, "value": decision.value}]}
+
+
+def _with_demand_extension(container: Obj) -> Obj:
+    """The per-group autoscaler's demand route, preloaded (after hashing, like the TTL: an operator upgrade
+    that brings it never restarts a running scheduler; the next scheduler pod gets it)."""
+    if not preload_wanted(container):
+        return container
+    return {**container, "env": [*container.get("env", []), {"name": PRELOAD_ENV, "value": preload_value()}]}
 
 
 def scheduler_api_condition(cluster: Mapping[str, Any]) -> Condition:

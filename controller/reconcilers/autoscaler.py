@@ -1,10 +1,10 @@
 """The DaskAutoscaler reconciler on the template (controller/reconciler.py): observe the autoscaler, its
-cluster's scheduler pod and Service and the default group from the cache; plan_autoscaler, asking the
-scheduler's adaptive target (off-thread) only when it is Ready; execute; look again in POLL_SECONDS; and its
+cluster's scheduler pod and Service and its worker groups from the cache; plan_autoscaler, asking the
+scheduler's demand (off-thread) only when it is Ready; execute; look again in POLL_SECONDS; and its
 wiring.
 
-Invariant: reads only from the cache; the only object it scales is `<cluster>-default`, with its own field
-manager; a cooldown it wrote holds before the next decision because the runtime does not reconcile again
+Invariant: reads only from the cache; the only object it scales is its target group (`spec.workerGroup`,
+else `<cluster>-default`), with its own field manager; a cooldown it wrote holds before the next decision because the runtime does not reconcile again
 until the cache shows that write. Held by test/e2e/test_autoscaler.py, test/unit/test_autoscaler.py and
 test/unit/test_reconciler.py.
 """
@@ -16,8 +16,9 @@ from typing import Any
 
 import structlog
 
-from dask_operator.api.v1.names import default_worker_group_name, scheduler_service_name
+from dask_operator.api.v1.names import scheduler_service_name
 from dask_operator.controller import indexes, operator_metrics
+from dask_operator.controller.contract.demand import DemandAnswer
 from dask_operator.controller.contract.objects import Obj
 from dask_operator.controller.contract.plans import AUTOSCALER_FIELD_MANAGER, Apply, Plan, Question
 from dask_operator.controller.executor import Outcome
@@ -27,6 +28,7 @@ from dask_operator.controller.planners.autoscaler import (
     SchedulerTarget,
     plan_autoscaler,
     scheduler_pods_of,
+    target_group_name,
 )
 from dask_operator.controller.reconciler import (
     DaskReconciler,
@@ -52,14 +54,15 @@ class DaskAutoscalerReconciler(DaskReconciler[AutoscalerObservation]):
         namespace, cluster_name = autoscaler["metadata"]["namespace"], self.cluster_name(autoscaler)
         cluster = self.cache.get(DASK_CLUSTER_KIND, namespace, cluster_name)
         pods = self.cache.by_owner(POD, cluster["metadata"]["uid"]) if cluster is not None else []
+        group = self.cache.get(DASK_WORKER_GROUP_KIND, namespace, target_group_name(autoscaler))
         return AutoscalerObservation(
             autoscaler=autoscaler,
             cluster=cluster,
             scheduler_pods=scheduler_pods_of(pods),
             service=self.cache.get(SERVICE, namespace, scheduler_service_name(cluster_name)),
-            default_group=self.cache.get(
-                DASK_WORKER_GROUP_KIND, namespace, default_worker_group_name(cluster_name)
-            ),
+            group=group,
+            group_pods=self.cache.by_owner(POD, group["metadata"]["uid"]) if group is not None else [],
+            groups=indexes.groups_of_cluster(self.cache, namespace, cluster_name),
         )
 
     def plan(self, observed: AutoscalerObservation, now: float) -> Plan:
@@ -68,11 +71,10 @@ class DaskAutoscalerReconciler(DaskReconciler[AutoscalerObservation]):
     def with_answer(
         self, observed: AutoscalerObservation, question: Question, answer: Answer
     ) -> AutoscalerObservation:
-        target = (
-            SchedulerTarget(answer.value)
-            if answer.error is None
-            else SchedulerTarget(None, str(answer.error))
-        )
+        if answer.error is not None:
+            return dataclasses.replace(observed, scheduler=SchedulerTarget(None, str(answer.error)))
+        said: DemandAnswer = answer.value
+        target = SchedulerTarget(said.adaptive_target, demand=said.demand, why_no_demand=said.why_no_demand)
         return dataclasses.replace(observed, scheduler=target)
 
     def forget(self, request: Request) -> None:
@@ -87,7 +89,7 @@ class DaskAutoscalerReconciler(DaskReconciler[AutoscalerObservation]):
         desired = (plan.status or {}).get("desiredWorkers")
         if desired is not None:
             operator_metrics.AUTOSCALER_DESIRED.labels(meta["namespace"], meta["name"]).set(desired)
-        group = observed.default_group or {}
+        group = observed.group or {}
         current = int((group.get("spec") or {}).get("worker", {}).get("replicas", 1))
         for step in plan.of_type(Apply):
             replicas = step.obj.get("spec", {}).get("worker", {}).get("replicas")

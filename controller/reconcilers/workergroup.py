@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from dask_operator.api.v1.names import default_worker_group_name
+from dask_operator.api.v1.names import autoscaled_group_name, default_worker_group_name
 from dask_operator.controller import indexes, operator_metrics
 from dask_operator.controller.contract.hold import hold_of
 from dask_operator.controller.contract.names import FORCE_SCALE_DOWN_ANNOTATION
@@ -82,7 +82,10 @@ class DaskWorkerGroupReconciler(DaskReconciler[GroupObservation]):
             cluster=cluster,
             pods=self.cache.by_owner(POD, meta["uid"]),
             retirement=self.retirement_view(Request(namespace, meta["name"])),
-            autoscaled=bool(indexes.autoscalers_of_cluster(self.cache, namespace, cluster_name)),
+            autoscaled=any(
+                autoscaled_group_name(a) == meta["name"]
+                for a in indexes.autoscalers_of_cluster(self.cache, namespace, cluster_name)
+            ),
             queue=queueing_of(self.cache, self.settings.kueue, cluster) if cluster is not None else None,
             hold=hold_of(cluster) if cluster is not None else None,
             disruption_budgets=self.cache.by_owner(PODDISRUPTIONBUDGET, meta["uid"]),

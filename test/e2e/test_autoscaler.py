@@ -1,4 +1,4 @@
-"""DaskAutoscaler end to end: a real scheduler's adaptive target drives the default worker group's size.
+"""DaskAutoscaler end to end: a real scheduler's demand drives the default worker group's size.
 
 Real scheduler and worker processes on the process node; the operator is a `dask-operator run` subprocess
 per test (support/operator.py). Waits have deadlines; nothing sleeps to synchronise.
@@ -82,15 +82,17 @@ def test_autoscaler_follows_the_scheduler_within_its_bounds_and_goes_with_its_cl
         client.gather(futures, errors="skip")
         del futures
 
-        # Idle again: back toward the minimum, one damped step at a time (3 -> 2, then 2 -> 1 after 15 s).
+        # Idle again: once the demand has stayed below the size for the delay (30 s by default), straight
+        # back to the minimum (the operator's scheduler reports its demand: no damped steps).
         def scaled_down() -> list[tuple[int, int]]:
             replicas = default_replicas(plane, namespace, "elastic")
             assert replicas is None or replicas <= 3, replicas  # clamped: never above the maximum
             return scalings(plane, namespace, "ScaledDown")
 
         steps = wait_for(scaled_down, timeout=90, interval=0.5, message="scaled down")
-        assert steps[0] == (3, 2), steps  # damped: max(1, floor(3 / 4)) = 1 worker per step
-        assert all(before - after == 1 for before, after in steps), steps
+        assert steps == [(3, 1)], steps
+        demand = condition(get(plane, namespace, "daskautoscaler", "elastic"), "DemandPerGroup")
+        assert demand.get("status") == "True", demand
         assert scalings(plane, namespace, "ScaledUp")[-1][1] == 3
 
     plane.kubectl("delete", "-n", namespace, "daskcluster", "elastic", "--wait=false")

@@ -1,6 +1,6 @@
 """Several process nodes: placement by kube-scheduler, drain with PodDisruptionBudgets, node loss.
 
-One 3-node plane for the module (`three_node_plane`: node 1 in zone-b, node 2 tainted
+One 3-node plane for the module (`three_node_plane`: node 1 in zone-b with 4 nvidia.com/gpu, node 2 tainted
 dedicated=batch:NoSchedule, short node-failure timing); its teardown checks that `localkube down`
 leaves no process, mount, network namespace or bridge behind. Pods are real processes.
 """
@@ -129,6 +129,12 @@ def test_pods_land_where_node_selector_anti_affinity_and_taints_say_and_reach_ea
     assert list(zoned.values()) == [node1]
     shy = wait_ready(kp, ns, "shy", 2, timeout=60)
     assert sorted(shy.values()) == sorted([node0, node1])
+    # Pods asking for an extended resource land only on the node that advertises it (node 1's GPUs), even
+    # with every node open to them.
+    gpu = json.loads(deployment("gpu", 2, {"tolerations": TOLERATE_NODE_2}))
+    gpu["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    kp.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(gpu))
+    assert set(wait_ready(kp, ns, "gpu", 2, timeout=60).values()) == {node1}
 
     def unschedulable() -> str | None:
         for p in pods(kp, ns, "app=shy"):

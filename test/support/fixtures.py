@@ -321,6 +321,7 @@ THREE_NODE_OPTIONS = {
     "default_unreachable_toleration_seconds": 5,
     "node_labels": ("1=topology.kubernetes.io/zone=zone-b",),
     "node_taints": ("2=dedicated=batch:NoSchedule",),
+    "node_capacity": ("1=nvidia.com/gpu=4",),  # heterogeneous: only node 1 has (pretend) GPUs
 }
 
 
@@ -353,8 +354,8 @@ def plane_leftovers(state_dir: Path, bridge: str, pids: list[tuple[int, int]]) -
 def three_node_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubePlane]:
     """A local plane of this module's own with 3 process nodes and kube-scheduler.
 
-    Node 1 is labelled topology.kubernetes.io/zone=zone-b and node 2 is tainted
-    dedicated=batch:NoSchedule. Taking it down must leave nothing behind: checked here.
+    Node 1 is labelled topology.kubernetes.io/zone=zone-b and advertises 4 nvidia.com/gpu, and node 2 is
+    tainted dedicated=batch:NoSchedule. Taking it down must leave nothing behind: checked here.
     """
     if os.environ.get("K8S_TEST_BACKEND", "local") != "local":
         pytest.skip("several process nodes need the local control plane (K8S_TEST_BACKEND=local)")

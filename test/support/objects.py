@@ -149,13 +149,22 @@ class DaskAutoscalerBuilder(_Builder):
     def __init__(self, namespace: str, name: str, cluster: str) -> None:
         super().__init__(namespace, name)
         self.cluster, self.minimum, self.maximum = cluster, 1, 10
+        self.options: Obj = {}
 
     def with_bounds(self, minimum: int, maximum: int) -> DaskAutoscalerBuilder:
         self.minimum, self.maximum = minimum, maximum
         return self
 
+    def with_group(self, group: str) -> DaskAutoscalerBuilder:
+        self.options["workerGroup"] = group
+        return self
+
+    def with_intervals(self, cooldown: int, scale_down_delay: int) -> DaskAutoscalerBuilder:
+        self.options.update(cooldownSeconds=cooldown, scaleDownDelaySeconds=scale_down_delay)
+        return self
+
     def spec(self) -> Obj:
-        return {"cluster": self.cluster, "minimum": self.minimum, "maximum": self.maximum}
+        return {"cluster": self.cluster, "minimum": self.minimum, "maximum": self.maximum, **self.options}
 
 
 class DaskJobBuilder(_Builder):

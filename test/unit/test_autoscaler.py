@@ -10,6 +10,7 @@ from support.builders import applied
 from support.objects import DaskAutoscalerBuilder
 
 from dask_operator.api.v1.names import ANNOTATION_COOLDOWN_UNTIL
+from dask_operator.controller.contract.demand import Holding, Need, SchedulerDemand, restrictions
 from dask_operator.controller.contract.objects import rfc3339
 from dask_operator.controller.contract.plans import (
     ADOPTION_FIELD_MANAGER,
@@ -19,7 +20,9 @@ from dask_operator.controller.contract.plans import (
 )
 from dask_operator.controller.planners.autoscaler import (
     COOLDOWN_SECONDS,
+    DEMAND_POLL_SECONDS,
     POLL_SECONDS,
+    SCALE_DOWN_DELAY_SECONDS,
     AutoscalerObservation,
     SchedulerTarget,
     bounded_target,
@@ -81,7 +84,7 @@ def observe(
         cluster=CLUSTER,
         scheduler_pods=[scheduler_pod()],
         service=SERVICE,
-        default_group=group(current),
+        group=group(current),
         scheduler=SchedulerTarget(target, error),
     )
     return dataclasses.replace(obs, **changes)
@@ -222,7 +225,7 @@ def test_bounds_edited_take_effect_on_the_next_tick() -> None:
             {"cluster": {**CLUSTER, "metadata": {**CLUSTER["metadata"], "deletionTimestamp": "x"}}},
             "ClusterNotFound",
         ),
-        ({"default_group": None}, "WorkerGroupNotFound"),
+        ({"group": None}, "WorkerGroupNotFound"),
         ({"scheduler_pods": []}, "SchedulerNotReady"),
         ({"scheduler_pods": [scheduler_pod(ready=False)]}, "SchedulerNotReady"),
         ({"scheduler_pods": [scheduler_pod(), scheduler_pod(name="c-scheduler-2")]}, "SchedulerNotReady"),
@@ -231,7 +234,7 @@ def test_bounds_edited_take_effect_on_the_next_tick() -> None:
 )
 def test_no_change_without_a_usable_scheduler(changes: dict[str, Any], reason: str) -> None:
     p = plan_autoscaler(observe(current=1, target=9, **changes), NOW)
-    assert (replicas_apply(p), cooldown_apply(p), (p.question is Question.ADAPTIVE_TARGET)) == (
+    assert (replicas_apply(p), cooldown_apply(p), (p.question is Question.DEMAND)) == (
         None,
         None,
         False,
@@ -254,7 +257,7 @@ def test_a_terminating_old_scheduler_next_to_the_ready_one_is_ignored() -> None:
 
 def test_the_scheduler_is_asked_only_once_it_is_ready() -> None:
     p = plan_autoscaler(observe(scheduler=None), NOW)
-    assert (p.question is Question.ADAPTIVE_TARGET) and p.status is None and replicas_apply(p) is None
+    assert (p.question is Question.DEMAND) and p.status is None and replicas_apply(p) is None
 
 
 def test_unreachable_scheduler_changes_nothing_and_is_degraded_with_a_warning() -> None:
@@ -304,3 +307,157 @@ def test_steady_state_status_is_stable() -> None:
         NOW + 30,
     )
     assert again.status == after.status and again.events == ()
+
+
+# -- per group, by demand (the scheduler's demand extension answers) -----------------------------------------
+
+
+def worker_group(name: str, replicas: int, resources: str = "") -> dict[str, Any]:
+    args = ["dask", "worker", *(["--resources", resources] if resources else [])]
+    return {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskWorkerGroup",
+        "metadata": {"name": name, "namespace": "ns", "uid": f"{name}-uid"},
+        "spec": {
+            "cluster": "c",
+            "worker": {"replicas": replicas, "spec": {"containers": [{"name": "worker", "args": args}]}},
+        },
+    }
+
+
+def by_demand(
+    *needs: tuple[dict[str, float], int, float],
+    cpu: int = 1,
+    gpu: int = 0,
+    autoscaler: dict[str, Any] | None = None,
+) -> AutoscalerObservation:
+    """A cluster with a CPU group `c-default` and a GPU group `c-gpu` (GPU=1); the autoscaler scales c-gpu."""
+    groups = [worker_group("c-default", cpu), worker_group("c-gpu", gpu, "GPU=1")]
+    report = SchedulerDemand(tuple(Need(restrictions(r), n, sec) for r, n, sec in needs))
+    if autoscaler is None:
+        built = DaskAutoscalerBuilder("ns", "a", "c").with_bounds(0, 3).with_group("c-gpu").build()
+        autoscaler = built
+    target = next(
+        g for g in groups if g["metadata"]["name"] == autoscaler["spec"].get("workerGroup", "c-default")
+    )
+    return observe(
+        autoscaler=autoscaler, group=target, groups=groups, scheduler=SchedulerTarget(None, demand=report)
+    )
+
+
+def test_gpu_tasks_grow_the_gpu_group_from_zero_and_plain_tasks_never_do() -> None:
+    p = plan_autoscaler(by_demand(({"GPU": 1}, 40, 20.0), ({}, 500, 250.0)), NOW)
+    assert replicas_apply(p) is not None and replicas_apply(p)["metadata"]["name"] == "c-gpu"
+    assert replicas(p) == 3  # 20 s of GPU work warrants 4; the maximum is 3
+    assert condition(p, "DemandPerGroup")["status"] == "True"
+    assert replicas(plan_autoscaler(by_demand(({}, 500, 250.0)), NOW)) is None  # plain work: not this group
+
+
+def test_the_cpu_groups_autoscaler_ignores_gpu_tasks() -> None:
+    cpu = DaskAutoscalerBuilder("ns", "a", "c").with_bounds(1, 6).build()
+    p = plan_autoscaler(by_demand(({"GPU": 1}, 40, 20.0), cpu=1, autoscaler=cpu), NOW)
+    assert replicas_apply(p) is None
+    p = plan_autoscaler(by_demand(({"GPU": 1}, 40, 20.0), ({}, 2000, 1000.0), cpu=1, autoscaler=cpu), NOW)
+    assert (replicas_apply(p)["metadata"]["name"], replicas(p)) == ("c-default", 6)
+
+
+def test_a_burst_from_zero_warrants_every_pod_in_one_write_even_during_a_cooldown() -> None:
+    zero = DaskAutoscalerBuilder("ns", "a", "c").with_bounds(0, 10).build()
+    zero["metadata"]["annotations"] = {"kubernetes.dask.org/cooldown-until": repr(NOW + 10)}
+    p = plan_autoscaler(by_demand(({}, 2000, 1000.0), cpu=0, autoscaler=zero), NOW)
+    assert replicas(p) == 10
+
+
+def test_scale_down_waits_for_the_delay_then_goes_to_the_warrant() -> None:
+    idle = by_demand(gpu=3)
+    first = plan_autoscaler(idle, NOW)
+    assert replicas_apply(first) is None and first.status is not None
+    assert first.status["scaleDownPendingSince"] == rfc3339(NOW)
+    assert condition(first, "Progressing")["reason"] == "ScaleDownPending"
+    assert first.requeue_after == DEMAND_POLL_SECONDS
+    waited = dataclasses.replace(idle, autoscaler={**idle.autoscaler, "status": first.status})
+    assert replicas_apply(plan_autoscaler(waited, NOW + SCALE_DOWN_DELAY_SECONDS - 1)) is None
+    last = plan_autoscaler(waited, NOW + SCALE_DOWN_DELAY_SECONDS)
+    assert replicas(last) == 0 and [e.reason for e in last.events] == ["ScaledDown"]
+    assert last.status is not None and "scaleDownPendingSince" not in last.status
+
+
+def test_work_returning_within_the_delay_cancels_the_scale_down() -> None:
+    idle = by_demand(gpu=3)
+    pending = plan_autoscaler(idle, NOW).status
+    busy = by_demand(({"GPU": 1}, 30, 15.0), gpu=3)
+    busy = dataclasses.replace(busy, autoscaler={**busy.autoscaler, "status": pending})
+    p = plan_autoscaler(busy, NOW + 10)
+    assert replicas_apply(p) is None and p.status is not None and "scaleDownPendingSince" not in p.status
+    # a later idle period starts its own delay
+    again = dataclasses.replace(idle, autoscaler={**idle.autoscaler, "status": p.status})
+    assert plan_autoscaler(again, NOW + 31).status["scaleDownPendingSince"] == rfc3339(NOW + 31)
+
+
+def test_the_intervals_are_configurable() -> None:
+    quick = (
+        DaskAutoscalerBuilder("ns", "a", "c")
+        .with_bounds(0, 3)
+        .with_group("c-gpu")
+        .with_intervals(2, 5)
+        .build()
+    )
+    idle = by_demand(gpu=2, autoscaler=quick)
+    first = plan_autoscaler(idle, NOW)
+    waited = dataclasses.replace(idle, autoscaler={**quick, "status": first.status})
+    p = plan_autoscaler(waited, NOW + 5)
+    assert replicas(p) == 0
+    assert (
+        float(cooldown_apply(p)["metadata"]["annotations"]["kubernetes.dask.org/cooldown-until"]) == NOW + 7
+    )
+
+
+def test_without_the_extension_only_the_default_group_scales_and_the_condition_says_so() -> None:
+    gpu = by_demand(gpu=0)
+    fallback = SchedulerTarget(4, why_no_demand="The scheduler has no demand route")
+    p = plan_autoscaler(dataclasses.replace(gpu, scheduler=fallback), NOW)
+    assert replicas_apply(p) is None
+    assert (condition(p, "Ready")["reason"], condition(p, "DemandPerGroup")["reason"]) == (
+        "NoDemandPerGroup",
+        "AdaptiveTarget",
+    )
+    p = plan_autoscaler(observe(current=1, target=4, scheduler=fallback), NOW)
+    assert replicas(p) == 4 and condition(p, "DemandPerGroup")["status"] == "False"
+
+
+def test_a_group_of_another_cluster_is_never_scaled() -> None:
+    obs = by_demand(({"GPU": 1}, 40, 20.0))
+    foreign = {**obs.group, "spec": {**obs.group["spec"], "cluster": "other"}}
+    p = plan_autoscaler(dataclasses.replace(obs, group=foreign), NOW)
+    assert replicas_apply(p) is None and condition(p, "Ready")["reason"] == "WorkerGroupNotFound"
+
+
+def test_tasks_no_group_can_run_are_named() -> None:
+    p = plan_autoscaler(by_demand(({"TPU": 1}, 4, 2.0)), NOW)
+    assert (
+        "4 tasks ask for resources no worker group offers (TPU=1)"
+        in condition(p, "DemandPerGroup")["message"]
+    )
+
+
+def test_the_last_workers_holding_data_are_not_scaled_to_zero() -> None:
+    zero = DaskAutoscalerBuilder("ns", "a", "c").with_bounds(0, 10).with_intervals(0, 0).build()
+    held = SchedulerDemand(workers=(Holding("c-default-worker-a", 1000),))
+    obs = observe(
+        autoscaler=zero,
+        group=worker_group("c-default", 4),
+        group_pods=[{"metadata": {"name": "c-default-worker-a"}}],
+        groups=[worker_group("c-default", 4)],
+        scheduler=SchedulerTarget(None, demand=held),
+    )
+    p = plan_autoscaler(obs, NOW)
+    assert replicas(p) == 1
+    assert "one worker stays" in condition(p, "DemandPerGroup")["message"]
+    # once another group's worker can take the data, zero is fine
+    shared = SchedulerDemand(workers=(*held.workers, Holding("c-gpu-worker-b", 0)))
+    assert (
+        replicas(
+            plan_autoscaler(dataclasses.replace(obs, scheduler=SchedulerTarget(None, demand=shared)), NOW)
+        )
+        == 0
+    )

@@ -12,7 +12,12 @@ from dask_operator.api.v1.types import PHASE_SUSPENDED
 from dask_operator.controller.contract.children import TEMPLATE_HASH_LABEL, template_hash
 from dask_operator.controller.contract.hold import hold_of
 from dask_operator.controller.contract.plans import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Apply, Cause
-from dask_operator.controller.contract.scheduler_api import HTTP_ROUTES_ENV, routes_decision
+from dask_operator.controller.contract.scheduler_api import (
+    HTTP_ROUTES_ENV,
+    PRELOAD_ENV,
+    preload_value,
+    routes_decision,
+)
 from dask_operator.controller.planners.cluster import (
     DEFAULT_WORKER_TTL,
     PROPAGATED_REPLICAS_ANNOTATION,
@@ -109,10 +114,32 @@ def test_scheduler_pod_gets_a_short_worker_ttl_unless_the_user_set_one() -> None
     cluster["spec"]["scheduler"]["spec"]["containers"][0]["env"] = [{"name": WORKER_TTL_ENV, "value": "5m"}]
     env = desired_scheduler_pod(cluster)["spec"]["containers"][0]["env"]
     assert [e for e in env if e["name"] == WORKER_TTL_ENV] == [{"name": WORKER_TTL_ENV, "value": "5m"}]
-    # the default is not part of the template hash: an operator upgrade bringing it restarts no scheduler
+    # the defaults (this one and the demand extension's preload) are not part of the template hash: an
+    # operator upgrade bringing them restarts no scheduler
     without = copy.deepcopy(pod)
     without["spec"]["containers"][0]["env"].remove({"name": WORKER_TTL_ENV, "value": DEFAULT_WORKER_TTL})
+    without["spec"]["containers"][0]["env"].remove({"name": PRELOAD_ENV, "value": preload_value()})
     assert pod["metadata"]["labels"][TEMPLATE_HASH_LABEL] == template_hash(without["spec"])
+
+
+@pytest.mark.parametrize(
+    ("change", "preloaded"),
+    [
+        ({}, True),
+        ({"env": [{"name": PRELOAD_ENV, "value": "mine.py"}]}, False),
+        ({"envFrom": [{"configMapRef": {"name": "settings"}}]}, False),
+        ({"args": ["dask", "scheduler", "--preload", "mine.py"]}, False),
+    ],
+)
+def test_the_demand_extension_is_preloaded_unless_the_user_sets_preloads(
+    change: dict[str, Any], preloaded: bool
+) -> None:
+    cluster = make_cluster()
+    cluster["spec"]["scheduler"]["spec"]["containers"][0].update(change)
+    env = desired_scheduler_pod(cluster)["spec"]["containers"][0]["env"]
+    ours = {"name": PRELOAD_ENV, "value": preload_value()}
+    assert (ours in env) is preloaded
+    assert [e["name"] for e in env].count(PRELOAD_ENV) <= 1
 
 
 @pytest.mark.parametrize(
@@ -140,8 +167,10 @@ def test_routes_the_user_gave_are_never_overridden_and_the_status_says_how_the_s
     cluster = make_cluster()
     cluster["spec"]["scheduler"]["spec"]["containers"][0].update(container)
     pod_env = desired_scheduler_pod(cluster)["spec"]["containers"][0]["env"]
-    if value is None:  # left exactly as the user wrote it (the worker TTL default is another variable)
-        assert [e for e in pod_env if e["name"] != WORKER_TTL_ENV] == container.get("env", [])
+    if value is None:  # left exactly as the user wrote it (the TTL and preload defaults are other variables)
+        assert [e for e in pod_env if e["name"] not in (WORKER_TTL_ENV, PRELOAD_ENV)] == container.get(
+            "env", []
+        )
     cond = scheduler_api_condition(cluster)
     assert (cond.type, cond.status, cond.reason) == ("SchedulerAPI", http_api, reason)
 

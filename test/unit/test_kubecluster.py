@@ -201,6 +201,16 @@ def test_autoscaler_manifest_labels_and_bounds() -> None:
         opts.autoscaler_manifest("demo", "ns", 4, 2)
 
 
+def test_adapt_chooses_the_group_one_autoscaler_per_group() -> None:
+    default = opts.autoscaler_manifest("demo", "ns", 1, 5, "default")
+    assert (default["metadata"]["name"], "workerGroup" in default["spec"]) == ("demo", False)
+    gpu = opts.autoscaler_manifest("demo", "ns", 0, 3, "gpu")
+    assert gpu["metadata"]["name"] == "demo-gpu"
+    assert gpu["spec"] == {"cluster": "demo", "minimum": 0, "maximum": 3, "workerGroup": "demo-gpu"}
+    with pytest.raises(ValidationError):
+        opts.autoscaler_manifest("demo", "ns", 0, 3, "GPU!")
+
+
 # -- reading status and Services -----------------------------------------------------------------------------
 
 

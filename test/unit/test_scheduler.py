@@ -25,6 +25,8 @@ from dask_operator.controller.scheduler import (
     SchedulerClient,
     SchedulerEndpoint,
     SchedulerUnreachable,
+    UnexpectedAnswer,
+    demand_of_report,
     scheduler_endpoint,
 )
 
@@ -352,3 +354,39 @@ def test_the_api_worker_list_is_read_strictly() -> None:
     for bad in ([], {"workers": {}}, {"workers": None}):
         with pytest.raises(UnexpectedAnswer):
             workers_of_listing(bad)
+
+
+def test_a_scheduler_without_the_demand_extension_answers_with_its_adaptive_target(
+    with_api: RunningCluster,
+) -> None:
+    answer = with_api.client.demand()
+    assert answer.demand is None and answer.adaptive_target is not None and answer.adaptive_target >= 0
+    assert "no demand route" in answer.why_no_demand
+
+
+GOOD = {"version": 1, "demand": [{"resources": {"GPU": 1}, "tasks": 2, "seconds": 1.0}], "workers": []}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {**GOOD, "version": 2},
+        {**GOOD, "demand": {}},
+        {**GOOD, "demand": [{"resources": {"GPU": -1}, "tasks": 2, "seconds": 1.0}]},
+        {**GOOD, "demand": [{"resources": {"GPU": True}, "tasks": 2, "seconds": 1.0}]},
+        {**GOOD, "demand": [{"resources": {"": 1}, "tasks": 2, "seconds": 1.0}]},
+        {**GOOD, "demand": [{"resources": {"x" * 300: 1}, "tasks": 2, "seconds": 1.0}]},
+        {**GOOD, "demand": [{"resources": {}, "tasks": 2.5, "seconds": 1.0}]},
+        {**GOOD, "demand": [{"resources": {}, "tasks": 2, "seconds": "1"}]},
+        {**GOOD, "demand": [{"resources": {}, "tasks": 1, "seconds": 0}] * 1001},
+    ],
+)
+def test_a_demand_report_of_the_wrong_shape_is_refused_whole(body: object) -> None:
+    with pytest.raises(UnexpectedAnswer):
+        demand_of_report(body)
+
+
+def test_a_demand_report_parses_into_needs() -> None:
+    parsed = demand_of_report(GOOD)
+    assert parsed.tasks_needing({"GPU": 1}) == 2 and parsed.truncated is False
