@@ -174,7 +174,9 @@ def test_a_hostile_scheduler_runs_nothing_in_the_operator_and_slows_no_one(
         return len(served) >= 4
 
     try:
-        wait_for(four_kinds, timeout=180, interval=2, message="the hostile scheduler served four kinds of answer")
+        wait_for(
+            four_kinds, timeout=180, interval=2, message="the hostile scheduler served four kinds of answer"
+        )
     finally:
         print(f"HOSTILE served {sorted(served)}")
     assert not marker.exists(), marker.read_text()
