@@ -123,7 +123,16 @@ def test_fleet_latency(kube_plane: Any, tmp_path: Path) -> None:
         if e.status != 409:  # an existing namespace is a fleet kept from an earlier run
             raise
     report: dict[str, Any] = {"clusters": N, "namespace": namespace, "load_average_at_start": load_average()}
-    existing = len(client.list(f"{GROUP}/namespaces/{namespace}/daskclusters"))
+
+    def listed() -> tuple[int] | None:
+        try:
+            return (len(client.list(f"{GROUP}/namespaces/{namespace}/daskclusters")),)
+        except ApiError as e:
+            if e.status == 429:  # a CRD just established: its storage is still initialising
+                return None
+            raise
+
+    (existing,) = wait_for(listed, timeout=60, interval=1.0, message="DaskClusters listable")
     try:
         with operator_process(kube_plane, namespace, tmp_path / "operator.log") as (proc, port):
             rss_empty = rss_mib(proc.pid)
