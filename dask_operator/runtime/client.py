@@ -239,8 +239,10 @@ class Client:
         limit: int | None = None,
         timeout: float | None = None,
         retry: bool = True,
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> tuple[list[Obj], str]:
-        """(items, the collection's resourceVersion); pages through `continue` when limit is set."""
+        """(items, the collection's resourceVersion); pages through `continue` when limit is set; each page's
+        JSON parsed by `decode` (the cache's decoder compacts objects as they are parsed)."""
         params: dict[str, str] = {}
         if label_selector:
             params["labelSelector"] = label_selector
@@ -255,7 +257,7 @@ class Client:
         items: list[Obj] = []
         path = kind.collection_path(namespace)
         while True:
-            page = self.request("GET", path, params=params, timeout=timeout, retry=retry)
+            page = self.request("GET", path, params=params, timeout=timeout, retry=retry, decode=decode)
             items.extend(page.get("items") or ())
             token = (page.get("metadata") or {}).get("continue")
             if not token or not limit:
@@ -278,6 +280,7 @@ class Client:
         label_selector: str | None = None,
         field_selector: str | None = None,
         read_timeout: float | None = None,
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> WatchStream:
         """Open a watch now (raising ApiError/ConnectionFailure) and return its raw events.
 
@@ -297,7 +300,7 @@ class Client:
         read = read_timeout if read_timeout is not None else timeout_seconds + 30.0
         path = kind.collection_path(namespace)
         response = self._send("GET", path, params, None, {}, read, stream=True)
-        return WatchStream(response, path)
+        return WatchStream(response, path, decode)
 
     def stream(self, path: str, params: Mapping[str, str], read_timeout: float) -> Iterator[bytes]:
         """GET `path` as chunks as they arrive (a followed pod log); ends when the server closes it."""
@@ -408,8 +411,10 @@ class Client:
         content_type: str | None = None,
         timeout: float | None = None,
         retry: bool = True,
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> Any:
-        """One API call with transient-failure retries; JSON answers are parsed, others returned as text."""
+        """One API call with transient-failure retries; JSON answers are parsed (by `decode`), others returned
+        as text."""
         method = method.upper()
         idempotent = method in _IDEMPOTENT or content_type in (APPLY_PATCH, MERGE_PATCH)
         payload = None
@@ -424,7 +429,7 @@ class Client:
             if not data:
                 return None
             if "json" in (response.headers.get("Content-Type") or ""):
-                return json.loads(data)
+                return decode(data)
             return data.decode("utf-8", "replace")
 
         if not retry or self.max_attempts <= 1:
@@ -513,9 +518,12 @@ class Client:
 class WatchStream:
     """The raw events of one open watch; iterate once. `close()` may be called from any thread."""
 
-    def __init__(self, response: urllib3.BaseHTTPResponse, path: str) -> None:
+    def __init__(
+        self, response: urllib3.BaseHTTPResponse, path: str, decode: Callable[[bytes], Any] = json.loads
+    ) -> None:
         self._response = response
         self._path = path
+        self._decode = decode
         self._closed = False
 
     def __iter__(self) -> Iterator[Obj]:
@@ -531,9 +539,9 @@ class WatchStream:
                         break
                     buffer = rest
                     if line.strip():
-                        yield json.loads(line)
+                        yield self._decode(line)
             if buffer.strip():
-                yield json.loads(buffer)
+                yield self._decode(buffer)
             finished = True
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
             if not self._closed:

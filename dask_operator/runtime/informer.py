@@ -28,7 +28,8 @@ from dask_operator.runtime.reflector import (
     DEFAULT_READ_TIMEOUT_MARGIN,
     Reflector,
 )
-from dask_operator.runtime.store import IndexFunc, Store, object_key, strip_managed_fields
+from dask_operator.runtime.store import IndexFunc, Store, object_key
+from dask_operator.runtime.transform import for_cache
 
 log = structlog.get_logger("dask_operator.runtime.informer")
 _jitter = random.Random()
@@ -152,7 +153,7 @@ class Informer:
         label_selector: str | None = None,
         field_selector: str | None = None,
         indexers: Mapping[str, IndexFunc] | None = None,
-        transform: Callable[[Obj], Obj] = strip_managed_fields,
+        transform: Callable[[Obj], Obj] = for_cache,
         min_watch_timeout: int = DEFAULT_MIN_WATCH_TIMEOUT,
         read_timeout_margin: float = DEFAULT_READ_TIMEOUT_MARGIN,
     ) -> None:

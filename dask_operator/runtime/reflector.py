@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -20,6 +20,7 @@ from dask_operator.runtime.backoff import Backoff
 from dask_operator.runtime.client import ApiError, Client, ConnectionFailure, WatchStream
 from dask_operator.runtime.kinds import Kind
 from dask_operator.runtime.objects import Obj
+from dask_operator.runtime.transform import decode_for_cache
 
 log = structlog.get_logger("dask_operator.runtime.reflector")
 
@@ -59,8 +60,10 @@ class Reflector:
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        decode: Callable[[bytes], Any] = decode_for_cache,
     ) -> None:
         self.client = client
+        self.decode = decode  # how list pages and watch events are parsed (compacted for the cache)
         self.kind = kind
         self.sink = sink
         self.namespace = namespace
@@ -117,6 +120,7 @@ class Reflector:
                     label_selector=self.label_selector,
                     field_selector=self.field_selector,
                     read_timeout=timeout + self.read_timeout_margin,
+                    decode=self.decode,
                 )
             except ConnectionFailure as error:
                 # the server is probably restarting: keep the RV, wait, watch again (no relist)
@@ -207,4 +211,5 @@ class Reflector:
             limit=500 if rv == "" else None,
             timeout=max(self.client.timeout, 60.0),
             retry=False,  # the reflector's own backoff paces list retries
+            decode=self.decode,
         )

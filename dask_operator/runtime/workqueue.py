@@ -2,7 +2,9 @@
 
 Invariant: a key is never handed to a second worker before `done()` for the first; any number of adds while
 it is processing collapse into exactly one more run after `done()`; a waiting delay only ever moves earlier,
-and an immediate add makes a waiting key ready at once. Ready keys leave by priority, then FIFO.
+and an immediate add makes a waiting key ready at once. Ready keys leave by priority, then oldest first: by
+the time of the add that made them dirty, so a key added again while it was processing keeps its place
+in line from that add rather than going behind every key added until its run ended (c-r's priority queue).
 Held by test/unit/test_runtime_handlers.py, test/unit/test_runtime_workqueue.py.
 """
 
@@ -46,6 +48,7 @@ class WorkQueue(Generic[K]):
         self._ready: list[tuple[int, int, K]] = []
         self._queued: dict[K, tuple[int, int]] = {}
         self._dirty: dict[K, int] = {}
+        self._order: dict[K, int] = {}  # per dirty key, the sequence number of the add that dirtied it
         self._processing: dict[K, float] = {}
         self._first_add: dict[K, float] = {}
         # waiting heap of (ready_at, seq, key); _waiting names the one valid entry per waiting key
@@ -123,6 +126,7 @@ class WorkQueue(Generic[K]):
                     self._push_ready(key, priority)
             return
         self._dirty[key] = priority
+        self._order[key] = next(self._seq)
         self._first_add[key] = now
         if self.name is not None:
             self._adds.inc()
@@ -133,7 +137,7 @@ class WorkQueue(Generic[K]):
         old = self._queued.get(key)
         if old is not None:
             self._depth_change(old[0], -1)
-        seq = next(self._seq)
+        seq = self._order[key]
         self._queued[key] = (priority, seq)
         heapq.heappush(self._ready, (-priority, seq, key))
         self._depth_change(priority, +1)
@@ -181,6 +185,7 @@ class WorkQueue(Generic[K]):
                 del self._queued[key]
                 self._depth_change(-neg_priority, -1)
                 del self._dirty[key]
+                del self._order[key]
                 now = self._clock()
                 self._processing[key] = now
                 first = self._first_add.pop(key, now)

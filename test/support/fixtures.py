@@ -192,7 +192,14 @@ def _running_plane(opts: Any, backend: str, workdir: Path) -> Iterator[KubePlane
 def _local_backend(workdir: Path) -> Iterator[KubePlane]:
     from kubeplane.plane import UpOptions
 
-    opts = UpOptions(name=f"pytest-{os.getpid()}", bin_dir=_bin_dir(), force=True)
+    # K8S_TEST_SERVICE_CIDR: a wider Service range than the plane's default /20 (4,094 Services), e.g.
+    # 10.64.0.0/16 for a benchmark of 10,000 DaskClusters (one scheduler Service each).
+    opts = UpOptions(
+        name=f"pytest-{os.getpid()}",
+        bin_dir=_bin_dir(),
+        force=True,
+        service_cidr=os.environ.get("K8S_TEST_SERVICE_CIDR", ""),
+    )
     with _running_plane(opts, "local", workdir) as kp:
         yield kp
 

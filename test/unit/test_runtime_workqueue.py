@@ -272,3 +272,17 @@ def test_reflector_backoff_grows_jittered_to_the_cap_and_resets_after_two_minute
     assert all(base <= delay <= min(2 * base, 30.0) for base, delay in zip(bases, delays, strict=True))
     now[0] += 121  # healthy for more than two minutes
     assert 0.8 <= backoff.next() <= 1.6
+
+
+def test_a_key_added_while_processing_keeps_its_place_from_that_add() -> None:
+    """Oldest update first under load: `a`, dirtied again while in flight before `b` was added, runs
+    before `b` once its first run is done (before, it went behind every key added during that run)."""
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add("a")
+    assert queue.get(timeout=1)[0] == "a"
+    queue.add("a")  # an update arrives while `a` is reconciled
+    queue.add("b")
+    queue.add("c")
+    assert queue.get(timeout=1)[0] == "b"  # `a` is in flight, so the next ready key goes meanwhile
+    queue.done("a")
+    assert [queue.get(timeout=1)[0], queue.get(timeout=1)[0]] == ["a", "c"]
