@@ -316,13 +316,17 @@ def test_prometheus_discovers_and_scrapes_operator_scheduler_and_workers(observe
     worker = by_job["dask-worker"][0]
     assert worker["labels"]["dask_org_workergroup_name"] == "simple-default"
     assert worker["scrapeUrl"].endswith(":8788/metrics")
+
     # Dask's own metrics, through the scheduler's dashboard port.
     # The sample autoscaler may already have retired the idle workers: look at the whole scraped history.
-    workers = wait_for(
-        lambda: prom.query('max(max_over_time(dask_scheduler_workers{dask_org_cluster_name="simple"}[10m]))'),
-        timeout=30, interval=0.5, message="dask_scheduler_workers",
-    )  # fmt: skip
-    assert float(workers[0]["value"][1]) >= 1
+    # A worker's own endpoint can be up before it registered with the scheduler: wait for a scrape that
+    # counted it (a first answer of 0 is not the end of it; CI once read exactly that).
+    def workers_seen() -> float | None:
+        found = prom.query('max(max_over_time(dask_scheduler_workers{dask_org_cluster_name="simple"}[10m]))')
+        value = float(found[0]["value"][1]) if found else 0.0
+        return value if value >= 1 else None
+
+    assert wait_for(workers_seen, timeout=60, interval=0.5, message="dask_scheduler_workers >= 1") >= 1
 
 
 def test_every_dashboard_expression_returns_data(observed: Observed) -> None:
