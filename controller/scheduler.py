@@ -10,6 +10,7 @@ workers explicitly, so it never picks workers of another group. Held by test/uni
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,6 +41,8 @@ T = TypeVar("T")
 
 IDENTITY_PATH = "/json/identity.json"  # Dask's default route: workers with their data and status
 WORKERS_PATH = "/api/v1/get_workers"  # the API route: names and addresses
+IDENTITY_ATTEMPTS = 3  # the identity route is asked this often, IDENTITY_RETRY_SECONDS apart, before the list
+IDENTITY_RETRY_SECONDS = 0.6  # a little over a small cluster's heartbeat interval (0.5 s)
 
 
 class SchedulerUnreachable(Exception):
@@ -230,15 +233,21 @@ class SchedulerClient:
     def get_workers(self) -> list[DaskWorker]:
         """All workers connected to the scheduler (every group of the cluster), with the data each holds,
         its status and its incoming transfers: the scheduler's identity."""
-        try:
-            return self._call("GET", IDENTITY_PATH, None, workers_of_identity, self.timeout)
-        except SchedulerUnreachable as error:
-            if error.status != 500:
-                raise
         # Dask's identity route answers 500 while a worker's last heartbeat carries metrics keyed by tuples
-        # (it ran tasks since the one before), which is most of the time on a busy cluster. The API's list
-        # has names and addresses only: the choice of pods then ignores the data they hold, which costs time
-        # (Dask still moves the data of every worker it retires), never data.
+        # (it ran tasks since the one before). The next heartbeat of a quiet worker clears them, so it is
+        # asked again a few times; a busy cluster's then comes from the API's list, names and addresses
+        # only: the choice of pods ignores the data they hold and which workers are already retiring, which
+        # costs time (Dask moves every retiring worker's data, and refuses what it cannot move), never data.
+        for attempt in range(IDENTITY_ATTEMPTS):
+            try:
+                return self._call("GET", IDENTITY_PATH, None, workers_of_identity, self.timeout)
+            except SchedulerUnreachable as error:
+                if error.status != 500:
+                    raise
+            if attempt + 1 < IDENTITY_ATTEMPTS:
+                time.sleep(
+                    IDENTITY_RETRY_SECONDS
+                )  # on the call's own thread (SchedulerCalls), never a reconcile
         return self._call("GET", WORKERS_PATH, None, workers_of_listing, self.timeout)
 
     def retire_workers(self, workers: Collection[DaskWorker]) -> set[str]:

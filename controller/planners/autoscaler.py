@@ -52,6 +52,7 @@ from dask_operator.controller.contract.conditions import (
     merge_conditions,
 )
 from dask_operator.controller.contract.demand import (
+    GroupProfile,
     SchedulerDemand,
     data_floor,
     group_profile,
@@ -155,6 +156,19 @@ def cooldown_intent(autoscaler: Mapping[str, Any], until: float) -> Obj:
             "annotations": {ANNOTATION_COOLDOWN_UNTIL: repr(float(until))},
         },
     }
+
+
+def _profiles(obs: AutoscalerObservation, group: Obj) -> list[GroupProfile]:
+    """What each live group of the cluster offers tasks, the autoscaler's own group first."""
+    name = target_group_name(obs.autoscaler)
+    live = [g for g in obs.groups if not is_terminating(g) and g["metadata"]["name"] != name]
+    return [group_profile(g) for g in [group, *live]]
+
+
+def demand_warrant(obs: AutoscalerObservation, group: Obj, demand: SchedulerDemand) -> int:
+    """The workers the tasks routed to the autoscaler's group warrant, before clamping: what the scheduler
+    asks of that group (the `dask_operator_autoscaler_scheduler_target` gauge)."""
+    return warranted_workers(demand, _profiles(obs, group), target_group_name(obs.autoscaler))
 
 
 def plan_autoscaler(obs: AutoscalerObservation, now: float) -> Plan:
@@ -297,8 +311,7 @@ def _scale_by_demand(
     cooldown = _seconds(spec, "cooldownSeconds", COOLDOWN_SECONDS)
     delay = _seconds(spec, "scaleDownDelaySeconds", SCALE_DOWN_DELAY_SECONDS)
     group_name = target_group_name(autoscaler)
-    live = [g for g in obs.groups if not is_terminating(g) and g["metadata"]["name"] != group_name]
-    profiles = [group_profile(g) for g in [group, *live]]
+    profiles = _profiles(obs, group)
     warrant = warranted_workers(demand, profiles, group_name)
     current = int(group.get("spec", {}).get("worker", {}).get("replicas", 1))
     floor = data_floor(demand, {p["metadata"]["name"] for p in obs.group_pods})

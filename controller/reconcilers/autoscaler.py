@@ -26,6 +26,7 @@ from dask_operator.controller.kinds import DASK_AUTOSCALER_KIND, DASK_CLUSTER_KI
 from dask_operator.controller.planners.autoscaler import (
     AutoscalerObservation,
     SchedulerTarget,
+    demand_warrant,
     plan_autoscaler,
     scheduler_pods_of,
     target_group_name,
@@ -83,7 +84,11 @@ class DaskAutoscalerReconciler(DaskReconciler[AutoscalerObservation]):
 
     def record(self, autoscaler: Obj, observed: AutoscalerObservation, plan: Plan, outcome: Outcome) -> None:
         meta = autoscaler["metadata"]
-        target = observed.scheduler.workers if observed.scheduler is not None else None
+        scheduler, target = observed.scheduler, None
+        if scheduler is not None and scheduler.demand is not None and observed.group is not None:
+            target = demand_warrant(observed, observed.group, scheduler.demand)
+        elif scheduler is not None:
+            target = scheduler.workers
         if target is not None:
             operator_metrics.AUTOSCALER_TARGET.labels(meta["namespace"], meta["name"]).set(target)
         desired = (plan.status or {}).get("desiredWorkers")

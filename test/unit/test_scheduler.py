@@ -390,3 +390,57 @@ def test_a_demand_report_of_the_wrong_shape_is_refused_whole(body: object) -> No
 def test_a_demand_report_parses_into_needs() -> None:
     parsed = demand_of_report(GOOD)
     assert parsed.tasks_needing({"GPU": 1}) == 2 and parsed.truncated is False
+
+
+def test_identity_500s_are_asked_again_before_the_list_without_details() -> None:
+    """A quiet worker's next heartbeat clears the metrics that break Dask's identity route: the operator asks
+    it again (and keeps the data held and the retiring status) before settling for the API's bare list. In
+    the suite, a stuck retirement's pods were once chosen from the bare list: the worker holding the data was
+    asked to retire while the other was still retiring."""
+    import http.server
+    import json as jsonlib
+    import threading
+
+    from dask_operator.controller import scheduler as scheduler_module
+
+    identity = {"workers": {"tcp://10.0.0.1:1": {"name": "w", "status": "closing_gracefully",
+                                                 "metrics": {"managed_bytes": 7}}}}  # fmt: skip
+    listing = {"workers": [{"name": "w", "address": "tcp://10.0.0.1:1"}]}
+    asked: list[str] = []
+    failures = {"left": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            if self.path == "/json/identity.json" and failures["left"] > 0:
+                failures["left"] -= 1
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = jsonlib.dumps(identity if self.path == "/json/identity.json" else listing).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = SchedulerClient(SchedulerEndpoint(f"http://127.0.0.1:{server.server_address[1]}"), timeout=5)
+    try:
+        failures["left"] = scheduler_module.IDENTITY_ATTEMPTS - 1
+        (worker,) = client.get_workers()
+        assert (worker.nbytes, worker.retiring) == (7, True)
+        assert asked == ["/json/identity.json"] * scheduler_module.IDENTITY_ATTEMPTS
+        asked.clear()
+        failures["left"] = scheduler_module.IDENTITY_ATTEMPTS
+        (bare,) = client.get_workers()
+        assert (bare.name, bare.nbytes, bare.retiring) == ("w", 0, False)
+        assert asked == ["/json/identity.json"] * scheduler_module.IDENTITY_ATTEMPTS + ["/api/v1/get_workers"]
+    finally:
+        server.shutdown()
+        server.server_close()
