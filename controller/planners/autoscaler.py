@@ -251,7 +251,7 @@ def _scale(
 ) -> Plan:
     """The bounded target, unless a cooldown holds; a change writes the replicas, then the next cooldown."""
     autoscaler = obs.autoscaler
-    meta, spec = autoscaler["metadata"], autoscaler["spec"]
+    spec = autoscaler["spec"]
     minimum, maximum = int(spec["minimum"]), int(spec["maximum"])
     cooldown = _seconds(spec, "cooldownSeconds", COOLDOWN_SECONDS)
     group_name = default_worker_group_name(spec["cluster"])
@@ -267,32 +267,12 @@ def _scale(
         return _plan(obs, previous, now, ready, progressing, adopt=adopt, wake=until - now, source=source)
     if desired == current:
         return _plan(obs, previous, now, ready, _stable(), adopt=adopt, desired=desired, source=source)
-    until = now + cooldown
-    event = EventSpec(
-        "Normal",
-        "ScaledUp" if desired > current else "ScaledDown",
-        f"Scaled {group_name} from {current} to {desired} workers (the scheduler asks for {target}; "
-        f"bounds {minimum}..{maximum}).",
+    scale = _Scale(
+        current, desired, f"the scheduler asks for {target}; bounds {minimum}..{maximum}", cooldown
     )
-    # The replicas before the cooldown: a lost cooldown delays nothing, a lost change would.
-    writes = [
-        Apply(replicas_intent(group, desired, meta["name"]), AUTOSCALER_FIELD_MANAGER),
-        Apply(cooldown_intent(autoscaler, until), AUTOSCALER_FIELD_MANAGER),
-    ]
-    progressing = _cooling_down(f"Last scaled to {desired} workers", until)
-    plan = _plan(
-        obs,
-        previous,
-        now,
-        ready,
-        progressing,
-        adopt=adopt,
-        desired=desired,
-        scaled_at=now,
-        extra=[event],
-        source=source,
+    return _scaled(
+        obs, group, previous, now, ready, adopt, source, scale, max(0.5, min(POLL_SECONDS, cooldown))
     )
-    return Plan(steps=(*writes, *plan.steps), requeue_after=max(0.5, min(POLL_SECONDS, cooldown)))
 
 
 def _scale_by_demand(
@@ -306,7 +286,7 @@ def _scale_by_demand(
     """The group's warrant, clamped: up at once; down once it has stayed lower for the delay and the
     cooldown after the last change has passed. A change writes the replicas, then the cooldown."""
     autoscaler = obs.autoscaler
-    meta, spec = autoscaler["metadata"], autoscaler["spec"]
+    spec = autoscaler["spec"]
     minimum, maximum = int(spec["minimum"]), int(spec["maximum"])
     cooldown = _seconds(spec, "cooldownSeconds", COOLDOWN_SECONDS)
     delay = _seconds(spec, "scaleDownDelaySeconds", SCALE_DOWN_DELAY_SECONDS)
@@ -363,18 +343,48 @@ def _scale_by_demand(
                 source=source,
                 pending=since,
             )
-    until = now + cooldown
+    scale = _Scale(current, desired, f"its tasks warrant {warrant}; bounds {minimum}..{maximum}", cooldown)
+    return _scaled(obs, group, previous, now, ready, adopt, source, scale, DEMAND_POLL_SECONDS)
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """A decided change of the group's replicas: from `current` to `desired`, `why`, then `cooldown` seconds
+    without another."""
+
+    current: int
+    desired: int
+    why: str
+    cooldown: float
+
+
+def _scaled(
+    obs: AutoscalerObservation,
+    group: Obj,
+    previous: Obj,
+    now: float,
+    ready: Condition,
+    adopt: Obj | None,
+    source: Condition,
+    scale: _Scale,
+    requeue: float,
+) -> Plan:
+    """The writes of a scale decision (the group's replicas, then the cooldown: a lost cooldown delays nothing,
+    a lost change would), its Event and the status that says so."""
+    autoscaler = obs.autoscaler
+    until = now + scale.cooldown
     event = EventSpec(
         "Normal",
-        "ScaledUp" if desired > current else "ScaledDown",
-        f"Scaled {group_name} from {current} to {desired} workers (its tasks warrant {warrant}; "
-        f"bounds {minimum}..{maximum}).",
+        "ScaledUp" if scale.desired > scale.current else "ScaledDown",
+        f"Scaled {group['metadata']['name']} from {scale.current} to {scale.desired} workers ({scale.why}).",
     )
     writes = [
-        Apply(replicas_intent(group, desired, meta["name"]), AUTOSCALER_FIELD_MANAGER),
+        Apply(
+            replicas_intent(group, scale.desired, autoscaler["metadata"]["name"]), AUTOSCALER_FIELD_MANAGER
+        ),
         Apply(cooldown_intent(autoscaler, until), AUTOSCALER_FIELD_MANAGER),
     ]
-    progressing = _cooling_down(f"Last scaled to {desired} workers", until)
+    progressing = _cooling_down(f"Last scaled to {scale.desired} workers", until)
     plan = _plan(
         obs,
         previous,
@@ -382,12 +392,12 @@ def _scale_by_demand(
         ready,
         progressing,
         adopt=adopt,
-        desired=desired,
+        desired=scale.desired,
         scaled_at=now,
         extra=[event],
         source=source,
     )
-    return Plan(steps=(*writes, *plan.steps), requeue_after=DEMAND_POLL_SECONDS)
+    return Plan(steps=(*writes, *plan.steps), requeue_after=requeue)
 
 
 def _pending_since(status: Mapping[str, Any]) -> float | None:
