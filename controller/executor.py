@@ -107,12 +107,14 @@ class Executor:
         if plan.notes:
             log.info("planned", notes=list(plan.notes))
         status: Obj | None = None
+        emitted = False
         for wave in write_waves(plan.steps):
             step = wave[0]
             if isinstance(step, SetStatus):
                 status = step.status
             elif isinstance(step, Emit):
                 self.emit(obj, step.event)
+                emitted = True
             else:
                 refusals = self._write_wave(obj, wave, retire_workers)
                 outcome.refusals += [r for r in refusals if r is not None]
@@ -123,7 +125,7 @@ class Executor:
                     status, outcome.refusals, obj.get("status") or {}, now, obj["metadata"].get("generation")
                 )
         if status is not None:
-            outcome.status_written = self.write_status(obj, status, now, outcome)
+            outcome.status_written = self.write_status(obj, status, now, outcome, emitted=emitted)
         for refusal in outcome.refusals:
             self.emit(obj, EventSpec("Warning", refusal.reason, refusal.message))
         return outcome
@@ -261,14 +263,22 @@ class Executor:
             return
         log.info("released fields", kind=ref.kind, object=ref.name, field_manager=step.field_manager)
 
-    def write_status(self, obj: Obj, status: Obj, now: float = 0.0, outcome: Outcome | None = None) -> bool:
-        """Write `status` if it differs from the cached one and status_writes.decide says now; a change held
-        back wakes the reconcile (through `outcome`) when its window ends."""
+    def write_status(
+        self,
+        obj: Obj,
+        status: Obj,
+        now: float = 0.0,
+        outcome: Outcome | None = None,
+        *,
+        emitted: bool = False,
+    ) -> bool:
+        """Write `status` if it differs from the cached one and status_writes.decide says now (`emitted`: its
+        plan emitted an Event); a change held back wakes the reconcile (through `outcome`) when its window ends."""
         meta = obj["metadata"]
         uid = str(meta.get("uid", ""))
         with self._lock:
             pending_since = self._status_pending.get(uid)
-        decision = decide(obj.get("status") or {}, status, pending_since, now, self.status_window)
+        decision = decide(obj.get("status") or {}, status, pending_since, now, self.status_window, emitted)
         with self._lock:
             if decision.pending_since is None:
                 self._status_pending.pop(uid, None)

@@ -3,7 +3,8 @@ after a short window that coalesces the pod-level transitions arriving within it
 
 Invariant: pure (time passed in). An unchanged status is never written; a changed one is written at once
 when the observedGeneration it already showed moved, when a condition change deserves an Event (Degraded either
-way, Ready becoming True), when the phase becomes one clients wait for (Running, Error, Suspended: the reference's
+way, Ready becoming True), when its plan emits an Event (the status is the record that it was emitted: a loss's
+Event is produced only for a loss the stored message does not name yet), when the phase becomes one clients wait for (Running, Error, Suspended: the reference's
 `KubeCluster` polls for Running), or when it is settled (Ready True and nothing Progressing); any other change
 waits at most `window` seconds after the first unwritten change, and what is then written is the newest plan.
 So a status lags the world by at most `window`, and never hides a change that emits an Event.
@@ -47,11 +48,13 @@ def decide(
     pending_since: float | None,
     now: float,
     window: float = DEFAULT_WINDOW,
+    emits: bool = False,
 ) -> StatusWrite:
-    """`previous` is the status as cached, `pending_since` when the first change still unwritten was planned."""
+    """`previous` is the status as cached, `pending_since` when the first change still unwritten was planned;
+    `emits`: the plan that carries `planned` emits an Event."""
     if dict(previous) == dict(planned):
         return StatusWrite(False)
-    if window <= 0 or urgent(previous, planned) or settled(planned):
+    if window <= 0 or emits or urgent(previous, planned) or settled(planned):
         return StatusWrite(True)
     since = now if pending_since is None else pending_since
     waited = now - since

@@ -183,7 +183,8 @@ def scheduler_restarted(
     Any stop of a scheduler container loses the cluster's state (tasks, futures, who holds which key), so
     every exit counts, not only kills. It clears LOSS_REPORT_SECONDS after the last restart.
     """
-    losses = recent((x for p in scheduler_pods for x in container_losses(p, now, any_exit=True)), now)
+    pods = list(scheduler_pods)
+    losses = recent((x for p in pods for x in container_losses(p, now, any_exit=True)), now)
     before = _previous_message(previous, CONDITION_SCHEDULER_RESTARTED)
     if not losses:
         kept = _remembered(previous, CONDITION_SCHEDULER_RESTARTED, now)
@@ -196,15 +197,19 @@ def scheduler_restarted(
         f"The scheduler restarted ({last.pod}/{last.container} {last.how} at {rfc3339(last.at)}): the cluster "
         "lost its state (tasks, futures, persisted and scattered data); clients must submit their work again."
     )
+    deleted = {
+        str(p.get("metadata", {}).get("name")) for p in pods if p.get("metadata", {}).get("deletionTimestamp")
+    }
+    then = "when its pod was deleted" if last.pod in deleted else "and was restarted"
     events = []
     if last.identity not in before:
         events.append(
             EventSpec(
                 "Warning",
                 REASON_SCHEDULER_STATE_LOST,
-                f"Scheduler pod {last.pod} stopped ({last.how}) at {rfc3339(last.at)} and was restarted: the "
-                "cluster lost its state (tasks, futures, persisted and scattered data) by Dask's design; "
-                "clients must submit their work again.",
+                f"Scheduler pod {last.pod} stopped ({last.how}) at {rfc3339(last.at)} {then}: the cluster lost "
+                "its state (tasks, futures, persisted and scattered data) by Dask's design; clients must submit "
+                "their work again.",
             )
         )
     cond = Condition(CONDITION_SCHEDULER_RESTARTED, True, REASON_SCHEDULER_STATE_LOST, message)

@@ -28,3 +28,14 @@ def transitions(keys: list[str], dask_scheduler: Any = None) -> tuple[dict[str, 
         if finish == "erred":
             erred += 1
     return computed, erred
+
+
+def stories(keys: list[str], dask_scheduler: Any = None) -> dict[str, list[tuple[str, str, str]]]:
+    """On the scheduler: each key's transitions (start, finish, stimulus), to say in a failed test's message
+    how a key came to be computed again."""
+    wanted = set(keys)
+    told: dict[str, list[tuple[str, str, str]]] = {k: [] for k in keys}
+    for entry in dask_scheduler.transition_log:
+        if entry[0] in wanted:
+            told[entry[0]].append((str(entry[1]), str(entry[2]), str(entry[4])))
+    return told

@@ -98,3 +98,38 @@ def test_write_waves_group_writes_to_distinct_objects_and_keep_everything_else_i
     old = Delete(Ref("v1", "Pod", "ns", "s", "u"), Cause.TEMPLATE_CHANGED)
     assert write_waves([old, pod]) == [(old,), (pod,)]
     assert write_waves([]) == []
+
+
+def test_a_plan_that_emits_an_event_writes_its_status_at_once() -> None:
+    """A loss's Event is produced only for a loss the stored status does not name yet; a status held back by
+    the coalescing window let the next reconcile emit the same Event again (a deleted scheduler pod produced
+    two SchedulerStateLost Events)."""
+    from dask_operator.controller.contract.plans import Emit, Plan, SetStatus
+    from dask_operator.controller.executor import Executor
+
+    class Applier:
+        def __init__(self) -> None:
+            self.statuses: list[object] = []
+
+        def apply_status(self, obj: object, manager: str) -> None:
+            self.statuses.append(obj)
+
+    progress = {"observedGeneration": 1, "phase": "Running", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "WorkersNotReady", "message": ""},
+        {"type": "Progressing", "status": "True", "reason": "ScalingUp", "message": ""},
+        {"type": "SchedulerRestarted", "status": "True", "reason": "SchedulerStateLost", "message": "lost"},
+    ]}  # fmt: skip
+    cluster = {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskCluster",
+        "metadata": {"name": "c", "namespace": "ns", "uid": "u", "generation": 1},
+        "status": {**progress, "conditions": progress["conditions"][:2]},
+    }
+    applier = Applier()
+    executor = Executor(None, applier, None, events_enabled=False, status_window=1.0)  # type: ignore[arg-type]
+    quiet = executor.run(cluster, Plan((SetStatus(progress),)), NOW)
+    assert not quiet.status_written and applier.statuses == []  # a progress change waits for the window
+    told = executor.run(
+        cluster, Plan((Emit(EventSpec("Warning", "SchedulerStateLost", "lost")), SetStatus(progress))), NOW
+    )
+    assert told.status_written and len(applier.statuses) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from support.builders import killed, running, terminating
+from support.builders import finished, killed, running, terminating
 
 from dask_operator.controller.contract.conditions import merge_conditions
 from dask_operator.controller.contract.losses import (
@@ -72,6 +72,14 @@ def test_a_scheduler_restart_for_any_reason_says_the_state_was_lost() -> None:
     assert scheduler_restarted([pod], _stored(report), NOW + 10).events == ()
     quiet = scheduler_restarted([running(_pod("c-scheduler"))], None, NOW)
     assert not quiet.condition.status and quiet.events == ()
+
+
+def test_a_deleted_scheduler_pod_says_it_was_deleted_not_restarted() -> None:
+    pod = terminating(finished(_pod("c-scheduler"), "Running", code=0, at=NOW - 2), NOW - 3)
+    (event,) = scheduler_restarted([pod], None, NOW).events
+    assert "when its pod was deleted" in event.message and "restarted" not in event.message
+    (restart,) = scheduler_restarted([killed(_pod("c-scheduler"), NOW - 3, code=0)], None, NOW).events
+    assert "and was restarted" in restart.message
 
 
 def test_an_old_restart_is_not_reported() -> None:
