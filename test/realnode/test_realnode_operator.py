@@ -1,7 +1,9 @@
 """The operator on real nodes, as a platform team meets it: the image built from the Dockerfile, installed
 with the Helm chart (two leader-elected pods, UID 1000, read-only root), reconciles a DaskCluster whose
 scheduler and workers run from the Dask image; a client outside the cluster computes through the scheduler's
-ClusterIP (kube-proxy), and a scale-down keeps every result (0 lost).
+ClusterIP (kube-proxy), and a scale-down keeps every result (0 lost). Prometheus, with the README's scrape
+config, scrapes both operator pods; deleting the leader's pod hands the Lease to the other one, which then
+reconciles, and Prometheus sees which pod leads.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from support.operator import (
     wait_workers,
     worker_pods,
 )
+from support.prometheus import scrape_configs, start_prometheus
 from support.wait import wait_for
 
 OPERATOR_NS = "dask-operator"
@@ -102,4 +105,47 @@ def test_a_daskcluster_computes_and_scales_down_without_losing_results(operator:
             assert not lost, f"{len(lost)} results lost in the scale-down"
             assert sum(client.gather(futures)) == sum(x * x for x in range(100))
     finally:
+        kp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def leader(kp: KubePlane) -> str | None:
+    lease = get(kp, "lease", "dask-operator", "-n", OPERATOR_NS)
+    holder = ((lease or {}).get("spec") or {}).get("holderIdentity") or ""
+    return holder.split("_", 1)[0] or None
+
+
+def test_deleting_the_leaders_pod_hands_over_and_prometheus_sees_both_pods(
+    operator: KubePlane, tmp_path: Path
+) -> None:
+    kp = operator
+    prom = start_prometheus(tmp_path, scrape_configs(kp.kubeconfig))
+    ns = f"realnode-handover-{int(time.time())}"
+    kp.kubectl("create", "namespace", ns)
+    try:
+        wait_for(lambda: prom.up("dask-operator") == 2, timeout=120, interval=1,
+                 message="Prometheus scraping both operator pods")  # fmt: skip
+
+        def leading() -> set[str]:
+            rows = prom.query('leader_election_master_status{job="dask-operator"} == 1')
+            return {r["metric"].get("pod", "") for r in rows}
+
+        first = wait_for(leader, timeout=60, interval=1, message="a leader")
+        wait_for(lambda: leading() == {first}, timeout=60, interval=1, message=f"Prometheus: {first} leads")
+        t0 = time.monotonic()
+        kp.kubectl("delete", "pod", "-n", OPERATOR_NS, first, "--wait=false")
+        second = wait_for(lambda: (x := leader(kp)) not in (None, first) and x, timeout=120, interval=0.5,
+                          message="the Lease held by the other pod")  # fmt: skip
+        handed = time.monotonic() - t0
+        # the new leader reconciles: a new cluster comes up
+        kp.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(cluster_manifest("after", 1)))
+        wait_running(kp, ns, "after", timeout=180)
+        print(f"leader pod deleted: Lease to {second} after {handed:.1f} s; DaskCluster Running "
+              f"{time.monotonic() - t0:.1f} s after the delete")  # fmt: skip
+        wait_for(lambda: second in leading(), timeout=60, interval=1, message=f"Prometheus: {second} leads")
+        # the Deployment replaces the deleted pod; Prometheus discovers and scrapes it too
+        wait_for(lambda: len(operator_pods(kp)) == 2 and prom.up("dask-operator") == 2, timeout=180,
+                 interval=1, message="two operator pods again, both scraped")  # fmt: skip
+    finally:
+        prom.proc.terminate()
+        prom.proc.wait(10)
         kp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
