@@ -109,7 +109,7 @@ def test_a_daskcluster_computes_and_scales_down_without_losing_results(operator:
 
 
 def leader(kp: KubePlane) -> str | None:
-    lease = get(kp, "lease", "dask-operator", "-n", OPERATOR_NS)
+    lease = get(kp, OPERATOR_NS, "lease", "dask-operator")
     holder = ((lease or {}).get("spec") or {}).get("holderIdentity") or ""
     return holder.split("_", 1)[0] or None
 
@@ -129,7 +129,7 @@ def test_deleting_the_leaders_pod_hands_over_and_prometheus_sees_both_pods(
             rows = prom.query('leader_election_master_status{job="dask-operator"} == 1')
             return {r["metric"].get("pod", "") for r in rows}
 
-        first = wait_for(leader, timeout=60, interval=1, message="a leader")
+        first = wait_for(lambda: leader(kp), timeout=60, interval=1, message="a leader")
         wait_for(lambda: leading() == {first}, timeout=60, interval=1, message=f"Prometheus: {first} leads")
         t0 = time.monotonic()
         kp.kubectl("delete", "pod", "-n", OPERATOR_NS, first, "--wait=false")
