@@ -339,7 +339,7 @@ class Client:
         if force:
             params["force"] = "true"
         applied = self.request("PATCH", path, body=obj, params=params, content_type=APPLY_PATCH)
-        note_write(kind, applied)
+        note_write(kind, applied, subresource)
         return _with_header(applied, kind)
 
     def patch_merge(
@@ -347,7 +347,7 @@ class Client:
     ) -> Obj:
         path = kind.object_path(namespace, name, subresource)
         patched = self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
-        note_write(kind, patched)
+        note_write(kind, patched, subresource)
         return _with_header(patched, kind)
 
     def patch_json(self, kind: Kind, namespace: str | None, name: str, operations: Sequence[Obj]) -> Obj:

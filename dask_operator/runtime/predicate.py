@@ -1,8 +1,10 @@
 """Predicates: which watch events may enqueue a reconcile (c-r's predicate package).
 
 Invariant: a predicate only filters; it never changes what is enqueued, and an event passes a watch only if
-every predicate of that watch (and every controller-wide filter) lets it through.
-Held by test/unit/test_runtime_handlers.py.
+every predicate of that watch (and every controller-wide filter) lets it through. NotOwnStatusEcho drops an
+update only when the new object is exactly what a status write of this controller produced and nothing but
+the status differs from the object before it; any other writer's change, to the status too, passes.
+Held by test/unit/test_runtime_handlers.py and test/integration/test_runtime_status_echo.py.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dask_operator.runtime.consistency import OwnStatusWrites
 from dask_operator.runtime.objects import Obj
 
 
@@ -90,6 +93,48 @@ class LabelsChanged(Predicate):
 class AnnotationsChanged(Predicate):
     def update(self, event: UpdateEvent) -> bool:
         return _meta(event.old).get("annotations") != _meta(event.new).get("annotations")
+
+
+class NotOwnStatusEcho(Predicate):
+    """Drops the watch's echo of a status write this controller made (the builder puts it on the For watch).
+
+    The echo is the update whose new object has exactly the resourceVersion the write returned (so its
+    status is what the write left) and whose old object differs from it in `status` alone (resourceVersion
+    and managedFields aside): a reconcile planned that status, so running again on it would plan nothing
+    new, provided the planner is a fixed point of its own status (test/unit/test_planner_properties.py).
+    A relist's update (its old object may be several versions back) is dropped only if nothing but the status
+    moved across all of them; the write, forced, had set every status field it owns.
+    """
+
+    def __init__(self, written: OwnStatusWrites) -> None:
+        self.written = written
+
+    def update(self, event: UpdateEvent) -> bool:
+        meta = _meta(event.new)
+        uid = meta.get("uid")
+        if not uid or not self.written.delivered(str(uid), meta.get("resourceVersion")):
+            return True
+        return not only_status_differs(event.old, event.new)
+
+    def delete(self, event: DeleteEvent) -> bool:
+        uid = _meta(event.obj).get("uid")
+        if uid:
+            self.written.forget(str(uid))
+        return True
+
+
+_VOLATILE_META = frozenset({"resourceVersion", "managedFields"})
+
+
+def only_status_differs(old: Obj, new: Obj) -> bool:
+    """Whether `old` and `new` are equal outside `status`, metadata.resourceVersion and managedFields."""
+    if old.keys() - {"status"} != new.keys() - {"status"}:
+        return False
+    for key, value in new.items():
+        if key not in ("status", "metadata") and old[key] != value:
+            return False
+    before, after = _meta(old), _meta(new)
+    return all(before.get(k) == after.get(k) for k in (before.keys() | after.keys()) - _VOLATILE_META)
 
 
 class And(Predicate):
