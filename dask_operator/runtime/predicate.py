@@ -103,7 +103,9 @@ class NotOwnStatusEcho(Predicate):
     and managedFields aside): a reconcile planned that status, so running again on it would plan nothing
     new, provided the planner is a fixed point of its own status (test/unit/test_planner_properties.py).
     A relist's update (its old object may be several versions back) is dropped only if nothing but the status
-    moved across all of them; the write, forced, had set every status field it owns.
+    moved across all of them; the write, forced, had set every status field it owns. A status-only update
+    that arrives while a status write of the same object is still awaiting its reply waits for that reply
+    (at most OwnStatusWrites.wait, 1 s): the only place a handler may block, and only this watch's.
     """
 
     def __init__(self, written: OwnStatusWrites) -> None:
@@ -111,15 +113,19 @@ class NotOwnStatusEcho(Predicate):
 
     def update(self, event: UpdateEvent) -> bool:
         meta = _meta(event.new)
-        uid = meta.get("uid")
-        if not uid or not self.written.delivered(str(uid), meta.get("resourceVersion")):
+        namespace, name, rv = (
+            str(meta.get("namespace") or ""),
+            str(meta.get("name")),
+            meta.get("resourceVersion"),
+        )
+        if not only_status_differs(event.old, event.new):
+            self.written.passed(namespace, name, rv)
             return True
-        return not only_status_differs(event.old, event.new)
+        return not self.written.delivered(namespace, name, rv)
 
     def delete(self, event: DeleteEvent) -> bool:
-        uid = _meta(event.obj).get("uid")
-        if uid:
-            self.written.forget(str(uid))
+        meta = _meta(event.obj)
+        self.written.forget(str(meta.get("namespace") or ""), str(meta.get("name")))
         return True
 
 

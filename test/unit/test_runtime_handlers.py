@@ -170,6 +170,11 @@ def test_every_other_change_passes_the_echo_filter() -> None:
     assert echo.update(UpdateEvent(before, owned("10", {"phase": "Running"})))
     wrote_status(written, owned("11", {"phase": "Running"}))
     assert echo.delete(DeleteEvent(owned("11"))) and len(written) == 0
+    # a change besides the status drops the write it passes, without waiting
+    wrote_status(written, owned("12", {"phase": "Running"}))
+    assert echo.update(UpdateEvent(before, owned("13", {"phase": "Running"}, generation=3))) and not len(
+        written
+    )
 
 
 def test_predicate_composition() -> None:
