@@ -5,7 +5,8 @@ of the last event or BOOKMARK seen; a normal close re-watches without listing; 4
 error) relists from the last RV, then from "" (quorum); every failure waits a jittered exponential backoff.
 Every list is read in pages of `page_size` (limit/continue), so no response holds a whole fleet: the first
 one is a consistent read (resourceVersion unset, which API servers since 1.31 serve from their watch cache),
-because the watch cache answers resourceVersion=0 with every object at once whatever the limit.
+because the watch cache answers resourceVersion=0 with every object at once whatever the limit; a relist
+from the last RV asks for resourceVersionMatch=NotOlderThan (paged, an RV alone means Exact).
 Held by test/integration/test_runtime_reflector.py.
 """
 
@@ -207,6 +208,9 @@ class Reflector:
             label_selector=self.label_selector,
             field_selector=self.field_selector,
             resource_version=rv,
+            # paged at a resourceVersion, a list means Exact unless told otherwise: an old RV would be served
+            # again as is, and the watch from it fail again, forever (after an API server restart)
+            resource_version_match="NotOlderThan" if rv else None,
             limit=self.page_size,
             timeout=max(self.client.timeout, 60.0),
             retry=False,  # the reflector's own backoff paces list retries

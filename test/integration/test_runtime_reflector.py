@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 from support.faultproxy import FaultProxy, SeenRequest
-from support.runtime_plane import RequestLog, client_via, direct_client, http_proxy, tcp_proxy
+from support.runtime_plane import (
+    RequestLog,
+    client_via,
+    direct_client,
+    http_proxy,
+    tcp_proxy,
+    watch_cache_answers_410,
+)
 from support.wait import wait_for
 
 from dask_operator.runtime.client import Client
@@ -252,6 +259,9 @@ def test_delete_missed_during_a_gap_is_one_tombstone_after_a_real_410(
         server.create(configmap(namespace, name))
     informer, proxy, log = running()
     events = sync(informer)
+    wait_for(
+        lambda: watch_cache_answers_410(server, CONFIGMAP, namespace), timeout=30, message="watch cache ready"
+    )
     old_uid = informer.store.get(f"{namespace}/recreate")["metadata"]["uid"]  # type: ignore[index]
     proxy.refuse()  # disconnected
     server.delete(CONFIGMAP, namespace, "vanish")
