@@ -123,6 +123,7 @@ def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: in
         ControllerBuilder(manager)
         .named("daskautoscaler")
         .for_(DASK_AUTOSCALER_KIND)
+        .ignoring_own_status_echoes()  # its planner is a fixed point of its own status
         .watches(DASK_CLUSTER_KIND, autoscalers_of_cluster(manager), predicates=[GenerationChanged()])
         .with_options(max_concurrent_reconciles=concurrency, reconcile_timeout=60.0)
         .complete(reconciler)

@@ -101,6 +101,7 @@ def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: in
         ControllerBuilder(manager)
         .named("daskcluster")
         .for_(DASK_CLUSTER_KIND)
+        .ignoring_own_status_echoes()  # its planner is a fixed point of its own status
         .owns(POD)
         .owns(SERVICE)
         .watches(DASK_WORKER_GROUP_KIND, cluster_of_group)

@@ -210,6 +210,7 @@ def setup_with_manager(manager: Any, settings: OperatorSettings, concurrency: in
         ControllerBuilder(manager)
         .named("daskworkergroup")
         .for_(DASK_WORKER_GROUP_KIND)
+        .ignoring_own_status_echoes()  # its planner is a fixed point of its own status
         .owns(POD)
         .owns(PODDISRUPTIONBUDGET)
         .watches(

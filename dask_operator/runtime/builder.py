@@ -2,7 +2,9 @@
 
 Invariant: `for_(K)` enqueues the object itself, `owns(C)` enqueues the controller owner of kind K named in
 C's ownerReferences, `watches(X, mapper)` enqueues what mapper returns; names are unique per manager and
-default to the lowercased For kind; nothing runs until the manager starts it.
+default to the lowercased For kind; nothing runs until the manager starts it; with
+`ignoring_own_status_echoes()`, the For watch drops the echo of the controller's own status writes
+(predicate.NotOwnStatusEcho).
 Held by test/unit/test_runtime_controller.py and test/integration/test_runtime_manager.py.
 """
 
@@ -10,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+from dask_operator.runtime.consistency import OwnStatusWrites
 from dask_operator.runtime.controller import DEFAULT_CACHE_SYNC_TIMEOUT, Controller, WatchSpec
 from dask_operator.runtime.handler import request_for_object, requests_for_owner
 from dask_operator.runtime.kinds import Kind
 from dask_operator.runtime.manager import Manager
 from dask_operator.runtime.objects import Obj
-from dask_operator.runtime.predicate import Predicate
+from dask_operator.runtime.predicate import NotOwnStatusEcho, Predicate
 from dask_operator.runtime.ratelimiter import RateLimiter
 from dask_operator.runtime.reconcile import Reconciler, Request
 
@@ -33,6 +36,7 @@ class ControllerBuilder:
         self._timeout: float | None = None
         self._rate_limiter: RateLimiter | None = None
         self._sync_timeout = DEFAULT_CACHE_SYNC_TIMEOUT
+        self._ignore_status_echoes = False
 
     def named(self, name: str) -> ControllerBuilder:
         self._name = name
@@ -62,6 +66,13 @@ class ControllerBuilder:
         self._filters.append(predicate)
         return self
 
+    def ignoring_own_status_echoes(self) -> ControllerBuilder:
+        """The For watch does not enqueue the update that only shows a status this controller wrote. Sound
+        only for a reconciler whose plan, made again on the object showing its own status, writes nothing new
+        (a reconciler that steps through its status needs the echo)."""
+        self._ignore_status_echoes = True
+        return self
+
     def with_options(
         self,
         max_concurrent_reconciles: int | None = None,
@@ -87,12 +98,15 @@ class ControllerBuilder:
         if not name:
             raise ValueError("a controller without for_() must be named()")
         specs: list[WatchSpec] = []
+        status_writes = None
         if self._for is not None:
-            specs.append(WatchSpec(self._for, request_for_object, self._for_predicates))
+            status_writes = OwnStatusWrites(self._for) if self._ignore_status_echoes else None
+            echoes = (NotOwnStatusEcho(status_writes),) if status_writes is not None else ()
+            specs.append(WatchSpec(self._for, request_for_object, echoes + self._for_predicates))
             for kind, predicates, only_controller in self._owns:
                 specs.append(WatchSpec(kind, requests_for_owner(self._for, only_controller), predicates))
-        elif self._owns:
-            raise ValueError("owns() needs for_(): it enqueues the owner of the For kind")
+        elif self._owns or self._ignore_status_echoes:
+            raise ValueError("owns() and ignoring_own_status_echoes() need for_(): they concern the For kind")
         specs.extend(self._watches)
         controller = Controller(
             name,
@@ -104,6 +118,7 @@ class ControllerBuilder:
             rate_limiter=self._rate_limiter,
             cache_sync_timeout=self._sync_timeout,
             event_filters=self._filters,
+            status_writes=status_writes,
         )
         self._manager.add_controller(controller)
         return controller

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dask_operator.runtime.client import Client
@@ -124,6 +124,11 @@ class Cache:
     def add_index(self, kind: Kind, name: str, func: IndexFunc) -> None:
         """Another index on one kind's store (see by_index)."""
         self.informer(kind).store.add_indexer(name, func)
+
+    def add_transform(self, kind: Kind, transform: Callable[[Obj], Obj]) -> None:
+        """Store one kind's objects as `transform` leaves them (c-r's per-object cache transform), e.g.
+        without fields no reader uses; before the cache starts."""
+        self.informer(kind).add_transform(transform)
 
     def add_label_index(self, kind: Kind, label: str) -> None:
         """Index one kind's store by a label's value, so by_label(kind, label, ...) needs no scan."""

@@ -22,7 +22,7 @@ import tenacity
 import urllib3
 
 from dask_operator.runtime import credentials, metrics
-from dask_operator.runtime.consistency import note_write
+from dask_operator.runtime.consistency import note_write, status_write
 from dask_operator.runtime.kinds import Kind, kind_of
 from dask_operator.runtime.objects import Obj
 from dask_operator.runtime.reconcile import ReconcileTimeout, remaining_time
@@ -338,16 +338,22 @@ class Client:
         params = {"fieldManager": field_manager}
         if force:
             params["force"] = "true"
-        applied = self.request("PATCH", path, body=obj, params=params, content_type=APPLY_PATCH)
-        note_write(kind, applied)
+        with (
+            status_write(kind, meta.get("namespace"), meta["name"])
+            if subresource == "status"
+            else contextlib.nullcontext()
+        ):
+            applied = self.request("PATCH", path, body=obj, params=params, content_type=APPLY_PATCH)
+            note_write(kind, applied, subresource)
         return _with_header(applied, kind)
 
     def patch_merge(
         self, kind: Kind, namespace: str | None, name: str, patch: Obj, subresource: str | None = None
     ) -> Obj:
         path = kind.object_path(namespace, name, subresource)
-        patched = self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
-        note_write(kind, patched)
+        with status_write(kind, namespace, name) if subresource == "status" else contextlib.nullcontext():
+            patched = self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+            note_write(kind, patched, subresource)
         return _with_header(patched, kind)
 
     def patch_json(self, kind: Kind, namespace: str | None, name: str, operations: Sequence[Obj]) -> Obj:

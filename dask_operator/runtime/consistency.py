@@ -5,6 +5,9 @@ Invariant: a write made while reconciling request R raises R's watermark for tha
 resourceVersion; R is reconciled again only once the informer of that kind has seen a resourceVersion at
 least as new (or after `max_wait`, so a broken watch cannot stall R forever). A reconcile therefore never
 acts on a cache older than its own writes, and a refused write records nothing (no phantom to wait for).
+A status write made while reconciling, with `recording(status_writes)`, is also remembered per object
+(`OwnStatusWrites`), from before it is sent until the informer delivers that object at or past the write's
+resourceVersion, so the watch event that only shows it can be told apart (predicate.NotOwnStatusEcho).
 Held by test/unit/test_runtime_consistency.py and test/integration/test_runtime_manager.py.
 """
 
@@ -21,31 +24,132 @@ from dask_operator.runtime.kinds import Kind
 
 # resourceVersion per kind written by the reconcile running in this context (None outside a reconcile).
 _writes: contextvars.ContextVar[dict[Kind, int] | None] = contextvars.ContextVar("own_writes", default=None)
+# where the reconcile running in this context remembers its status writes (None: nowhere)
+_status_writes: contextvars.ContextVar[OwnStatusWrites | None] = contextvars.ContextVar(
+    "own_status_writes", default=None
+)
 
 DEFAULT_MAX_WAIT = 30.0
 _note_lock = threading.Lock()
 
 
-def note_write(kind: Kind, written: Any) -> None:
-    """Called by the client for every successful write: remember the resourceVersion it produced."""
+def note_write(kind: Kind, written: Any, subresource: str | None = None) -> None:
+    """Called by the client for every successful write: remember the resourceVersion it produced (and, for a
+    write to the status subresource, which object's status it was)."""
     writes = _writes.get()
     if writes is None or not isinstance(written, dict):
         return
-    rv = _as_int((written.get("metadata") or {}).get("resourceVersion"))
-    if rv is not None and written.get("kind") != "Status":
-        with _note_lock:  # one reconcile's writes may run on several threads (a plan's independent writes)
-            writes[kind] = max(writes.get(kind, 0), rv)
+    meta = written.get("metadata") or {}
+    rv = _as_int(meta.get("resourceVersion"))
+    if rv is None or written.get("kind") == "Status":
+        return
+    with _note_lock:  # one reconcile's writes may run on several threads (a plan's independent writes)
+        writes[kind] = max(writes.get(kind, 0), rv)
+    status_writes = _status_writes.get()
+    if subresource == "status" and status_writes is not None:
+        status_writes.wrote(kind, str(meta.get("namespace") or ""), str(meta.get("name")), rv)
 
 
 @contextmanager
-def recording() -> Iterator[dict[Kind, int]]:
-    """Within the block, writes through any client are collected into the yielded dict."""
+def status_write(kind: Kind, namespace: str | None, name: str) -> Iterator[None]:
+    """Around a write to a status subresource (the client's): while it is in flight, its echo waits for it."""
+    status_writes = _status_writes.get()
+    if status_writes is None:
+        yield
+        return
+    status_writes.begin(kind, namespace or "", name)
+    try:
+        yield
+    finally:
+        status_writes.end(kind, namespace or "", name)
+
+
+@contextmanager
+def recording(status_writes: OwnStatusWrites | None = None) -> Iterator[dict[Kind, int]]:
+    """Within the block, writes through any client are collected into the yielded dict, and status writes
+    into `status_writes` (as they happen, so their watch echo finds them)."""
     writes: dict[Kind, int] = {}
     token = _writes.set(writes)
+    status_token = _status_writes.set(status_writes)
     try:
         yield writes
     finally:
+        _status_writes.reset(status_token)
         _writes.reset(token)
+
+
+class OwnStatusWrites:
+    """Per object of `kind` (by namespace and name), the status writes of ours in flight and the
+    resourceVersion of the newest one the informer has not delivered yet.
+
+    An entry lives from the write until the first event at or past its resourceVersion (or the object's
+    delete), so it holds only writes in flight: at most one per object this controller reconciles. The echo
+    can overtake the write's own response (the watch and the reply race): `delivered` then waits for the
+    write in flight, at most `wait` seconds.
+    """
+
+    def __init__(self, kind: Kind, wait: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.kind = kind
+        self.wait = wait
+        self._clock = clock
+        self._written: dict[tuple[str, str], int] = {}
+        self._in_flight: dict[tuple[str, str], int] = {}
+        self._cond = threading.Condition()
+
+    def begin(self, kind: Kind, namespace: str, name: str) -> None:
+        if kind == self.kind:  # another kind's status (a Workload's): its watch keeps every event
+            with self._cond:
+                self._in_flight[(namespace, name)] = self._in_flight.get((namespace, name), 0) + 1
+
+    def end(self, kind: Kind, namespace: str, name: str) -> None:
+        if kind == self.kind:
+            with self._cond:
+                left = self._in_flight.pop((namespace, name), 1) - 1
+                if left:
+                    self._in_flight[(namespace, name)] = left
+                self._cond.notify_all()
+
+    def wrote(self, kind: Kind, namespace: str, name: str, resource_version: int) -> None:
+        if kind == self.kind:
+            with self._cond:
+                key = (namespace, name)
+                self._written[key] = max(resource_version, self._written.get(key, 0))
+
+    def delivered(self, namespace: str, name: str, resource_version: Any) -> bool:
+        """The informer delivers the object at `resource_version`: whether that is exactly a status write of
+        ours (an entry the delivery reaches or passes is dropped)."""
+        rv = _as_int(resource_version)
+        if rv is None:
+            return False
+        key = (namespace, name)
+        with self._cond:
+            deadline = self._clock() + self.wait
+            while self._in_flight.get(key) and self._written.get(key, 0) < rv:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            written = self._written.get(key)
+            if written is None or rv < written:
+                return False
+            del self._written[key]
+        return rv == written
+
+    def passed(self, namespace: str, name: str, resource_version: Any) -> None:
+        """The informer delivers the object at `resource_version` (not an echo): drop what it passes."""
+        rv = _as_int(resource_version)
+        with self._cond:
+            written = self._written.get((namespace, name))
+            if written is not None and rv is not None and rv >= written:
+                del self._written[(namespace, name)]
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._cond:
+            self._written.pop((namespace, name), None)
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._written)
 
 
 class OwnWrites:

@@ -4,7 +4,9 @@ Invariant: no reconcile starts before every source of the controller has synced,
 a key is reconciled by one worker at a time; the outcome decides the requeue exactly as c-r does (error ->
 rate-limited requeue, terminal error -> none, requeue_after -> forget + delay, success -> forget), a
 crashing reconcile never kills its worker, and a reconcile never starts on a cache older than the writes the
-previous reconcile of the same key made (runtime/consistency.py). Held by test/unit/test_runtime_controller.py.
+previous reconcile of the same key made (runtime/consistency.py); with `status_writes`, every status write a
+reconcile makes is remembered there as it happens (for the For watch's NotOwnStatusEcho).
+Held by test/unit/test_runtime_controller.py.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import structlog
 from dask_operator.runtime import metrics
 from dask_operator.runtime.cache import Cache, CacheNotSynced
 from dask_operator.runtime.client import ApiError, ConnectionFailure
-from dask_operator.runtime.consistency import OwnWrites, recording
+from dask_operator.runtime.consistency import OwnStatusWrites, OwnWrites, recording
 from dask_operator.runtime.handler import EnqueueHandler, RequestMapper
 from dask_operator.runtime.informer import Registration
 from dask_operator.runtime.kinds import Kind
@@ -86,6 +88,7 @@ class Controller:
         cache_sync_timeout: float = DEFAULT_CACHE_SYNC_TIMEOUT,
         event_filters: Sequence[Predicate] = (),
         may_act: Callable[[], bool] = lambda: True,
+        status_writes: OwnStatusWrites | None = None,
     ) -> None:
         if max_concurrent_reconciles < 1:
             raise ValueError("max_concurrent_reconciles must be at least 1")
@@ -100,6 +103,9 @@ class Controller:
         self.may_act = may_act  # false once the leader's lease may have passed to another replica
         self.queue: WorkQueue[Request] = WorkQueue(name, rate_limiter=rate_limiter)
         self.own_writes = OwnWrites(self._seen_resource_version)
+        self.status_writes = (
+            status_writes  # where this controller's status writes are remembered, if anywhere
+        )
         self._registrations: list[Registration] = []
         self._workers: list[threading.Thread] = []
         self._started = False
@@ -220,7 +226,7 @@ class Controller:
         with (
             reconcile_context(self.name, request.namespace, request.name, reconcile_id),
             deadline_after(self.reconcile_timeout),
-            recording() as writes,
+            recording(self.status_writes) as writes,
         ):
             try:
                 try:

@@ -1,6 +1,7 @@
 """Event handlers: turn an informer notification into the reconcile Requests it concerns.
 
-Invariant: handlers only filter (predicates) and enqueue keys, never block; an update enqueues the requests
+Invariant: handlers only filter (predicates) and enqueue keys, never block (but for NotOwnStatusEcho's wait,
+at most 1 s, for a status write whose echo overtook its reply); an update enqueues the requests
 of both the old and the new object (so a removed owner is still reconciled); real changes enqueue at normal
 priority, the initial list and resync/relist no-ops at low priority.
 Held by test/unit/test_runtime_controller.py, test/unit/test_runtime_handlers.py.

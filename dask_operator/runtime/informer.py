@@ -24,6 +24,7 @@ from dask_operator.runtime.client import Client
 from dask_operator.runtime.kinds import Kind
 from dask_operator.runtime.objects import Obj
 from dask_operator.runtime.reflector import (
+    DEFAULT_LIST_PAGE_SIZE,
     DEFAULT_MIN_WATCH_TIMEOUT,
     DEFAULT_READ_TIMEOUT_MARGIN,
     Reflector,
@@ -156,6 +157,7 @@ class Informer:
         transform: Callable[[Obj], Obj] = for_cache,
         min_watch_timeout: int = DEFAULT_MIN_WATCH_TIMEOUT,
         read_timeout_margin: float = DEFAULT_READ_TIMEOUT_MARGIN,
+        list_page_size: int = DEFAULT_LIST_PAGE_SIZE,
     ) -> None:
         self.kind = kind
         self.namespace = namespace if kind.namespaced else None
@@ -177,6 +179,7 @@ class Informer:
             field_selector=field_selector,
             min_watch_timeout=min_watch_timeout,
             read_timeout_margin=read_timeout_margin,
+            page_size=list_page_size,
         )
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -192,6 +195,14 @@ class Informer:
                 daemon=True,
             )
             self._thread.start()
+
+    def add_transform(self, transform: Callable[[Obj], Obj]) -> None:
+        """Also pass every object through `transform` (after the ones already set) before it is stored."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError(f"the {self.kind.plural} informer has started: add transforms before")
+            inner = self._transform
+            self._transform = lambda obj: transform(inner(obj))
 
     @property
     def started(self) -> bool:

@@ -1,8 +1,10 @@
 """Predicates: which watch events may enqueue a reconcile (c-r's predicate package).
 
 Invariant: a predicate only filters; it never changes what is enqueued, and an event passes a watch only if
-every predicate of that watch (and every controller-wide filter) lets it through.
-Held by test/unit/test_runtime_handlers.py.
+every predicate of that watch (and every controller-wide filter) lets it through. NotOwnStatusEcho drops an
+update only when the new object is exactly what a status write of this controller produced and nothing but
+the status differs from the object before it; any other writer's change, to the status too, passes.
+Held by test/unit/test_runtime_handlers.py and test/integration/test_runtime_status_echo.py.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dask_operator.runtime.consistency import OwnStatusWrites
 from dask_operator.runtime.objects import Obj
 
 
@@ -90,6 +93,54 @@ class LabelsChanged(Predicate):
 class AnnotationsChanged(Predicate):
     def update(self, event: UpdateEvent) -> bool:
         return _meta(event.old).get("annotations") != _meta(event.new).get("annotations")
+
+
+class NotOwnStatusEcho(Predicate):
+    """Drops the watch's echo of a status write this controller made (the builder puts it on the For watch).
+
+    The echo is the update whose new object has exactly the resourceVersion the write returned (so its
+    status is what the write left) and whose old object differs from it in `status` alone (resourceVersion
+    and managedFields aside): a reconcile planned that status, so running again on it would plan nothing
+    new, provided the planner is a fixed point of its own status (test/unit/test_planner_properties.py).
+    A relist's update (its old object may be several versions back) is dropped only if nothing but the status
+    moved across all of them; the write, forced, had set every status field it owns. A status-only update
+    that arrives while a status write of the same object is still awaiting its reply waits for that reply
+    (at most OwnStatusWrites.wait, 1 s): the only place a handler may block, and only this watch's.
+    """
+
+    def __init__(self, written: OwnStatusWrites) -> None:
+        self.written = written
+
+    def update(self, event: UpdateEvent) -> bool:
+        meta = _meta(event.new)
+        namespace, name, rv = (
+            str(meta.get("namespace") or ""),
+            str(meta.get("name")),
+            meta.get("resourceVersion"),
+        )
+        if not only_status_differs(event.old, event.new):
+            self.written.passed(namespace, name, rv)
+            return True
+        return not self.written.delivered(namespace, name, rv)
+
+    def delete(self, event: DeleteEvent) -> bool:
+        meta = _meta(event.obj)
+        self.written.forget(str(meta.get("namespace") or ""), str(meta.get("name")))
+        return True
+
+
+_VOLATILE_META = frozenset({"resourceVersion", "managedFields"})
+
+
+def only_status_differs(old: Obj, new: Obj) -> bool:
+    """Whether `old` and `new` are equal outside `status`, metadata.resourceVersion and managedFields."""
+    if old.keys() - {"status"} != new.keys() - {"status"}:
+        return False
+    for key, value in new.items():
+        if key not in ("status", "metadata") and old[key] != value:
+            return False
+    before, after = _meta(old), _meta(new)
+    return all(before.get(k) == after.get(k) for k in (before.keys() | after.keys()) - _VOLATILE_META)
 
 
 class And(Predicate):

@@ -3,6 +3,10 @@
 Invariant: the first watch starts at the list's collection resourceVersion, and every later watch at the RV
 of the last event or BOOKMARK seen; a normal close re-watches without listing; 410 (or an Expired in-stream
 error) relists from the last RV, then from "" (quorum); every failure waits a jittered exponential backoff.
+Every list is read in pages of `page_size` (limit/continue), so no response holds a whole fleet: the first
+one is a consistent read (resourceVersion unset, which API servers since 1.31 serve from their watch cache),
+because the watch cache answers resourceVersion=0 with every object at once whatever the limit; a relist
+from the last RV asks for resourceVersionMatch=NotOlderThan (paged, an RV alone means Exact).
 Held by test/integration/test_runtime_reflector.py.
 """
 
@@ -26,6 +30,7 @@ log = structlog.get_logger("dask_operator.runtime.reflector")
 
 DEFAULT_MIN_WATCH_TIMEOUT = 300  # seconds; each watch asks for uniform [min, 2*min]
 DEFAULT_READ_TIMEOUT_MARGIN = 30.0  # the HTTP read timeout is timeoutSeconds + this
+DEFAULT_LIST_PAGE_SIZE = 500  # objects per list page (client-go's pager default)
 
 
 class Sink(Protocol):
@@ -61,8 +66,10 @@ class Reflector:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         decode: Callable[[bytes], Any] = decode_for_cache,
+        page_size: int = DEFAULT_LIST_PAGE_SIZE,
     ) -> None:
         self.client = client
+        self.page_size = page_size
         self.decode = decode  # how list pages and watch events are parsed (compacted for the cache)
         self.kind = kind
         self.sink = sink
@@ -75,7 +82,6 @@ class Reflector:
         self._rng = rng or random.Random()
         self._clock = clock
         self._last_rv = ""
-        self._listed_once = False
         self._quorum_next = False
         self.lists = 0  # counters for tests and health checks
         self.watches = 0
@@ -180,12 +186,7 @@ class Reflector:
         return count
 
     def _list(self) -> None:
-        if not self._listed_once:
-            rv = "0"  # served from the watch cache
-        elif self._quorum_next or not self._last_rv:
-            rv = ""
-        else:
-            rv = self._last_rv
+        rv = "" if self._quorum_next or not self._last_rv else self._last_rv
         try:
             items, list_rv = self._list_at(rv)
         except ApiError as error:
@@ -196,7 +197,6 @@ class Reflector:
                 self._quorum_next = error.expired or error.too_large_resource_version
                 raise
         self._quorum_next = False
-        self._listed_once = True
         self.sink.replace(items, list_rv)
         self._last_rv = list_rv
 
@@ -208,7 +208,10 @@ class Reflector:
             label_selector=self.label_selector,
             field_selector=self.field_selector,
             resource_version=rv,
-            limit=500 if rv == "" else None,
+            # paged at a resourceVersion, a list means Exact unless told otherwise: an old RV would be served
+            # again as is, and the watch from it fail again, forever (after an API server restart)
+            resource_version_match="NotOlderThan" if rv else None,
+            limit=self.page_size,
             timeout=max(self.client.timeout, 60.0),
             retry=False,  # the reflector's own backoff paces list retries
             decode=self.decode,

@@ -5,7 +5,7 @@ One namespace holds N converged clusters (created once; with FLEET_NAMESPACE set
 The operator starts on it; the run reports its RSS once synced on the fleet and per cluster above an empty
 namespace's (when the clusters were created in this run), then sends FLEET_RATE updates/s for
 FLEET_SECONDS (bench_latency.update_latency) and reports update -> observedGeneration p50/p99, updates never
-observed, the operator's writes per update and CPU seconds, and the API server's own mutating-request
+observed, the operator's writes and reconciles (per controller) per update and CPU seconds, and the API server's own mutating-request
 latency over the phase (apiserver_latency). Then, with the operator stopped, the same clusters and rate
 with the sender answering its own updates: the limit, in the same run, so ratios hold. FLEET_PROFILE=path
 records the operator under py-spy during the phase (when py-spy is installed). Run it explicitly:
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -76,6 +77,18 @@ def _operator_histograms(port: int) -> dict[str, dict[float, float]]:
     }
 
 
+def _reconciles(port: int) -> dict[str, float]:
+    """controller_runtime_reconcile_total per controller (every result: an early requeue counts too)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r'controller_runtime_reconcile_total\{.*controller="([^"]+)".*\} ([0-9.e+]+)$', line)
+        if m:
+            totals[m.group(1)] = totals.get(m.group(1), 0.0) + float(m.group(2))
+    return totals
+
+
 def _phase(
     kubeconfig: Path, client: TightClient, namespace: str, answer: bool, operator: Any = None
 ) -> dict[str, Any]:
@@ -84,6 +97,7 @@ def _phase(
     api_before = scrape_apiserver(client.client)
     ops_before = scrape(operator[1]) if operator else {}
     hist_before = _operator_histograms(operator[1]) if operator else {}
+    reconciles_before = _reconciles(operator[1]) if operator else {}
     cpu_before = cpu_seconds(operator[0].pid) if operator else 0.0
     profiler = None
     if operator and PROFILE and shutil.which("py-spy"):
@@ -98,6 +112,11 @@ def _phase(
     if operator:
         made = writes(scrape(operator[1])) - writes(ops_before)
         result["operator_writes_per_update"] = round(made / max(result["new_generations"], 1), 2)
+        updates = max(result["new_generations"], 1)
+        result["reconciles_per_update"] = {
+            name: round((total - reconciles_before.get(name, 0.0)) / updates, 2)
+            for name, total in _reconciles(operator[1]).items()
+        }
         result["operator_cpu_seconds"] = round(cpu_seconds(operator[0].pid) - cpu_before, 1)
         result["operator_rss_mib"] = round(rss_mib(operator[0].pid), 1)
         hist_after = _operator_histograms(operator[1])
@@ -170,6 +189,7 @@ def test_fleet_latency(kube_plane: Any, tmp_path: Path) -> None:
         f"(limit p50 {limit.get('latency_seconds_p50')} p99 {floor}; "
         f"ratio p99 {round(p99 / floor, 2) if p99 and floor else '-'}), "
         f"never observed {ours['never_observed']}, writes/update {ours['operator_writes_per_update']}, "
+        f"daskcluster reconciles/update {ours['reconciles_per_update'].get('daskcluster')}, "
         f"apiserver mutating p99 <= {ours['apiserver_mutating']['p99_seconds_at_most']} s, "
         f"RSS {report['operator_rss_mib_settled']} MiB, load {ours['load_average']}"
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from support.runtime_demo import SLOW_ANNOTATION, ActionLog, build, desired_mirror, mirror_name
-from support.runtime_plane import RequestLog, client_via, direct_client, tcp_proxy
+from support.runtime_plane import RequestLog, client_via, direct_client, tcp_proxy, watch_cache_answers_410
 from support.wait import wait_for
 
 from dask_operator.runtime.client import Client
@@ -185,6 +185,8 @@ def test_converges_after_a_relist_on_410(in_process: Any, kube_plane: Any, names
     for name in ("x", "y"):
         server.create(secret(namespace, name))
     wait_for(lambda: converged(server, namespace), timeout=20)
+    for kind in (SECRET, CONFIGMAP):
+        wait_for(lambda kind=kind: watch_cache_answers_410(server, kind, namespace), timeout=30)
     proxy.refuse()
     server.patch_merge(SECRET, namespace, "x", {"stringData": {"key": "new"}})
     server.create(secret(namespace, "z"))

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 from support.faultproxy import FaultProxy, SeenRequest
-from support.runtime_plane import RequestLog, client_via, direct_client, http_proxy, tcp_proxy
+from support.runtime_plane import (
+    RequestLog,
+    client_via,
+    direct_client,
+    http_proxy,
+    tcp_proxy,
+    watch_cache_answers_410,
+)
 from support.wait import wait_for
 
 from dask_operator.runtime.client import Client
@@ -98,7 +105,7 @@ def running(kube_plane: Any, namespace: str, tmp_path: Path) -> Iterator[Any]:
     started: list[tuple[Informer, FaultProxy]] = []
 
     def make(
-        proxy_kind: str = "tcp", watch_timeout: int = 300, margin: float = 30.0
+        proxy_kind: str = "tcp", watch_timeout: int = 300, margin: float = 30.0, page_size: int = 500
     ) -> tuple[RecordingInformer, FaultProxy, RequestLog]:
         proxy = tcp_proxy(kube_plane) if proxy_kind == "tcp" else http_proxy(kube_plane)
         client = client_via(kube_plane, proxy, tmp_path, timeout=5, connect_timeout=2)
@@ -109,6 +116,7 @@ def running(kube_plane: Any, namespace: str, tmp_path: Path) -> Iterator[Any]:
             namespace=namespace,
             min_watch_timeout=watch_timeout,
             read_timeout_margin=margin,
+            list_page_size=page_size,
         )
         started.append((informer, proxy))
         return informer, proxy, log
@@ -127,16 +135,20 @@ def sync(informer: Informer, events: Events | None = None) -> Events:
     return events
 
 
-def test_first_list_uses_rv_zero_and_first_watch_the_list_rv(
+def test_first_list_is_paginated_and_first_watch_starts_at_its_rv(
     running: Any, server: Client, namespace: str
 ) -> None:  # item 3
-    server.create(configmap(namespace, "a"))
-    informer, _, log = running()
+    for i in range(7):
+        server.create(configmap(namespace, f"a{i}"))
+    informer, _, log = running(page_size=3)
     sync(informer)
     wait_for(lambda: log.watches(), timeout=5)
-    first_list = log.lists("/configmaps")[0]
-    assert first_list.params.get("resourceVersion") == "0"
+    lists = log.lists("/configmaps")
+    # a consistent read in pages (the watch cache would answer resourceVersion=0 with everything at once)
+    assert "resourceVersion" not in lists[0].params and lists[0].params.get("limit") == "3"
+    assert len(lists) == 3 and all(page.params.get("continue") for page in lists[1:])  # 8 with kube-root-ca
     assert log.watches()[0].params["resourceVersion"] == informer.replaced_at[0]
+    assert store_state(informer) == server_state(server, namespace)
 
 
 def test_normal_close_rewatches_from_last_rv_without_listing(
@@ -247,6 +259,9 @@ def test_delete_missed_during_a_gap_is_one_tombstone_after_a_real_410(
         server.create(configmap(namespace, name))
     informer, proxy, log = running()
     events = sync(informer)
+    wait_for(
+        lambda: watch_cache_answers_410(server, CONFIGMAP, namespace), timeout=30, message="watch cache ready"
+    )
     old_uid = informer.store.get(f"{namespace}/recreate")["metadata"]["uid"]  # type: ignore[index]
     proxy.refuse()  # disconnected
     server.delete(CONFIGMAP, namespace, "vanish")

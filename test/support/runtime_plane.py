@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dask_operator.runtime.client import Client, RequestRecord
+from dask_operator.runtime.client import ApiError, Client, RequestRecord
 from dask_operator.runtime.credentials import Credentials
+from dask_operator.runtime.kinds import Kind
 from support.faultproxy import FaultProxy, client_tls_context
 
 
@@ -63,3 +65,20 @@ def client_via(kube_plane: Any, proxy: FaultProxy, tmp_path: Path, **options: An
 
 def direct_client(kube_plane: Any, **options: Any) -> Client:
     return Client.from_kubeconfig(str(kube_plane.kubeconfig), **options)
+
+
+def watch_cache_answers_410(client: Client, kind: Kind, namespace: str) -> bool:
+    """Whether the API server answers a watch from resourceVersion 1 with 410 Gone. Only once its watch cache
+    for `kind` is ready: until then it serves such a watch from etcd, which replays everything since then
+    (the first consistent LIST does not wait for the cache as a resourceVersion=0 one does)."""
+    try:
+        stream = client.watch(kind, namespace, "1", 1, allow_bookmarks=False)
+    except ApiError as error:
+        return error.expired
+    try:
+        for event in stream:
+            return event.get("type") == "ERROR" and (event.get("object") or {}).get("code") == 410
+        return False
+    finally:
+        with contextlib.suppress(ValueError):  # urllib3 refuses to shut down a response the server ended
+            stream.close()

@@ -1,10 +1,16 @@
 """runtime/consistency.py: a key is held back while the cache is older than its own writes, never longer
-than max_wait, and only writes made inside `recording()` count."""
+than max_wait, and only writes made inside `recording()` count; a status write of the watched kind is
+remembered until the informer delivers its resourceVersion or a later one."""
 
 from __future__ import annotations
 
-from dask_operator.runtime.consistency import OwnWrites, note_write, recording
-from dask_operator.runtime.kinds import POD, SERVICE
+import threading
+import time
+
+from support.wait import wait_for
+
+from dask_operator.runtime.consistency import OwnStatusWrites, OwnWrites, note_write, recording, status_write
+from dask_operator.runtime.kinds import POD, SERVICE, Kind
 
 
 def pod(rv: str) -> dict[str, object]:
@@ -42,3 +48,65 @@ def test_writes_outside_a_reconcile_and_kinds_not_cached_are_ignored() -> None:
     writes = OwnWrites(lambda kind: None)
     writes.wrote("a", {POD: 5})
     assert not writes.behind("a")
+
+
+def thing(rv: str, name: str = "t") -> dict[str, object]:
+    return {"apiVersion": "example.org/v1", "kind": "Thing",
+            "metadata": {"namespace": "ns", "name": name, "resourceVersion": rv}}  # fmt: skip
+
+
+THING = Kind("example.org", "v1", "Thing", "things")
+
+
+def test_status_writes_of_the_kind_are_remembered_until_delivered() -> None:
+    status_writes = OwnStatusWrites(THING)
+    with recording(status_writes):
+        note_write(THING, thing("7"), "status")
+        note_write(THING, thing("8", "main"))  # the main resource: not a status write
+        note_write(
+            POD, {**pod("9"), "metadata": {"namespace": "ns", "name": "p", "resourceVersion": "9"}}, "status"
+        )
+    note_write(THING, thing("10", "outside"), "status")  # outside a reconcile
+    assert len(status_writes) == 1
+    assert not status_writes.delivered("ns", "t", "6"), "an older version still in flight"
+    assert len(status_writes) == 1
+    assert status_writes.delivered("ns", "t", "7"), "exactly our write"
+    assert not status_writes.delivered("ns", "t", "7") and len(status_writes) == 0, (
+        "delivered once, then forgotten"
+    )
+    with recording(status_writes):
+        note_write(THING, thing("11"), "status")
+    status_writes.passed("ns", "t", "10")
+    assert len(status_writes) == 1, "an older version passes nothing"
+    assert not status_writes.delivered("ns", "t", "12") and len(status_writes) == 0, (
+        "a later version passes it"
+    )
+    with recording(status_writes):
+        note_write(THING, thing("13"), "status")
+    status_writes.forget("ns", "t")
+    assert len(status_writes) == 0
+
+
+def test_an_echo_that_overtakes_its_write_waits_for_it_a_bounded_time() -> None:
+    status_writes = OwnStatusWrites(THING, wait=5.0)
+    answered = threading.Event()
+
+    def write() -> None:
+        with recording(status_writes), status_write(THING, "ns", "t"):
+            answered.wait(5)
+            note_write(THING, thing("21"), "status")
+
+    writer = threading.Thread(target=write)
+    with recording(status_writes), status_write(THING, "ns", "t"):
+        pass  # a write that ended leaves nothing in flight
+    writer.start()
+    wait_for(lambda: status_writes._in_flight, timeout=5)
+    threading.Timer(0.2, answered.set).start()
+    started = time.monotonic()
+    assert status_writes.delivered("ns", "t", "21"), "the echo arrived first, and still is one"
+    assert 0.1 < time.monotonic() - started < 4
+    writer.join(5)
+    impatient = OwnStatusWrites(THING, wait=0.1)
+    impatient.begin(THING, "ns", "t")  # a write that never answers
+    started = time.monotonic()
+    assert not impatient.delivered("ns", "t", "30") and time.monotonic() - started < 1

@@ -18,6 +18,7 @@ from support.runtime_offline import offline_cache
 from support.wait import wait_for
 
 from dask_operator.runtime import metrics
+from dask_operator.runtime.consistency import OwnStatusWrites, note_write
 from dask_operator.runtime.controller import (
     Controller,
     ReconcileError,
@@ -26,6 +27,7 @@ from dask_operator.runtime.controller import (
 )
 from dask_operator.runtime.handler import request_for_object
 from dask_operator.runtime.kinds import CONFIGMAP
+from dask_operator.runtime.predicate import NotOwnStatusEcho
 from dask_operator.runtime.ratelimiter import ItemExponentialFailureRateLimiter
 from dask_operator.runtime.reconcile import (
     Request,
@@ -308,3 +310,42 @@ def test_reconcile_time_histogram_has_c_r_buckets() -> None:  # item 52 (buckets
     assert buckets[-1] == "+Inf"
     controller.stop(2)
     json.dumps(buckets)
+
+
+def test_a_status_write_is_remembered_as_it_happens_and_its_echo_reconciles_nothing() -> None:
+    cache = offline_cache()
+    informer = cache.informer(CONFIGMAP)
+    informer.replace([], "1")
+    written = OwnStatusWrites(CONFIGMAP)
+    echoes: list[bool] = []
+
+    def version(rv: int, seen: bool) -> Obj:
+        obj = cm("a", rv)
+        return {**obj, "metadata": {**obj["metadata"], "uid": "a-uid"}, "status": {"seen": seen}}
+
+    def fn(request: Request) -> Result:
+        # what the client does on a status write; the echo may reach the informer before the reconcile ends
+        if reconciler.count() > 1:
+            return Result()
+        ours = version(3, True)
+        note_write(CONFIGMAP, ours, "status")
+        echoes.append(len(written) == 1)
+        informer.modified(ours)
+        return Result()
+
+    reconciler = FnReconciler(fn)
+    controller = Controller(
+        f"test-{next(_names)}",
+        reconciler,
+        cache,
+        [WatchSpec(CONFIGMAP, request_for_object, (NotOwnStatusEcho(written),))],
+        status_writes=written,
+    )
+    controller.start()
+    informer.added(version(2, False))
+    wait_for(lambda: reconciler.count() == 1, timeout=5)
+    time.sleep(0.3)
+    assert reconciler.count() == 1 and echoes == [True], "the echo of its own status write enqueued nothing"
+    informer.modified(version(4, False))  # someone else's status
+    wait_for(lambda: reconciler.count() == 2, timeout=5)
+    controller.stop(2)

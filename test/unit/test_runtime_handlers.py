@@ -11,6 +11,7 @@ from support.runtime_offline import offline_cache
 
 from dask_operator.runtime import metrics
 from dask_operator.runtime.applier import apply_intent, intent_hash
+from dask_operator.runtime.consistency import OwnStatusWrites, note_write, recording
 from dask_operator.runtime.controller import Controller
 from dask_operator.runtime.handler import EnqueueHandler, request_for_object, requests_for_owner
 from dask_operator.runtime.health import Checks
@@ -21,6 +22,7 @@ from dask_operator.runtime.predicate import (
     DeleteEvent,
     GenerationChanged,
     Not,
+    NotOwnStatusEcho,
     Or,
     ResourceVersionChanged,
     UpdateEvent,
@@ -117,6 +119,62 @@ def test_generation_changed_predicate() -> None:  # item 36
     handler.on_update(base, status_only)
     handler.on_update(base, spec_change)
     assert len(queue.added) == 1
+
+
+def owned(rv: str, status: Obj | None = None, generation: int = 1, **meta: Any) -> Obj:
+    obj: Obj = {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskCluster",
+        "metadata": {"namespace": "ns", "name": "c", "uid": "c-uid", "resourceVersion": rv,
+                     "generation": generation, **meta},
+        "spec": {"replicas": 1},
+    }  # fmt: skip
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def wrote_status(written: OwnStatusWrites, obj: Obj) -> None:
+    with recording(written):
+        note_write(OWNER, obj, "status")
+
+
+def test_the_echo_of_our_own_status_write_is_dropped() -> None:
+    written = OwnStatusWrites(OWNER)
+    echo = NotOwnStatusEcho(written)
+    before, ours = owned("5", {"phase": "Pending"}), owned("6", {"phase": "Running"})
+    wrote_status(written, ours)
+    assert not echo.update(UpdateEvent(before, ours)), "exactly what our write produced, status alone moved"
+    # delivered once: the same event again (a resync) is not an echo any more
+    assert echo.update(UpdateEvent(before, ours))
+
+
+def test_every_other_change_passes_the_echo_filter() -> None:
+    written = OwnStatusWrites(OWNER)
+    echo = NotOwnStatusEcho(written)
+    before = owned("5", {"phase": "Pending"})
+    # someone else wrote the status (a version we did not produce), before and after our own write
+    wrote_status(written, owned("7", {"phase": "Running"}))
+    assert echo.update(UpdateEvent(before, owned("6", {"phase": "Tampered"})))
+    assert echo.update(UpdateEvent(before, owned("8", {"phase": "Tampered"})))
+    # a relist's update landing on our version, but with a spec change, a label or deletion in between
+    for after in (
+        owned("9", {"phase": "Running"}, generation=2),
+        owned("9", {"phase": "Running"}, labels={"a": "b"}),
+        owned("9", {"phase": "Running"}, deletionTimestamp="2026-01-01T00:00:00Z"),
+        {**owned("9", {"phase": "Running"}), "spec": {"replicas": 2}},
+    ):
+        wrote_status(written, after)
+        assert echo.update(UpdateEvent(before, after)), after
+    # an update with no write of ours at all, and a delete (which forgets a write in flight)
+    assert echo.update(UpdateEvent(before, owned("10", {"phase": "Running"})))
+    wrote_status(written, owned("11", {"phase": "Running"}))
+    assert echo.delete(DeleteEvent(owned("11"))) and len(written) == 0
+    # a change besides the status drops the write it passes, without waiting
+    wrote_status(written, owned("12", {"phase": "Running"}))
+    assert echo.update(UpdateEvent(before, owned("13", {"phase": "Running"}, generation=3))) and not len(
+        written
+    )
 
 
 def test_predicate_composition() -> None:
