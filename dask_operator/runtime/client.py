@@ -561,8 +561,9 @@ class WatchStream:
         """Abandon the stream now: shuts the socket down so a reader blocked on it returns."""
         self._closed = True
         shutdown = getattr(self._response, "shutdown", None)
-        # RuntimeError: urllib3's answer when the stream already ended and its connection went back to the pool
-        with contextlib.suppress(OSError, urllib3.exceptions.HTTPError, RuntimeError):
+        # RuntimeError: urllib3's answer when the stream already ended and its connection went back to the pool;
+        # ValueError: its answer when the response has no socket left to shut down (the server ended the stream)
+        with contextlib.suppress(OSError, urllib3.exceptions.HTTPError, RuntimeError, ValueError):
             if shutdown is not None:
                 shutdown()
             self._response.close()

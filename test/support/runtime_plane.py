@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -80,5 +79,4 @@ def watch_cache_answers_410(client: Client, kind: Kind, namespace: str) -> bool:
             return event.get("type") == "ERROR" and (event.get("object") or {}).get("code") == 410
         return False
     finally:
-        with contextlib.suppress(ValueError):  # urllib3 refuses to shut down a response the server ended
-            stream.close()
+        stream.close()

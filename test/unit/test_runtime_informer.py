@@ -199,3 +199,18 @@ def test_uid_change_under_the_same_name_is_visible() -> None:  # item 19
     informer.replace([cm("a", 1, uid="old")], "1")
     informer.replace([cm("a", 5, uid="new")], "5")  # deleted and recreated during a gap
     wait_for(lambda: seen == [("old", "new")], timeout=2)
+
+
+def test_closing_a_watch_the_server_already_ended_is_quiet() -> None:
+    """The reflector closes its watch on every way out; urllib3 refuses (ValueError) to shut down a response
+    whose stream the server already ended, and that refusal must not escape close()."""
+    import io
+
+    import urllib3
+
+    from dask_operator.runtime.client import WatchStream
+
+    ended = urllib3.HTTPResponse(body=io.BytesIO(b'{"type": "ADDED", "object": {}}\n'), preload_content=False)
+    stream = WatchStream(ended, "/api/v1/pods?watch=true")
+    assert list(stream) == [{"type": "ADDED", "object": {}}]
+    stream.close()
