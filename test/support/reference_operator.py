@@ -37,6 +37,7 @@ VENV = Path(
 )
 REFERENCE_MODULE = "dask_kubernetes.operator.controller"
 REFERENCE_NO_STATUS = ("daskclusters", "daskworkergroups")
+REFERENCE_POD = "dask-kubernetes-operator"
 REFERENCE_IMAGE = "ghcr.io/dask/dask-kubernetes-operator"  # recorded only: the process node runs `command`
 
 
@@ -110,7 +111,7 @@ def status_subresource(kube_plane: Any, enabled: bool) -> None:
 def reference_pod(venv: Path, namespace: str) -> list[dict[str, Any]]:
     """The reference in-cluster: a ServiceAccount allowed everything in its namespace and nothing outside it
     (it touches the Dask kinds, Pods, Services, Deployments and Events there), and the pod running `kopf run`."""
-    name = "dask-kubernetes-operator"
+    name = REFERENCE_POD
     everything = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
