@@ -9,7 +9,7 @@ DaskAutoscaler (dask-kubernetes from PyPI, kopf; same manifests and bounds). Pri
 burst, seconds from submission to the first worker connected and to all warranted workers connected, and the
 makespan; over the run, worker-seconds (worker pods that exist, sampled every second over [first submission,
 last submission + gap]), scale decisions and reversals (a decision against the previous one's direction within
-30 s; ours from the autoscaler's Events, the reference's from its log), keys lost or
+30 s; each operator's from its own log), keys lost or
 recomputed (the scheduler's transition log, kept long enough for the whole run); and the ratios to the fixed
 cluster and ours / reference.
 
@@ -22,7 +22,8 @@ itself. Our CRDs lose the status subresource of DaskCluster and DaskWorkerGroup 
 bench_vs_kopf.
 
     hack/test test/bench/bench_autoscale.py -m bench -s       (BENCH_GAP=30 for a shorter run;
-                                                               BENCH_ONLY=ours,reference: a subset)
+                                                               BENCH_ONLY=ours,reference: a subset;
+                                                               BENCH_KEEP_LOGS=DIR: the operators' logs)
 """
 
 from __future__ import annotations
@@ -112,19 +113,18 @@ def decision(at: float, old: int, new: int) -> Decision:
     return (at, "up" if new > old else "down", old, new)
 
 
-def decisions(plane: Any, namespace: str, autoscaler: str) -> list[Decision]:
-    """Ours: from the autoscaler's Events, "Scaled <group> from 0 to 10 workers (...)"."""
-    events = get(plane, namespace, "events", "--field-selector", f"involvedObject.name={autoscaler}")
+def decisions(log: Path) -> list[Decision]:
+    """Ours: from its log, the `scaled` line of each decision (before=, after=, ts=). Its Events say the same
+    but the API server folds repeated messages into one Event with a count, which loses the times."""
     found = []
-    for e in (events or {}).get("items", []):
-        m = re.search(r"from (\d+) to (\d+) workers", e["message"])
-        if e["involvedObject"]["kind"] == "DaskAutoscaler" and m:
-            at = datetime.fromisoformat(e.get("firstTimestamp") or e["eventTime"]).timestamp()
-            found.append(decision(at, int(m[1]), int(m[2])))
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace")).splitlines():
+        m = re.search(r"after=(\d+) before=(\d+) .*msg=scaled .*ts=([\d.]+)", line)
+        if m:
+            found.append(decision(float(m[3]), int(m[2]), int(m[1])))
     return sorted(found)
 
 
-def reference_decisions(plane: Any, namespace: str, _autoscaler: str) -> list[Decision]:
+def reference_decisions(plane: Any, namespace: str) -> list[Decision]:
     """The reference's: from its log, "Autoscaler updated <cluster> worker count from 0 to 10" (kopf posts a
     timer's log lines as no Event), at the time the node stamped on the line."""
     logs = plane.kubectl("logs", "-n", namespace, REFERENCE_POD, "--timestamps", check=False).stdout
@@ -155,6 +155,7 @@ def run_workload(plane: Any, namespace: str, cluster: str, warranted: int) -> di
     with dask_client(plane, namespace, cluster) as client:
         t0 = time.monotonic()
         wall0 = time.time()
+        load0 = os.getloadavg()[0]
         with sampling(plane, namespace, cluster, client, t0) as samples:
             bursts, futures = [], []
             for i in range(BURSTS):
@@ -200,12 +201,17 @@ def run_workload(plane: Any, namespace: str, cluster: str, warranted: int) -> di
         "unlogged": sum(1 for c in counts if c == 0),
         "removals": removals,
         "wall0": wall0,
+        "load": (load0, os.getloadavg()[0]),
     }
 
 
 def mean(values: list[float | None]) -> str:
     known = [v for v in values if v is not None]
     return f"{sum(known) / len(known):.1f}" if len(known) == len(values) and known else "n/a"
+
+
+def seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}"
 
 
 def ratio(a: float, b: float) -> str:
@@ -220,12 +226,14 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     rows = [
         ("first worker (s, mean per burst)", lambda r: mean([b["first_worker"] for b in r["bursts"]])),
         ("all warranted workers (s, mean)", lambda r: mean([b["all_warranted"] for b in r["bursts"]])),
+        ("all warranted workers (s)", lambda r: " ".join(seconds(b["all_warranted"]) for b in r["bursts"])),
         ("makespan per burst (s, mean)", lambda r: mean([b["makespan"] for b in r["bursts"]])),
         ("makespans (s)", lambda r: " ".join(f"{b['makespan']:.1f}" for b in r["bursts"])),
         ("worker-seconds", lambda r: f"{r['worker_seconds']:.0f}"),
         ("scale decisions", lambda r: str(r.get("decisions", "-"))),
         ("reversals", lambda r: str(r.get("reversals", "-"))),
         ("keys lost / recomputed", lambda r: f"{r['lost']} / {r['recomputed']}"),
+        ("load (1-min, at start / end)", lambda r: "{:.1f} / {:.1f}".format(*r["load"])),
     ]
     names = list(results)
     width = max(len(r[0]) for r in rows)
@@ -266,7 +274,7 @@ def autoscaled(
     apply(plane, namespace, DaskAutoscalerBuilder("", name, name).with_bounds(0, MAXIMUM).manifest())
     wait_scheduler_ready(plane, namespace, name)
     result = run_workload(plane, namespace, name, MAXIMUM)
-    steps = [s for s in read_decisions(plane, namespace, name) if s[0] >= result["wall0"] - 1]
+    steps = [s for s in read_decisions() if s[0] >= result["wall0"] - 1]
     result.update(decisions=len(steps), reversals=reversals(steps))
     return result
 
@@ -289,11 +297,17 @@ def reference_run(plane: Any, namespace: str) -> dict[str, Any]:
         wait_for(lambda: reference_phase(plane, namespace) == "Running", timeout=120, interval=0.5,
                  message="the reference operator's pod Running")  # fmt: skip
         try:
-            result = autoscaled(plane, namespace, "elastic", reference_decisions, http_api=True)
+            result = autoscaled(
+                plane, namespace, "elastic", lambda: reference_decisions(plane, namespace), http_api=True
+            )
         except BaseException:
             logs = plane.kubectl("logs", "-n", namespace, REFERENCE_POD, "--tail=60", check=False)
             print(f"--- reference operator log tail ---\n{logs.stdout}{logs.stderr}")
             raise
+        keep = os.environ.get("BENCH_KEEP_LOGS")
+        if keep:
+            logs = plane.kubectl("logs", "-n", namespace, REFERENCE_POD, "--timestamps", check=False).stdout
+            (Path(keep) / f"reference-{os.getpid()}.log").write_text(logs)
         result["versions"] = reference_versions(venv)
         return result
     finally:
@@ -314,7 +328,9 @@ def test_bursts_ours_reference_and_a_fixed_cluster(plane: Any, namespace: str, t
     wanted = only or {"fixed", "ours", "reference"}
     results: dict[str, dict[str, Any]] = {}
 
-    ours_operator = OperatorProcess(plane, namespace, tmp_path / "operator.log").start()
+    logs = Path(os.environ.get("BENCH_KEEP_LOGS") or tmp_path)  # a directory that outlives pytest's rotation
+    logs.mkdir(parents=True, exist_ok=True)
+    ours_operator = OperatorProcess(plane, namespace, logs / f"operator-{os.getpid()}.log").start()
     try:
         if "fixed" in wanted:
             apply(plane, namespace, with_long_log(cluster_manifest("fixed", MAXIMUM)))
@@ -322,7 +338,9 @@ def test_bursts_ours_reference_and_a_fixed_cluster(plane: Any, namespace: str, t
             results[FIXED] = run_workload(plane, namespace, "fixed", MAXIMUM)
             plane.kubectl("delete", "-n", namespace, "daskcluster", "fixed", "--wait=true", timeout=180)
         if "ours" in wanted:
-            results["ours"] = autoscaled(plane, namespace, "elastic", decisions)
+            results["ours"] = autoscaled(
+                plane, namespace, "elastic", lambda: decisions(ours_operator.log_path)
+            )
             plane.kubectl("delete", "-n", namespace, "daskcluster", "elastic", "--wait=true", timeout=180)
     except BaseException:
         print(f"--- operator log tail ---\n{ours_operator.tail()}")
