@@ -219,7 +219,7 @@ def ratio(a: float, b: float) -> str:
 
 
 def mean_makespan(result: dict[str, Any]) -> float:
-    return sum(b["makespan"] for b in result["bursts"]) / len(result["bursts"])
+    return sum(float(b["makespan"]) for b in result["bursts"]) / len(result["bursts"])
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -266,7 +266,7 @@ def autoscaled(
     plane: Any,
     namespace: str,
     name: str,
-    read_decisions: Callable[[Any, str, str], list[Decision]],
+    read_decisions: Callable[[], list[Decision]],
     http_api: bool = False,
 ) -> dict[str, Any]:
     """The cluster from zero under a DaskAutoscaler (whichever operator is running), through the workload."""
