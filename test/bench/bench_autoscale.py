@@ -1,15 +1,29 @@
-"""Benchmark: how well autoscaling serves a bursty workload, against a fixed cluster at the maximum size.
+"""Benchmark: how well autoscaling serves a bursty workload: this operator's autoscaler, the reference's, and a
+fixed cluster at the maximum size.
 
 Real scheduler and worker processes on the process node, 1-thread workers. Workload: BENCH_BURSTS (3) bursts
-of BENCH_TASKS (400) tasks of 0.5 s, BENCH_GAP (90) seconds apart. Compared in one run: this operator's
-DaskAutoscaler (minimum 0, maximum 10, default intervals) and a fixed cluster of 10 workers (the ideal
-makespan). Printed, never asserted: per burst, seconds from submission to the first worker connected and to
-all warranted workers connected, and the makespan; over the run, worker-seconds (worker pods that exist,
-sampled every second over [first submission, last submission + gap]), scale decisions and reversals (a
-decision against the previous one's direction within 30 s), keys lost or recomputed (the scheduler's
-transition log, kept long enough for the whole run).
+of BENCH_TASKS (400) tasks of 0.5 s, BENCH_GAP (90) seconds apart. Compared in one run, one after the other,
+each in its own namespace and never two operators at once: a fixed cluster of 10 workers (the ideal makespan),
+this operator's DaskAutoscaler (minimum 0, maximum 10, default intervals), and the reference operator's
+DaskAutoscaler (dask-kubernetes from PyPI, kopf; same manifests and bounds). Printed, never asserted: per
+burst, seconds from submission to the first worker connected and to all warranted workers connected, and the
+makespan; over the run, worker-seconds (worker pods that exist, sampled every second over [first submission,
+last submission + gap]), scale decisions and reversals (a decision against the previous one's direction within
+30 s; each operator's from its own log), keys lost or
+recomputed (the scheduler's transition log, kept long enough for the whole run); and the ratios to the fixed
+cluster and ours / reference.
 
-    hack/test test/bench/bench_autoscale.py -m bench -s       (BENCH_GAP=30 for a shorter run; BENCH_ONLY=ours)
+The reference runs in-cluster, as a pod on the process node (test/support/reference_operator.py says why:
+its autoscaler reaches schedulers through the Service's DNS name, which resolves in a pod and not on the host).
+Its workers are the same real Dask workers (image, args) as ours; the Deployments it makes for them are turned
+into pods by the plane's kube-controller-manager. Its scheduler gets Dask's HTTP API route (the reference asks
+`/api/v1/adaptive_target` and `/api/v1/retire_workers` first, the comm RPC only if that fails), as ours adds
+itself. Our CRDs lose the status subresource of DaskCluster and DaskWorkerGroup for its run, as in
+bench_vs_kopf.
+
+    hack/test test/bench/bench_autoscale.py -m bench -s       (BENCH_GAP=30 for a shorter run;
+                                                               BENCH_ONLY=ours,reference: a subset;
+                                                               BENCH_KEEP_LOGS=DIR: the operators' logs)
 """
 
 from __future__ import annotations
@@ -20,25 +34,37 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from support.objects import DaskAutoscalerBuilder
-from support.operator import OperatorProcess, apply, cluster_manifest, dask_client, get, wait_running
+from support.operator import OperatorProcess, apply, cluster_manifest, dask_client, get, pods, wait_running
+from support.reference_operator import (
+    REFERENCE_POD,
+    reference_pod,
+    reference_venv,
+    reference_versions,
+    status_subresource,
+)
 from support.wait import wait_for
+
+from dask_operator.controller.contract.scheduler_api import HTTP_ROUTES_ENV, HTTP_ROUTES_VALUE
 
 BURSTS = int(os.environ.get("BENCH_BURSTS", "3"))
 TASKS = int(os.environ.get("BENCH_TASKS", "400"))
 TASK_SECONDS = 0.5
 GAP = float(os.environ.get("BENCH_GAP", "90"))
 MAXIMUM = 10
+FIXED = "fixed at 10"
 LOG_LENGTH = "200000"  # the scheduler's transition log: every transition of the run, to count recomputes
 
-pytestmark = [pytest.mark.bench, pytest.mark.timeout(int(1800 + 2 * BURSTS * GAP))]
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(int(2400 + 3 * BURSTS * GAP))]
 
 
 @dataclass
@@ -80,24 +106,48 @@ def sampling(plane: Any, namespace: str, cluster: str, client: Any, t0: float) -
         thread.join(timeout=10)
 
 
-def decisions(plane: Any, namespace: str, autoscaler: str) -> list[tuple[float, str, int, int]]:
-    events = get(plane, namespace, "events", "--field-selector", f"involvedObject.name={autoscaler}")
+Decision = tuple[float, str, int, int]  # (time, "up" or "down", from, to)
+
+
+def decision(at: float, old: int, new: int) -> Decision:
+    return (at, "up" if new > old else "down", old, new)
+
+
+def decisions(log: Path) -> list[Decision]:
+    """Ours: from its log, the `scaled` line of each decision (before=, after=, ts=). Its Events say the same
+    but the API server folds repeated messages into one Event with a count, which loses the times."""
     found = []
-    for e in (events or {}).get("items", []):
-        m = re.search(r"from (\d+) to (\d+) workers", e["message"])
-        if e["involvedObject"]["kind"] == "DaskAutoscaler" and m:
-            at = datetime.fromisoformat(e.get("firstTimestamp") or e["eventTime"]).timestamp()
-            found.append((at, e["reason"], int(m[1]), int(m[2])))
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace")).splitlines():
+        m = re.search(r"after=(\d+) before=(\d+) .*msg=scaled .*ts=([\d.]+)", line)
+        if m:
+            found.append(decision(float(m[3]), int(m[2]), int(m[1])))
     return sorted(found)
 
 
-def reversals(steps: list[tuple[float, str, int, int]], within: float = 30.0) -> int:
+def reference_decisions(plane: Any, namespace: str) -> list[Decision]:
+    """The reference's: from its log, "Autoscaler updated <cluster> worker count from 0 to 10" (kopf posts a
+    timer's log lines as no Event), at the time the node stamped on the line."""
+    logs = plane.kubectl("logs", "-n", namespace, REFERENCE_POD, "--timestamps", check=False).stdout
+    found = []
+    for line in logs.splitlines():
+        m = re.match(r"(\S+?)(?:\.\d+)?Z .*Autoscaler updated \S+ worker count from (\d+) to (\d+)", line)
+        if m:
+            at = datetime.fromisoformat(m[1] + "+00:00").timestamp()
+            found.append(decision(at, int(m[2]), int(m[3])))
+    return sorted(found)
+
+
+def reversals(steps: list[Decision], within: float = 30.0) -> int:
     return sum(1 for a, b in itertools.pairwise(steps) if a[1] != b[1] and b[0] - a[0] < within)
 
 
-def with_long_log(manifest: dict[str, Any]) -> dict[str, Any]:
+def with_long_log(manifest: dict[str, Any], http_api: bool = False) -> dict[str, Any]:
+    """The scheduler keeps every transition of the run; with http_api, its HTTP API route is on (ours adds
+    it to the schedulers it makes; the reference's user has to)."""
     container = manifest["spec"]["scheduler"]["spec"]["containers"][0]
     container["env"] = [{"name": "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH", "value": LOG_LENGTH}]
+    if http_api:
+        container["env"].append({"name": HTTP_ROUTES_ENV, "value": HTTP_ROUTES_VALUE})
     return manifest
 
 
@@ -105,6 +155,7 @@ def run_workload(plane: Any, namespace: str, cluster: str, warranted: int) -> di
     with dask_client(plane, namespace, cluster) as client:
         t0 = time.monotonic()
         wall0 = time.time()
+        load0 = os.getloadavg()[0]
         with sampling(plane, namespace, cluster, client, t0) as samples:
             bursts, futures = [], []
             for i in range(BURSTS):
@@ -150,6 +201,7 @@ def run_workload(plane: Any, namespace: str, cluster: str, warranted: int) -> di
         "unlogged": sum(1 for c in counts if c == 0),
         "removals": removals,
         "wall0": wall0,
+        "load": (load0, os.getloadavg()[0]),
     }
 
 
@@ -158,51 +210,149 @@ def mean(values: list[float | None]) -> str:
     return f"{sum(known) / len(known):.1f}" if len(known) == len(values) and known else "n/a"
 
 
+def seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def mean_makespan(result: dict[str, Any]) -> float:
+    return sum(float(b["makespan"]) for b in result["bursts"]) / len(result["bursts"])
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     rows = [
         ("first worker (s, mean per burst)", lambda r: mean([b["first_worker"] for b in r["bursts"]])),
         ("all warranted workers (s, mean)", lambda r: mean([b["all_warranted"] for b in r["bursts"]])),
+        ("all warranted workers (s)", lambda r: " ".join(seconds(b["all_warranted"]) for b in r["bursts"])),
         ("makespan per burst (s, mean)", lambda r: mean([b["makespan"] for b in r["bursts"]])),
         ("makespans (s)", lambda r: " ".join(f"{b['makespan']:.1f}" for b in r["bursts"])),
         ("worker-seconds", lambda r: f"{r['worker_seconds']:.0f}"),
         ("scale decisions", lambda r: str(r.get("decisions", "-"))),
         ("reversals", lambda r: str(r.get("reversals", "-"))),
         ("keys lost / recomputed", lambda r: f"{r['lost']} / {r['recomputed']}"),
+        ("load (1-min, at start / end)", lambda r: "{:.1f} / {:.1f}".format(*r["load"])),
     ]
     names = list(results)
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':{width}}  " + "  ".join(f"{n:>18}" for n in names)]
     lines += [f"{label:{width}}  " + "  ".join(f"{fn(results[n]):>18}" for n in names) for label, fn in rows]
-    fixed, ours = results.get("fixed at 10"), results.get("ours")
-    if fixed and ours:
-        span = [float(mean([b["makespan"] for b in r["bursts"]])) for r in (ours, fixed)]
-        lines.append(f"{'ours / fixed':{width}}  makespan {span[0] / span[1]:.2f}x, "
-                     f"worker-seconds {ours['worker_seconds'] / fixed['worker_seconds']:.2f}x")  # fmt: skip
+    pairs = [("ours", FIXED), ("reference", FIXED), ("ours", "reference")]
+    for a, b in pairs:
+        if a in results and b in results:
+            x, y = results[a], results[b]
+            lines.append(f"{f'{a} / {b}':{width}}  makespan {ratio(mean_makespan(x), mean_makespan(y))}, "
+                         f"worker-seconds {ratio(x['worker_seconds'], y['worker_seconds'])}")  # fmt: skip
     return "\n".join(lines)
 
 
-def test_bursts_ours_against_a_fixed_cluster(
-    plane: Any, namespace: str, dask_operator: OperatorProcess
-) -> None:
+def wait_scheduler_ready(plane: Any, namespace: str, cluster: str, timeout: float = 180) -> None:
+    """The scheduler pod Ready and its Service there: the reference may leave the DaskCluster's phase Pending."""
+    selector = f"dask.org/cluster-name={cluster},dask.org/component=scheduler"
+
+    def ready() -> bool:
+        conds = [
+            c for p in pods(plane, namespace, selector) for c in p.get("status", {}).get("conditions") or []
+        ]
+        service = get(plane, namespace, "service", f"{cluster}-scheduler")
+        return service is not None and any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+    wait_for(ready, timeout=timeout, interval=0.5, message=f"{cluster}'s scheduler pod Ready")
+
+
+def autoscaled(
+    plane: Any,
+    namespace: str,
+    name: str,
+    read_decisions: Callable[[], list[Decision]],
+    http_api: bool = False,
+) -> dict[str, Any]:
+    """The cluster from zero under a DaskAutoscaler (whichever operator is running), through the workload."""
+    apply(plane, namespace, with_long_log(cluster_manifest(name, 0), http_api))
+    apply(plane, namespace, DaskAutoscalerBuilder("", name, name).with_bounds(0, MAXIMUM).manifest())
+    wait_scheduler_ready(plane, namespace, name)
+    result = run_workload(plane, namespace, name, MAXIMUM)
+    steps = [s for s in read_decisions() if s[0] >= result["wall0"] - 1]
+    result.update(decisions=len(steps), reversals=reversals(steps))
+    return result
+
+
+def reference_phase(plane: Any, namespace: str) -> str | None:
+    found = pods(plane, namespace, f"app={REFERENCE_POD}")
+    phase = found[0].get("status", {}).get("phase") if found else None
+    assert phase not in ("Failed", "Succeeded"), f"the reference operator's pod exited: {phase}"
+    return phase
+
+
+def reference_run(plane: Any, namespace: str) -> dict[str, Any]:
+    """The reference operator as a pod in `namespace`, driving the same autoscaled cluster; our CRDs without
+    the status subresources it does not expect, for the run only."""
+    venv = reference_venv()
+    status_subresource(plane, False)
+    try:
+        for obj in reference_pod(venv, namespace):
+            apply(plane, namespace, obj)
+        wait_for(lambda: reference_phase(plane, namespace) == "Running", timeout=120, interval=0.5,
+                 message="the reference operator's pod Running")  # fmt: skip
+        try:
+            result = autoscaled(
+                plane, namespace, "elastic", lambda: reference_decisions(plane, namespace), http_api=True
+            )
+        except BaseException:
+            logs = plane.kubectl("logs", "-n", namespace, REFERENCE_POD, "--tail=60", check=False)
+            print(f"--- reference operator log tail ---\n{logs.stdout}{logs.stderr}")
+            raise
+        keep = os.environ.get("BENCH_KEEP_LOGS")
+        if keep:
+            logs = plane.kubectl("logs", "-n", namespace, REFERENCE_POD, "--timestamps", check=False).stdout
+            (Path(keep) / f"reference-{os.getpid()}.log").write_text(logs)
+        result["versions"] = reference_versions(venv)
+        return result
+    finally:
+        plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        status_subresource(plane, True)
+
+
+def new_namespace(plane: Any, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    plane.kubectl("create", "namespace", name)
+    wait_for(lambda: get(plane, name, "serviceaccount", "default") is not None, timeout=30,
+             message=f"ServiceAccount {name}/default")  # fmt: skip
+    return name
+
+
+def test_bursts_ours_reference_and_a_fixed_cluster(plane: Any, namespace: str, tmp_path: Path) -> None:
+    only = {w for w in os.environ.get("BENCH_ONLY", "").split(",") if w}
+    wanted = only or {"fixed", "ours", "reference"}
     results: dict[str, dict[str, Any]] = {}
 
-    if os.environ.get("BENCH_ONLY", "") in ("", "fixed"):
-        apply(plane, namespace, with_long_log(cluster_manifest("fixed", MAXIMUM)))
-        wait_running(plane, namespace, "fixed", timeout=180)
-        results["fixed at 10"] = run_workload(plane, namespace, "fixed", MAXIMUM)
-        plane.kubectl("delete", "-n", namespace, "daskcluster", "fixed", "--wait=true", timeout=180)
+    logs = Path(os.environ.get("BENCH_KEEP_LOGS") or tmp_path)  # a directory that outlives pytest's rotation
+    logs.mkdir(parents=True, exist_ok=True)
+    ours_operator = OperatorProcess(plane, namespace, logs / f"operator-{os.getpid()}.log").start()
+    try:
+        if "fixed" in wanted:
+            apply(plane, namespace, with_long_log(cluster_manifest("fixed", MAXIMUM)))
+            wait_running(plane, namespace, "fixed", timeout=180)
+            results[FIXED] = run_workload(plane, namespace, "fixed", MAXIMUM)
+            plane.kubectl("delete", "-n", namespace, "daskcluster", "fixed", "--wait=true", timeout=180)
+        if "ours" in wanted:
+            results["ours"] = autoscaled(
+                plane, namespace, "elastic", lambda: decisions(ours_operator.log_path)
+            )
+            plane.kubectl("delete", "-n", namespace, "daskcluster", "elastic", "--wait=true", timeout=180)
+    except BaseException:
+        print(f"--- operator log tail ---\n{ours_operator.tail()}")
+        raise
+    finally:
+        ours_operator.stop()  # before the reference starts: never two operators at once
 
-    apply(plane, namespace, with_long_log(cluster_manifest("elastic", 0)))
-    apply(
-        plane, namespace, DaskAutoscalerBuilder("", "elastic", "elastic").with_bounds(0, MAXIMUM).manifest()
-    )
-    wait_running(plane, namespace, "elastic", timeout=180)
-    ours = run_workload(plane, namespace, "elastic", MAXIMUM)
-    steps = [s for s in decisions(plane, namespace, "elastic") if s[0] >= ours["wall0"] - 1]
-    ours.update(decisions=len(steps), reversals=reversals(steps))
-    results["ours"] = ours
+    if "reference" in wanted:
+        results["reference"] = reference_run(plane, new_namespace(plane, "bench-reference"))
 
     print("\nBENCH " + json.dumps(results, indent=1, default=str))
     print(f"\n{BURSTS} bursts of {TASKS} tasks of {TASK_SECONDS} s, {GAP:g} s apart, 1-thread workers, "
-          f"minimum 0, maximum {MAXIMUM}; load {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"minimum 0, maximum {MAXIMUM}, process node; load {os.getloadavg()[0]:.1f} "
+          f"(1-min average at the end){'; reference: ' + results['reference']['versions'] if 'reference' in results else ''}")  # fmt: skip
     print(table(results))

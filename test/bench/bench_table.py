@@ -31,9 +31,10 @@ from typing import Any
 
 import pytest
 from bench.bench_clusters import MINIMUM_WRITES, operator_process, run_limit, run_operator
-from bench.bench_vs_kopf import reference_cmd, reference_venv, run_one, status_subresource
+from bench.bench_vs_kopf import run_one
 from kubeplane.node.kubeapi import ApiError
 from support.bench_workload import GROUP, MERGE, WORKERS, TightClient, cluster_path, manifest, pod_ready
+from support.reference_operator import reference_cmd, reference_venv, status_subresource
 from support.wait import WaitTimeout, wait_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,8 +7,8 @@ reports them Running+Ready without a process). Printed per operator: seconds unt
 and every worker pod Ready, requests per cluster by method during convergence, requests and writes during a
 quiet period once converged, Events created per cluster, RSS; and the ratios ours / reference.
 
-The reference lives in its own virtualenv outside the repo (created on first use, then reused):
-~/.cache/dask-operator/kopf-venv, `pip install dask-kubernetes`; override with DASK_KUBERNETES_VENV.
+The reference runs out of the cluster from its own virtualenv (test/support/reference_operator.py: created on
+first use under ~/.cache/dask-operator/kopf-venv, then reused; DASK_KUBERNETES_VENV overrides).
 
     python -m pytest test/bench/bench_vs_kopf.py -m bench -s -q     (BENCH_CLUSTERS=50 BENCH_QUIET_SECONDS=60)
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -37,15 +36,12 @@ from support.bench_workload import (
     peak_rss_mib,
     rss_mib,
 )
+from support.reference_operator import reference_cmd, reference_venv, reference_versions, status_subresource
 from support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTERS = int(os.environ.get("BENCH_CLUSTERS", "50"))
 QUIET_SECONDS = float(os.environ.get("BENCH_QUIET_SECONDS", "60"))
-VENV = Path(
-    os.environ.get("DASK_KUBERNETES_VENV", str(Path.home() / ".cache" / "dask-operator" / "kopf-venv"))
-)
-REFERENCE_MODULE = "dask_kubernetes.operator.controller"
 PHASE_GRACE = 30.0
 
 
@@ -56,43 +52,7 @@ def convergence_timeout(clusters: int) -> float:
 
 TIMEOUT = convergence_timeout(CLUSTERS)
 pytestmark = pytest.mark.timeout(int(1800 + 3 * TIMEOUT))
-REFERENCE_NO_STATUS = ("daskclusters", "daskworkergroups")
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-
-
-# -- the reference operator's virtualenv --------------------------------------------------------------------
-
-
-def reference_venv() -> Path:
-    """The cached venv with dask-kubernetes; created when missing or left half-built. Skips on failure."""
-    marker = VENV / ".installed"
-    if marker.exists() and (VENV / "bin" / "kopf").exists():
-        return VENV
-    shutil.rmtree(VENV, ignore_errors=True)
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    steps = (
-        ["python3", "-m", "venv", str(VENV)],
-        [str(VENV / "bin" / "pip"), "install", "--quiet", "dask-kubernetes"],
-    )
-    for cmd in steps:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            shutil.rmtree(VENV, ignore_errors=True)
-            pytest.skip(f"reference operator not installable: {' '.join(cmd)} exited {proc.returncode}: "
-                        f"{(proc.stderr or proc.stdout)[-1500:]}")  # fmt: skip
-    check = subprocess.run(
-        [str(VENV / "bin" / "python"), "-c", f"import {REFERENCE_MODULE}"], capture_output=True, text=True
-    )
-    if check.returncode != 0:
-        pytest.skip(f"reference operator does not import ({REFERENCE_MODULE}): {check.stderr[-1500:]}")
-    marker.write_text("ok\n")
-    return VENV
-
-
-def reference_versions(venv: Path) -> str:
-    code = "import importlib.metadata as m; print(*(f'{p}=={m.version(p)}' for p in ('dask-kubernetes', 'kopf', 'kr8s')))"
-    proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True)
-    return proc.stdout.strip() or proc.stderr.strip()[-200:]
 
 
 # -- workload and observation ------------------------------------------------------------------------------
@@ -320,33 +280,6 @@ def table(ours: dict[str, Any], ref: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# The reference's own CRDs declare no status subresource for DaskCluster and DaskWorkerGroup, and it
-# relies on that: it sets phase Running with a plain PATCH of the object (kr8s), which the API server
-# drops when /status is a subresource, leaving every cluster Pending. So during its run our CRDs go
-# without that subresource (same group, kinds and schema otherwise), and get it back for ours.
-def status_subresource(kube_plane: Any, enabled: bool) -> None:
-    if enabled:
-        kube_plane.kubectl(
-            "apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "crd")
-        )
-    else:
-        for plural in REFERENCE_NO_STATUS:
-            kube_plane.kubectl("patch", f"crd/{plural}.kubernetes.dask.org", "--type=json", "-p",
-                               '[{"op": "remove", "path": "/spec/versions/0/subresources/status"}]')  # fmt: skip
-    for plural in REFERENCE_NO_STATUS:
-        wait_for(
-            lambda plural=plural: enabled == bool(kube_plane.kubectl(
-                "get", f"crd/{plural}.kubernetes.dask.org", "-o", "jsonpath={.spec.versions[0].subresources.status}"
-            ).stdout.strip()),
-            timeout=30, message=f"{plural} status subresource {enabled}",
-        )  # fmt: skip
-    time.sleep(5)  # the API server rebuilds its handler for the CRD asynchronously; nothing reports it
-
-
-def reference_cmd(venv: Path) -> list[str]:
-    return [str(venv / "bin" / "kopf"), "run", "--standalone", "--namespace={ns}", "-m", REFERENCE_MODULE]
-
-
 def test_ours_vs_kopf_reference(kube_plane: Any, tmp_path: Path) -> None:
     from support.operator import CRD_PLURALS, crd_established
 
@@ -355,9 +288,6 @@ def test_ours_vs_kopf_reference(kube_plane: Any, tmp_path: Path) -> None:
     for crd in CRD_PLURALS:
         wait_for(lambda crd=crd: crd_established(kube_plane, crd), timeout=60, message=f"CRD {crd}")
 
-    reference_cmd = [
-        str(venv / "bin" / "kopf"), "run", "--standalone", "--namespace={ns}", "-m", REFERENCE_MODULE,
-    ]  # fmt: skip
     ours_cmd = [
         sys.executable, "-m", "dask_operator.controller", "run", "--kubeconfig={kubeconfig}", "--namespace={ns}",
         "--metrics-bind-address=0", "--health-probe-bind-address=0", "--concurrency=8", "--log-level=warning",
@@ -367,7 +297,7 @@ def test_ours_vs_kopf_reference(kube_plane: Any, tmp_path: Path) -> None:
     namespaces = {label: f"bench-{label}-{uuid.uuid4().hex[:6]}" for label in ("reference", "ours")}
     try:
         status_subresource(kube_plane, False)
-        ref = run_one(kube_plane, "reference", namespaces["reference"], reference_cmd, tmp_path)
+        ref = run_one(kube_plane, "reference", namespaces["reference"], reference_cmd(venv), tmp_path)
         status_subresource(kube_plane, True)
         ours = run_one(kube_plane, "ours", namespaces["ours"], ours_cmd, tmp_path)
     finally:

@@ -109,6 +109,30 @@ def test_create_compute_scale_adapt_groups_logs_attach_and_close(
             names = wait_workers(client, 4)
             assert any(name.startswith("kc-extra-worker-") for name in names)
 
+            # adapt(worker_group=...) makes that group's own DaskAutoscaler, kc-extra, naming the group; the
+            # default group's is untouched (none here); scale() of the group turns it off again
+            cluster.adapt(minimum=1, maximum=1, worker_group="extra")
+            extra_autoscaler = api.get(DASK_AUTOSCALER_KIND, namespace, "kc-extra")
+            assert extra_autoscaler is not None
+            assert extra_autoscaler["spec"] == {
+                "cluster": "kc",
+                "minimum": 1,
+                "maximum": 1,
+                "workerGroup": "kc-extra",
+            }
+            assert api.get(DASK_AUTOSCALER_KIND, namespace, "kc") is None
+            wait_for(
+                lambda: (
+                    (api.get(DASK_AUTOSCALER_KIND, namespace, "kc-extra") or {}).get("status") or {}
+                ).get("observedGeneration"),
+                timeout=60,
+                interval=0.5,
+                message="the operator reconciled DaskAutoscaler kc-extra",
+            )
+            cluster.scale(1, worker_group="extra")
+            assert api.get(DASK_AUTOSCALER_KIND, namespace, "kc-extra") is None
+            assert wait_workers(client, 4) == names
+
             logs = cluster.get_logs()
             scheduler_logs = [text for pod, text in logs.items() if pod == "kc-scheduler"]
             worker_logs = {pod: text for pod, text in logs.items() if pod.startswith("kc-default-worker-")}

@@ -14,13 +14,13 @@ import json
 import operator
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.operator import OperatorProcess
+from support.reference_operator import reference_venv, reference_versions
 
 from dask_operator import KubeCluster
 from dask_operator.controller.kinds import DASK_CLUSTER_KIND
@@ -28,8 +28,6 @@ from dask_operator.runtime.client import Client as RestClient
 
 pytestmark = pytest.mark.timeout(600)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from bench_vs_kopf import reference_venv, reference_versions
 
 REFERENCE_SCRIPT = r"""
 import json, operator, sys, time
