@@ -44,7 +44,7 @@ def add_run_parser(subparsers: Any) -> None:
     run.add_argument("--leader-elect", action="store_true", help="hold a Lease so only one replica acts")
     run.add_argument("--leader-election-namespace", default=None)
     run.add_argument("--leader-election-id", default="dask-operator")
-    run.add_argument("--concurrency", type=int, default=16, help="concurrent reconciles per controller")
+    run.add_argument("--concurrency", type=int, default=32, help="concurrent reconciles per controller")
     run.add_argument("--cluster-domain", default=None, help="cluster DNS domain (default cluster.local)")
     run.add_argument(
         "--scale-down-force-timeout",
