@@ -107,14 +107,12 @@ class Executor:
         if plan.notes:
             log.info("planned", notes=list(plan.notes))
         status: Obj | None = None
-        emitted = False
         for wave in write_waves(plan.steps):
             step = wave[0]
             if isinstance(step, SetStatus):
                 status = step.status
             elif isinstance(step, Emit):
                 self.emit(obj, step.event)
-                emitted = True
             else:
                 refusals = self._write_wave(obj, wave, retire_workers)
                 outcome.refusals += [r for r in refusals if r is not None]
@@ -125,6 +123,7 @@ class Executor:
                     status, outcome.refusals, obj.get("status") or {}, now, obj["metadata"].get("generation")
                 )
         if status is not None:
+            emitted = next(plan.of_type(Emit), None) is not None
             outcome.status_written = self.write_status(obj, status, now, outcome, emitted=emitted)
         for refusal in outcome.refusals:
             self.emit(obj, EventSpec("Warning", refusal.reason, refusal.message))

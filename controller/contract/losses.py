@@ -197,10 +197,11 @@ def scheduler_restarted(
         f"The scheduler restarted ({last.pod}/{last.container} {last.how} at {rfc3339(last.at)}): the cluster "
         "lost its state (tasks, futures, persisted and scattered data); clients must submit their work again."
     )
-    deleted = {
-        str(p.get("metadata", {}).get("name")) for p in pods if p.get("metadata", {}).get("deletionTimestamp")
-    }
-    then = "when its pod was deleted" if last.pod in deleted else "and was restarted"
+    deleted = any(
+        p.get("metadata", {}).get("name") == last.pod and p.get("metadata", {}).get("deletionTimestamp")
+        for p in pods
+    )
+    then = "when its pod was deleted" if deleted else "and was restarted"
     events = []
     if last.identity not in before:
         events.append(
