@@ -10,13 +10,15 @@ Dask image has (distributed, tornado).
 Invariant: the route only reads the scheduler's state, on the scheduler's event loop, and answers plain
 JSON: `{"version": 1, "demand": [{"resources": {name: amount}, "tasks": n, "seconds": s}], "workers":
 [{"name", "nthreads", "nbytes", "resources"}], "truncated": bool}`, one demand entry per distinct restriction set
-(`{}`: tasks that need no resource), counting tasks queued, unrunnable (no worker can take them) and
-processing on a worker. At most MAX_TASKS tasks are looked at per answer, so a huge graph costs the scheduler
-a bounded pause. Held by test/unit/test_demand_extension.py (a real scheduler and workers).
+(`{}`: tasks that need no resource), counting tasks queued, unrunnable (no worker can take them),
+processing on a worker, and next up: waiting only on tasks of those three states, so a group whose tasks come
+next in the graph (GPU work after a CPU stage) is started while that stage runs, not after it. At most
+MAX_TASKS tasks are looked at per answer, so a huge graph costs the scheduler a bounded pause. Held by test/unit/test_demand_extension.py (a real scheduler and workers).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -46,6 +48,9 @@ def _seconds(scheduler: Any, task: Any) -> float:
         return UNKNOWN_SECONDS
 
 
+PENDING_STATES = frozenset({"queued", "no-worker", "processing"})
+
+
 def _pending_tasks(scheduler: Any) -> Iterator[Any]:
     """Tasks that want a thread now: queued, unrunnable (no worker can take them), processing."""
     yield from getattr(scheduler, "queued", ())
@@ -54,14 +59,30 @@ def _pending_tasks(scheduler: Any) -> Iterator[Any]:
         yield from worker.processing
 
 
+def _next_up(pending: Iterable[Any]) -> Iterator[Any]:
+    """Dependents of `pending` that wait only on pending tasks: runnable once the work now queued or running
+    ends. Each dependent is looked at once."""
+    seen: set[int] = set()
+    for task in pending:
+        for dependent in getattr(task, "dependents", None) or ():
+            if id(dependent) in seen:
+                continue
+            seen.add(id(dependent))
+            waiting_on = getattr(dependent, "waiting_on", None) or ()
+            if getattr(dependent, "state", None) == "waiting" and all(
+                getattr(d, "state", None) in PENDING_STATES for d in waiting_on
+            ):
+                yield dependent
+
+
 def demand_report(scheduler: Any, max_tasks: int = MAX_TASKS) -> dict[str, Any]:
     """The route's answer for `scheduler` (a distributed.Scheduler)."""
     counts: dict[tuple[tuple[str, float], ...], list[float]] = {}
-    truncated = False
-    for seen, task in enumerate(_pending_tasks(scheduler)):
-        if seen >= max_tasks:
-            truncated = True
-            break
+    pending = list(itertools.islice(_pending_tasks(scheduler), max_tasks + 1))
+    room = max(0, max_tasks - len(pending))
+    tasks = [*pending, *itertools.islice(_next_up(pending[:max_tasks]), room + 1)]
+    truncated = len(tasks) > max_tasks
+    for task in tasks[:max_tasks]:
         entry = counts.setdefault(_restriction_key(task), [0, 0.0])
         entry[0] += 1
         entry[1] += _seconds(scheduler, task)

@@ -1,5 +1,5 @@
 """Demand per worker group: which group a task's resource restrictions send it to, and how many workers of
-that group the waiting and running work warrants.
+that group the waiting, running and next-up work (controller/demand_extension.py) warrants.
 
 Invariant: pure functions of the scheduler's demand report (as parsed by the scheduler client) and the
 groups' specs. Every restriction set goes to at most one group: among the groups whose workers offer every

@@ -28,33 +28,33 @@ bench_vs_kopf.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import re
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.objects import DaskAutoscalerBuilder
-from support.operator import OperatorProcess, apply, cluster_manifest, dask_client, get, pods, wait_running
-from support.reference_operator import (
-    REFERENCE_POD,
-    reference_pod,
-    reference_venv,
-    reference_versions,
-    status_subresource,
+from support.autoscale_bench import (
+    Decision,
+    decisions,
+    keep_pod_logs,
+    mean,
+    memory_counts,
+    new_namespace,
+    ratio,
+    reference_decisions,
+    reversals,
+    sampling,
+    seconds,
+    wait_scheduler_ready,
+    with_long_log,
+    with_reference,
 )
+from support.objects import DaskAutoscalerBuilder
+from support.operator import OperatorProcess, apply, cluster_manifest, dask_client, wait_running
 from support.wait import wait_for
-
-from dask_operator.controller.contract.scheduler_api import HTTP_ROUTES_ENV, HTTP_ROUTES_VALUE
 
 BURSTS = int(os.environ.get("BENCH_BURSTS", "3"))
 TASKS = int(os.environ.get("BENCH_TASKS", "400"))
@@ -62,93 +62,8 @@ TASK_SECONDS = 0.5
 GAP = float(os.environ.get("BENCH_GAP", "90"))
 MAXIMUM = 10
 FIXED = "fixed at 10"
-LOG_LENGTH = "200000"  # the scheduler's transition log: every transition of the run, to count recomputes
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(int(2400 + 3 * BURSTS * GAP))]
-
-
-@dataclass
-class Samples:
-    """(seconds since the first submission, worker pods existing, workers connected), every second."""
-
-    rows: list[tuple[float, int, int]] = field(default_factory=list)
-
-    def first(self, since: float, until: float, at_least: int) -> float | None:
-        return next((t - since for t, _, n in self.rows if since <= t <= until and n >= at_least), None)
-
-    def worker_seconds(self, start: float, end: float) -> float:
-        rows = [r for r in self.rows if start <= r[0] <= end]
-        return sum((b[0] - a[0]) * a[1] for a, b in itertools.pairwise(rows))
-
-
-@contextmanager
-def sampling(plane: Any, namespace: str, cluster: str, client: Any, t0: float) -> Iterator[Samples]:
-    from kubernetes import client as k8s
-
-    core = k8s.CoreV1Api(plane.api_client())
-    samples, stop = Samples(), threading.Event()
-    selector = f"dask.org/cluster-name={cluster},dask.org/component=worker"
-
-    def run() -> None:
-        while not stop.is_set():
-            pods = core.list_namespaced_pod(namespace, label_selector=selector).items
-            existing = sum(1 for p in pods if p.metadata.deletion_timestamp is None)
-            connected = len(client.scheduler_info(n_workers=-1)["workers"])
-            samples.rows.append((time.monotonic() - t0, existing, connected))
-            stop.wait(1.0)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield samples
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-
-
-Decision = tuple[float, str, int, int]  # (time, "up" or "down", from, to)
-
-
-def decision(at: float, old: int, new: int) -> Decision:
-    return (at, "up" if new > old else "down", old, new)
-
-
-def decisions(log: Path) -> list[Decision]:
-    """Ours: from its log, the `scaled` line of each decision (before=, after=, ts=). Its Events say the same
-    but the API server folds repeated messages into one Event with a count, which loses the times."""
-    found = []
-    for line in re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace")).splitlines():
-        m = re.search(r"after=(\d+) before=(\d+) .*msg=scaled .*ts=([\d.]+)", line)
-        if m:
-            found.append(decision(float(m[3]), int(m[2]), int(m[1])))
-    return sorted(found)
-
-
-def reference_decisions(plane: Any, namespace: str) -> list[Decision]:
-    """The reference's: from its log, "Autoscaler updated <cluster> worker count from 0 to 10" (kopf posts a
-    timer's log lines as no Event), at the time the node stamped on the line."""
-    logs = plane.kubectl("logs", "-n", namespace, REFERENCE_POD, "--timestamps", check=False).stdout
-    found = []
-    for line in logs.splitlines():
-        m = re.match(r"(\S+?)(?:\.\d+)?Z .*Autoscaler updated \S+ worker count from (\d+) to (\d+)", line)
-        if m:
-            at = datetime.fromisoformat(m[1] + "+00:00").timestamp()
-            found.append(decision(at, int(m[2]), int(m[3])))
-    return sorted(found)
-
-
-def reversals(steps: list[Decision], within: float = 30.0) -> int:
-    return sum(1 for a, b in itertools.pairwise(steps) if a[1] != b[1] and b[0] - a[0] < within)
-
-
-def with_long_log(manifest: dict[str, Any], http_api: bool = False) -> dict[str, Any]:
-    """The scheduler keeps every transition of the run; with http_api, its HTTP API route is on (ours adds
-    it to the schedulers it makes; the reference's user has to)."""
-    container = manifest["spec"]["scheduler"]["spec"]["containers"][0]
-    container["env"] = [{"name": "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH", "value": LOG_LENGTH}]
-    if http_api:
-        container["env"].append({"name": HTTP_ROUTES_ENV, "value": HTTP_ROUTES_VALUE})
-    return manifest
 
 
 def run_workload(plane: Any, namespace: str, cluster: str, warranted: int) -> dict[str, Any]:
@@ -188,11 +103,9 @@ def run_workload(plane: Any, namespace: str, cluster: str, warranted: int) -> di
                 if isinstance(e, dict) and e.get("action") == "remove-worker"
             ]
         )
-        counts = client.run_on_scheduler(
-            lambda dask_scheduler, keys=keys: [
-                sum(1 for t in dask_scheduler.story(k) if t[0] == k and t[2] == "memory") for k in keys
-            ]
-        )
+        counts = memory_counts(client, keys)
+        if any(c > 1 for c in counts) or lost:
+            keep_pod_logs(plane, namespace, cluster, "recomputed")
     return {
         "bursts": bursts,
         "worker_seconds": samples.worker_seconds(0.0, end),
@@ -203,19 +116,6 @@ def run_workload(plane: Any, namespace: str, cluster: str, warranted: int) -> di
         "wall0": wall0,
         "load": (load0, os.getloadavg()[0]),
     }
-
-
-def mean(values: list[float | None]) -> str:
-    known = [v for v in values if v is not None]
-    return f"{sum(known) / len(known):.1f}" if len(known) == len(values) and known else "n/a"
-
-
-def seconds(value: float | None) -> str:
-    return "never" if value is None else f"{value:.1f}"
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "n/a"
 
 
 def mean_makespan(result: dict[str, Any]) -> float:
@@ -248,20 +148,6 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def wait_scheduler_ready(plane: Any, namespace: str, cluster: str, timeout: float = 180) -> None:
-    """The scheduler pod Ready and its Service there: the reference may leave the DaskCluster's phase Pending."""
-    selector = f"dask.org/cluster-name={cluster},dask.org/component=scheduler"
-
-    def ready() -> bool:
-        conds = [
-            c for p in pods(plane, namespace, selector) for c in p.get("status", {}).get("conditions") or []
-        ]
-        service = get(plane, namespace, "service", f"{cluster}-scheduler")
-        return service is not None and any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
-
-    wait_for(ready, timeout=timeout, interval=0.5, message=f"{cluster}'s scheduler pod Ready")
-
-
 def autoscaled(
     plane: Any,
     namespace: str,
@@ -274,53 +160,20 @@ def autoscaled(
     apply(plane, namespace, DaskAutoscalerBuilder("", name, name).with_bounds(0, MAXIMUM).manifest())
     wait_scheduler_ready(plane, namespace, name)
     result = run_workload(plane, namespace, name, MAXIMUM)
-    steps = [s for s in read_decisions() if s[0] >= result["wall0"] - 1]
+    steps = [s for s in read_decisions() if s.at >= result["wall0"] - 1]
     result.update(decisions=len(steps), reversals=reversals(steps))
     return result
 
 
-def reference_phase(plane: Any, namespace: str) -> str | None:
-    found = pods(plane, namespace, f"app={REFERENCE_POD}")
-    phase = found[0].get("status", {}).get("phase") if found else None
-    assert phase not in ("Failed", "Succeeded"), f"the reference operator's pod exited: {phase}"
-    return phase
-
-
 def reference_run(plane: Any, namespace: str) -> dict[str, Any]:
-    """The reference operator as a pod in `namespace`, driving the same autoscaled cluster; our CRDs without
-    the status subresources it does not expect, for the run only."""
-    venv = reference_venv()
-    status_subresource(plane, False)
-    try:
-        for obj in reference_pod(venv, namespace):
-            apply(plane, namespace, obj)
-        wait_for(lambda: reference_phase(plane, namespace) == "Running", timeout=120, interval=0.5,
-                 message="the reference operator's pod Running")  # fmt: skip
-        try:
-            result = autoscaled(
-                plane, namespace, "elastic", lambda: reference_decisions(plane, namespace), http_api=True
-            )
-        except BaseException:
-            logs = plane.kubectl("logs", "-n", namespace, REFERENCE_POD, "--tail=60", check=False)
-            print(f"--- reference operator log tail ---\n{logs.stdout}{logs.stderr}")
-            raise
-        keep = os.environ.get("BENCH_KEEP_LOGS")
-        if keep:
-            logs = plane.kubectl("logs", "-n", namespace, REFERENCE_POD, "--timestamps", check=False).stdout
-            (Path(keep) / f"reference-{os.getpid()}.log").write_text(logs)
-        result["versions"] = reference_versions(venv)
-        return result
-    finally:
-        plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-        status_subresource(plane, True)
-
-
-def new_namespace(plane: Any, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    plane.kubectl("create", "namespace", name)
-    wait_for(lambda: get(plane, name, "serviceaccount", "default") is not None, timeout=30,
-             message=f"ServiceAccount {name}/default")  # fmt: skip
-    return name
+    """The reference operator as a pod in `namespace`, driving the same autoscaled cluster."""
+    return with_reference(
+        plane,
+        namespace,
+        lambda: autoscaled(
+            plane, namespace, "elastic", lambda: reference_decisions(plane, namespace), http_api=True
+        ),
+    )
 
 
 def test_bursts_ours_reference_and_a_fixed_cluster(plane: Any, namespace: str, tmp_path: Path) -> None:

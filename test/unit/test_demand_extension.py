@@ -86,3 +86,47 @@ def test_the_report_is_bounded() -> None:
     scheduler = SimpleNamespace(queued=[task] * 50, unrunnable={}, workers={})
     report = demand_report(scheduler, max_tasks=10)
     assert report["truncated"] is True and report["demand"][0]["tasks"] == 10
+
+
+def test_tasks_next_up_count_for_their_group_while_the_stage_before_them_runs() -> None:
+    from distributed import Client, Scheduler
+
+    async def scenario() -> dict[str, Any]:
+        preload = dask.config.collect_env({PRELOAD_ENV: preload_value()})["distributed"]["scheduler"][
+            "preload"
+        ]
+        with dask.config.set({"distributed.scheduler.preload": preload}):
+            scheduler = Scheduler(port=0, dashboard_address="127.0.0.1:0")
+        async with scheduler as s, Client(s.address, asynchronous=True) as client:
+            url = f"http://127.0.0.1:{s.http_server.port}{DEMAND_PATH}"
+            # No worker: the CPU stage waits; the GPU stage waits on it, and a last stage on the GPU one.
+            cpu = client.map(operator.neg, range(4), pure=False)
+            gpu = [
+                client.submit(operator.add, a, b, resources={"GPU": 1}, pure=False)
+                for a, b in zip(cpu[::2], cpu[1::2], strict=True)
+            ]
+            last = client.submit(sum, gpu, pure=False)
+            body = await _until(url, lambda b: sum(d["tasks"] for d in b["demand"]) >= 6)
+            del last
+            return body
+
+    answer = asyncio.run(scenario())
+    # The GPU tasks are next up (they wait only on queued tasks); `sum` waits on waiting tasks: not yet.
+    assert {(tuple(sorted(d["resources"].items())), d["tasks"]) for d in answer["demand"]} == {
+        ((), 4),
+        ((("GPU", 1.0),), 2),
+    }
+    assert demand_of_report(answer).tasks_needing({"GPU": 1.0}) == 2
+
+
+def test_next_up_tasks_count_toward_the_bound() -> None:
+    from dask_operator.controller.demand_extension import demand_report
+
+    after = SimpleNamespace(resource_restrictions={"GPU": 1}, prefix=None, state="waiting", waiting_on=())
+    task = SimpleNamespace(resource_restrictions={}, prefix=None, state="queued", dependents=[after])
+    after.waiting_on = [task]
+    scheduler = SimpleNamespace(queued=[task] * 10, unrunnable={}, workers={})
+    assert demand_report(scheduler, max_tasks=11)["truncated"] is False
+    assert demand_report(scheduler, max_tasks=10)["truncated"] is True
+    counted = {tuple(d["resources"]): d["tasks"] for d in demand_report(scheduler, max_tasks=11)["demand"]}
+    assert counted == {(): 10, ("GPU",): 1}
