@@ -34,6 +34,7 @@ import yaml
 from kubeplane import components as comp
 from kubeplane import nodes
 from kubeplane import pki as pkimod
+from kubeplane.node.netns import bridge_mac
 from kubeplane.realnode_config import (
     RealNodeLayout,
     cni_conflist,
@@ -266,7 +267,8 @@ def prepare_node(st: PlaneState, spec: nodes.NodeSpec) -> RealNodeLayout:
 def ensure_bridge(node: RealNodeLayout) -> None:
     """The node's bridge holding its node IP (the CNI bridge plugin then attaches pods to it)."""
     if not _link_exists(node.bridge):
-        _run(["ip", "link", "add", node.bridge, "type", "bridge"])
+        # Its MAC fixed, as on the process node (kubeplane.node.netns says why).
+        _run(["ip", "link", "add", node.bridge, "address", bridge_mac(node.bridge), "type", "bridge"])
     _run(["ip", "addr", "replace", f"{node.node_ip}/24", "dev", node.bridge])
     _run(["ip", "link", "set", node.bridge, "up"])
 

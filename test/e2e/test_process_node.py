@@ -476,3 +476,40 @@ def test_logs_follow_streams_new_lines(kp: Any, namespace: str) -> None:
         proc.wait()
     numbers = [int(ln.split()[1]) for ln in lines[:5]]
     assert numbers == sorted(numbers) and len(set(numbers)) == 5
+
+
+def test_deleting_a_pod_never_moves_the_gateways_mac(kp: Any, namespace: str) -> None:
+    """A Linux bridge left to itself takes the lowest MAC of its ports: deleting that pod moved the gateway's
+    (and the ClusterIPs') MAC under every other pod, whose traffic to the node then went nowhere until their
+    ARP entries expired, long enough for the Service proxy to time their connections out (a kept Dask
+    worker lost its scheduler ~20 s after a scale-down, with all the data moved to it: issue 27)."""
+    from kubeplane.node import netns as net
+
+    bridge = kp.plane.state.network.bridge
+    mac = Path(f"/sys/class/net/{bridge}/address")
+    before = mac.read_text().strip()
+    assert before == net.bridge_mac(bridge)
+    apply(
+        kp,
+        namespace,
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: lowest}
+        spec:
+          terminationGracePeriodSeconds: 1
+          containers:
+          - {name: c, image: busybox, command: ["sleep", "600"]}
+        """,
+    )
+    pod = wait_for(lambda: (p := get(kp, namespace, "pod", "lowest")) and is_ready(p) and p, timeout=30,
+                   interval=0.2, message="pod ready")  # fmt: skip
+    veth = net.pod_veth_name(bridge, pod["metadata"]["uid"])
+    # Its port gets the lowest MAC there is: a bridge that follows its ports would take it now, and give it
+    # back when the pod goes.
+    subprocess.run(["ip", "link", "set", veth, "address", "02:00:00:00:00:01"], check=True)
+    assert mac.read_text().strip() == before
+    kp.kubectl("delete", "pod", "lowest", "-n", namespace, "--wait=false")
+    wait_for(lambda: not Path(f"/sys/class/net/{veth}").exists(), timeout=30, interval=0.2,
+             message="the pod's veth gone")  # fmt: skip
+    assert mac.read_text().strip() == before

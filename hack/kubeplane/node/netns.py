@@ -2,12 +2,17 @@
 
 Invariant: every name created here is derived from the bridge name (netns `<bridge>-<uid8>`, host veth
 `<bridge-index>v<uid8>`), so what a node made is recognisable; removal is idempotent (removing what is
-already gone succeeds). Everything is done with `ip` (iproute2); it needs root.
+already gone succeeds). A bridge's MAC address is set once, derived from its name (`bridge_mac`), so it never
+changes: a Linux bridge left to itself takes the lowest MAC of its ports, and deleting that pod would move the
+gateway's and the ClusterIPs' MAC under every other pod, cutting their traffic to the node (the Service proxy,
+DNS) until their ARP entries expire, long enough for a proxied connection to time out. Everything is done with
+`ip` (iproute2); it needs root. Held by test/e2e/test_process_node.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import shutil
 import subprocess
@@ -51,12 +56,25 @@ def pod_veth_name(bridge: str, uid: str) -> str:
     return f"dk{index}v{uid.replace('-', '')[:8]}"[:15]
 
 
+def bridge_mac(bridge: str) -> str:
+    """The bridge's fixed MAC: locally administered, unicast, from the bridge's name (the same on every node
+    that shares the bridge)."""
+    digest = hashlib.sha256(bridge.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def _add_bridge(bridge: str) -> None:
+    """A new bridge whose MAC is fixed from the start (see the module's invariant)."""
+    _ip(["link", "add", bridge, "address", bridge_mac(bridge), "type", "bridge"])
+
+
 def ensure_bridge(bridge: str, gateway: str, prefixlen: int) -> None:
     """Creates the bridge with the node IP; an existing one (a crashed run) is flushed and reused."""
     if link_exists(bridge):
         _ip(["addr", "flush", "dev", bridge])
+        _ip(["link", "set", bridge, "address", bridge_mac(bridge)])
     else:
-        _ip(["link", "add", bridge, "type", "bridge"])
+        _add_bridge(bridge)
     _ip(["addr", "add", f"{gateway}/{prefixlen}", "dev", bridge])
     _ip(["link", "set", bridge, "up"])
 
@@ -68,7 +86,7 @@ def join_bridge(bridge: str, gateway: str, prefixlen: int) -> None:
     """
     if not link_exists(bridge):
         try:
-            _ip(["link", "add", bridge, "type", "bridge"])
+            _add_bridge(bridge)
         except NetworkError:
             if not link_exists(bridge):  # another node created it meanwhile: that is fine
                 raise
