@@ -9,8 +9,8 @@ then TRAIN (30) GPU-restricted tasks of 1 s, each needing four preps, then one C
 train. CPU group 0..6, GPU group 0..3. Printed, never asserted: makespan per round; worker-seconds, in all and
 of the GPU group (pods that exist, sampled every second over the run); scale decisions and reversals per group
 (each operator's own log); wrong-group scale-ups: a group grown while none of its tasks (restricted or not)
-was queued, waiting for a worker or processing during the three seconds before the decision (sampled from the
-scheduler every second); keys lost or recomputed (the scheduler's transition log).
+was queued, waiting for a worker, processing or next up (waiting only on such tasks) during the three seconds
+before the decision (sampled from the scheduler every second); keys lost or recomputed (the scheduler's transition log).
 
     hack/test test/bench/bench_autoscale_groups.py -m bench -s     (BENCH_GAP=30 for a shorter run;
                                                                    BENCH_ONLY=ours,reference: a subset)
@@ -70,9 +70,9 @@ pytestmark = [pytest.mark.bench, pytest.mark.timeout(int(2400 + 3 * ROUNDS * GAP
 def task_functions() -> tuple[
     Callable[..., int], Callable[..., int], Callable[..., int], Callable[[Any], Any]
 ]:
-    """prep, train, report, and `runnable` (for the scheduler: (CPU, GPU) tasks queued, waiting for a worker
-    or processing). Defined here, not at module level, so Dask pickles them by value: the workers cannot
-    import this module."""
+    """prep, train, report, and `runnable` (for the scheduler: (CPU, GPU) tasks queued, waiting for a worker,
+    processing, or next up: waiting only on tasks in those states). Defined here, not at module level, so
+    Dask pickles them by value: the workers cannot import this module."""
 
     def prep(i: int) -> int:
         time.sleep(PREP_SECONDS)
@@ -86,9 +86,11 @@ def task_functions() -> tuple[
         return sum(trained)
 
     def runnable(dask_scheduler: Any) -> tuple[int, int]:
+        pending = ("queued", "no-worker", "processing")
         counts = [0, 0]
         for ts in dask_scheduler.tasks.values():
-            if ts.state in ("queued", "no-worker", "processing"):
+            next_up = ts.state == "waiting" and all(d.state in pending for d in ts.waiting_on)
+            if ts.state in pending or next_up:
                 counts[1 if ts.resource_restrictions else 0] += 1
         return counts[0], counts[1]
 
