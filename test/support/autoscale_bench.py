@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dask_operator.controller.contract.scheduler_api import HTTP_ROUTES_ENV, HTTP_ROUTES_VALUE
-from support.operator import apply, get, pods
+from support.operator import apply, get, pods, scheduler_ready
 from support.reference_operator import (
     REFERENCE_POD,
     reference_pod,
@@ -167,14 +167,10 @@ def ratio(a: float, b: float) -> str:
 
 def wait_scheduler_ready(plane: Any, namespace: str, cluster: str, timeout: float = 180) -> None:
     """The scheduler pod Ready and its Service there: the reference may leave the DaskCluster's phase Pending."""
-    selector = f"dask.org/cluster-name={cluster},dask.org/component=scheduler"
 
     def ready() -> bool:
-        conds = [
-            c for p in pods(plane, namespace, selector) for c in p.get("status", {}).get("conditions") or []
-        ]
         service = get(plane, namespace, "service", f"{cluster}-scheduler")
-        return service is not None and any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+        return service is not None and scheduler_ready(plane, namespace, cluster)
 
     wait_for(ready, timeout=timeout, interval=0.5, message=f"{cluster}'s scheduler pod Ready")
 

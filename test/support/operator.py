@@ -9,6 +9,7 @@ without importing them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from support.wait import wait_for
+from support.wait import WaitTimeout, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PLURALS = ("daskclusters", "daskworkergroups", "daskjobs", "daskautoscalers")
@@ -295,10 +296,29 @@ def scheduler_address(plane: Any, namespace: str, cluster: str) -> str:
     return f"tcp://{service['spec']['clusterIP']}:8786"
 
 
+def scheduler_ready(plane: Any, namespace: str, cluster: str) -> bool:
+    """A live scheduler pod of the cluster is Ready: it listens (the phase Running says only that the scheduler
+    Pod and Service exist, as the reference's does)."""
+    selector = f"dask.org/cluster-name={cluster},dask.org/component=scheduler"
+    return any(
+        "deletionTimestamp" not in p["metadata"]
+        and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p.get("status", {}).get("conditions") or []
+        )
+        for p in pods(plane, namespace, selector)
+    )
+
+
 @contextmanager
-def dask_client(plane: Any, namespace: str, cluster: str) -> Iterator[Any]:
+def dask_client(plane: Any, namespace: str, cluster: str, ready_timeout: float = 120) -> Iterator[Any]:
+    """A client of the cluster's scheduler, once its pod is Ready (a scheduler starting on a loaded machine
+    refuses connections for longer than a client's connect timeout); after `ready_timeout` it tries anyway."""
     from distributed import Client
 
+    with contextlib.suppress(WaitTimeout):
+        wait_for(lambda: scheduler_ready(plane, namespace, cluster), timeout=ready_timeout, interval=0.5,
+                 message=f"{cluster}'s scheduler pod Ready")  # fmt: skip
     with Client(scheduler_address(plane, namespace, cluster), timeout=30) as client:
         yield client
 
