@@ -5,8 +5,9 @@ Invariant: every name created here is derived from the bridge name (netns `<brid
 already gone succeeds). A bridge's MAC address is set once, derived from its name (`bridge_mac`), so it never
 changes: a Linux bridge left to itself takes the lowest MAC of its ports, and deleting that pod would move the
 gateway's and the ClusterIPs' MAC under every other pod, cutting their traffic to the node (the Service proxy,
-DNS) until their ARP entries expire, long enough for a proxied connection to time out. Everything is done with
-`ip` (iproute2); it needs root. Held by test/e2e/test_process_node.py.
+DNS) until their ARP entries expire, long enough for a proxied connection to time out; and a new pod's address
+is forgotten in the node's neighbour table (it may be a deleted pod's, whose MAC the node would keep using).
+Everything is done with `ip` (iproute2); it needs root. Held by test/e2e/test_process_node.py.
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def create_pod_network(
             f"link add {veth} type veth peer name eth0 netns {netns}\n"
             f"link set {veth} master {bridge}\n"
             f"link set {veth} up\n"
+            # The address may be a deleted pod's: forget that pod's MAC, or the node would keep sending this
+            # pod's traffic (probes, proxied Service connections) to it until the entry expired.
+            f"neigh flush to {ip}\n"
         ),
     )
     _ip(
