@@ -30,17 +30,21 @@ async def _until(url: str, done: Any) -> Any:
         await asyncio.sleep(0.05)
 
 
+def preloaded_scheduler() -> Any:
+    """A scheduler with the route, its preload configured exactly as Dask reads it from the scheduler pod's
+    environment."""
+    from distributed import Scheduler
+
+    preload = dask.config.collect_env({PRELOAD_ENV: preload_value()})["distributed"]["scheduler"]["preload"]
+    with dask.config.set({"distributed.scheduler.preload": preload}):
+        return Scheduler(port=0, dashboard_address="127.0.0.1:0")
+
+
 def test_the_preload_reports_demand_per_restriction_set_and_workers_with_their_resources() -> None:
-    from distributed import Client, Scheduler, Worker
+    from distributed import Client, Worker
 
     async def scenario() -> dict[str, Any]:
-        # The configuration exactly as Dask reads it from the scheduler pod's environment.
-        preload = dask.config.collect_env({PRELOAD_ENV: preload_value()})["distributed"]["scheduler"][
-            "preload"
-        ]
-        with dask.config.set({"distributed.scheduler.preload": preload}):
-            scheduler = Scheduler(port=0, dashboard_address="127.0.0.1:0")
-        async with scheduler as s, Client(s.address, asynchronous=True) as client:
+        async with preloaded_scheduler() as s, Client(s.address, asynchronous=True) as client:
             url = f"http://127.0.0.1:{s.http_server.port}{DEMAND_PATH}"
             # No worker yet: every task waits, the GPU ones and the others.
             cpu = client.map(operator.neg, range(5), pure=False)
@@ -89,15 +93,10 @@ def test_the_report_is_bounded() -> None:
 
 
 def test_tasks_next_up_count_for_their_group_while_the_stage_before_them_runs() -> None:
-    from distributed import Client, Scheduler
+    from distributed import Client
 
     async def scenario() -> dict[str, Any]:
-        preload = dask.config.collect_env({PRELOAD_ENV: preload_value()})["distributed"]["scheduler"][
-            "preload"
-        ]
-        with dask.config.set({"distributed.scheduler.preload": preload}):
-            scheduler = Scheduler(port=0, dashboard_address="127.0.0.1:0")
-        async with scheduler as s, Client(s.address, asynchronous=True) as client:
+        async with preloaded_scheduler() as s, Client(s.address, asynchronous=True) as client:
             url = f"http://127.0.0.1:{s.http_server.port}{DEMAND_PATH}"
             # No worker: the CPU stage waits; the GPU stage waits on it, and a last stage on the GPU one.
             cpu = client.map(operator.neg, range(4), pure=False)
