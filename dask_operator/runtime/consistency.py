@@ -7,7 +7,9 @@ least as new (or after `max_wait`, so a broken watch cannot stall R forever). A 
 acts on a cache older than its own writes, and a refused write records nothing (no phantom to wait for).
 A status write made while reconciling, with `recording(status_writes)`, is also remembered per object
 (`OwnStatusWrites`), from before it is sent until the informer delivers that object at or past the write's
-resourceVersion, so the watch event that only shows it can be told apart (predicate.NotOwnStatusEcho).
+resourceVersion, so the watch event that only shows it can be told apart (predicate.NotOwnStatusEcho). An
+event that cannot be told apart yet (its write still awaits its reply) is held, never waited for, and handed
+back to be judged again when that object's last write in flight ends, whichever way it ends.
 Held by test/unit/test_runtime_consistency.py and test/integration/test_runtime_manager.py.
 """
 
@@ -84,52 +86,63 @@ class OwnStatusWrites:
 
     An entry lives from the write until the first event at or past its resourceVersion (or the object's
     delete), so it holds only writes in flight: at most one per object this controller reconciles. The echo
-    can overtake the write's own response (the watch and the reply race): `delivered` then waits for the
-    write in flight, at most `wait` seconds.
+    can overtake the write's own response (the watch and the reply race): `delivered` then holds the event
+    and hands it back (`redeliver`) once the write has ended. It never waits: a handler that waited for a
+    reply would hold up every later event of its watch behind it (at 75 updates/s, seconds of queue).
     """
 
-    def __init__(self, kind: Kind, wait: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, kind: Kind) -> None:
         self.kind = kind
-        self.wait = wait
-        self._clock = clock
         self._written: dict[tuple[str, str], int] = {}
         self._in_flight: dict[tuple[str, str], int] = {}
-        self._cond = threading.Condition()
+        self._held: dict[tuple[str, str], list[Callable[[], None]]] = {}
+        self._lock = threading.Lock()
 
     def begin(self, kind: Kind, namespace: str, name: str) -> None:
         if kind == self.kind:  # another kind's status (a Workload's): its watch keeps every event
-            with self._cond:
+            with self._lock:
                 self._in_flight[(namespace, name)] = self._in_flight.get((namespace, name), 0) + 1
 
     def end(self, kind: Kind, namespace: str, name: str) -> None:
-        if kind == self.kind:
-            with self._cond:
-                left = self._in_flight.pop((namespace, name), 1) - 1
-                if left:
-                    self._in_flight[(namespace, name)] = left
-                self._cond.notify_all()
+        """A write has its reply (or failed): once none of that object's is in flight, the events held for
+        it are judged again (on this thread, after `wrote` recorded what the write produced)."""
+        if kind != self.kind:
+            return
+        key = (namespace, name)
+        with self._lock:
+            left = self._in_flight.pop(key, 1) - 1
+            if left:
+                self._in_flight[key] = left
+                return
+            held = self._held.pop(key, [])
+        for redeliver in held:
+            redeliver()
 
     def wrote(self, kind: Kind, namespace: str, name: str, resource_version: int) -> None:
         if kind == self.kind:
-            with self._cond:
+            with self._lock:
                 key = (namespace, name)
                 self._written[key] = max(resource_version, self._written.get(key, 0))
 
-    def delivered(self, namespace: str, name: str, resource_version: Any) -> bool:
+    def delivered(
+        self, namespace: str, name: str, resource_version: Any, redeliver: Callable[[], None] | None = None
+    ) -> bool:
         """The informer delivers the object at `resource_version`: whether that is exactly a status write of
-        ours (an entry the delivery reaches or passes is dropped)."""
+        ours (an entry the delivery reaches or passes is dropped). While a write of that object awaits its
+        reply and no write of ours is known to reach that version, it cannot be told: with `redeliver` the
+        event is held (True: not now) and `redeliver()` is called when the object's last write in flight
+        ends; without it, the event is not taken for an echo."""
         rv = _as_int(resource_version)
         if rv is None:
             return False
         key = (namespace, name)
-        with self._cond:
-            deadline = self._clock() + self.wait
-            while self._in_flight.get(key) and self._written.get(key, 0) < rv:
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+        with self._lock:
             written = self._written.get(key)
+            if self._in_flight.get(key) and (written is None or written < rv):
+                if redeliver is None:
+                    return False
+                self._held.setdefault(key, []).append(redeliver)
+                return True
             if written is None or rv < written:
                 return False
             del self._written[key]
@@ -138,17 +151,22 @@ class OwnStatusWrites:
     def passed(self, namespace: str, name: str, resource_version: Any) -> None:
         """The informer delivers the object at `resource_version` (not an echo): drop what it passes."""
         rv = _as_int(resource_version)
-        with self._cond:
+        with self._lock:
             written = self._written.get((namespace, name))
             if written is not None and rv is not None and rv >= written:
                 del self._written[(namespace, name)]
 
     def forget(self, namespace: str, name: str) -> None:
-        with self._cond:
+        with self._lock:
             self._written.pop((namespace, name), None)
 
+    def held(self) -> int:
+        """Events held until a write in flight ends."""
+        with self._lock:
+            return sum(len(v) for v in self._held.values())
+
     def __len__(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._written)
 
 

@@ -1,7 +1,8 @@
 """Event handlers: turn an informer notification into the reconcile Requests it concerns.
 
-Invariant: handlers only filter (predicates) and enqueue keys, never block (but for NotOwnStatusEcho's wait,
-at most 1 s, for a status write whose echo overtook its reply); an update enqueues the requests
+Invariant: handlers only filter (predicates) and enqueue keys, never block (an update a predicate cannot judge
+yet, NotOwnStatusEcho's echo that overtook its write's reply, comes back through `redeliver` instead of being
+waited for); an update enqueues the requests
 of both the old and the new object (so a removed owner is still reconciled); real changes enqueue at normal
 priority, the initial list and resync/relist no-ops at low priority.
 Held by test/unit/test_runtime_controller.py, test/unit/test_runtime_handlers.py.
@@ -66,7 +67,7 @@ class EnqueueHandler:
             self._enqueue(self.mapper(obj), LOW_PRIORITY if is_in_initial_list else 0)
 
     def on_update(self, old: Obj, new: Obj) -> None:
-        event = UpdateEvent(old, new)
+        event = UpdateEvent(old, new, lambda: self.on_update(old, new))
         if all(p.update(event) for p in self.predicates):
             same = old["metadata"].get("resourceVersion") == new["metadata"].get("resourceVersion")
             requests = dict.fromkeys([*self.mapper(new), *self.mapper(old)])

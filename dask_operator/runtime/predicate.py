@@ -10,7 +10,7 @@ Held by test/unit/test_runtime_handlers.py and test/integration/test_runtime_sta
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dask_operator.runtime.consistency import OwnStatusWrites
@@ -27,6 +27,8 @@ class CreateEvent:
 class UpdateEvent:
     old: Obj
     new: Obj
+    # hands the same update to the watch again later (a predicate that cannot judge it yet keeps it)
+    redeliver: Callable[[], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,8 @@ class NotOwnStatusEcho(Predicate):
     new, provided the planner is a fixed point of its own status (test/unit/test_planner_properties.py).
     A relist's update (its old object may be several versions back) is dropped only if nothing but the status
     moved across all of them; the write, forced, had set every status field it owns. A status-only update
-    that arrives while a status write of the same object is still awaiting its reply waits for that reply
-    (at most OwnStatusWrites.wait, 1 s): the only place a handler may block, and only this watch's.
+    that arrives while a status write of the same object is still awaiting its reply is held and judged
+    again once that write has ended (`event.redeliver`); the handler never waits for the reply.
     """
 
     def __init__(self, written: OwnStatusWrites) -> None:
@@ -121,7 +123,7 @@ class NotOwnStatusEcho(Predicate):
         if not only_status_differs(event.old, event.new):
             self.written.passed(namespace, name, rv)
             return True
-        return not self.written.delivered(namespace, name, rv)
+        return not self.written.delivered(namespace, name, rv, event.redeliver)
 
     def delete(self, event: DeleteEvent) -> bool:
         meta = _meta(event.obj)

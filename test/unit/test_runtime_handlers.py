@@ -177,6 +177,37 @@ def test_every_other_change_passes_the_echo_filter() -> None:
     )
 
 
+def test_a_handler_never_waits_for_a_status_writes_reply_and_later_events_pass_meanwhile() -> None:
+    """The echo of our status write can overtake the write's reply. The handler used to wait for the reply
+    (up to 1 s), holding up every later event of its watch: at 75 updates/s the queue grew by seconds. Now it
+    holds that event, goes on, and judges it when the write ends."""
+    written = OwnStatusWrites(OWNER)
+    queue = Queue()
+    handler = EnqueueHandler(queue, request_for_object, [NotOwnStatusEcho(written)])
+    before, ours = owned("5", {"phase": "Pending"}), owned("6", {"phase": "Running"})
+    written.begin(OWNER, "ns", "c")  # our write is sent; its reply has not come
+    handler.on_update(before, ours)  # its echo: returns at once, nothing enqueued yet
+    assert queue.added == [] and written.held() == 1
+
+    def named_d(obj: Obj) -> Obj:
+        return {**obj, "metadata": {**obj["metadata"], "name": "d"}}
+
+    handler.on_update(
+        named_d(owned("4")), named_d(owned("7", {"phase": "Running"}))
+    )  # another object's status, by someone else: passes meanwhile
+    assert queue.added == [(Request("ns", "d"), 0)]
+    wrote_status(written, ours)  # the reply
+    written.end(OWNER, "ns", "c")
+    assert queue.added == [(Request("ns", "d"), 0)] and written.held() == 0, "it was our echo: dropped"
+    # someone else's status write seen while ours is in flight: enqueued once ours has ended
+    written.begin(OWNER, "ns", "c")
+    handler.on_update(ours, owned("8", {"phase": "Tampered"}))
+    assert len(queue.added) == 1
+    wrote_status(written, owned("9", {"phase": "Running"}))
+    written.end(OWNER, "ns", "c")
+    assert queue.added[-1] == (Request("ns", "c"), 0)
+
+
 def test_predicate_composition() -> None:
     base, changed = pod([], rv="1"), pod([], rv="2")
     event = UpdateEvent(base, changed)
