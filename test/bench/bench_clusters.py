@@ -222,6 +222,7 @@ def run_operator(
     ):
         before = scrape(metrics_port)
         cpu0 = cpu_seconds(proc.pid)
+        idle_rss = rss_mib(proc.pid)  # synced on an empty namespace
         started = time.monotonic()
         client.apply((cluster_path(namespace, f"b{i:04d}"), manifest(f"b{i:04d}")) for i in range(CLUSTERS))
         submitted = time.monotonic() - started
@@ -244,6 +245,7 @@ def run_operator(
         wait_for(settled, timeout=CONVERGE_TIMEOUT, interval=poll, message="worker groups ready")
         converged_at = time.monotonic() - started
         cpu_converged = cpu_seconds(proc.pid) - cpu0
+        converged_rss = rss_mib(proc.pid)
         # Settled: no write for 5 s (bounded: an operator that never stops writing shows in the quiet count).
         settle_deadline = time.monotonic() + 60
         settled_totals = scrape(metrics_port)
@@ -293,6 +295,9 @@ def run_operator(
             f"writes_in_{int(QUIET_SECONDS)}s_once_converged": quiet_writes,
             "requests_while_quiet_by_method": quiet_by_method,
             "operator_cpu_seconds_to_converge": round(cpu_converged, 1),
+            "operator_cpu_ms_per_converged_cluster": round(1000 * cpu_converged / CLUSTERS, 1),
+            "operator_idle_rss_mib": round(idle_rss, 1),
+            "operator_rss_kib_per_cluster_above_idle": round(1024 * (converged_rss - idle_rss) / CLUSTERS, 1),
             "operator_rss_mib": round(rss_mib(proc.pid), 1),
             "operator_peak_rss_mib": round(peak_rss_mib(proc.pid), 1),
             "operator_cpu_seconds_total": round(cpu_seconds(proc.pid), 1),

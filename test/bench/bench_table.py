@@ -104,7 +104,9 @@ def table(n: int, ours: dict[str, Any], limit: dict[str, Any], kopf: dict[str, A
          limit["operator_writes_per_cluster"] / MINIMUM_WRITES),
         ("  of which Events / cluster", ours.get("event_writes_per_cluster"), None, None),
         ("CPU seconds (operator, whole run)", ours["operator_cpu_seconds_total"], kopf.get("cpu_seconds"), None),
+        ("  CPU ms / converged cluster", ours.get("operator_cpu_ms_per_converged_cluster"), None, None),
         ("peak RSS MiB", ours["operator_peak_rss_mib"], kopf.get("peak_rss_mib"), None),
+        ("  RSS KiB / cluster above idle", ours.get("operator_rss_kib_per_cluster_above_idle"), None, None),
         ("writes / min once idle", ours[f"writes_in_{int(QUIET_SECONDS)}s_once_converged"] / quiet_minutes,
          (kopf["quiet_writes"] / quiet_minutes) if kopf else None, None),
     ]  # fmt: skip
