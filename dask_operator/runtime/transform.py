@@ -41,16 +41,16 @@ _SHARED = object()  # in a part's key: the next item is the id() of a shared par
 class SharedParts:
     """The JSON object hook of the cache's decoder: strings interned, and equal parts one object.
 
-    A part is shareable when every value in it is a scalar or a shared part. Its key lists its items: a string
-    or null as it is, a number or boolean after its type (1, 1.0 and true are equal in Python), a nested part
-    after `_SHARED` by identity (alive while the table holds their parent, so an id is never reused under a
-    key); read from the start, a key gives back its part, so unequal parts never share one. The table keeps
-    the `size` parts added last.
+    A part is shareable when every value in it is a short string, another scalar or a shared part (the table
+    never keeps a long string alive). Its key lists its items: a string or null as it is, a number or boolean
+    after its type (1, 1.0 and true are equal in Python), a nested part after `_SHARED` by identity (alive
+    while the table holds their parent, so an id is never reused under a key); read from the start, a key
+    gives back its part, so unequal parts never share one. The table keeps the `size` parts added last.
     """
 
     def __init__(self, size: int = SHARED_PARTS) -> None:
         self.size = size
-        self._parts: dict[tuple[Any, ...], Any] = {}  # least recently used first
+        self._parts: dict[tuple[Any, ...], Any] = {}  # the oldest first
         self._ids: set[int] = set()  # id() of every part in the table
         self._lock = threading.Lock()  # informers decode on threads of their own
 
@@ -64,11 +64,13 @@ class SharedParts:
             name = intern(name)
             kind = type(value)
             if kind is str:
-                if len(value) <= INTERNED_MAX:
+                if len(value) > INTERNED_MAX:
+                    key = None  # a long string (a message, a certificate, a script): rarely equal, kept short
+                else:
                     value = intern(value)
-                if key is not None:
-                    key.append(name)
-                    key.append(value)
+                    if key is not None:
+                        key.append(name)
+                        key.append(value)
             elif kind is list or kind is dict:
                 if kind is list:
                     value = self._share_list(value)
@@ -98,8 +100,9 @@ class SharedParts:
         for index, item in enumerate(items):
             kind = type(item)
             if kind is str:
-                if len(item) <= INTERNED_MAX:
-                    items[index] = item = _intern(item)
+                if len(item) > INTERNED_MAX:
+                    return items
+                items[index] = item = _intern(item)
                 key.append(item)
             elif kind is list or kind is dict:
                 if id(item) not in self._ids:
