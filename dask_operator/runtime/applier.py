@@ -7,6 +7,8 @@ ours produced whose answer still showed every field of the intent), or, for a cu
 generation is the one the intent last held at (every spec change bumps it; status writes do not) and its
 metadata still carries the intent's labels, annotations and owners. Any other change to the live object or
 to the intent forces a real apply, so a converged controller issues zero writes and a drifted one is repaired.
+What is remembered per object is small (a 16-byte digest, a few resourceVersions as numbers, strings shared
+with the cache), since it is kept for every child of every cluster.
 Held by test/integration/test_runtime_client.py, test/unit/test_runtime_applier.py,
 test/unit/test_runtime_handlers.py.
 """
@@ -15,10 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from dask_operator.runtime.cache import Cache
@@ -44,8 +46,10 @@ def apply_intent(obj: Obj) -> Obj:
     return intent
 
 
-def intent_hash(intent: Obj) -> str:
-    return hashlib.sha256(json.dumps(intent, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def intent_hash(intent: Obj) -> bytes:
+    """A 16-byte digest of the intent (the same for equal intents whatever their keys' order)."""
+    data = json.dumps(intent, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 # Built-in API groups: their generation need not move with every spec change (it does for every custom resource).
@@ -78,13 +82,38 @@ def _owned_metadata(intent: Obj) -> Obj:
     return {k: meta[k] for k in ("labels", "annotations", "ownerReferences", "finalizers") if k in meta}
 
 
-@dataclass
+ResourceVersion = int | str  # a number when it is one (etcd's revisions are): smaller than its string
+
+
+def _resource_version(value: Any) -> ResourceVersion:
+    text = str(value if value is not None else "")
+    return int(text) if text.isascii() and text.isdigit() else sys.intern(text)
+
+
 class _Applied:
-    digest: str
-    resource_versions: set[str]
-    generation: int | None = None  # custom resources: the generation at which the intent last held
-    metadata: Obj | None = None  # with it: the intent's labels, annotations, owners and finalizers
-    uid: str = ""
+    """The last intent one field manager applied to one object, and the evidence that it still holds."""
+
+    __slots__ = ("digest", "generation", "metadata", "resource_versions", "uid")
+
+    def __init__(
+        self,
+        digest: bytes,
+        resource_versions: tuple[ResourceVersion, ...],
+        generation: int | None = None,  # custom resources: the generation at which the intent last held
+        metadata: Obj | None = None,  # with it: the intent's labels, annotations, owners and finalizers
+        uid: str = "",
+    ) -> None:
+        self.digest = digest
+        self.resource_versions = resource_versions
+        self.generation = generation
+        self.metadata = metadata
+        self.uid = sys.intern(uid)  # the cache's copy of it, when it holds the object
+
+    def held_at(self, resource_version: ResourceVersion) -> None:
+        """The intent holds at `resource_version` too (the newest MAX_RESOURCE_VERSIONS are kept)."""
+        if resource_version not in self.resource_versions:
+            kept = self.resource_versions[-(MAX_RESOURCE_VERSIONS - 1) :]
+            self.resource_versions = (*kept, resource_version)
 
 
 class Applier:
@@ -92,7 +121,8 @@ class Applier:
         self.client = client
         self.cache = cache
         self.max_entries = max_entries
-        self._applied: OrderedDict[tuple[str, ...], _Applied] = OrderedDict()
+        # least recently used first (a key used again is moved to the end)
+        self._applied: dict[tuple[str, ...], _Applied] = {}
         self._recent: OrderedDict[tuple[str, ...], dict[tuple[str, ...], Obj]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -108,11 +138,12 @@ class Applier:
         kind = kind_of(intent)
         meta = intent["metadata"]
         namespace = meta.get("namespace")
-        target = (kind.api_version, kind.kind, namespace or "", meta["name"])
-        key = (*target, field_manager, "status" if status else "")
+        # interned: the strings are the cache's own copies when it holds the object
+        target = (kind.api_version, kind.kind, sys.intern(namespace or ""), sys.intern(meta["name"]))
+        key = (*target, sys.intern(field_manager), "status" if status else "")
         digest = intent_hash(intent)
         live = self.cache.metadata(kind, namespace, meta["name"])
-        live_rv = None if live is None else str(live.get("resourceVersion", ""))
+        live_rv = None if live is None else live.get("resourceVersion")
         with self._lock:
             entry = self._applied.get(key)
             if (
@@ -121,27 +152,28 @@ class Applier:
                 and live is not None
                 and _still_holds(entry, live)
             ):
-                self._applied.move_to_end(key)
+                self._applied[key] = self._applied.pop(key)  # the most recently used
                 return None
         if status:
             result = self.client.apply_status(intent, field_manager, force)
         else:
             result = self.client.apply(intent, field_manager, force)
         answer = result["metadata"]
-        new_rv = str(answer.get("resourceVersion", ""))
+        new_rv = _resource_version(answer.get("resourceVersion"))
         tracked = not status and generation_tracks_spec(kind) and answer.get("generation") is not None
+        # the intent holds for the RV it was computed against (a lagging cache) and for the RV it produced
+        held_at = tuple(dict.fromkeys(_resource_version(rv) for rv in (live_rv, new_rv) if rv))
         with self._lock:
-            # the intent holds for the RV it was computed against (a lagging cache) and for the RV it produced
+            self._applied.pop(key, None)  # a new entry goes last: the most recently used
             self._applied[key] = _Applied(
                 digest,
-                {rv for rv in (live_rv, new_rv) if rv},
+                held_at,
                 generation=int(answer["generation"]) if tracked else None,
                 metadata=_owned_metadata(intent) if tracked else None,
                 uid=str(answer.get("uid", "")),
             )
-            self._applied.move_to_end(key)
             while len(self._applied) > self.max_entries:
-                self._applied.popitem(last=False)
+                del self._applied[next(iter(self._applied))]
             self._carry_over(target, key, result, new_rv)
             if not status:
                 recent = self._recent.setdefault(target, {})
@@ -152,7 +184,7 @@ class Applier:
         return result
 
     def _carry_over(
-        self, target: tuple[str, ...], written: tuple[str, ...], answer: Obj, new_rv: str
+        self, target: tuple[str, ...], written: tuple[str, ...], answer: Obj, new_rv: ResourceVersion
     ) -> None:
         """Under the lock: our write to `target` answered with the object at `new_rv`; every other intent of ours
         on it that this answer still shows in full holds at `new_rv` too (so our own writes in a row, such as a
@@ -161,16 +193,14 @@ class Applier:
             entry = self._applied.get(other)
             if other == written or entry is None or not holds(answer, intent):
                 continue
-            if len(entry.resource_versions) >= MAX_RESOURCE_VERSIONS:
-                entry.resource_versions.clear()
-            entry.resource_versions.add(new_rv)
+            entry.held_at(new_rv)
             if entry.generation is not None:
                 entry.generation = int(answer["metadata"].get("generation") or 0)
 
 
 def _still_holds(entry: _Applied, live: Mapping[str, Any]) -> bool:
     """The live object (its cached metadata) cannot have moved away from the entry's intent."""
-    if str(live.get("resourceVersion", "")) in entry.resource_versions:
+    if _resource_version(live.get("resourceVersion")) in entry.resource_versions:
         return True
     return (
         entry.generation is not None

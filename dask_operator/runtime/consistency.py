@@ -10,6 +10,8 @@ A status write made while reconciling, with `recording(status_writes)`, is also 
 resourceVersion, so the watch event that only shows it can be told apart (predicate.NotOwnStatusEcho). An
 event that cannot be told apart yet (its write still awaits its reply) is held, never waited for, and handed
 back to be judged again when that object's last write in flight ends, whichever way it ends.
+The watermarks are bounded: one the cache has reached, or older than `max_wait`, is dropped by the first
+write a sweep interval later, even if its key is never reconciled again.
 Held by test/unit/test_runtime_consistency.py and test/integration/test_runtime_manager.py.
 """
 
@@ -32,6 +34,8 @@ _status_writes: contextvars.ContextVar[OwnStatusWrites | None] = contextvars.Con
 )
 
 DEFAULT_MAX_WAIT = 30.0
+# How often the writes of keys not reconciled since are checked against the cache (and dropped once seen).
+DEFAULT_SWEEP_INTERVAL = 1.0
 _note_lock = threading.Lock()
 
 
@@ -171,27 +175,64 @@ class OwnStatusWrites:
 
 
 class OwnWrites:
-    """Per key, the newest resourceVersion written for each kind and when; asks `seen(kind)` for the cache's."""
+    """Per key, the newest resourceVersion written for each kind and when; asks `seen(kind)` for the cache's.
+
+    A key's entry goes when the key is next reconciled (`behind`), and otherwise, for a key never reconciled
+    again (a deleted object, or one whose own write's echo is filtered out), at the first `wrote` at least
+    `sweep_interval` later that finds the cache caught up with it or the entry older than `max_wait`: the table
+    holds only keys whose writes the cache has not shown yet, and those of the last sweep interval.
+    """
 
     def __init__(
         self,
         seen: Callable[[Kind], int | None],
         max_wait: float = DEFAULT_MAX_WAIT,
         clock: Callable[[], float] = time.monotonic,
+        sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
     ) -> None:
         self._seen = seen
         self.max_wait = max_wait
+        self.sweep_interval = sweep_interval
         self._clock = clock
         self._pending: dict[Hashable, tuple[float, dict[Kind, int]]] = {}
+        self._swept = clock()
         self._lock = threading.Lock()
 
     def wrote(self, key: Hashable, writes: dict[Kind, int]) -> None:
         if not writes:
             return
+        now = self._clock()
         with self._lock:
             _, before = self._pending.get(key, (0.0, {}))
             merged = {**before, **{k: max(v, before.get(k, 0)) for k, v in writes.items()}}
-            self._pending[key] = (self._clock(), merged)
+            self._pending[key] = (now, merged)
+            if now - self._swept < self.sweep_interval:
+                return
+            self._swept = now
+            entries = list(self._pending.items())
+        self._sweep(entries, now)
+
+    def _sweep(self, entries: list[tuple[Hashable, tuple[float, dict[Kind, int]]]], now: float) -> None:
+        """Drop the entries the cache has caught up with or that are older than max_wait (asking `seen`
+        outside the lock, once per kind)."""
+        seen: dict[Kind, int | None] = {}
+
+        def caught_up(writes: dict[Kind, int]) -> bool:
+            for kind, rv in writes.items():
+                if kind not in seen:
+                    seen[kind] = self._seen(kind)
+                cached = seen[kind]
+                if cached is not None and cached < rv:
+                    return False
+            return True
+
+        done = [
+            (key, entry) for key, entry in entries if now - entry[0] > self.max_wait or caught_up(entry[1])
+        ]
+        with self._lock:
+            for key, entry in done:
+                if self._pending.get(key) is entry:  # not written again meanwhile
+                    del self._pending[key]
 
     def behind(self, key: Hashable) -> bool:
         """Whether the cache has not yet seen all of key's writes (and they are younger than max_wait)."""
@@ -213,6 +254,10 @@ class OwnWrites:
     def forget(self, key: Hashable) -> None:
         with self._lock:
             self._pending.pop(key, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
 
 
 def _as_int(value: Any) -> int | None:

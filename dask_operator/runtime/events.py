@@ -1,13 +1,16 @@
 """Kubernetes Events (core/v1) about objects, recorded off the reconcile path.
 
 Invariant: `event()` never blocks a reconcile and never raises; repeats of the same (object, type, reason,
-message) within the correlation window bump one Event's count instead of creating another object.
-Held by test/integration/test_runtime_client.py.
+message) within the correlation window bump one Event's count instead of creating another object. The
+correlator remembers at most CORRELATED events, each by a 16-byte digest of that identity (not the message).
+Held by test/integration/test_runtime_client.py and test/unit/test_runtime_events.py.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import queue
 import secrets
 import socket
@@ -26,6 +29,7 @@ log = structlog.get_logger("dask_operator.runtime.events")
 NORMAL = "Normal"
 WARNING = "Warning"
 CORRELATION_WINDOW = 600.0  # seconds, as client-go's event correlator
+CORRELATED = 4096  # events remembered for correlation (as client-go's LRU); past it, the table starts again
 _STOP = object()
 
 
@@ -41,7 +45,8 @@ class EventRecorder:
         self.component = component
         self.host = host or socket.gethostname()
         self._pending: queue.Queue[Any] = queue.Queue(max_pending)
-        self._seen: dict[tuple[str, str, str, str], tuple[str, str, int, float]] = {}
+        # digest of (object, type, reason, message) -> the Event's name and namespace, its count, when last seen
+        self._seen: dict[bytes, tuple[str, str, int, float]] = {}
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -89,7 +94,7 @@ class EventRecorder:
     def _write(self, obj: Obj, type: str, reason: str, message: str) -> None:
         meta = obj.get("metadata") or {}
         namespace = meta.get("namespace") or "default"
-        identity = (str(meta.get("uid") or f"{namespace}/{meta.get('name')}"), type, reason, message)
+        identity = _identity(str(meta.get("uid") or f"{namespace}/{meta.get('name')}"), type, reason, message)
         timestamp = now_rfc3339()
         seen = self._seen.get(identity)
         if seen is not None and time.monotonic() - seen[3] < CORRELATION_WINDOW:
@@ -131,6 +136,12 @@ class EventRecorder:
             "count": 1,
         }
         self.client.create(event)
-        if len(self._seen) > 4096:
+        if len(self._seen) > CORRELATED:
             self._seen.clear()
         self._seen[identity] = (name, namespace, 1, time.monotonic())
+
+
+def _identity(involved: str, type: str, reason: str, message: str) -> bytes:
+    """What makes two events the same one, in 16 bytes (a message may be long, and it is kept for 10 min)."""
+    data = json.dumps([involved, type, reason, message]).encode()
+    return hashlib.blake2b(data, digest_size=16).digest()

@@ -3,8 +3,9 @@
 Invariant: /readyz turns 200 only after the cache has synced; controllers run only while this process holds
 the lease (when leader election is on); the first SIGTERM stops new reconciles, lets in-flight ones finish
 (bounded by graceful_shutdown_timeout), stops informers, releases the lease and closes the HTTP servers last,
-then run() returns 0; a second SIGTERM exits 1 at once; a lost lease exits 1 without draining.
-Held by test/integration/test_runtime_manager.py.
+then run() returns 0; a second SIGTERM exits 1 at once; a lost lease exits 1 without draining. While it
+runs, the C heap keeps at most two malloc arenas and gives its free pages back every few seconds (runtime/heap).
+Held by test/integration/test_runtime_manager.py and test/unit/test_runtime_heap.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from dask_operator.runtime import metrics
+from dask_operator.runtime import heap, metrics
 from dask_operator.runtime.applier import Applier
 from dask_operator.runtime.cache import DEFAULT_SYNC_TIMEOUT, Cache
 from dask_operator.runtime.client import Client
@@ -52,7 +53,9 @@ class Manager:
         min_watch_timeout: int = DEFAULT_MIN_WATCH_TIMEOUT,
         read_timeout_margin: float = DEFAULT_READ_TIMEOUT_MARGIN,
         label_selectors: Mapping[Kind, str] | None = None,
+        heap_trim_interval: float | None = heap.DEFAULT_TRIM_INTERVAL,
     ) -> None:
+        heap.limit_arenas()  # before the cache's and controllers' threads make arenas of their own
         self.client = client
         self.namespace = namespace
         self.leader_election = leader_election
@@ -85,6 +88,7 @@ class Manager:
         self._exit_code = 0
         self._running = False
         self._signals = 0
+        self._trimmer = heap.Trimmer(heap_trim_interval) if heap_trim_interval else None
         self.readyz.add("informers", self._informers_synced)
         self.healthz.add("ping", lambda: None)
 
@@ -141,6 +145,8 @@ class Manager:
         previous = self._install_signal_handlers()
         try:
             self._start_servers()
+            if self._trimmer is not None:
+                self._trimmer.start()
             self.cache.start()
             log.info("waiting for caches to sync")
             if not self.cache.wait_for_sync(self.cache_sync_timeout, self._stop):
@@ -216,6 +222,8 @@ class Manager:
         for server in self._servers:
             server.close()
         self._servers.clear()
+        if self._trimmer is not None:
+            self._trimmer.stop()
         log.info("manager stopped", exit_code=self._exit_code)
 
     def _start_servers(self) -> None:

@@ -1,7 +1,8 @@
 """A thread-safe store of plain-dict Kubernetes objects keyed by namespace/name, with indexes.
 
 Invariant: every index is updated under the same lock as the store, so an index lookup always agrees with
-a brute-force filter over the store at the same instant. Stored dicts are shared: never mutate them.
+a brute-force filter over the store at the same instant. Stored dicts are shared: never mutate them. An index
+value held by one object (an owner's UID, a cluster's label) costs a string, not a set.
 Held by test/unit/test_runtime_store.py.
 """
 
@@ -61,7 +62,8 @@ class Store:
         self._lock = threading.RLock()
         self._items: dict[str, Obj] = {}
         self._indexers: dict[str, IndexFunc] = dict(indexers or {})
-        self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
+        # per index, value -> the key holding it (a str: most values, such as an owner's UID, have one) or keys
+        self._indices: dict[str, dict[str, str | set[str]]] = {name: {} for name in self._indexers}
 
     @property
     def lock(self) -> threading.RLock:
@@ -127,7 +129,7 @@ class Store:
     def by_index(self, index: str, value: str, namespace: str | None = None) -> builtins.list[Obj]:
         """Objects whose index function yields value, optionally only in one namespace."""
         with self._lock:
-            keys = self._indices[index].get(value, ())
+            keys = _keys(self._indices[index].get(value))
             if namespace is None:
                 return [self._items[key] for key in keys]
             prefix = f"{namespace}/"
@@ -140,14 +142,35 @@ class Store:
     def _index_one(self, name: str, func: IndexFunc, key: str, obj: Obj) -> None:
         index = self._indices[name]
         for value in func(obj):
-            index.setdefault(value, set()).add(key)
+            keys = index.get(value)
+            if keys is None:
+                index[value] = key
+            elif isinstance(keys, str):
+                if keys != key:
+                    index[value] = {keys, key}
+            else:
+                keys.add(key)
 
     def _unindex(self, key: str, obj: Obj) -> None:
         for name, func in self._indexers.items():
             index = self._indices[name]
             for value in func(obj):
                 keys = index.get(value)
-                if keys is not None:
-                    keys.discard(key)
-                    if not keys:
+                if keys is None:
+                    continue
+                if isinstance(keys, str):
+                    if keys == key:
                         del index[value]
+                    continue
+                keys.discard(key)
+                if len(keys) == 1:
+                    index[value] = next(iter(keys))
+                elif not keys:
+                    del index[value]
+
+
+def _keys(keys: str | set[str] | None) -> Iterable[str]:
+    """An index entry's keys: one key is kept as the string itself (a set would cost ~200 bytes more)."""
+    if keys is None:
+        return ()
+    return (keys,) if isinstance(keys, str) else keys

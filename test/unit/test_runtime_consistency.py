@@ -109,3 +109,28 @@ def test_an_echo_that_overtakes_its_write_is_held_not_waited_for_and_judged_when
     status_writes.begin(THING, "ns", "t")
     assert not status_writes.delivered("ns", "t", "50") and status_writes.held() == 0
     status_writes.end(THING, "ns", "t")
+
+
+def test_watermarks_of_keys_never_reconciled_again_are_dropped_once_seen_or_too_old() -> None:
+    seen = {POD: 10, SERVICE: 10}
+    clock = [0.0]
+    writes = OwnWrites(lambda kind: seen.get(kind), max_wait=30, clock=lambda: clock[0], sweep_interval=1)
+    for i in range(1000):  # e.g. clusters whose last write's echo is filtered out: never reconciled again
+        writes.wrote(f"k{i}", {POD: 11 + i % 2})
+    writes.wrote("stuck", {SERVICE: 50})  # a kind whose watch is broken
+    assert len(writes) == 1001
+    seen[POD] = 11
+    clock[0] = 1.0
+    writes.wrote("new", {POD: 13})
+    assert len(writes) == 502, "the keys whose writes the cache shows are dropped, the others kept"
+    assert writes.behind("k1") and writes.behind("stuck") and not writes.behind("k0")
+    seen[POD] = 13
+    clock[0] = 1.5
+    writes.wrote("newer", {POD: 14})
+    assert len(writes) == 503, "at most one sweep per interval"
+    clock[0] = 31.5
+    writes.wrote("newest", {POD: 15})
+    assert len(writes) == 2 and writes.behind("newer") and writes.behind("newest"), (
+        "caught up or older than max_wait: gone"
+    )
+    assert not writes.behind("stuck")

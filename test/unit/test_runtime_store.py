@@ -1,12 +1,15 @@
-"""Store and index semantics (checklist item 18), in-process, with random operation sequences."""
+"""Store and index semantics (checklist item 18), in-process, with random operation sequences; what an
+index costs per object."""
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dask_operator.runtime import store as store_module
 from dask_operator.runtime.cache import clone
 from dask_operator.runtime.store import (
     NAMESPACE_INDEX,
@@ -113,3 +116,27 @@ def test_clone_is_deep() -> None:
     copy["a"][0]["b"] = 2
     copy["c"]["d"] = "f"
     assert obj == {"a": [{"b": 1}], "c": {"d": "e"}}
+
+
+def test_an_index_value_held_by_one_object_costs_no_set() -> None:
+    # a fleet's owner UIDs and cluster labels are mostly held by one object each (a Service, a worker group)
+    store = new_store()
+    objs = [make("ns", f"svc-{i}", f"cluster-{i}", f"cluster-{i}", i) for i in range(1000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for obj in objs:
+            store.upsert(obj)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    ours = [tracemalloc.Filter(True, store_module.__file__)]
+    grown = sum(
+        s.size_diff for s in after.filter_traces(ours).compare_to(before.filter_traces(ours), "filename")
+    )
+    assert grown / 1000 < 300, f"{grown / 1000:.0f} bytes per object"  # 602 with a set per value
+    assert [object_key(o) for o in store.by_index(OWNER_INDEX, "uid-cluster-7")] == ["ns/svc-7"]
+    store.upsert(make("ns", "pod-7", "cluster-7", "cluster-7", 2000))
+    assert {object_key(o) for o in store.by_index(LABEL_INDEX, "cluster-7")} == {"ns/svc-7", "ns/pod-7"}
+    store.delete("ns/svc-7")
+    assert [object_key(o) for o in store.by_index(LABEL_INDEX, "cluster-7")] == ["ns/pod-7"]
