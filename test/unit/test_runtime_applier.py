@@ -4,13 +4,10 @@ applies are skipped (and which never are), and that what is remembered per objec
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
-import tracemalloc
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from support.allocations import grown_in, in_fresh_interpreter
 
 from dask_operator.runtime import applier as applier_module
 from dask_operator.runtime.applier import Applier, generation_tracks_spec, holds
@@ -174,37 +171,22 @@ def remembered_bytes_per_object() -> float:
     server = Server()
     ssa = applier(server)
     intents = [configmap(f"cluster-{i:05d}-scheduler") for i in range(1000)]
-    tracemalloc.start()
-    try:
+
+    def prepare() -> None:
         for intent in intents[:300]:
             ssa.apply(intent, "m")
         server.sync()
-        before = tracemalloc.take_snapshot()
+
+    def run() -> None:
         for intent in intents[300:]:
             ssa.apply(intent, "m")
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    ours = [tracemalloc.Filter(True, applier_module.__file__)]
-    grown = sum(
-        s.size_diff for s in after.filter_traces(ours).compare_to(before.filter_traces(ours), "filename")
-    )
-    return grown / 700
+
+    return grown_in(applier_module.__file__, prepare, run) / 700
 
 
 def test_what_is_remembered_per_object_is_small() -> None:
-    # kept for every child of every cluster: a digest, resourceVersions as numbers, the cache's own strings.
-    # Measured in a fresh interpreter: tracemalloc counts every thread's allocations in applier.py, and in the
-    # whole suite an earlier test's controllers may still be applying.
-    script = (
-        f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]\n"
-        "from test_runtime_applier import remembered_bytes_per_object\n"
-        "print(remembered_bytes_per_object())\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
-    )
-    per_object = float(out.stdout.strip().splitlines()[-1])
+    # kept for every child of every cluster: a digest, resourceVersions as numbers, the cache's own strings
+    per_object = in_fresh_interpreter(__file__, "remembered_bytes_per_object")
     assert per_object < 400, (
         f"{per_object:.0f} bytes per object"
     )  # 638 with a dataclass, a set of strings, a hex digest
