@@ -239,6 +239,11 @@ def prepare_plane(st: PlaneState) -> None:
     (st.root / "kube-proxy.yaml").write_text(yaml.safe_dump(proxy, sort_keys=False))
 
 
+def _grace(st: PlaneState) -> float | None:
+    grace = st.node.get("node_monitor_grace_period")
+    return None if grace is None else float(grace)
+
+
 def prepare_node(st: PlaneState, spec: nodes.NodeSpec) -> RealNodeLayout:
     """Directories, configuration files, the serving certificate, the bridge and the cgroup root."""
     node = layout(st, spec)
@@ -253,7 +258,10 @@ def prepare_node(st: PlaneState, spec: nodes.NodeSpec) -> RealNodeLayout:
     (node.cni_conf_dir / "10-localkube.conflist").write_text(json.dumps(cni_conflist(node), indent=2))
     pki = pkimod.PkiPaths(st.root / "pki")
     node.kubelet_config.write_text(
-        yaml.safe_dump(kubelet_config(node, pki.ca_crt, node.node_ip), sort_keys=False)
+        yaml.safe_dump(
+            kubelet_config(node, pki.ca_crt, node.node_ip, nodes.heartbeat_seconds(_grace(st))),
+            sort_keys=False,
+        )
     )
     pkimod.issue_kubelet_serving(
         pki, node.serving_crt, node.serving_key, node_name=spec.name, node_ip=node.node_ip

@@ -170,8 +170,15 @@ def cni_conflist(node: RealNodeLayout) -> dict[str, Any]:
     }
 
 
-def kubelet_config(node: RealNodeLayout, client_ca: Path, cluster_dns: str) -> dict[str, Any]:
-    """KubeletConfiguration: cgroupfs on cgroup v1, serving on the node IP with the plane's CA for clients."""
+def kubelet_config(
+    node: RealNodeLayout, client_ca: Path, cluster_dns: str, heartbeat_seconds: float = 10.0
+) -> dict[str, Any]:
+    """KubeletConfiguration: cgroupfs on cgroup v1, serving on the node IP with the plane's CA for clients.
+
+    The node renews its Lease every `heartbeat_seconds` (the kubelet renews at a quarter of the Lease's
+    duration) and posts its status as often: a plane with a short node-monitor grace period must not see
+    a healthy node go NotReady between two renewals.
+    """
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -215,6 +222,8 @@ def kubelet_config(node: RealNodeLayout, client_ca: Path, cluster_dns: str) -> d
         "rotateCertificates": False,
         "serverTLSBootstrap": False,
         "shutdownGracePeriod": "0s",
+        "nodeStatusUpdateFrequency": f"{heartbeat_seconds:g}s",
+        "nodeLeaseDurationSeconds": max(4, round(heartbeat_seconds * 4)),
     }
 
 

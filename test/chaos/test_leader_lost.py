@@ -7,21 +7,20 @@ pod, or, after a SIGKILL, the container its node restarts in the same pod: a new
 and finishes the scale-down: exactly 1 worker pod, no persisted key recomputed, no scattered key lost.
 
 A plane of its own: the in-cluster operator watches every namespace and must not meet the session plane's
-per-test operators.
+per-test operators (`plane_for_an_operator_of_every_namespace`; with real nodes, the session's plane).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from support.chaos_workload import Stopwatch, data_cost, figure, hold_data
-from support.fixtures import KubePlane, _bin_dir
+from support.fixtures import KubePlane, plane_for_an_operator_of_every_namespace
+from support.hostpid import container_pid
 from support.operator import (
     REPO,
     apply,
@@ -41,21 +40,11 @@ OPERATOR_NS = "dask-operator"
 
 
 @pytest.fixture(scope="module")
-def incluster_plane() -> Iterator[KubePlane]:
-    if os.environ.get("K8S_TEST_BACKEND", "local") != "local":
-        pytest.skip("needs a fresh local plane with a process node")
-    from kubeplane.plane import Plane, UpOptions
-
-    plane = Plane.up(UpOptions(name=f"pytest-{os.getpid()}-leader", bin_dir=_bin_dir(), force=True))
-    with tempfile.TemporaryDirectory(prefix="kube-plane-leader-") as tmp:
-        kp = KubePlane("local", plane.kubeconfig, Path(tmp), plane)
-        try:
-            kp.kubectl("apply", "--server-side", "-k", str(REPO / "manifests"), timeout=120)
-            wait_for(lambda: _two_ready(kp), timeout=180, interval=0.5, message="2 ready operator pods")
-            yield kp
-        finally:
-            kp.close()
-            plane.down()
+def incluster_plane(request: pytest.FixtureRequest) -> Iterator[KubePlane]:
+    with plane_for_an_operator_of_every_namespace(request, "leader") as kp:
+        kp.kubectl("apply", "--server-side", "-k", str(REPO / "manifests"), timeout=120)
+        wait_for(lambda: _two_ready(kp), timeout=180, interval=0.5, message="2 ready operator pods")
+        yield kp
 
 
 def _operator_pods(kp: KubePlane) -> list[dict[str, Any]]:
@@ -93,8 +82,7 @@ def _lose_leader(kp: KubePlane, how: str) -> str:
         kp.kubectl("delete", "pod", "-n", OPERATOR_NS, pod_name, "--wait=false")
     else:
         pod = get(kp, OPERATOR_NS, "pod", pod_name)
-        pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
-        os.kill(pid, signal.SIGKILL)
+        os.kill(container_pid(pod), signal.SIGKILL)
     return leader
 
 

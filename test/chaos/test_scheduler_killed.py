@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from support.chaos_workload import Stopwatch, figure, hold_data, says_data_lost
+from support.hostpid import host_pid
 from support.operator import (
     OperatorProcess,
     apply,
@@ -42,7 +43,7 @@ def _kill_scheduler_during_scale_down(plane: Any, namespace: str) -> tuple[int, 
     with dask_client(plane, namespace, NAME) as client:
         wait_workers(client, pod_names(worker_pods(plane, namespace, GROUP)), timeout=120)
         held = hold_data(client, blocks=30, scattered=9)
-        pid = client.run_on_scheduler(os.getpid)
+        pid = host_pid(get(plane, namespace, "pod", f"{NAME}-scheduler"), client.run_on_scheduler(os.getpid))
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         assert "scheduler" in cmdline, f"pid {pid} is not the scheduler: {cmdline}"
         plane.kubectl("scale", "-n", namespace, f"daskcluster/{NAME}", "--replicas=1")

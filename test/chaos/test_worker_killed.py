@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from support.chaos_workload import Stopwatch, data_cost, figure, hold_data, says_data_lost
+from support.hostpid import host_pid
 from support.operator import (
     OperatorProcess,
     apply,
@@ -64,7 +65,8 @@ def _kill_a_worker_holding_data(plane: Any, namespace: str) -> str:
         workers = client.scheduler_info(n_workers=-1)["workers"]
         victim_addr = min(workers)
         victim = str(workers[victim_addr]["name"])
-        pid = client.run(os.getpid, workers=[victim_addr])[victim_addr]
+        pod = next(p for p in worker_pods(plane, namespace, group) if p["metadata"]["name"] == victim)
+        pid = host_pid(pod, client.run(os.getpid, workers=[victim_addr])[victim_addr])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         assert victim in cmdline, f"pid {pid} is not worker {victim}'s process: {cmdline}"
         on_victim = {k for k, holders in who_has.items() if list(holders) == [victim_addr]}

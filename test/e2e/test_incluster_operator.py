@@ -1,19 +1,17 @@
 """The operator installed the way the README says (`kubectl apply --server-side -k manifests/`) runs as two
-pods on a fresh local plane, under its ServiceAccount and RBAC, as uid 1000 with no capabilities; the
+pods on a plane of its own (with real nodes, the session's), under its ServiceAccount and RBAC, as uid 1000 with no capabilities; the
 README's quickstart DaskCluster converges through them; deleting the leader pod hands over to the other
 replica, which then acts on a scale.
 
 A plane of its own: an `--all-namespaces` operator must not meet the per-test operators of the session
-plane. Real API server, real processes; every wait has a deadline.
+plane (`plane_for_an_operator_of_every_namespace`). Real API server, real processes; every wait has a deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
-from support.fixtures import KubePlane, _bin_dir
+from support.fixtures import KubePlane, plane_for_an_operator_of_every_namespace
+from support.hostpid import container_pid
 from support.operator import REPO
 from support.wait import wait_for
 
@@ -30,20 +29,9 @@ OPERATOR_NS = "dask-operator"
 
 
 @pytest.fixture(scope="module")
-def fresh_plane() -> Iterator[KubePlane]:
-    if os.environ.get("K8S_TEST_BACKEND", "local") != "local":
-        pytest.skip("needs a fresh local plane with a process node")
-    from kubeplane.plane import Plane, UpOptions
-
-    opts = UpOptions(name=f"pytest-{os.getpid()}-incluster", bin_dir=_bin_dir(), force=True)
-    plane = Plane.up(opts)
-    with tempfile.TemporaryDirectory(prefix="kube-plane-incluster-") as tmp:
-        kp = KubePlane("local", plane.kubeconfig, Path(tmp), plane)
-        try:
-            yield kp
-        finally:
-            kp.close()
-            plane.down()
+def fresh_plane(request: pytest.FixtureRequest) -> Iterator[KubePlane]:
+    with plane_for_an_operator_of_every_namespace(request, "incluster") as kp:
+        yield kp
 
 
 def quickstart_manifest() -> JSON:
@@ -86,8 +74,7 @@ def diagnostics(kp: KubePlane) -> str:
 
 
 def uid_of(pod: JSON) -> int:
-    pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
-    status = Path(f"/proc/{pid}/status").read_text()
+    status = Path(f"/proc/{container_pid(pod)}/status").read_text()
     return int(re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
 
 
@@ -104,7 +91,7 @@ def test_operator_from_manifests_runs_in_cluster_converges_and_fails_over(fresh_
     print(f"operator pods Ready {time.monotonic() - t0:.1f} s after apply")
     for p in pods:
         assert p["spec"]["serviceAccountName"] == "dask-operator"
-        assert uid_of(p) == 1000  # the Deployment's runAsUser, applied by the process node
+        assert uid_of(p) == 1000  # the Deployment's runAsUser, applied by the node
     first = wait_for(lambda: leader(kp), timeout=60, interval=0.5, message="a leader holds the Lease")
     assert first in {p["metadata"]["name"] for p in pods}
 

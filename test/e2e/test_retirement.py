@@ -18,6 +18,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from support.hostpid import host_pid
 from support.operator import (
     WORKER_ARGS,
     OperatorProcess,
@@ -158,7 +159,10 @@ def test_a_stuck_retirement_holds_up_no_other_cluster_and_is_asked_once(
             wait_workers(client, pods)
             address, data = _two_workers_one_heavier(client, pods)
             light, heavy = address
-            pid = client.run(os.getpid, workers=[address[heavy]])[address[heavy]]
+            pod = next(
+                p for p in worker_pods(plane, namespace, "stuck-default") if p["metadata"]["name"] == heavy
+            )
+            pid = host_pid(pod, client.run(os.getpid, workers=[address[heavy]])[address[heavy]])
             os.kill(pid, signal.SIGSTOP)
             try:
                 plane.kubectl("scale", "-n", namespace, "daskcluster/stuck", "--replicas=1")

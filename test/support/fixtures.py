@@ -6,13 +6,16 @@ the backend comes from K8S_TEST_BACKEND: `local` (default: a hack/ plane named p
 (testcontainers; skipped when no Docker engine answers) or `external` (the current KUBECONFIG).
 `namespace` gives each test a fresh namespace whose `default` ServiceAccount exists.
 `three_node_plane` gives a test module a local plane of its own with 3 nodes and kube-scheduler, and
-fails the module's teardown if `localkube down` left a process, mount, netns or bridge behind.
+fails the module's teardown if `localkube down` left a process, mount, netns or bridge behind. With real
+nodes it is the session's plane (K8S_TEST_NODES=3; two real-node planes would share the host's iptables),
+laid out the same way for the module and put back afterwards.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -211,6 +214,8 @@ def _containerd_backend(workdir: Path) -> Iterator[KubePlane]:
     from kubeplane.plane import UpOptions
 
     nodes = int(os.environ.get("K8S_TEST_NODES", "1"))
+    # Three or more nodes also serve `three_node_plane`: its node-failure timing is the plane's.
+    timing = {k: THREE_NODE_OPTIONS[k] for k in THREE_NODE_TIMING} if nodes >= 3 else {}
     opts = UpOptions(
         name=f"pytest-{os.getpid()}-real",
         bin_dir=_bin_dir(),
@@ -218,6 +223,7 @@ def _containerd_backend(workdir: Path) -> Iterator[KubePlane]:
         runtime="containerd",
         nodes=nodes,
         timeout=180.0,
+        **timing,  # type: ignore[arg-type]
     )
     with _running_plane(opts, "containerd", workdir) as kp:
         yield kp
@@ -320,6 +326,11 @@ def namespace(kube_plane: KubePlane, request: pytest.FixtureRequest) -> Iterator
 
 # --- a plane of its own with several nodes ----------------------------------------------------------
 
+THREE_NODE_TIMING = (
+    "node_monitor_grace_period",
+    "default_not_ready_toleration_seconds",
+    "default_unreachable_toleration_seconds",
+)
 THREE_NODE_OPTIONS = {
     # Short node-failure timing so a lost node's pods are evicted within ~20 s: the nodes heartbeat
     # every 3 s, a node silent for 12 s is NotReady, its pods tolerate that for 5 s.
@@ -357,15 +368,106 @@ def plane_leftovers(state_dir: Path, bridge: str, pids: list[tuple[int, int]]) -
     return left
 
 
+OPERATOR_NAMESPACE = "dask-operator"
+
+
+@contextlib.contextmanager
+def plane_for_an_operator_of_every_namespace(
+    request: pytest.FixtureRequest, name: str
+) -> Iterator[KubePlane]:
+    """A plane on which an operator installed from manifests/ (it watches every namespace) meets no other.
+
+    On process nodes: a fresh local plane of the module's own. With real nodes: the session's plane (one
+    plane of real nodes per host), where no per-test operator runs while the module does; afterwards the
+    installed operator's namespace is deleted and its pods are waited out, so the next module's per-test
+    operators are alone again.
+    """
+    backend = os.environ.get("K8S_TEST_BACKEND", "local")
+    if backend == "containerd":
+        kp = request.getfixturevalue("kube_plane")
+        try:
+            yield kp
+        finally:
+            kp.kubectl("delete", "namespace", OPERATOR_NAMESPACE, "--ignore-not-found", "--timeout=150s",
+                       check=False, timeout=180)  # fmt: skip
+        return
+    if backend != "local":
+        pytest.skip(
+            f"needs a plane of the module's own (K8S_TEST_BACKEND=local or containerd, not {backend})"
+        )
+    from kubeplane.plane import Plane, UpOptions
+
+    plane = Plane.up(UpOptions(name=f"pytest-{os.getpid()}-{name}", bin_dir=_bin_dir(), force=True))
+    with tempfile.TemporaryDirectory(prefix=f"kube-plane-{name}-") as tmp:
+        kp = KubePlane("local", plane.kubeconfig, Path(tmp), plane)
+        try:
+            yield kp
+        finally:
+            kp.close()
+            plane.down()
+
+
+GPU_CAPACITY = "/status/capacity/nvidia.com~1gpu"
+
+
+@contextlib.contextmanager
+def _three_real_nodes(kp: KubePlane) -> Iterator[KubePlane]:
+    """The session's real nodes with `three_node_plane`'s labels, taint and GPUs, removed afterwards.
+
+    A real kubelet reports this machine, so node 1's GPUs are an extended resource advertised the way a
+    cluster admin does it: a patch of the Node's status, which the kubelet keeps and copies to allocatable.
+    """
+    assert kp.plane is not None
+    names = list(kp.plane.node_names)
+    if len(names) < 3:
+        pytest.skip(
+            "three nodes on the real-node backend are the session's plane: K8S_TEST_NODES=3 "
+            "(two planes of real nodes cannot share a host's iptables)"
+        )
+    _, node1, node2 = names[:3]
+    kp.kubectl("label", "node", node1, "topology.kubernetes.io/zone=zone-b", "--overwrite")
+    kp.kubectl("taint", "node", node2, "dedicated=batch:NoSchedule", "--overwrite")
+    gpus = json.dumps([{"op": "add", "path": GPU_CAPACITY, "value": "4"}])
+    kp.kubectl("patch", "node", node1, "--subresource=status", "--type=json", "-p", gpus)
+
+    def allocatable_gpus() -> bool:
+        out = kp.kubectl("get", "node", node1, "-o", r"jsonpath={.status.allocatable.nvidia\.com/gpu}").stdout
+        return out.strip() == "4"
+
+    wait_for(allocatable_gpus, timeout=60, message=f"{node1} advertising 4 nvidia.com/gpu")
+    try:
+        yield kp
+    finally:
+        kp.kubectl("label", "node", node1, "topology.kubernetes.io/zone-", check=False)
+        kp.kubectl("taint", "node", node2, "dedicated=batch:NoSchedule-", check=False)
+        gone = [
+            {"op": "remove", "path": p}
+            for p in (GPU_CAPACITY, GPU_CAPACITY.replace("capacity", "allocatable"))
+        ]
+        kp.kubectl(
+            "patch", "node", node1, "--subresource=status", "--type=json", "-p", json.dumps(gone), check=False
+        )
+
+
 @pytest.fixture(scope="module")
-def three_node_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubePlane]:
+def three_node_plane(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[KubePlane]:
     """A local plane of this module's own with 3 process nodes and kube-scheduler.
 
     Node 1 is labelled topology.kubernetes.io/zone=zone-b and advertises 4 nvidia.com/gpu, and node 2 is
     tainted dedicated=batch:NoSchedule. Taking it down must leave nothing behind: checked here.
+    With K8S_TEST_BACKEND=containerd: the session's plane of real nodes, laid out the same way.
     """
-    if os.environ.get("K8S_TEST_BACKEND", "local") != "local":
-        pytest.skip("several process nodes need the local control plane (K8S_TEST_BACKEND=local)")
+    backend = os.environ.get("K8S_TEST_BACKEND", "local")
+    if backend == "containerd":
+        with _three_real_nodes(request.getfixturevalue("kube_plane")) as kp:
+            yield kp
+        return
+    if backend != "local":
+        pytest.skip(
+            f"three nodes need the local control plane (K8S_TEST_BACKEND=local or containerd, not {backend})"
+        )
     from kubeplane.plane import Plane, PlaneError, UpOptions
 
     opts = UpOptions(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from kubeplane.nodes import heartbeat_seconds
 from kubeplane.realnode_config import (
     RealNodeLayout,
     cni_conflist,
@@ -75,6 +76,15 @@ def test_the_kubelet_runs_on_cgroup_v1_with_cgroupfs_and_serves_on_its_node_ip()
     assert cfg["authentication"]["anonymous"]["enabled"] is False
     assert cfg["clusterDNS"] == ["10.244.3.1"]
     assert cfg["containerRuntimeEndpoint"] == f"unix://{a.containerd_socket}"
+
+
+def test_the_kubelet_renews_its_lease_at_the_planes_heartbeat() -> None:
+    a = node("a", 3)
+    default = kubelet_config(a, Path("/ca.crt"), a.node_ip)
+    assert default["nodeLeaseDurationSeconds"] == 40 and default["nodeStatusUpdateFrequency"] == "10s"
+    # A 12 s node-monitor grace period: the Lease is renewed every 3 s (a quarter of its 12 s duration).
+    short = kubelet_config(a, Path("/ca.crt"), a.node_ip, heartbeat_seconds(12.0))
+    assert short["nodeLeaseDurationSeconds"] == 12 and short["nodeStatusUpdateFrequency"] == "3s"
 
 
 def test_containerd_uses_the_pause_image_built_here_and_runc_with_cgroupfs() -> None:
