@@ -7,7 +7,7 @@ mounted read-only at the runner's working directory (kubectl_dask_job_spec.py); 
 DaskJob, so deleting the job deletes it. With `--cluster` the job runs on that DaskCluster (spec.clusterRef, left running); otherwise
 on a cluster of its own (`--workers`, `--image`, `--resources`), which the operator deletes when the job ends.
 The runner never restarts (restartPolicy Never), so its exit code is final: `submit` prints the runner's log
-as it is written and exits with that code.
+as it is written and exits with that code once the job's status records its end (or after 30 s).
 
 Invariant: nothing is written before the upload is known to fit (`MAX_UPLOAD_BYTES`, paths inside the
 working directory only); `submit` exits with the runner container's exit code, or 1 with the job's reason
@@ -198,12 +198,34 @@ def follow(api: RestClient, namespace: str, name: str, timeout: float) -> int:
         pod = checked("get", "pods", namespace, api.get, POD, namespace, runner)
         code = runner_exit_code(pod)
         if code is not None:
+            settle(api, namespace, name, reported, time.monotonic() + FINAL_STATUS_SECONDS)
             return code
         if pod is None:
             raise CommandError(f"the runner pod {runner} was deleted before it finished")
         # The log ends as the container exits; its status follows within a few seconds.
         if time.monotonic() >= deadline:
             raise CommandError(f"the runner {runner} has not finished in {timeout:g} s")
+        time.sleep(0.5)
+
+
+# How long `submit` waits, after the runner ended, for the operator to record the job's end on its status.
+FINAL_STATUS_SECONDS = 30.0
+FINAL_STATUSES = frozenset({"Successful", "Failed"})
+
+
+def settle(api: RestClient, namespace: str, name: str, reported: str, deadline: float) -> None:
+    """Wait until the job's status says it ended, so that what follows `submit` (a `list`, a script's next
+    step) sees the job's end; the runner's status reaches the operator a moment after its exit code reaches
+    us (seconds on a busy node). Prints the final status; gives up quietly at `deadline`."""
+    while True:
+        job = checked(
+            "get", "daskjobs.kubernetes.dask.org", namespace, api.get, DASK_JOB_KIND, namespace, name
+        )
+        status = str(((job or {}).get("status") or {}).get("jobStatus") or "")
+        if status in FINAL_STATUSES or job is None or time.monotonic() >= deadline:
+            if status and status != reported:
+                print(f"daskjob {name}: {status}", file=sys.stderr, flush=True)
+            return
         time.sleep(0.5)
 
 

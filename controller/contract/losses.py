@@ -31,6 +31,17 @@ LOSS_REPORT_SECONDS = 600.0
 _KILLED_EXIT_CODE = 137
 
 
+# What the upstream kubelet writes for a container it cannot show a real end for when the pod stops: exit
+# code 137 with this reason and no startedAt. For a deleted pod that is a container that never ran there (the
+# pod was deleted while its image or sandbox was being prepared, e.g. a scale-down of a pod that never
+# started): nothing ran, so nothing was lost.
+_PLACEHOLDER_REASON = "ContainerStatusUnknown"
+
+
+def _never_ran_in_a_deleted_pod(terminated: Mapping[str, Any], deleted: bool) -> bool:
+    return deleted and terminated.get("reason") == _PLACEHOLDER_REASON and not terminated.get("startedAt")
+
+
 # A pod deleted because its node is gone (no retirement: the worker's process died with the node).
 # Evictions through the API (a drain) are not here: a drained worker may hand its data over first.
 _NODE_LOST_REASONS = frozenset({"DeletionByTaintManager", "DeletionByPodGC"})
@@ -66,6 +77,7 @@ def container_losses(pod: Mapping[str, Any], now: float, any_exit: bool = False)
 
     A restarted container shows the kill in `lastState.terminated`; a finished pod in `state.terminated`;
     an evicted pod in its status' reason; a pod deleted with its lost node in its DisruptionTarget condition.
+    The kubelet's placeholder for a container that never ran in a deleted pod is not a kill.
     """
     meta = pod.get("metadata", {})
     status = pod.get("status", {})
@@ -78,6 +90,8 @@ def container_losses(pod: Mapping[str, Any], now: float, any_exit: bool = False)
             ((cs.get("state") or {}).get("terminated"), restarts + 1),
         ):
             if not terminated or (restart == restarts and restarts == 0):
+                continue
+            if _never_ran_in_a_deleted_pod(terminated, bool(meta.get("deletionTimestamp"))):
                 continue
             how = _terminated_abnormally(terminated)
             if how is None and any_exit:

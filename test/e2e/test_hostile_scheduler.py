@@ -24,6 +24,7 @@ from support.operator import (
     dask_client,
     get,
     pod_names,
+    started,
     wait_running,
     wait_workers,
     worker_pods,
@@ -144,10 +145,10 @@ def test_a_hostile_scheduler_runs_nothing_in_the_operator_and_slows_no_one(
 
         # The hostile cluster starts, and its scale-down makes the operator ask its scheduler, again and again.
         apply(plane, namespace, hostile_manifest("evil", marker))
-        wait_for(
-            lambda: pod_names(worker_pods(plane, namespace, "evil-default")),
+        wait_for(  # started: a pod that never started is deleted without asking the scheduler
+            lambda: started(worker_pods(plane, namespace, "evil-default")),
             timeout=120,
-            message="the hostile cluster's worker pod",
+            message="the hostile cluster's worker pod running",
         )
         plane.kubectl("-n", namespace, "scale", "daskcluster", "evil", "--replicas=0")
 
@@ -219,10 +220,10 @@ def test_a_service_that_points_elsewhere_is_not_used(
         "ports": [{"name": "http-dashboard", "port": 443}],
     }
     apply(plane, namespace, manifest)
-    wait_for(
-        lambda: pod_names(worker_pods(plane, namespace, "away-default")),
+    wait_for(  # started: a pod that never started is deleted without asking the scheduler
+        lambda: started(worker_pods(plane, namespace, "away-default")),
         timeout=120,
-        message="the worker pod",
+        message="the worker pod running",
     )
     plane.kubectl("-n", namespace, "scale", "daskcluster", "away", "--replicas=0")
 

@@ -343,6 +343,18 @@ def pod_names(items: list[dict[str, Any]]) -> set[str]:
     return {p["metadata"]["name"] for p in items}
 
 
+def started(items: list[dict[str, Any]]) -> set[str]:
+    """Names of the pods whose containers are running (on a real node a pod may wait seconds for that)."""
+    return {
+        p["metadata"]["name"]
+        for p in items
+        if any(
+            (cs.get("state") or {}).get("running")
+            for cs in (p.get("status") or {}).get("containerStatuses") or []
+        )
+    }
+
+
 def set_pod_quota(plane: Any, namespace: str, pods: int | None, used: int = 0) -> None:
     """A ResourceQuota `pods` limiting the namespace to `pods` pods (None: delete it).
 

@@ -60,3 +60,30 @@ def test_submit_takes_everything_after_the_double_dash_as_the_command() -> None:
     assert [a for a in args.command if a != "--"] == ["python", "s.py", "-n", "3", "--workers", "x"]
     with pytest.raises(SystemExit):
         plugin.parser().parse_args(["job", "submit", "--cluster", "c", "--workers", "2", "--", "python"])
+
+
+class JobStatuses:
+    """Answers a job GET with each status in turn (the operator records the runner's end a moment later)."""
+
+    def __init__(self, *statuses: str) -> None:
+        self.statuses = list(statuses)
+        self.gets = 0
+
+    def get(self, *_: object) -> dict[str, object]:
+        self.gets += 1
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return {"status": {"jobStatus": status}}
+
+
+def test_submit_returns_once_the_jobs_status_records_its_end(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job.time, "sleep", lambda _: None)
+    api = JobStatuses("Running", "Running", "Successful")
+    job.settle(api, "ns", "squares", "Running", deadline=float("inf"))  # type: ignore[arg-type]
+    assert api.gets == 3
+    assert "daskjob squares: Successful" in capsys.readouterr().err
+    # an operator that never records it: submit gives up at the deadline, quietly
+    stuck = JobStatuses("Running")
+    job.settle(stuck, "ns", "squares", "Running", deadline=0.0)  # type: ignore[arg-type]
+    assert stuck.gets == 1 and capsys.readouterr().err == ""

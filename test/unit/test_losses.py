@@ -54,6 +54,41 @@ def test_oom_killed_and_evicted_count_a_clean_exit_or_a_crash_does_not() -> None
     assert "evicted" in container_losses(evicted, NOW)[0].how
 
 
+def test_a_container_that_never_ran_in_a_deleted_pod_is_not_a_loss() -> None:
+    """What the upstream kubelet (status_manager.TerminatePod) writes for a worker pod deleted while its
+    container was still being created: exit code 137, reason ContainerStatusUnknown, no startedAt. Seen on
+    the real node when a scale-down deleted a pod that had not started; it was reported as a kill."""
+    placeholder = {
+        "exitCode": 137,
+        "reason": "ContainerStatusUnknown",
+        "message": "The container could not be located when the pod was terminated",
+    }
+    pod = _pod()
+    pod["metadata"]["deletionTimestamp"] = rfc3339(NOW + 60)
+    pod["status"] = {
+        "phase": "Failed",
+        "containerStatuses": [{"name": "worker", "restartCount": 0, "state": {"terminated": placeholder}}],
+    }
+    assert container_losses(pod, NOW) == []
+    assert worker_lost([pod], None, NOW).events == ()
+    assert scheduler_restarted([pod], None, NOW).events == ()
+    # a container that ran and was then SIGKILLed while its pod was deleted is still a loss
+    ran = copy.deepcopy(pod)
+    ran["status"]["containerStatuses"][0]["state"]["terminated"] = {
+        "exitCode": 137, "reason": "Error", "startedAt": rfc3339(NOW - 30), "finishedAt": rfc3339(NOW)
+    }  # fmt: skip
+    assert [x.how for x in container_losses(ran, NOW)] == ["exit code 137"]
+    # the same placeholder on a pod not being deleted (the runtime lost a running container) is a loss
+    restarted = copy.deepcopy(pod)
+    del restarted["metadata"]["deletionTimestamp"]
+    restarted["status"]["containerStatuses"][0] |= {
+        "restartCount": 1,
+        "lastState": {"terminated": placeholder},
+    }
+    restarted["status"]["containerStatuses"][0]["state"] = {"running": {"startedAt": rfc3339(NOW)}}
+    assert [x.how for x in container_losses(restarted, NOW)] == ["exit code 137"]
+
+
 def test_the_report_outlives_a_replaced_pod_then_clears() -> None:
     first = worker_lost([killed(_pod(), NOW - 5)], None, NOW)
     stored = _stored(first)
