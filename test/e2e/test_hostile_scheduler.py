@@ -24,7 +24,7 @@ from support.operator import (
     dask_client,
     get,
     pod_names,
-    started,
+    pods_running,
     wait_running,
     wait_workers,
     worker_pods,
@@ -146,7 +146,7 @@ def test_a_hostile_scheduler_runs_nothing_in_the_operator_and_slows_no_one(
         # The hostile cluster starts, and its scale-down makes the operator ask its scheduler, again and again.
         apply(plane, namespace, hostile_manifest("evil", marker))
         wait_for(  # started: a pod that never started is deleted without asking the scheduler
-            lambda: started(worker_pods(plane, namespace, "evil-default")),
+            lambda: pods_running(worker_pods(plane, namespace, "evil-default")),
             timeout=120,
             message="the hostile cluster's worker pod running",
         )
@@ -221,7 +221,7 @@ def test_a_service_that_points_elsewhere_is_not_used(
     }
     apply(plane, namespace, manifest)
     wait_for(  # started: a pod that never started is deleted without asking the scheduler
-        lambda: started(worker_pods(plane, namespace, "away-default")),
+        lambda: pods_running(worker_pods(plane, namespace, "away-default")),
         timeout=120,
         message="the worker pod running",
     )

@@ -70,6 +70,7 @@ def wait_ready(kp: KubePlane, ns: str, name: str, timeout: float = 120) -> dict[
     return dict(json.loads(kp.kubectl("get", "-n", ns, "pod", name, "-o", "json").stdout))
 
 
+@pytest.mark.realnode_smoke
 def test_a_pod_runs_from_the_dask_image_with_logs_exec_and_port_forward(
     real_plane: KubePlane, ns: str
 ) -> None:

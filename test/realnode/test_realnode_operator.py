@@ -3,7 +3,8 @@ with the Helm chart (two leader-elected pods, UID 1000, read-only root), reconci
 scheduler and workers run from the Dask image; a client outside the cluster computes through the scheduler's
 ClusterIP (kube-proxy), and a scale-down keeps every result (0 lost). Prometheus, with the README's scrape
 config, scrapes both operator pods; deleting the leader's pod hands the Lease to the other one, which then
-reconciles, and Prometheus sees which pod leads.
+reconciles, and Prometheus sees which pod leads. A `kubectl drain` of a worker's node runs the worker's
+preStop retirement on the real kubelet: nothing recomputed or lost.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.chaos_workload import data_cost, hold_data
 from support.fixtures import KubePlane
 from support.helm import CHART, Helm, helm_binary
 from support.operator import (
@@ -31,6 +33,8 @@ from support.operator import (
 )
 from support.prometheus import scrape_configs, start_prometheus
 from support.wait import wait_for
+
+pytestmark = pytest.mark.realnode_smoke  # the default command runs this module (setup.cfg)
 
 OPERATOR_NS = "dask-operator"
 JSON = dict[str, Any]
@@ -162,4 +166,61 @@ def test_deleting_the_leaders_pod_hands_over_and_prometheus_sees_both_pods(
     finally:
         prom.proc.terminate()
         prom.proc.wait(10)
+        kp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_a_drain_of_a_workers_node_retires_it_first_on_the_real_kubelet(operator: KubePlane) -> None:
+    """`kubectl drain` of the node of one of two workers: the real kubelet runs the worker's preStop hook,
+    which has the scheduler move the worker's keys to the other worker before SIGTERM; the operator replaces
+    the worker on the other node. Nothing is recomputed or lost."""
+    kp = operator
+    assert kp.plane is not None
+    nodes = list(kp.plane.node_names)
+    ns = f"realnode-drain-{int(time.time())}"
+    kp.kubectl("create", "namespace", ns)
+    manifest = cluster_manifest("drained", 2)
+    manifest["spec"]["scheduler"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": nodes[0]}
+    spread = {"labelSelector": {"matchLabels": {"dask.org/workergroup-name": "drained-default"}},
+              "topologyKey": "kubernetes.io/hostname"}  # fmt: skip
+    manifest["spec"]["worker"]["spec"]["affinity"] = {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": spread}]
+        }
+    }
+    victim = nodes[1]
+    try:
+        kp.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
+        wait_for(lambda: condition(get(kp, ns, "daskcluster", "drained"), "Ready").get("status") == "True",
+                 timeout=180, interval=1, message="the cluster Ready")  # fmt: skip
+        placed = {
+            p["metadata"]["name"]: p["spec"].get("nodeName") for p in worker_pods(kp, ns, "drained-default")
+        }
+        assert victim in placed.values(), f"no worker on {victim}: {placed}"
+        with dask_client(kp, ns, "drained") as client:
+            wait_workers(client, set(placed), timeout=120)
+            held = hold_data(client)
+            t0 = time.monotonic()
+            kp.kubectl("drain", victim, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=120s",
+                       timeout=150)  # fmt: skip
+
+            def replaced() -> set[str] | None:
+                now = {p["metadata"]["name"]: p["spec"].get("nodeName") for p in worker_pods(kp, ns, "drained-default")
+                       if not p["metadata"].get("deletionTimestamp")}  # fmt: skip
+                return set(now) if len(now) == 2 and victim not in now.values() else None
+
+            after = wait_for(replaced, timeout=180, interval=0.5, message=f"2 workers off {victim}")
+            wait_workers(client, after, timeout=120)
+            cost = data_cost(client, held)
+            print(
+                f"drain of {victim}: 2 workers again {time.monotonic() - t0:.1f} s after the drain began; {cost.line()}"
+            )
+            assert not cost.recomputed and not cost.scattered_lost and cost.erred == 0, cost
+        hooks = [
+            e
+            for e in (get(kp, ns, "events") or {}).get("items", [])
+            if e.get("reason") == "FailedPreStopHook"
+        ]
+        assert not hooks, [e.get("message") for e in hooks]
+    finally:
+        kp.kubectl("uncordon", victim, check=False)
         kp.kubectl("delete", "namespace", ns, "--wait=false", check=False)

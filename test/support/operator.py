@@ -343,7 +343,7 @@ def pod_names(items: list[dict[str, Any]]) -> set[str]:
     return {p["metadata"]["name"] for p in items}
 
 
-def started(items: list[dict[str, Any]]) -> set[str]:
+def pods_running(items: list[dict[str, Any]]) -> set[str]:
     """Names of the pods whose containers are running (on a real node a pod may wait seconds for that)."""
     return {
         p["metadata"]["name"]
