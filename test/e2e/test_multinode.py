@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="process nodes need ro
 
 LOCALKUBE = REPO / "hack" / "localkube"
 HTTP = ["python", "-m", "http.server", "8080"]
+IMAGE = "ghcr.io/dask/dask:latest"  # has Python; imported on real nodes (hack/build-images.sh), ignored by process nodes
 TOLERATE_NODE_2 = [{"key": "dedicated", "operator": "Equal", "value": "batch", "effect": "NoSchedule"}]
 
 
@@ -74,7 +75,7 @@ def wait_ready(
 
 
 def deployment(name: str, replicas: int, pod_spec: dict[str, Any]) -> str:
-    spec = {"containers": [{"name": "web", "image": "python:3.11-slim", "command": HTTP}], **pod_spec}
+    spec = {"containers": [{"name": "web", "image": IMAGE, "command": HTTP}], **pod_spec}
     spec["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
     return json.dumps(
         {
@@ -174,7 +175,7 @@ def test_pods_land_where_node_selector_anti_affinity_and_taints_say_and_reach_ea
             "containers": [
                 {
                     "name": "client",
-                    "image": "python:3.11-slim",
+                    "image": IMAGE,
                     "command": ["python", "-c", fetch],
                     "args": [f"http://{target['status']['podIP']}:8080/", "http://spread/"],
                 }
