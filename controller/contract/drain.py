@@ -4,7 +4,8 @@ delete pod`), and how much of a group a drain may take at once.
 Invariant: pure functions. Every worker pod made from a template gets a `preStop` hook on its worker
 container (unless the user set one) that asks the scheduler to retire the pod's own workers, by the names the
 operator gives them (`DASK_WORKER_NAME`, with `-0..-N` for `--nworkers`), and waits for the answer within the
-pod's `terminationGracePeriodSeconds` minus a margin, so SIGTERM only reaches workers whose data has moved.
+pod's `terminationGracePeriodSeconds` minus a margin, so SIGTERM only reaches workers whose data has moved; the
+retired workers stay connected until that SIGTERM, so the container outlives the hook.
 The hook is plain Python with `distributed` (what every Dask image has), never imports dask_operator, speaks
 TLS with the worker's own credentials for a `tls://` scheduler, says so in the kubelet's FailedPreStopHook Event
 when the image has no usable `distributed`, bounds every call by what is left of its budget, and
@@ -53,7 +54,10 @@ async def retire(name, address, deadline):
         mine = sorted(a for a, w in workers.items() if own.fullmatch(str(w.get("name", ""))))
         if not mine:
             return "no worker of " + name + " is connected: nothing to retire"
-        retired = await scheduler.retire_workers(workers=mine, close_workers=False, remove=True)
+        # remove=False: the workers stay connected, closing gracefully (no new tasks; the scheduler drops their
+        # copies first), until the kubelet's SIGTERM after this hook. Removed, a worker closes itself at once and
+        # its container could end while the kubelet still runs this hook: a FailedPreStopHook with nothing lost.
+        retired = await scheduler.retire_workers(workers=mine, close_workers=False, remove=False)
         kept = sorted(set(mine) - set(retired or {}))
         if kept:
             sys.exit("the scheduler could not retire " + ", ".join(kept) + " (no other worker took the data)")

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from support.chaos_workload import data_cost, hold_data
 from support.fixtures import KubePlane
-from support.helm import CHART, Helm, helm_binary
+from support.helm import CHART, Helm, crd_flags, helm_binary
 from support.operator import (
     cluster_manifest,
     condition,
@@ -46,7 +46,8 @@ def operator(real_plane: KubePlane) -> Iterator[KubePlane]:
         helm = Helm(helm_binary(), Path(home))
         kubeconfig = f"--kubeconfig={real_plane.kubeconfig}"
         t0 = time.monotonic()
-        helm("install", "dask-operator", str(CHART), "-n", OPERATOR_NS, "--create-namespace", kubeconfig)
+        helm("install", "dask-operator", str(CHART), "-n", OPERATOR_NS, "--create-namespace", kubeconfig,
+             *crd_flags(real_plane))  # fmt: skip
         try:
             real_plane.kubectl(
                 "rollout",

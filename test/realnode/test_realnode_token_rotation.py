@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from support.fixtures import KubePlane
-from support.helm import CHART, Helm, helm_binary
+from support.helm import CHART, Helm, crd_flags, helm_binary
 from support.operator import cluster_manifest, wait_running
 from support.wait import wait_for
 
@@ -68,7 +68,8 @@ def operator(real_plane: KubePlane) -> Iterator[KubePlane]:
     with tempfile.TemporaryDirectory(prefix="helm-") as home:
         helm = Helm(helm_binary(), Path(home))
         kubeconfig = f"--kubeconfig={real_plane.kubeconfig}"
-        helm("install", "dask-operator", str(CHART), "-n", OPERATOR_NS, "--create-namespace", kubeconfig)
+        helm("install", "dask-operator", str(CHART), "-n", OPERATOR_NS, "--create-namespace", kubeconfig,
+             *crd_flags(real_plane))  # fmt: skip
         try:
             patch = json.dumps(short_token_patch())
             real_plane.kubectl(

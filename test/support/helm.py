@@ -8,9 +8,11 @@ test/integration/test_helm_dask_cluster.py and test/e2e/test_dask_cluster_chart.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "manifests" / "helm" / "dask-operator"
@@ -46,3 +48,14 @@ class Helm:
                 f"helm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
             )
         return proc
+
+
+def crd_flags(kp: Any) -> list[str]:
+    """`--set crds.install=false` when the Dask CRDs exist outside Helm (applied from manifests/crd by earlier
+    tests of a shared plane): the chart then leaves them as they are, as for a cluster whose CRDs are managed
+    separately. Nothing when Helm may create or adopt them."""
+    out = kp.kubectl("get", "crd", "daskclusters.kubernetes.dask.org", "-o", "json", check=False)
+    if out.returncode != 0:
+        return []
+    labels = json.loads(out.stdout)["metadata"].get("labels") or {}
+    return [] if labels.get("app.kubernetes.io/managed-by") == "Helm" else ["--set", "crds.install=false"]

@@ -132,9 +132,26 @@ def test_the_hook_retires_exactly_its_pods_workers_and_their_data_moves() -> Non
                 await client.gather(held)
                 code, out = await _run_hook("g-worker-aaaaaaaaaa", s.address)
                 assert code == 0, out
-                names = sorted(str(w.name) for w in s.workers.values())
-                assert names == ["g-worker-aaaaaaaaaa0", "g-worker-bbbbbbbbbb"]
+                # Retired, not removed: our two workers stay connected, closing gracefully, until the kubelet's
+                # SIGTERM (a worker removed closes itself, and its container may end before the hook returns).
+                status = {str(w.name): w.status.name for w in s.workers.values()}
+                assert status == {
+                    "g-worker-aaaaaaaaaa-0": "closing_gracefully",
+                    "g-worker-aaaaaaaaaa-1": "closing_gracefully",
+                    "g-worker-aaaaaaaaaa0": "running",
+                    "g-worker-bbbbbbbbbb": "running",
+                }
+                # SIGTERM: the retired workers close; every key lives on, nothing recomputed.
+                await a0.close()
+                await a1.close()
+                assert sorted(str(w.name) for w in s.workers.values()) == [
+                    "g-worker-aaaaaaaaaa0",
+                    "g-worker-bbbbbbbbbb",
+                ]
                 assert all(ts.state == "memory" and ts.who_has for ts in s.tasks.values())
+                assert await client.gather(held) == [list(range(i)) for i in range(20)] + [
+                    f"s{i}" for i in range(5)
+                ]
                 assert (
                     sum(1 for e in s.transition_log if e[1] == "processing" and e[2] == "memory") == 20
                 )  # nothing recomputed
@@ -188,7 +205,7 @@ def test_the_hook_speaks_tls_to_a_tls_scheduler_with_the_workers_credentials(tmp
             assert s.address.startswith("tls://")
             code, out = await _run_hook("tls-worker", s.address, "30", env)
             assert code == 0 and "retired" in out, out
-            assert not s.workers
+            assert [w.status.name for w in s.workers.values()] == ["closing_gracefully"]
 
     asyncio.run(scenario())
 
