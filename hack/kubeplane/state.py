@@ -278,6 +278,9 @@ def allocate_index(state_dir: Path) -> tuple[int, set[int]]:
     return indexes[0], ports
 
 
+NET_DEVICES = Path("/sys/class/net")
+
+
 def allocate_indexes(state_dir: Path, count: int, service_cidr: str = "") -> tuple[list[int], set[int]]:
     """`count` distinct free network indexes, as `allocate_index`: the plane's own (the lowest free)
     first, then its further nodes' from the top of the range, far from the planes' own indexes.
@@ -291,9 +294,8 @@ def allocate_indexes(state_dir: Path, count: int, service_cidr: str = "") -> tup
             f"--service-cidr {service_cidr} overlaps the Service range of plane(s) {', '.join(clash)}"
         )
     used = {i for p in others for i in p.network_indexes()}
-    net = Path("/sys/class/net")
-    if net.is_dir():
-        for link in net.glob("dkbr*"):
+    if NET_DEVICES.is_dir():  # bridges of planes whose state is gone (or another state root's)
+        for link in NET_DEVICES.glob("dkbr*"):
             with contextlib.suppress(ValueError):
                 used.add(int(link.name[4:]))
     ports = {port for p in others for port in p.ports.values()}

@@ -368,9 +368,6 @@ def plane_leftovers(state_dir: Path, bridge: str, pids: list[tuple[int, int]]) -
     return left
 
 
-OPERATOR_NAMESPACE = "dask-operator"
-
-
 @contextlib.contextmanager
 def plane_for_an_operator_of_every_namespace(
     request: pytest.FixtureRequest, name: str
@@ -388,8 +385,7 @@ def plane_for_an_operator_of_every_namespace(
         try:
             yield kp
         finally:
-            kp.kubectl("delete", "namespace", OPERATOR_NAMESPACE, "--ignore-not-found", "--timeout=150s",
-                       check=False, timeout=180)  # fmt: skip
+            _remove_installed_operator(kp)
         return
     if backend != "local":
         pytest.skip(
@@ -405,6 +401,15 @@ def plane_for_an_operator_of_every_namespace(
         finally:
             kp.close()
             plane.down()
+
+
+def _remove_installed_operator(kp: KubePlane) -> None:
+    """Everything `kubectl apply -k manifests/` made (its namespace, with the operator's pods, waited out, and
+    its cluster-wide RBAC) but the CRDs, which the session's other tests use."""
+    rendered = kp.kubectl("kustomize", str(REPO / "manifests")).stdout
+    kept = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") != "CustomResourceDefinition"]
+    kp.kubectl("delete", "-f", "-", "--ignore-not-found", "--timeout=150s", input=yaml.safe_dump_all(kept),
+               check=False, timeout=180)  # fmt: skip
 
 
 GPU_CAPACITY = "/status/capacity/nvidia.com~1gpu"

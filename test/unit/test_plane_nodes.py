@@ -74,6 +74,7 @@ def test_extra_nodes_take_indexes_from_the_top_and_block_other_planes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(state, "STATE_ROOT", tmp_path)
+    monkeypatch.setattr(state, "NET_DEVICES", tmp_path / "no-bridges")  # not this machine's live planes
     other = tmp_path / f"{state.STATE_PREFIX}other"
     other.mkdir()
     specs = nodes.build_specs([0, 255, 254], ["a", "b", "c"])
