@@ -356,8 +356,14 @@ class Plane:
             say("localkube: no process node yet (hack/kubeplane/node/__main__.py missing); skipped")
 
     def down(self, say: Say = _quiet) -> float:
-        """Stop everything recorded and remove the state dir. Returns the seconds it took."""
+        """Stop everything recorded and remove the state dir. Returns the seconds it took.
+
+        What is recorded is read again first: `localkube node stop|start`, run by another process while this
+        object lived, records the processes it starts only in state.json (a node started that way outlived
+        `down` before: its kubelet ran on, orphaned)."""
         t0 = time.monotonic()
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            self.state = PlaneState.load(self.state_dir)
         problems = self._stop_processes(say)
         left = [c for c, rec in self.state.processes.items() if comp.alive(rec)]
         if left:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 from support.wait import wait_for
@@ -60,3 +61,32 @@ def test_down_leaves_nothing() -> None:
     left += [f"directory {d}" for d in (root, data) if d.exists()]
     assert not left, f"`localkube down` left behind: {', '.join(left)}"
     assert realnode.read_sysctls() == before
+
+
+def test_down_stops_a_node_another_process_restarted() -> None:
+    """`Plane.down()` on an object loaded before `localkube node stop|start` ran in another process (the
+    session fixtures hold one for the whole run) stops the restarted kubelet too. Before, it ran on, orphaned:
+    four of them were found after this stop's real-node runs, one per run that restarted a node."""
+    if os.environ.get("K8S_TEST_BACKEND") == "containerd":
+        pytest.skip("a second plane of real nodes would share the session plane's iptables (kube-proxy)")
+    from kubeplane import realnode
+    from kubeplane.plane import Plane, UpOptions
+    from kubeplane.state import PlaneState, is_same_process
+    from support.fixtures import REPO, _bin_dir
+
+    name = f"pytest-{os.getpid()}-realrestart"
+    plane = Plane.up(
+        UpOptions(name=name, bin_dir=_bin_dir(), force=True, runtime="containerd", nodes=1, timeout=180.0)
+    )
+    try:
+        (node,) = plane.node_names
+        env = {k: v for k, v in os.environ.items() if k != "LOCALKUBE_STATE"}
+        for verb in ("stop", "start"):
+            argv = [str(REPO / "hack" / "localkube"), "node", verb, node, "--name", name]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)
+            assert proc.returncode == 0, proc.stderr
+        kubelet = PlaneState.load(plane.state_dir).processes[realnode.kubelet_component(node)]
+        assert is_same_process(kubelet)
+    finally:
+        plane.down()  # the object loaded before the restart
+    assert not is_same_process(kubelet), "the kubelet `node start` began outlived `down`"
