@@ -86,7 +86,8 @@ def thing_crd(kube_plane: Any) -> Iterator[None]:
     kube_plane.kubectl("apply", "-f", "-", input=json.dumps(CRD))
     kube_plane.kubectl("wait", "--for=condition=Established", f"crd/things.{GROUP}", "--timeout=60s")
     yield
-    kube_plane.kubectl("delete", f"crd/things.{GROUP}", "--wait=false", check=False)
+    # Waited out: the next test's apply would otherwise patch a CRD being deleted, which then vanishes.
+    kube_plane.kubectl("delete", f"crd/things.{GROUP}", "--timeout=60s", check=False, timeout=90)
 
 
 @contextmanager
