@@ -208,6 +208,12 @@ def runs_scheduler(st: PlaneState) -> bool:
     return bool(st.node.get("scheduler"))
 
 
+def grace_period(st: PlaneState) -> float | None:
+    """The plane's node-monitor grace period in seconds, when it was given one (`--node-monitor-grace-period`)."""
+    grace = st.node.get("node_monitor_grace_period")
+    return None if grace is None else float(grace)
+
+
 def heartbeat_seconds(grace_seconds: float | None) -> float:
     """How often a node renews its Lease: the kubelet's 10 s, or a quarter of a shorter grace period."""
     if grace_seconds is None:
@@ -240,9 +246,9 @@ def node_argv(st: PlaneState, component: str, base: list[str]) -> list[str]:
         ]
     if runs_scheduler(st):
         argv.append("--no-bind")
-    grace = st.node.get("node_monitor_grace_period")
+    grace = grace_period(st)
     if grace is not None:
-        argv.append(f"--heartbeat-seconds={heartbeat_seconds(float(grace))}")
+        argv.append(f"--heartbeat-seconds={heartbeat_seconds(grace)}")
     argv += [f"--label={k}={v}" for k, v in spec.labels.items()]
     for t in spec.taints:
         kv = f"{t['key']}={t['value']}" if t.get("value") else t["key"]

@@ -239,11 +239,6 @@ def prepare_plane(st: PlaneState) -> None:
     (st.root / "kube-proxy.yaml").write_text(yaml.safe_dump(proxy, sort_keys=False))
 
 
-def _grace(st: PlaneState) -> float | None:
-    grace = st.node.get("node_monitor_grace_period")
-    return None if grace is None else float(grace)
-
-
 def prepare_node(st: PlaneState, spec: nodes.NodeSpec) -> RealNodeLayout:
     """Directories, configuration files, the serving certificate, the bridge and the cgroup root."""
     node = layout(st, spec)
@@ -259,7 +254,7 @@ def prepare_node(st: PlaneState, spec: nodes.NodeSpec) -> RealNodeLayout:
     pki = pkimod.PkiPaths(st.root / "pki")
     node.kubelet_config.write_text(
         yaml.safe_dump(
-            kubelet_config(node, pki.ca_crt, node.node_ip, nodes.heartbeat_seconds(_grace(st))),
+            kubelet_config(node, pki.ca_crt, node.node_ip, nodes.heartbeat_seconds(nodes.grace_period(st))),
             sort_keys=False,
         )
     )

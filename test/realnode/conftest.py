@@ -40,7 +40,7 @@ def own_real_plane(name: str, nodes: int) -> Iterator[KubePlane]:
         finally:
             kp.close()
             with contextlib.suppress(PlaneError):
-                Plane.load(plane.state_dir).down()
+                plane.down()  # reads the recorded processes again: nodes a test restarted stop too
 
 
 @pytest.fixture(scope="module")

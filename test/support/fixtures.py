@@ -375,9 +375,9 @@ def plane_for_an_operator_of_every_namespace(
     """A plane on which an operator installed from manifests/ (it watches every namespace) meets no other.
 
     On process nodes: a fresh local plane of the module's own. With real nodes: the session's plane (one
-    plane of real nodes per host), where no per-test operator runs while the module does; afterwards the
-    installed operator's namespace is deleted and its pods are waited out, so the next module's per-test
-    operators are alone again.
+    plane of real nodes per host), where no per-test operator runs while the module does; afterwards all the
+    module installed from manifests/ but the CRDs is deleted and its pods are waited out, so the next
+    module's per-test operators are alone again.
     """
     backend = os.environ.get("K8S_TEST_BACKEND", "local")
     if backend == "containerd":
